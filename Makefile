@@ -1,0 +1,47 @@
+# vigil: make run | make test | make lint | make bench | make check
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages: building pysctp (no wheel on a Pi) ...
+BUILD_DEBS := libsctp-dev python3-dev gcc
+# ... and what the tests drive: kernel SCTP in User-Mode Linux, an independent
+# SCTP peer, network namespaces and packet loss, a real browser, curl.
+TEST_DEBS := $(BUILD_DEBS) user-mode-linux kmod lksctp-tools iproute2 nftables chromium \
+	chromium-driver curl procps
+BENCH_DEBS := wrk util-linux
+
+.PHONY: run test lint check bench deps test-deps clean
+
+run: $(STAMP)
+	$(PY) -m server --config config.toml
+
+$(STAMP): pyproject.toml
+	@tools/ensure-debs.sh $(BUILD_DEBS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev,bench]'
+	touch $@
+
+deps: $(STAMP)
+
+test-deps: $(STAMP)
+	@tools/ensure-debs.sh $(TEST_DEBS)
+
+test: test-deps
+	$(PY) -m pytest -q tests --ignore=tests/sctp
+	tests/run_sctp_tests.sh $(PY)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/mypy server
+
+check: lint test
+
+bench: $(STAMP)
+	@tools/ensure-debs.sh $(BENCH_DEBS)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""Command line: ``python -m server [run] | hash-password | check-config``.
+
+Every failure a person can cause (bad config, port in use, unreadable static
+dir or audit file) ends in one line on stderr naming the file, key or port,
+and a non-zero exit status; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from server import config as configmod, firstrun
+from server.auth import hash_password
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"vigil: {message}", file=sys.stderr)
+    return status
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    access = logging.StreamHandler(sys.stderr)
+    access.setFormatter(logging.Formatter("%(message)s"))
+    access_log = logging.getLogger("server.access")
+    access_log.addHandler(access)
+    access_log.propagate = False
+
+
+def cmd_hash_password(_args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            return _fail("the passwords differ")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        return _fail("empty password")
+    print(hash_password(password))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        return _fail(str(e))
+    print(f"{cfg.path}: ok ({len(cfg.auth.users)} user(s))")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from server.app import Server
+    from server.loop import Loop
+
+    try:
+        cfg = configmod.load(args.config)
+        if not cfg.auth.users:
+            firstrun.create_operator(cfg.path)
+            cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"{e.filename}: {e.strerror}")
+    _setup_logging()
+    loop = Loop(cfg.http.backend)
+    try:
+        server = Server(cfg, loop)
+    except OSError as e:
+        return _fail(f"{e.filename or cfg.audit.path}: {e.strerror}")
+    try:
+        server.start()
+    except OSError as e:
+        where = f"{cfg.http.host}:{cfg.http.port}"
+        if server.listener is not None:
+            where = f"[control] {cfg.control.host}:{cfg.control.port} (SCTP)"
+        server.close()
+        return _fail(f"cannot listen on {where}: {e.strerror or e}")
+    try:
+        loop.run()
+    finally:
+        server.close()
+        loop.close()
+    logging.getLogger(__name__).info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path, help="config file")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the server (the default)")
+    sub.add_parser("hash-password", help="print the hash of a password (stdin or prompt)")
+    check = sub.add_parser("check-config", help="validate the config file, exit 0 or 1")
+    check.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+    args = parser.parse_args(argv)
+    commands = {"hash-password": cmd_hash_password, "check-config": cmd_check_config}
+    return commands.get(args.command, cmd_run)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

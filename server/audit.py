@@ -1,0 +1,86 @@
+"""The audit log: append-only JSON lines, each flushed and fsync'd before it counts.
+
+Who did what: logins and leaves, commands with their outcome and latency,
+chat messages. ``append`` returns only after the record is on disk, so the
+HTTP answer that acknowledges an action is sent after its record exists.
+
+On start the whole file is read once to keep the newest records in memory
+(``newest`` for ``GET /api/audit``, ``chat`` for ``GET /api/chat``). A line
+that does not parse (the torn last line of a ``kill -9``) is skipped with a
+warning; if the file does not end in a newline, one is written first so the
+next record starts on a line of its own. Each record carries ``seq``, its
+line number, which also serves as the id of a chat message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from server.presence import iso
+
+log = logging.getLogger(__name__)
+
+CHAT_HISTORY = 100
+
+
+def chat_message(record: dict[str, Any]) -> dict[str, Any]:
+    """The public form of a chat record: ``{"id", "user", "text", "time"}``."""
+    return {"id": record["seq"], "user": record.get("user"), "text": record.get("text"),
+            "time": record.get("time")}
+
+
+class AuditLog:
+    def __init__(self, path: Path, keep: int = 1000) -> None:
+        self.path = path
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
+        self.seq = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        self._load()
+
+    def _load(self) -> None:
+        with open(self._fd, "rb", closefd=False) as f:
+            data = f.read()
+        for lineno, line in enumerate(data.splitlines(), 1):
+            self.seq = lineno
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if line.strip():
+                    log.warning("%s:%d: skipping a damaged audit record", self.path, lineno)
+                continue
+            self._remember(record)
+        if data and not data.endswith(b"\n"):
+            os.write(self._fd, b"\n")
+            os.fsync(self._fd)
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        self.recent.append(record)
+        if record.get("type") == "chat":
+            self.chat.append(chat_message(record))
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Write one record durably (write + fsync) and return it."""
+        self.seq += 1
+        record = {"seq": self.seq, "time": iso(time.time()), "type": kind, **fields}
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        os.write(self._fd, line.encode())
+        os.fsync(self._fd)
+        self._remember(record)
+        return record
+
+    def newest(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records, newest first."""
+        return [self.recent[-i] for i in range(1, min(limit, len(self.recent)) + 1)]
+
+    def close(self) -> None:
+        os.close(self._fd)

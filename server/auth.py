@@ -1,0 +1,196 @@
+"""HTTP Basic authentication (RFC 7617), password hashes, lockout and the allow-list.
+
+Pure: the caller passes the header value, the peer address and ``now``.
+
+- Passwords are stored only as ``scrypt$N$r$p$salt$hash`` (base64, stdlib
+  ``hashlib.scrypt``); verification compares in constant time.
+- A verified ``Authorization`` value is cached under its SHA-256 so that a
+  request pays one hash lookup, not scrypt (~50 ms here). The cache holds
+  successes only and is rebuilt with the user table (SIGHUP).
+- Unknown user names cost one scrypt too, so timing does not tell which
+  names exist.
+- Lockout: ``failures`` wrong passwords within ``window`` seconds for one
+  (address, user name) pair lock that pair for ``window`` seconds, even
+  with the right password (429 + Retry-After); other names from the same
+  address are unaffected.
+- The allow-list is checked at accept time; IPv4-mapped IPv6 addresses
+  (``::ffff:10.0.0.1``) are compared as the IPv4 address they carry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from server.config import Network, User
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_MAX_LOCKOUT_ENTRIES = 10000
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """The stored form of ``password``: ``scrypt$N$r$p$salt$hash``."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches the ``stored`` hash string (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest, validate=True)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(actual, expected)
+
+
+# A hash to verify against for unknown names, so they cost what known ones do.
+_DUMMY_HASH = hash_password("", salt=b"vigil-dummy-salt")
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic …`` value, or None if malformed."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        return None
+    return user, password
+
+
+def normalise_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``addr`` as an address object, IPv4-mapped IPv6 turned into IPv4."""
+    ip = ipaddress.ip_address(addr.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def display_address(addr: str) -> str:
+    """``addr`` as people read it (``::ffff:127.0.0.1`` → ``127.0.0.1``)."""
+    try:
+        return str(normalise_address(addr))
+    except ValueError:
+        return addr
+
+
+class AllowList:
+    """CIDR ranges; ``allows(addr)`` for IPv4, IPv6 and IPv4-mapped addresses."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+
+    def allows(self, addr: str) -> bool:
+        try:
+            ip = normalise_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks if net.version == ip.version)
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"  # no or malformed credentials: 401
+    WRONG = "wrong"  # unknown user or wrong password: 401
+    LOCKED = "locked"  # too many failures: 429
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    outcome: Outcome
+    user: User | None = None
+    name: str = ""
+    retry_after: int = 0
+
+
+@dataclass(slots=True)
+class _Failures:
+    times: deque[float]
+    locked_until: float = 0.0
+
+
+class Authenticator:
+    """Decides on one ``Authorization`` header; remembers successes and failures."""
+
+    def __init__(self, users: Iterable[User], failures: int = 5, window: float = 60.0) -> None:
+        self.users = {u.name: u for u in users}
+        self.max_failures = failures
+        self.window = window
+        self._cache: dict[bytes, User] = {}
+        self._failures: dict[tuple[str, str], _Failures] = {}
+
+    def check(self, header: str | None, addr: str, now: float) -> AuthResult:
+        """The outcome for ``header`` from ``addr`` at ``now``."""
+        if not header:
+            return AuthResult(Outcome.MISSING)
+        parsed = parse_basic(header)
+        if parsed is None:
+            return AuthResult(Outcome.MISSING)
+        name, password = parsed
+        if self._failures:
+            retry = self._locked_for(addr, name, now)
+            if retry:
+                return AuthResult(Outcome.LOCKED, name=name, retry_after=retry)
+        key = hashlib.sha256(header.encode("latin-1")).digest()
+        user = self._cache.get(key)
+        if user is not None:
+            return AuthResult(Outcome.OK, user, name)
+        known = self.users.get(name)
+        if verify_password(password, known.password if known else _DUMMY_HASH) and known:
+            self._cache[key] = known
+            self._failures.pop((addr, name), None)
+            return AuthResult(Outcome.OK, known, name)
+        return self._fail(addr, name, now)
+
+    def _locked_for(self, addr: str, name: str, now: float) -> int:
+        entry = self._failures.get((addr, name))
+        if entry is None or entry.locked_until <= now:
+            return 0
+        return max(1, int(entry.locked_until - now + 0.999))
+
+    def _fail(self, addr: str, name: str, now: float) -> AuthResult:
+        if len(self._failures) >= _MAX_LOCKOUT_ENTRIES:
+            self.prune(now)
+        entry = self._failures.setdefault((addr, name), _Failures(deque()))
+        times = entry.times
+        times.append(now)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) >= self.max_failures:
+            entry.locked_until = now + self.window
+            times.clear()
+            return AuthResult(Outcome.LOCKED, name=name, retry_after=int(self.window))
+        return AuthResult(Outcome.WRONG, name=name)
+
+    def prune(self, now: float) -> None:
+        """Forget failures older than the window and expired locks."""
+        for key, entry in list(self._failures.items()):
+            stale = not entry.times or entry.times[-1] <= now - self.window
+            if stale and entry.locked_until <= now:
+                del self._failures[key]

@@ -1,0 +1,169 @@
+"""The event loop: one selector, a timer heap and signal flags.
+
+Strategy (boa's select.c, socketserver's docstring): every socket the server
+owns is registered with one `selectors` selector together with a callback
+``handler(mask)``; one pass of the loop waits until the earliest timer is due
+or a socket is ready, runs the ready callbacks, then the due timers.
+
+Invariants:
+- The loop knows file objects, masks and callbacks, nothing of HTTP or SCTP.
+- One thread. Callbacks must not block; they run to completion.
+- Signal handlers only record the signal number (and poke a wake-up socket
+  so ``select`` returns); the callbacks for signals run at the top of the
+  next pass, like boa's ``sighup_flag``.
+- The select() backend cannot watch fds >= FD_SETSIZE (1024); the owners of
+  sockets keep far below that (``http.max_connections``), and
+  ``Loop.fd_limit`` is the number they compare against.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+# select()'s FD_SETSIZE; epoll has no such limit but we keep one number.
+FD_SETSIZE = 1024
+
+Handler = Callable[[int], None]
+
+
+class Timer:
+    """A callback due at ``when`` (monotonic seconds); ``cancel()`` drops it."""
+
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def make_selector(backend: str) -> selectors.BaseSelector:
+    """Return the selector for ``backend`` ("select" or "epoll")."""
+    if backend == "select":
+        return selectors.SelectSelector()
+    if backend == "epoll":
+        return selectors.EpollSelector()
+    raise ValueError(f"unknown loop backend {backend!r} (select, epoll)")
+
+
+class Loop:
+    """One selector, a timer heap and deferred signal callbacks."""
+
+    def __init__(self, backend: str = "select") -> None:
+        self.backend = backend
+        self._selector = make_selector(backend)
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._pending_signals: list[int] = []
+        self._running = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.register(self._wake_r, READ, self._drain_wakeup)
+        self.fd_limit = FD_SETSIZE
+
+    # -- sockets ---------------------------------------------------------
+    def register(self, fileobj: Any, events: int, handler: Handler) -> None:
+        self._selector.register(fileobj, events, handler)
+
+    def modify(self, fileobj: Any, events: int, handler: Handler) -> None:
+        self._selector.modify(fileobj, events, handler)
+
+    def unregister(self, fileobj: Any) -> None:
+        self._selector.unregister(fileobj)
+
+    # -- time ------------------------------------------------------------
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_every(self, interval: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` every ``interval`` seconds, for the loop's lifetime."""
+
+        def tick() -> None:
+            self.call_later(interval, tick)
+            callback()
+
+        self.call_later(interval, tick)
+
+    # -- signals ---------------------------------------------------------
+    def on_signal(self, signum: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop (never in the handler) after ``signum``."""
+        self._signal_callbacks[signum] = callback
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self._pending_signals.append(signum)
+
+    def _drain_wakeup(self, _mask: int) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- running ---------------------------------------------------------
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        """Run passes until ``stop()``; exceptions in callbacks are logged."""
+        self._running = True
+        timers = self._timers
+        select = self._selector.select
+        while self._running:
+            while self._pending_signals:
+                self._call(self._signal_callbacks[self._pending_signals.pop(0)])
+            timeout = None
+            if timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            for key, mask in select(timeout):
+                try:
+                    key.data(mask)
+                except Exception:
+                    log.exception("callback for fd %s failed", key.fd)
+            if timers:
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    timer = heapq.heappop(timers)[2]
+                    if not timer.cancelled:
+                        self._call(timer.callback)
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("loop callback %r failed", callback)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

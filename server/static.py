@@ -1,0 +1,129 @@
+"""Static files from ``http.static_dir``: path resolution, a file cache, conditional GET.
+
+Resolution is pure (``resolve``): a request path is percent-decoded once and
+refused if it could name anything outside the directory: ``..`` or ``.``
+segments, encoded ``/`` or ``\\`` (``%2f``, ``%5c``), backslashes, NUL,
+invalid percent-encoding. ``FileCache`` then stats the file; the real path
+(symlinks resolved) must still lie inside the directory, so a symlink that
+points out is refused too. Files up to ``max_cached`` bytes stay in memory
+and are re-read when their inode, size or mtime change.
+
+Validators (RFC 9110 §8.8, §13.1): a strong ETag from inode, mtime and
+size; Last-Modified from mtime; If-None-Match wins over If-Modified-Since.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import unquote
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
+    ".ico": "image/x-icon",
+    ".png": "image/png",
+    ".webmanifest": "application/manifest+json",
+}
+
+
+def content_type(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    return _TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def resolve(path: str) -> str | None:
+    """The file a request path names, relative to the static dir, or None if refused."""
+    if not path.startswith("/"):
+        return None
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
+        return None
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if "\\" in decoded or "\0" in decoded:
+        return None
+    parts = decoded.split("/")[1:]
+    if any(p in (".", "..") for p in parts):
+        return None
+    rel = "/".join(p for p in parts if p)
+    if not rel or decoded.endswith("/"):
+        rel = f"{rel}/index.html" if rel else "index.html"
+    return rel
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    body: bytes
+    etag: str
+    last_modified: str
+    mtime: int  # whole seconds, for If-Modified-Since
+    content_type: str
+    key: tuple[int, int, int]  # (inode, size, mtime_ns): changes when the file does
+
+
+def not_modified(file: File, headers: dict[str, str]) -> bool:
+    """True if the conditional headers say the client's copy is current (→ 304)."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        tags = [t.strip().removeprefix("W/") for t in inm.split(",")]
+        return "*" in tags or file.etag in tags
+    ims = headers.get("if-modified-since")
+    if ims is not None:
+        try:
+            return file.mtime <= parsedate_to_datetime(ims).timestamp()
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+class FileCache:
+    """Files below ``root``, kept in memory up to ``max_cached`` bytes each."""
+
+    def __init__(self, root: Path, max_cached: int = 1 << 20) -> None:
+        self.root = os.path.realpath(root)
+        self.max_cached = max_cached
+        self._files: dict[str, File] = {}
+
+    def get(self, rel: str) -> File | None:
+        """The current content of ``rel``, or None if missing, not a file or outside."""
+        full = os.path.join(self.root, rel)
+        try:
+            st = os.stat(full)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._files.get(rel)
+        if cached is not None and cached.key == key:
+            return cached
+        if not os.path.realpath(full).startswith(self.root + os.sep):
+            return None
+        try:
+            with open(full, "rb") as f:
+                body = f.read()
+        except OSError:
+            return None
+        file = File(
+            body=body,
+            etag=f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"',
+            last_modified=formatdate(st.st_mtime, usegmt=True),
+            mtime=int(st.st_mtime),
+            content_type=content_type(rel),
+            key=key,
+        )
+        if st.st_size <= self.max_cached:
+            self._files[rel] = file
+        return file
