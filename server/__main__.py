@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from server import config as configmod, firstrun
+from server import config as configmod
+from server import firstrun
 from server.auth import hash_password
 
 DEFAULT_CONFIG = "config.toml"

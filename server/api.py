@@ -57,8 +57,9 @@ def me(server: Server, conn: Connection, req: Request) -> Response:
 
 
 def users(server: Server, conn: Connection, req: Request) -> Response:
-    return json_response(200, {"online": server.presence.online(),
-                               "max_users": server.presence.max_users})
+    return json_response(
+        200, {"online": server.presence.online(), "max_users": server.presence.max_users}
+    )
 
 
 def state(server: Server) -> dict[str, Any]:
@@ -107,9 +108,16 @@ def post_command(server: Server, conn: Connection, req: Request, device: str) ->
 
     def done(status: int, result: dict[str, Any]) -> None:
         server.audit.append(
-            "command", user=user.name, device=device, action=action, args=args, status=status,
-            ok=bool(result.get("ok")), result=result.get("result"),
-            error=result.get("error"), latency_ms=round((server.loop.now() - started) * 1000, 1),
+            "command",
+            user=user.name,
+            device=device,
+            action=action,
+            args=args,
+            status=status,
+            ok=bool(result.get("ok")),
+            result=result.get("result"),
+            error=result.get("error"),
+            latency_ms=round((server.loop.now() - started) * 1000, 1),
         )
         conn.finish(json_response(status, result), req)
 

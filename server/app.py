@@ -19,7 +19,8 @@ import socket
 import time
 from email.utils import formatdate
 
-from server import api, config as configmod, sockopts
+from server import api, sockopts
+from server import config as configmod
 from server.audit import AuditLog
 from server.auth import AllowList, Authenticator, Outcome, display_address
 from server.config import Config, ConfigError
@@ -45,7 +46,9 @@ class Server:
         self.loop = loop
         self.limits = Limits(cfg.http.max_target, cfg.http.max_header_bytes, cfg.http.max_body)
         self.allow = AllowList(cfg.auth.allow)
-        self.auth = Authenticator(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
+        self.auth = Authenticator(
+            cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window
+        )
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.files = FileCache(cfg.http.static_dir)
         self.events = EventBus(first_id=int(time.time() * 1000))
@@ -128,14 +131,20 @@ class Server:
         self.limits = Limits(cfg.http.max_target, cfg.http.max_header_bytes, cfg.http.max_body)
         self.allow = AllowList(cfg.auth.allow)
         failures = self.auth._failures
-        self.auth = Authenticator(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
+        self.auth = Authenticator(
+            cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window
+        )
         self.auth._failures = failures
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         if cfg.http.static_dir != old.http.static_dir:
             self.files = FileCache(cfg.http.static_dir)
         for conn in self.conns.values():
             conn.user = None  # re-authenticate with the new user table
-        if (cfg.http.host, cfg.http.port, cfg.control) != (old.http.host, old.http.port, old.control):
+        if (cfg.http.host, cfg.http.port, cfg.control) != (
+            old.http.host,
+            old.http.port,
+            old.control,
+        ):
             log.warning("reload: listen addresses and [control] change only on restart")
         log.info("reloaded %s: %d user(s)", cfg.path, len(cfg.auth.users))
 
@@ -209,8 +218,13 @@ class Server:
             self.audit.append("login", user=change.user, addr=change.addr)
         else:
             self.audit.append("leave", user=change.user, addr=change.addr, reason=change.reason)
-        log.info("%s %s from %s%s", change.user, change.kind, change.addr,
-                 f" ({change.reason})" if change.reason else "")
+        log.info(
+            "%s %s from %s%s",
+            change.user,
+            change.kind,
+            change.addr,
+            f" ({change.reason})" if change.reason else "",
+        )
         self.events.publish(
             "presence",
             {
@@ -271,8 +285,9 @@ class Server:
         if path == "/healthz":
             if req.method not in ("GET", "HEAD"):
                 return error(405, "method not allowed", [("Allow", "GET, HEAD")])
-            return Response(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")],
-                            b"ok\n")
+            return Response(
+                200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok\n"
+            )
         result = self.auth.check(req.headers.get("authorization"), conn.addr, self.loop.now())
         if result.outcome is not Outcome.OK:
             return self._refuse(req, result.outcome, result.name, result.retry_after)
@@ -294,8 +309,11 @@ class Server:
     def _refuse(self, req: Request, outcome: Outcome, name: str, retry: int) -> Response:
         if outcome is Outcome.LOCKED:
             log.warning("too many failed logins for %r: locked for %d s", name, retry)
-            return error(429, f"too many failed logins for {name!r}; try again later",
-                         [("Retry-After", str(retry))])
+            return error(
+                429,
+                f"too many failed logins for {name!r}; try again later",
+                [("Retry-After", str(retry))],
+            )
         msg = "wrong user name or password" if outcome is Outcome.WRONG else "login required"
         return unauthorized(self.config.auth.realm, msg)
 
@@ -329,6 +347,12 @@ class Server:
         if not self.config.http.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"
-        access_log.info('%s - %s [%s] "%s" %d %d', conn.addr,
-                        conn.user.name if conn.user else "-",
-                        time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()), line, status, size)
+        access_log.info(
+            '%s - %s [%s] "%s" %d %d',
+            conn.addr,
+            conn.user.name if conn.user else "-",
+            time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+            line,
+            status,
+            size,
+        )

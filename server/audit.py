@@ -31,8 +31,12 @@ CHAT_HISTORY = 100
 
 def chat_message(record: dict[str, Any]) -> dict[str, Any]:
     """The public form of a chat record: ``{"id", "user", "text", "time"}``."""
-    return {"id": record["seq"], "user": record.get("user"), "text": record.get("text"),
-            "time": record.get("time")}
+    return {
+        "id": record["seq"],
+        "user": record.get("user"),
+        "text": record.get("text"),
+        "time": record.get("time"),
+    }
 
 
 class AuditLog:

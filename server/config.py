@@ -268,7 +268,9 @@ def load(path: str | Path) -> Config:
     base = path.parent
     sec["http"]["static_dir"] = (base / sec["http"]["static_dir"]).resolve()
     if not sec["http"]["static_dir"].is_dir():
-        raise ConfigError(f"{where}: [http] static_dir: {sec['http']['static_dir']} is not a directory")
+        raise ConfigError(
+            f"{where}: [http] static_dir: {sec['http']['static_dir']} is not a directory"
+        )
     sec["auth"]["users"] = tuple(users)
     sec["audit"]["path"] = base / sec["audit"]["path"]
     return Config(

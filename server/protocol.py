@@ -20,6 +20,7 @@ owns time (the 408 deadline) and the socket. Responses go out through
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import h11
@@ -91,7 +92,7 @@ class ProtocolError:
     message: str
 
 
-def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("ascii")
@@ -155,6 +156,10 @@ class HttpSession:
     def _start(self, event: h11.Request) -> ProtocolError | None:
         if len(event.target) > self.limits.max_target:
             return ProtocolError(414, "request target too long")
+        # h11 checks max_incomplete_event_size only while the head is incomplete;
+        # a whole oversized head that arrives in one read must be refused here.
+        if sum(len(n) + len(v) + 4 for n, v in event.headers) > self.limits.max_header_bytes:
+            return ProtocolError(431, "request header fields too large")
         for name, value in event.headers:
             if name == b"content-length" and int(value) > self.limits.max_body:
                 return ProtocolError(413, "request body too large")

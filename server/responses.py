@@ -30,9 +30,7 @@ CAP_PAGE = """<!doctype html>
 """
 
 
-def json_response(
-    status: int, data: Any, headers: list[tuple[str, str]] | None = None
-) -> Response:
+def json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(status, [*JSON_HEADERS, *(headers or ())], body)
 
@@ -53,8 +51,12 @@ def panel_full(max_users: int, retry: int, html: bool) -> Response:
         page = CAP_PAGE.format(max_users=max_users, retry=retry).encode()
         return Response(
             503,
-            [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"),
-             *COMMON_HEADERS, *headers],
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+                *COMMON_HEADERS,
+                *headers,
+            ],
             page,
         )
     message = (

@@ -1,0 +1,160 @@
+"""Test support: start the real vigil process with a config written by the test.
+
+``Vigil`` runs ``python -m server --config FILE`` on a free port (loopback by
+default), waits until it listens, and stops it with SIGTERM. ``USERS`` are the
+people every test config knows; passwords are their names reversed.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.auth import hash_password
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+
+USERS: dict[str, str] = {
+    "alice": "operator",
+    "bob": "operator",
+    "vera": "viewer",
+    **{f"user{i:02d}": "operator" for i in range(1, 12)},
+}
+
+
+def password(user: str) -> str:
+    return user[::-1] + "-pw"
+
+
+def basic(user: str, pw: str | None = None) -> str:
+    token = base64.b64encode(f"{user}:{pw if pw is not None else password(user)}".encode())
+    return "Basic " + token.decode()
+
+
+@functools.cache
+def _hash(pw: str) -> str:
+    return hash_password(pw)
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip a test that cannot run here; in CI (CI=true) fail instead: nothing skips silently."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def write_config(
+    directory: Path,
+    sections: dict[str, dict[str, Any]] | None = None,
+    users: dict[str, str] | None = None,
+) -> Path:
+    """config.toml in ``directory`` with the contract keys; ``sections`` override them."""
+    base: dict[str, dict[str, Any]] = {
+        "http": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "static_dir": str(ROOT / "static"),
+            "max_connections": 768,
+        },
+        "auth": {"realm": "vigil", "max_users": 10, "allow": ["127.0.0.0/8", "::1/128"]},
+        "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2},
+        "control": {"enabled": False},
+        "audit": {"path": str(directory / "audit.jsonl")},
+    }
+    for name, values in (sections or {}).items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    for user, role in (USERS if users is None else users).items():
+        lines += [
+            "[[auth.users]]",
+            f"name = {toml_value(user)}",
+            f"password = {toml_value(_hash(password(user)))}",
+            f"role = {toml_value(role)}",
+            "",
+        ]
+    path = directory / "config.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Vigil:
+    """A running vigil process."""
+
+    def __init__(self, config: Path, python: str = sys.executable) -> None:
+        self.config = config
+        self.log_path = config.parent / "vigil.log"
+        import tomllib
+
+        http = tomllib.loads(config.read_text())["http"]
+        self.host, self.port = http["host"], http["port"]
+        self.base = f"http://{self.host}:{self.port}"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [python, "-m", "server", "--config", str(config)],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_listening()
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vigil exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"vigil did not listen on {self.port}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

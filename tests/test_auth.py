@@ -1,0 +1,117 @@
+"""Passwords, Basic parsing, the credential cache, lockout and the allow-list."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+import pytest
+
+from server.auth import (
+    AllowList,
+    Authenticator,
+    Outcome,
+    display_address,
+    hash_password,
+    parse_basic,
+    verify_password,
+)
+from server.config import User
+
+HASH = hash_password("s3cret")
+ALICE = User("alice", HASH, "operator")
+BOB = User("bob", HASH, "viewer")
+
+
+def header(user: str, pw: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
+def test_hash_is_salted_and_verifies() -> None:
+    assert HASH.startswith("scrypt$") and hash_password("s3cret") != HASH
+    assert verify_password("s3cret", HASH)
+    assert not verify_password("s3cret ", HASH)
+
+
+@pytest.mark.parametrize("stored", ["", "scrypt$1$2", "scrypt$x$8$1$AAAA$AAAA", "md5$1$1$1$a$b"])
+def test_malformed_hashes_never_verify(stored: str) -> None:
+    assert not verify_password("anything", stored)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (header("alice", "pw"), ("alice", "pw")),
+        (header("alice", "p:w"), ("alice", "p:w")),
+        ("basic " + base64.b64encode(b"a:b").decode(), ("a", "b")),
+        ("Basic !!!", None),
+        ("Basic " + base64.b64encode(b"nocolon").decode(), None),
+        ("Basic " + base64.b64encode(b":pw").decode(), None),
+        ("Bearer abc", None),
+        ("Basic " + base64.b64encode(b"\xff:x").decode(), None),
+        ("Basic", None),
+    ],
+)
+def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
+    assert parse_basic(value) == expected
+
+
+def test_check_outcomes() -> None:
+    auth = Authenticator([ALICE, BOB])
+    assert auth.check(None, "1.2.3.4", 0).outcome is Outcome.MISSING
+    assert auth.check("Basic !!!", "1.2.3.4", 0).outcome is Outcome.MISSING
+    assert auth.check(header("alice", "wrong"), "1.2.3.4", 0).outcome is Outcome.WRONG
+    assert auth.check(header("nobody", "s3cret"), "1.2.3.4", 0).outcome is Outcome.WRONG
+    ok = auth.check(header("bob", "s3cret"), "1.2.3.4", 0)
+    assert ok.outcome is Outcome.OK and ok.user == BOB
+
+
+def test_verified_credentials_are_cached() -> None:
+    auth = Authenticator([ALICE])
+    auth.check(header("alice", "s3cret"), "a", 0)
+    auth.users = {}  # the cache answers without the user table or scrypt
+    assert auth.check(header("alice", "s3cret"), "a", 0).outcome is Outcome.OK
+
+
+def test_lockout_per_address_and_name_then_expiry() -> None:
+    auth = Authenticator([ALICE, BOB], failures=5, window=60)
+    for i in range(4):
+        assert auth.check(header("alice", "bad"), "10.0.0.1", i).outcome is Outcome.WRONG
+    locked = auth.check(header("alice", "bad"), "10.0.0.1", 4)
+    assert locked.outcome is Outcome.LOCKED and locked.retry_after == 60
+    right = auth.check(header("alice", "s3cret"), "10.0.0.1", 10)
+    assert right.outcome is Outcome.LOCKED and right.retry_after == 54
+    assert auth.check(header("bob", "s3cret"), "10.0.0.1", 10).outcome is Outcome.OK
+    assert auth.check(header("alice", "s3cret"), "10.0.0.2", 10).outcome is Outcome.OK
+    assert auth.check(header("alice", "s3cret"), "10.0.0.1", 64.5).outcome is Outcome.OK
+
+
+def test_failures_outside_the_window_do_not_add_up() -> None:
+    auth = Authenticator([ALICE], failures=3, window=10)
+    for t in (0, 11, 22, 33):
+        assert auth.check(header("alice", "bad"), "a", t).outcome is Outcome.WRONG
+    auth.prune(100)
+    assert not auth._failures
+
+
+@pytest.mark.parametrize(
+    ("addr", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("::1", True),
+        ("fe80::1%eth0", True),
+        ("192.168.1.1", False),
+        ("2001:db8::1", False),
+        ("not-an-ip", False),
+    ],
+)
+def test_allow_list(addr: str, allowed: bool) -> None:
+    nets = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "::1/128", "fe80::/10")]
+    assert AllowList(nets).allows(addr) is allowed
+
+
+def test_display_address_unmaps_ipv4() -> None:
+    assert display_address("::ffff:10.0.0.7") == "10.0.0.7"
+    assert display_address("::1") == "::1"
