@@ -17,7 +17,6 @@ import logging
 import signal
 import socket
 import time
-from email.utils import formatdate
 
 from server import api, sockopts
 from server import config as configmod
@@ -28,7 +27,7 @@ from server.connection import Connection
 from server.events import HEARTBEAT, EventBus
 from server.loop import READ, Loop, Timer
 from server.presence import Change, Presence
-from server.protocol import Limits, Request, Response
+from server.protocol import Limits, Request, Response, http_date
 from server.responses import error, panel_full, unauthorized
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
@@ -339,7 +338,7 @@ class Server:
         """The Date header value, formatted once a second."""
         now = int(time.time())
         if self._date[1] != now:
-            self._date = (formatdate(now, usegmt=True), now)
+            self._date = (http_date(now), now)
         return self._date[0]
 
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:

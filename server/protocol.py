@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import h11
 
 SERVER_NAME = "vigil"
+SERVER_BYTES = SERVER_NAME.encode()
 
 REASONS = {
     200: b"OK",
@@ -46,6 +48,22 @@ REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+
+
+_HTTP_DATE = "%a, %d %b %Y %H:%M:%S GMT"
+
+
+def http_date(epoch: float) -> str:
+    """``epoch`` as an IMF-fixdate (RFC 9110 §5.6.7): ``Sat, 21 Nov 2026 06:00:00 GMT``."""
+    return datetime.fromtimestamp(epoch, UTC).strftime(_HTTP_DATE)
+
+
+def parse_http_date(text: str) -> float | None:
+    """Epoch seconds of an IMF-fixdate, or None if ``text`` is not one."""
+    try:
+        return datetime.strptime(text.strip(), _HTTP_DATE).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,17 +212,27 @@ class HttpSession:
 
     # -- output ----------------------------------------------------------
     def respond(self, response: Response, date: str) -> bytes:
-        """Bytes of ``response`` (head and, unless streamed or HEAD, the body)."""
+        """Bytes of ``response`` (head and, unless streamed or HEAD, the body).
+
+        Header names and values come from the server itself, never from a
+        request, so h11's per-header regex validation (the costliest step of
+        a small response) is skipped; a CR or LF would still be refused.
+        """
         conn = self._conn
-        headers = [("Date", date), ("Server", SERVER_NAME), *response.headers]
         head_only = self._head is not None and self._head.method == b"HEAD"
-        if not response.stream:
-            headers.append(("Content-Length", str(len(response.body))))
+        headers = [(b"Date", date.encode("ascii")), (b"Server", SERVER_BYTES)]
+        for name, value in response.headers:
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} would split the response")
+            headers.append((name.encode("ascii"), value.encode("latin-1")))
+        if not response.stream and response.status != 304:
+            headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
         out = conn.send(
             h11.Response(
                 status_code=response.status,
                 headers=headers,
                 reason=REASONS.get(response.status, b""),
+                _parsed=True,
             )
         )
         if response.stream:

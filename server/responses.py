@@ -16,10 +16,11 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 COMMON_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", CSP)]
+# CSP matters only for documents; JSON needs nosniff.
 JSON_HEADERS = [
     ("Content-Type", "application/json"),
     ("Cache-Control", "no-store"),
-    *COMMON_HEADERS,
+    ("X-Content-Type-Options", "nosniff"),
 ]
 CAP_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vigil: the panel is full</title>

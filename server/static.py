@@ -18,9 +18,10 @@ import mimetypes
 import os
 import stat
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote
+
+from server.protocol import http_date, parse_http_date
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -80,12 +81,8 @@ def not_modified(file: File, headers: dict[str, str]) -> bool:
         tags = [t.strip().removeprefix("W/") for t in inm.split(",")]
         return "*" in tags or file.etag in tags
     ims = headers.get("if-modified-since")
-    if ims is not None:
-        try:
-            return file.mtime <= parsedate_to_datetime(ims).timestamp()
-        except (TypeError, ValueError):
-            return False
-    return False
+    since = parse_http_date(ims) if ims is not None else None
+    return since is not None and file.mtime <= since
 
 
 class FileCache:
@@ -119,7 +116,7 @@ class FileCache:
         file = File(
             body=body,
             etag=f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"',
-            last_modified=formatdate(st.st_mtime, usegmt=True),
+            last_modified=http_date(st.st_mtime),
             mtime=int(st.st_mtime),
             content_type=content_type(rel),
             key=key,
