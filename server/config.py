@@ -127,6 +127,13 @@ def _str(v: Any) -> str:
     return v
 
 
+def _realm(v: Any) -> str:
+    text = _str(v)
+    if not text.isprintable() or '"' in text or "\\" in text:
+        raise ValueError("must be printable text without quotes or backslashes")
+    return text
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("must be true or false")
@@ -168,7 +175,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "access_log": (True, _bool),
     },
     "auth": {
-        "realm": ("vigil", _str),
+        "realm": ("vigil", _realm),
         "max_users": (10, _int(1, 1000)),
         "allow": (["127.0.0.0/8", "::1/128"], _networks),
         "users": ([], lambda v: v),  # checked by _users

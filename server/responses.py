@@ -41,7 +41,6 @@ def error(status: int, message: str, headers: list[tuple[str, str]] | None = Non
 
 
 def unauthorized(realm: str, message: str) -> Response:
-    realm = realm.replace('"', "").replace("\\", "")
     return error(401, message, [("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"')])
 
 

@@ -44,6 +44,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ('[http]\nstatic_dir = "nope"\n', "[http] static_dir"),
         ('[auth]\nallow = ["10.0.0.0/33"]\n', "[auth] allow: bad CIDR range"),
         ("[auth]\nmax_users = 0\n", "[auth] max_users"),
+        ('[auth]\nrealm = "a\\nb"\n', "[auth] realm: must be printable"),
         ('[[auth.users]]\nname = "a"\npassword = "plain"\nrole = "operator"\n', "hash-password"),
         ('[[auth.users]]\nname = "a"\npassword = "scrypt$x"\nrole = "admin"\n', "role"),
         (USER + USER, "user 'alice' is defined twice"),
