@@ -140,6 +140,8 @@ class Loop:
         while self._running:
             while self._pending_signals:
                 self._call(self._signal_callbacks[self._pending_signals.pop(0)])
+            if not self._running:  # a signal callback stopped the loop: no select() wait
+                break
             timeout = None
             if timers:
                 timeout = max(0.0, timers[0][0] - time.monotonic())

@@ -1,0 +1,398 @@
+"""The SCTP control protocol without sockets: codec, devices, pending commands.
+
+Strategy (h11's sans-I/O core): this module decides, ``server.sctpchannel``
+does the I/O. Nothing here imports ``socket``, ``select`` or ``time``; every
+function that needs the clock takes it as an argument:
+
+- ``now``: monotonic seconds (the loop's clock), for deadlines, latencies and
+  the telemetry rate limit;
+- ``at``: wall-clock seconds since the epoch, only for the ``since`` that
+  people read (ISO-8601 UTC).
+
+Wire format (DESIGN.md, "SCTP control protocol"): every SCTP message is one
+UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes. ``decode`` turns bytes
+from a device into a ``Hello``, ``Result`` or ``Telemetry``, or returns a
+one-line error text for the ``{"type": "error"}`` reply. The association
+stays up after an error; it is the device's turn to do better.
+
+Invariants of ``Registry``:
+- a device id is online on at most one association; a second association
+  claiming a live id is refused (no takeover), so a misconfigured twin cannot
+  steal a working device's commands;
+- devices stay known after they go offline (``online=False``, ``since`` = when
+  they went), so the panel can still show them;
+- a pending command belongs to one device; ``Registry.drop_assoc`` returns the
+  commands that can never be answered so the shell fails them at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
+TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
+MAX_NAME = 100
+MAX_COMMANDS = 64
+
+# Payload protocol identifiers accepted on receive: 0 (unspecified, what most
+# tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
+PPID_JSON = 51
+ACCEPTED_PPIDS = frozenset({0, PPID_JSON})
+
+
+class Stream(enum.IntEnum):
+    CONTROL = 0  # hello, welcome, command, result, error: ordered
+    TELEMETRY = 1  # telemetry: may be unordered
+
+
+class Phase(enum.Enum):
+    ISSUED = "issued"
+    RESULT = "result"
+    FAILED = "failed"
+
+
+# -- messages from devices --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    device: str
+    name: str
+    commands: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    data: dict[str, Any]
+
+
+Message = Hello | Result | Telemetry
+
+
+def too_large(size: int) -> str:
+    """The error text for a message of ``size`` bytes over ``MAX_MESSAGE``."""
+    return f"message too large: {size} bytes (at most {MAX_MESSAGE})"
+
+
+def _hello(obj: dict[str, Any]) -> Hello | str:
+    device, name, commands = obj.get("device"), obj.get("name"), obj.get("commands", [])
+    if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
+        return "hello: device must be 1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
+    if name is None:
+        name = device
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        return f"hello: name must be a non-empty string of at most {MAX_NAME} characters"
+    if (
+        not isinstance(commands, list)
+        or len(commands) > MAX_COMMANDS
+        or not all(isinstance(c, str) and c for c in commands)
+    ):
+        return f"hello: commands must be a list of at most {MAX_COMMANDS} non-empty strings"
+    if len(set(commands)) != len(commands):
+        return "hello: commands must not repeat"
+    return Hello(device, name, tuple(commands))
+
+
+def _result(obj: dict[str, Any]) -> Result | str:
+    cid, ok = obj.get("id"), obj.get("ok")
+    if not isinstance(cid, str) or not cid:
+        return "result: id must be the command's id (a string)"
+    if not isinstance(ok, bool):
+        return "result: ok must be true or false"
+    if ok:
+        return Result(cid, True, obj.get("result"))
+    error = obj.get("error")
+    if not isinstance(error, str) or not error:
+        return 'result: a failed result needs "error": "<what went wrong>"'
+    return Result(cid, False, error=error)
+
+
+def _telemetry(obj: dict[str, Any]) -> Telemetry | str:
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        return "telemetry: data must be an object"
+    return Telemetry(data)
+
+
+_DECODERS = {"hello": _hello, "result": _result, "telemetry": _telemetry}
+
+
+def decode(raw: bytes) -> Message | str:
+    """Parse one message from a device; return it, or an error text for the reply."""
+    if len(raw) > MAX_MESSAGE:
+        return too_large(len(raw))
+    if raw.endswith(b"\0"):  # C peers (sctp_darn) send strlen + 1 bytes
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"message is not UTF-8 (bad byte at offset {e.start})"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"message is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except RecursionError:
+        return "message is not JSON: nested too deeply"
+    if not isinstance(obj, dict):
+        return f"message must be a JSON object, not {type(obj).__name__}"
+    kind = obj.get("type")
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        known = ", ".join(_DECODERS)
+        return f"unknown message type {kind!r} (a device sends: {known})"
+    return decoder(obj)
+
+
+# -- messages to devices ----------------------------------------------------
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """Serialize a message for a device: compact JSON, ASCII only.
+
+    ASCII (non-ASCII escaped as \\uXXXX) is still UTF-8 JSON for the device,
+    and it keeps pysctp's send-failed notification, which decodes the unsent
+    bytes as text, from ever failing on a cut multi-byte character.
+    """
+    return json.dumps(msg, separators=(",", ":")).encode("ascii")
+
+
+def welcome(device: str) -> dict[str, Any]:
+    return {"type": "welcome", "device": device}
+
+
+def error(text: str) -> dict[str, Any]:
+    return {"type": "error", "error": text}
+
+
+# -- devices and commands ---------------------------------------------------
+
+
+def iso_utc(at: float) -> str:
+    """``at`` (epoch seconds) as ISO-8601 UTC to the second: 2026-11-21T06:12:03Z."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    name: str
+    commands: tuple[str, ...]
+    online: bool
+    since: float  # epoch seconds of the last online/offline change
+    assoc: int | None  # SCTP association id while online
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry of GET /api/devices and of "device" events."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "commands": list(self.commands),
+            "online": self.online,
+            "since": iso_utc(self.since),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    id: str
+    device: str
+    action: str
+    args: dict[str, Any]
+    user: str
+    started: float  # monotonic
+    deadline: float  # monotonic
+
+    def message(self) -> dict[str, Any]:
+        """The command message sent to the device."""
+        return {
+            "type": "command",
+            "id": self.id,
+            "action": self.action,
+            "args": self.args,
+            "user": self.user,
+        }
+
+    def event(self, phase: Phase, now: float, status: int = 0, **outcome: Any) -> dict[str, Any]:
+        """The "command" event for ``phase``; ``outcome`` is ok and result or error."""
+        ev: dict[str, Any] = {
+            "id": self.id,
+            "device": self.device,
+            "action": self.action,
+            "args": self.args,
+            "user": self.user,
+            "phase": phase.value,
+        }
+        if phase is not Phase.ISSUED:
+            ev.update(outcome, status=status, latency_ms=round((now - self.started) * 1000))
+        return ev
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A command that cannot be issued: the HTTP status and the error text."""
+
+    status: int
+    error: str
+
+
+@dataclass(slots=True)
+class Registry:
+    """Devices by id, which association is which device, and pending commands."""
+
+    devices: dict[str, Device] = field(default_factory=dict)
+    by_assoc: dict[int, str] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    # Command ids: a per-process random prefix, so a result meant for a
+    # command of a previous run can never match a new one.
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(3))
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def hello(self, assoc: int, msg: Hello, at: float) -> Device | str:
+        """Register the device of ``assoc``; return it, or an error text."""
+        current = self.by_assoc.get(assoc)
+        if current is not None and current != msg.device:
+            return f"hello: this association is already device {current!r}"
+        known = self.devices.get(msg.device)
+        if known is not None and known.online and known.assoc != assoc:
+            return f"hello: device {msg.device!r} is already connected (no takeover)"
+        since = known.since if known is not None and known.online else at
+        dev = Device(msg.device, msg.name, msg.commands, True, since, assoc)
+        self.devices[dev.id] = dev
+        self.by_assoc[assoc] = dev.id
+        return dev
+
+    def device_of(self, assoc: int) -> Device | None:
+        """The device that said hello on ``assoc``, if any."""
+        dev_id = self.by_assoc.get(assoc)
+        return None if dev_id is None else self.devices[dev_id]
+
+    def drop_assoc(self, assoc: int, at: float) -> tuple[Device | None, list[Pending]]:
+        """``assoc`` is gone: its device (now offline) and its unanswerable commands."""
+        dev_id = self.by_assoc.pop(assoc, None)
+        if dev_id is None:
+            return None, []
+        dev = replace(self.devices[dev_id], online=False, since=at, assoc=None)
+        self.devices[dev_id] = dev
+        lost = [p for p in self.pending.values() if p.device == dev_id]
+        for p in lost:
+            del self.pending[p.id]
+        return dev, lost
+
+    def issue(
+        self, device: str, action: str, args: dict[str, Any], user: str, now: float, timeout: float
+    ) -> Pending | Refusal:
+        """Check and record a command for ``device``; the shell then sends it."""
+        dev = self.devices.get(device)
+        if dev is None:
+            return Refusal(404, f"unknown device {device!r}")
+        if not dev.online:
+            return Refusal(503, f"device {device!r} is offline")
+        if action not in dev.commands:
+            known = ", ".join(dev.commands) or "none"
+            return Refusal(400, f"device {device!r} has no command {action!r} (it has: {known})")
+        p = Pending(
+            f"{self._prefix}-{next(self._ids)}", device, action, args, user, now, now + timeout
+        )
+        self.pending[p.id] = p
+        return p
+
+    def resolve(self, assoc: int, msg: Result) -> Pending | None:
+        """The pending command ``msg`` answers, removed; None if unknown or late.
+
+        A result counts only from the device the command went to.
+        """
+        p = self.pending.get(msg.id)
+        if p is None or self.by_assoc.get(assoc) != p.device:
+            return None
+        return self.pending.pop(msg.id)
+
+    def expire(self, cid: str) -> Pending | None:
+        """Remove and return command ``cid`` if it is still pending."""
+        return self.pending.pop(cid, None)
+
+
+# -- telemetry rate limit ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class Coalescer:
+    """Newest telemetry per device, released at most every ``interval`` seconds.
+
+    How the shell uses it: ``offer()`` returns when to publish (``now`` or
+    later) or None when a release is already due; at that time the shell calls
+    ``release()`` and publishes what it returns. So a device that sends 100
+    readings a second costs the browsers 5 events a second, always the newest.
+    """
+
+    interval: float = TELEMETRY_INTERVAL
+    _latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def offer(self, device: str, data: dict[str, Any], now: float) -> float | None:
+        """Keep ``data`` as the newest; return when to ``release`` it, or None (already due)."""
+        waiting = device in self._latest
+        self._latest[device] = data
+        if waiting:
+            return None
+        return max(now, self._last.get(device, float("-inf")) + self.interval)
+
+    def release(self, device: str, now: float) -> dict[str, Any] | None:
+        """The newest data of ``device`` to publish now, or None if it was forgotten."""
+        data = self._latest.pop(device, None)
+        if data is not None:
+            self._last[device] = now
+        return data
+
+    def forget(self, device: str) -> None:
+        """Drop unpublished telemetry of a device that went offline."""
+        self._latest.pop(device, None)
+
+
+# -- partial messages -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Reassembler:
+    """Joins the pieces of SCTP messages per association (MSG_EOR marks the end).
+
+    A message that grows past ``MAX_MESSAGE`` is not kept: its pieces are
+    counted and dropped until its end, when ``feed`` returns the error text.
+    """
+
+    _parts: dict[int, bytearray] = field(default_factory=dict)
+    _oversize: dict[int, int] = field(default_factory=dict)
+
+    def feed(self, assoc: int, piece: bytes, eor: bool) -> bytes | str | None:
+        """Add a piece; return the whole message, an error text, or None (more to come)."""
+        if assoc in self._oversize:
+            self._oversize[assoc] += len(piece)
+        else:
+            buf = self._parts.setdefault(assoc, bytearray())
+            buf += piece
+            if len(buf) > MAX_MESSAGE:
+                self._oversize[assoc] = len(self._parts.pop(assoc))
+        if not eor:
+            return None
+        if assoc in self._oversize:
+            return too_large(self._oversize.pop(assoc))
+        return bytes(self._parts.pop(assoc))
+
+    def forget(self, assoc: int) -> None:
+        self._parts.pop(assoc, None)
+        self._oversize.pop(assoc, None)

@@ -1,0 +1,356 @@
+"""The SCTP control channel: one one-to-many socket in the vigil loop.
+
+Strategy: this is the imperative shell around ``server.control``. One
+``SOCK_SEQPACKET`` socket (pysctp's ``sctpsocket_udp``) listens for device
+agents; each association is one device. The socket is non-blocking and
+registered for reading only; ``sctp_recv`` is called only when select() says
+it is readable, and at most ``MAX_READS`` messages per call, so a flooding
+device delays the HTTP side by one bounded batch, never starves it
+(select() is level-triggered: the rest is read on the next pass).
+
+What arrives is either an in-band notification (MSG_NOTIFICATION: an
+association came up or went away, a send failed) or a piece of a message;
+pieces are joined per association until MSG_EOR (``control.Reassembler``,
+capped at ``control.MAX_MESSAGE``). Messages go out with sendmsg() and an
+SCTP_SNDRCV control message naming the association id, because pysctp's
+``sctp_send`` can only address a peer by IP address, and sending to an
+address would set up a new association if the old one were gone.
+
+Dead devices are noticed by SCTP itself: heartbeats every
+``heartbeat_ms`` and ``path_max_retrans`` retransmissions (also the
+association limit) are set as the socket's defaults before ``listen()``, so
+every association gets them. A lost association takes its device offline
+and fails its pending commands with 503 at once, not after the timeout.
+
+Payload protocol ids (PPID) are 32-bit values the kernel passes through
+untouched, so they travel in network byte order: ``htonl`` when sending,
+``ntohl`` when reading ``sinfo_ppid``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import sctp
+
+from server import control
+from server.config import ControlConfig
+from server.control import Phase, Refusal, Stream
+from server.loop import READ, Loop, Timer
+
+log = logging.getLogger(__name__)
+
+MAX_READS = 32  # messages read per readable callback
+RECV_SIZE = control.MAX_MESSAGE + 1  # a whole allowed message in one recv
+NO_SCTP = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT)
+NO_SCTP_REASON = "this kernel has no SCTP (on a Raspberry Pi: sudo modprobe sctp)"
+
+SCTP_SNDRCV = 1  # cmsg type of struct sctp_sndrcvinfo, <linux/sctp.h>
+# struct sctp_sndrcvinfo: stream, ssn, flags, (pad), ppid, context,
+# timetolive, tsn, cumtsn, assoc_id
+SNDRCVINFO = struct.Struct("=HHHxxIIIIIi")
+
+AssocChange = sctp.assoc_change
+LOST_STATES = frozenset(
+    {AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP, AssocChange.state_RESTART}
+)
+
+SCTP_PEER_ADDR_PARAMS = 9  # socket option, <linux/sctp.h>
+SPP_HB_ENABLE = 1
+# struct sctp_paddrparams (packed, aligned 4): assoc_id, address (a
+# sockaddr_storage), hbinterval, pathmaxrxt, pathmtu, sackdelay, flags,
+# ipv6_flowlabel, dscp
+PADDRPARAMS = struct.Struct("=i128sIHIIIIBx")
+
+
+def tune_peer(sock: Any, family: int, heartbeat_ms: int, max_retrans: int) -> None:
+    """Make ``sock``'s future associations notice a dead peer in seconds.
+
+    Heartbeat every ``heartbeat_ms``; a path fails after ``max_retrans``
+    unanswered retransmissions and so does the association. Set with a raw
+    setsockopt because pysctp's wheels are built without SCTP_DRAFT10_LEVEL
+    and drop spp_flags, without which the kernel ignores spp_hbinterval.
+    """
+    wildcard = struct.pack("=H", family)  # any address, port 0: the socket's default
+    params = PADDRPARAMS.pack(0, wildcard, heartbeat_ms, max_retrans, 0, 0, SPP_HB_ENABLE, 0, 0)
+    sock.setsockopt(socket.IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, params)
+    assoc = sctp.assocparams()  # assoc 0: the socket's default
+    assoc.assocmaxrxt = max_retrans
+    sock.set_assocparams(assoc)
+
+
+Publish = Callable[[str, dict[str, Any]], object]  # the event bus's publish
+OnDone = Callable[[int, dict[str, Any]], None]
+
+
+class ControlChannel:
+    """Device agents over SCTP: registry, commands and telemetry for the HTTP side."""
+
+    def __init__(self, loop: Loop, cfg: ControlConfig, publish: Publish) -> None:
+        self._loop = loop
+        self._cfg = cfg
+        self._publish = publish
+        self._sock: Any = None  # sctp.sctpsocket_udp while running
+        self._registry = control.Registry()
+        self._coalescer = control.Coalescer()
+        self._reassembler = control.Reassembler()
+        self._waiting: dict[str, tuple[OnDone, Timer]] = {}
+        self.off_reason: str | None = "not started"
+        self.address: tuple[str, int] | None = None  # bound address, for logs and tests
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        """Listen; on a kernel without SCTP or when disabled, stay off and say why."""
+        cfg = self._cfg
+        if not cfg.enabled:
+            self._off("disabled in the config ([control] enabled = false)")
+            return
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        try:
+            sock = sctp.sctpsocket_udp(family)
+        except OSError as e:
+            if e.errno in NO_SCTP:
+                self._off(NO_SCTP_REASON)
+                return
+            raise
+        try:
+            self._configure(sock, family)
+            sock.bind((cfg.host, cfg.port))
+            sock.listen(64)
+        except OSError as e:
+            sock.close()
+            raise OSError(
+                e.errno, f"control channel: SCTP {cfg.host} port {cfg.port}: {e.strerror}"
+            ) from None
+        self._sock = sock
+        self.address = sock.getsockname()[:2]
+        self.off_reason = None
+        self._loop.register(sock.sock(), READ, self._on_readable)
+        log.info(
+            "control channel listening on SCTP %s port %d (%d streams, heartbeat %d ms)",
+            self.address[0],
+            self.address[1],
+            cfg.streams,
+            cfg.heartbeat_ms,
+        )
+
+    def _off(self, reason: str) -> None:
+        self.off_reason = reason
+        log.warning("control channel off: %s", reason)
+
+    def _configure(self, sock: Any, family: int) -> None:
+        """Socket defaults that every new association inherits."""
+        cfg = self._cfg
+        sock.setblocking(False)
+        init = sock.initparams
+        init.autoflush = False
+        init.num_ostreams = cfg.streams
+        init.max_instreams = cfg.streams
+        init.flush()
+        events = sock.events
+        events.autoflush = False
+        events.clear()  # data_io only, then what we handle:
+        events.association = True
+        events.shutdown = True
+        events.send_failure = True
+        events.flush()
+        tune_peer(sock, family, cfg.heartbeat_ms, cfg.path_max_retrans)
+
+    def close(self) -> None:
+        """Stop listening; commands still waiting get 503."""
+        if self._sock is None:
+            return
+        for cid in list(self._waiting):
+            p = self._registry.expire(cid)
+            if p is not None:
+                self._fail(p, 503, "the server is shutting down")
+        self._loop.unregister(self._sock.sock())
+        self._sock.close()
+        self._sock = None
+        self.off_reason = "closed"
+
+    # -- the HTTP side's interface ---------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        """Every known device, online or not, sorted by id."""
+        return [d.as_json() for _, d in sorted(self._registry.devices.items())]
+
+    def command(
+        self, device_id: str, action: str, args: dict[str, Any], user: str, on_done: OnDone
+    ) -> None:
+        """Send ``action`` to a device; ``on_done(status, body)`` is called exactly once."""
+        if self._sock is None:
+            on_done(503, {"error": f"control channel off: {self.off_reason}"})
+            return
+        now = self._loop.now()
+        p = self._registry.issue(device_id, action, args, user, now, self._cfg.command_timeout)
+        if isinstance(p, Refusal):
+            on_done(p.status, {"error": p.error})
+            return
+        timer = self._loop.call_at(p.deadline, partial(self._expire, p.id))
+        self._waiting[p.id] = (on_done, timer)
+        self._publish("command", p.event(Phase.ISSUED, now))
+        assoc = self._registry.devices[device_id].assoc
+        assert assoc is not None  # issue() checked that the device is online
+        try:
+            self._send(assoc, p.message())
+        except OSError as e:
+            self._registry.expire(p.id)
+            self._fail(p, 503, f"could not send to device {device_id!r}: {e.strerror}")
+
+    def _expire(self, cid: str) -> None:
+        p = self._registry.expire(cid)
+        if p is not None:
+            timeout = self._cfg.command_timeout
+            self._fail(p, 504, f"device {p.device!r} did not answer within {timeout:g} s")
+
+    def _fail(self, p: control.Pending, status: int, error: str) -> None:
+        on_done, timer = self._waiting.pop(p.id)
+        timer.cancel()
+        log.info("command %s %s to %s failed: %s", p.id, p.action, p.device, error)
+        ev = p.event(Phase.FAILED, self._loop.now(), status, ok=False, error=error)
+        self._publish("command", ev)
+        on_done(status, {"error": error})
+
+    def _answer(self, p: control.Pending, res: control.Result) -> None:
+        on_done, timer = self._waiting.pop(p.id)
+        timer.cancel()
+        outcome = (
+            {"ok": True, "result": res.result} if res.ok else {"ok": False, "error": res.error}
+        )
+        self._publish("command", p.event(Phase.RESULT, self._loop.now(), 200, **outcome))
+        on_done(200, {"id": p.id, **outcome})
+
+    # -- socket I/O ------------------------------------------------------
+    def _send(self, assoc: int, msg: dict[str, Any]) -> None:
+        info = SNDRCVINFO.pack(
+            Stream.CONTROL, 0, 0, socket.htonl(control.PPID_JSON), 0, 0, 0, 0, assoc
+        )
+        self._sock.sendmsg([control.encode(msg)], [(socket.IPPROTO_SCTP, SCTP_SNDRCV, info)])
+
+    def _reply_error(self, assoc: int, text: str) -> None:
+        log.info("association %d: %s", assoc, text)
+        try:
+            self._send(assoc, control.error(text))
+        except OSError as e:
+            log.info("association %d: cannot send error reply: %s", assoc, e.strerror)
+
+    def _on_readable(self, _mask: int) -> None:
+        for _ in range(MAX_READS):
+            try:
+                _addr, flags, data, info = self._sock.sctp_recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("control channel: receive failed: %s", e)
+                return
+            if flags & sctp.FLAG_NOTIFICATION:
+                self._on_notification(info)
+            else:
+                self._on_data(info.assoc_id, socket.ntohl(info.ppid), data, flags)
+
+    def _on_notification(self, n: Any) -> None:
+        if isinstance(n, sctp.assoc_change):
+            if n.state == AssocChange.state_COMM_UP:
+                log.info(
+                    "association %d up (%d/%d streams)",
+                    n.assoc_id,
+                    n.outbound_streams,
+                    n.inbound_streams,
+                )
+            elif n.state in LOST_STATES:
+                self._assoc_lost(
+                    n.assoc_id, "lost" if n.state != AssocChange.state_SHUTDOWN_COMP else "closed"
+                )
+        elif isinstance(n, sctp.shutdown_event):
+            self._assoc_lost(n.assoc_id, "shut down")
+        elif isinstance(n, sctp.send_failed):
+            log.info(
+                "association %d: a message could not be delivered (error %d)", n.assoc_id, n.error
+            )
+
+    def _assoc_lost(self, assoc: int, how: str) -> None:
+        self._reassembler.forget(assoc)
+        dev, lost = self._registry.drop_assoc(assoc, time.time())
+        if dev is None:
+            return
+        log.info("device %s offline: association %d %s", dev.id, assoc, how)
+        self._coalescer.forget(dev.id)
+        self._publish("device", {"kind": "offline", "device": dev.as_json()})
+        for p in lost:
+            self._fail(p, 503, f"device {dev.id!r} was lost before it answered")
+
+    def _on_data(self, assoc: int, ppid: int, piece: bytes, flags: int) -> None:
+        whole = self._reassembler.feed(assoc, piece, bool(flags & sctp.FLAG_EOR))
+        if whole is None:
+            return
+        if isinstance(whole, str):
+            self._reply_error(assoc, whole)
+            return
+        if ppid not in control.ACCEPTED_PPIDS:
+            self._reply_error(assoc, f"payload protocol id {ppid} is not JSON (send 0 or 51)")
+            return
+        msg = control.decode(whole)
+        if isinstance(msg, str):
+            self._reply_error(assoc, msg)
+        elif isinstance(msg, control.Hello):
+            self._on_hello(assoc, msg)
+        elif self._registry.device_of(assoc) is None:
+            self._reply_error(assoc, "say hello first")
+        elif isinstance(msg, control.Result):
+            self._on_result(assoc, msg)
+        else:
+            self._on_telemetry(assoc, msg)
+
+    # -- messages --------------------------------------------------------
+    def _on_hello(self, assoc: int, msg: control.Hello) -> None:
+        was_online = self._registry.device_of(assoc) is not None
+        dev = self._registry.hello(assoc, msg, time.time())
+        if isinstance(dev, str):
+            self._reply_error(assoc, dev)
+            return
+        try:
+            self._send(assoc, control.welcome(dev.id))
+        except OSError as e:
+            log.info("association %d: cannot send welcome: %s", assoc, e.strerror)
+        if not was_online:
+            log.info(
+                "device %s online on association %d: %s", dev.id, assoc, ", ".join(dev.commands)
+            )
+            self._publish("device", {"kind": "online", "device": dev.as_json()})
+
+    def _on_result(self, assoc: int, msg: control.Result) -> None:
+        p = self._registry.resolve(assoc, msg)
+        if p is None:
+            dev = self._registry.device_of(assoc)
+            log.info(
+                "result for unknown or expired command %r from %s dropped",
+                msg.id,
+                dev.id if dev else assoc,
+            )
+            return
+        self._answer(p, msg)
+
+    def _on_telemetry(self, assoc: int, msg: control.Telemetry) -> None:
+        dev = self._registry.device_of(assoc)
+        assert dev is not None  # _on_data checked
+        now = self._loop.now()
+        when = self._coalescer.offer(dev.id, msg.data, now)
+        if when is None:
+            return
+        if when <= now:
+            self._flush_telemetry(dev.id)
+        else:
+            self._loop.call_at(when, partial(self._flush_telemetry, dev.id))
+
+    def _flush_telemetry(self, device_id: str) -> None:
+        data = self._coalescer.release(device_id, self._loop.now())
+        if data is not None:
+            dev = self._registry.devices[device_id].as_json()
+            self._publish("device", {"kind": "telemetry", "device": dev, "data": data})

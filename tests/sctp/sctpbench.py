@@ -1,0 +1,167 @@
+"""Helpers for tests with kernel SCTP: the channel in a loop, hand-made peers.
+
+The channel runs in a real ``Loop`` in the test process, without threads:
+``Bench.run_until(cond)`` runs the loop until ``cond()`` holds (checked every
+10 ms by a timer) or a time limit passes. Device agents run as subprocesses;
+hand-made peers (``Peer``) are one-to-one pysctp sockets whose replies are
+awaited by running the loop until the peer's socket is readable.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Bench:
+    """A Loop, a ControlChannel on 127.0.0.1 (free port) and what it published."""
+
+    def __init__(self, **cfg: Any) -> None:
+        from server.config import ControlConfig
+        from server.loop import Loop
+        from server.sctpchannel import ControlChannel
+
+        values = {
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": 0,
+            "streams": 5,
+            "heartbeat_ms": 1000,
+            "path_max_retrans": 2,
+            "command_timeout": 5.0,
+        } | cfg
+        self.cfg = ControlConfig(**values)
+        self.loop = Loop()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.channel = ControlChannel(self.loop, self.cfg, self._publish)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        self.events.append((kind, data))
+
+    def start(self) -> Bench:
+        self.channel.start()
+        assert self.channel.off_reason is None, self.channel.off_reason
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.channel.address is not None
+        return self.channel.address[1]
+
+    def run_until(self, cond: Callable[[], Any], timeout: float = 5.0) -> float:
+        """Run the loop until ``cond()`` is true; return the seconds it took."""
+        start = time.monotonic()
+        deadline = start + timeout
+
+        def check() -> None:
+            if cond() or time.monotonic() > deadline:
+                self.loop.stop()
+            else:
+                self.loop.call_later(0.01, check)
+
+        self.loop.call_later(0, check)
+        self.loop.run()
+        assert cond(), f"condition not met within {timeout} s"
+        return time.monotonic() - start
+
+    def run_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        self.run_until(lambda: time.monotonic() >= end, seconds + 1)
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.channel.devices() if d["id"] == device_id), None)
+
+    def online(self, device_id: str) -> bool:
+        d = self.device(device_id)
+        return d is not None and d["online"]
+
+    def device_events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for t, e in self.events if t == "device" and e["kind"] == kind]
+
+    def command(self, device: str, action: str, args: dict[str, Any] | None = None) -> Reply:
+        reply = Reply()
+        self.channel.command(device, action, args or {}, "alice", reply)
+        return reply
+
+    def agent(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m server.agent`` against this channel."""
+        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(self.port)]
+        proc = subprocess.Popen([*argv, *extra], cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        self.channel.close()
+        self.loop.close()
+
+
+class Reply:
+    """An ``on_done`` callback that remembers its (single) call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, Any]]] = []
+
+    def __call__(self, status: int, body: dict[str, Any]) -> None:
+        self.calls.append((status, body))
+
+    def __bool__(self) -> bool:
+        return bool(self.calls)
+
+    @property
+    def status(self) -> int:
+        assert len(self.calls) == 1, self.calls
+        return self.calls[0][0]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        assert len(self.calls) == 1, self.calls
+        return self.calls[0][1]
+
+
+class Peer:
+    """A hand-driven device: a one-to-one SCTP socket speaking raw messages."""
+
+    def __init__(self, bench: Bench) -> None:
+        import sctp
+
+        self.bench = bench
+        self.sock = sctp.sctpsocket_tcp(socket.AF_INET)
+        self.sock.connect(("127.0.0.1", bench.port))
+
+    def send(self, msg: dict[str, Any] | bytes, stream: int = 0, ppid: int = 51) -> None:
+        data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+        self.sock.sctp_send(data, ppid=ppid, stream=stream)
+
+    def readable(self) -> bool:
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Run the loop until a message for us arrives; return it decoded."""
+        import sctp
+
+        self.bench.run_until(self.readable, timeout)
+        _addr, flags, data, _info = self.sock.sctp_recv(1 << 20)
+        assert not flags & sctp.FLAG_NOTIFICATION
+        return json.loads(data)
+
+    def hello(self, device: str, commands: list[str] | None = None) -> dict[str, Any]:
+        self.send({"type": "hello", "device": device, "commands": commands or ["on", "off"]})
+        return self.recv()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,216 @@
+"""ControlChannel against real kernel SCTP: hand-made peers and the reference agent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+import pytest
+import sctp
+from sctpbench import Bench, Peer
+
+
+def test_hello_welcome_and_device_list(bench: Bench) -> None:
+    peer = Peer(bench)
+    assert peer.hello("lamp-1", ["on", "off"]) == {"type": "welcome", "device": "lamp-1"}
+    (dev,) = bench.channel.devices()
+    assert dev["id"] == "lamp-1" and dev["name"] == "lamp-1" and dev["online"] is True
+    assert dev["commands"] == ["on", "off"]
+    assert dev["since"].endswith("Z") and len(dev["since"]) == 20
+    assert bench.device_events("online") == [{"kind": "online", "device": dev}]
+
+
+def test_heartbeat_settings_reach_the_association(bench: Bench) -> None:
+    peer = Peer(bench)
+    peer.hello("d1")
+    server = bench.channel._sock  # the socket's defaults must have reached the association
+    assoc = bench.channel._registry.devices["d1"].assoc
+    local = peer.sock.getsockname()
+    params = server.get_paddrparams(assoc, (local[0], local[1]))
+    assert params.hbinterval == bench.cfg.heartbeat_ms
+    assert params.pathmaxrxt == bench.cfg.path_max_retrans
+    assert server.get_assocparams(assoc).assocmaxrxt == bench.cfg.path_max_retrans
+
+
+@pytest.mark.parametrize(
+    ("payload", "ppid", "expect"),
+    [
+        (b'{"type": "hello", "device": ', 51, "not JSON"),
+        (b"\xff\xfe{}", 51, "not UTF-8"),
+        (b"[1, 2]", 51, "must be a JSON object"),
+        (b'{"type": "reboot"}', 51, "unknown message type 'reboot'"),
+        (b'{"type": "hello", "device": "bad id!"}', 0, "hello: device must be"),
+        (b'{"type": "telemetry", "data": {}}', 51, "say hello first"),
+        (b'{"type": "hello", "device": "x"}', 7, "payload protocol id 7"),
+        (json.dumps({"type": "telemetry", "pad": "x" * 70000}).encode(), 51, "too large"),
+    ],
+)
+def test_malformed_message_gets_error_and_association_stays_up(
+    bench: Bench, payload: bytes, ppid: int, expect: str
+) -> None:
+    peer = Peer(bench)
+    peer.send(payload, ppid=ppid)
+    reply = peer.recv()
+    assert reply["type"] == "error" and expect in reply["error"], reply
+    assert peer.hello("still-here") == {"type": "welcome", "device": "still-here"}
+
+
+def test_duplicate_device_id_is_refused_without_takeover(bench: Bench) -> None:
+    first, second = Peer(bench), Peer(bench)
+    first.hello("lamp-1")
+    reply = second.hello("lamp-1")
+    assert reply["type"] == "error" and "already connected" in reply["error"]
+    assert bench.channel._registry.devices["lamp-1"].assoc is not None
+    assert len(bench.device_events("online")) == 1
+    # commands still reach the first association
+    r = bench.command("lamp-1", "on")
+    cmd = first.recv()
+    assert cmd["type"] == "command" and cmd["action"] == "on" and cmd["user"] == "alice"
+    assert not second.readable()
+    first.send({"type": "result", "id": cmd["id"], "ok": True, "result": {"on": True}})
+    bench.run_until(lambda: r)
+    assert r.status == 200 and r.body == {"id": cmd["id"], "ok": True, "result": {"on": True}}
+    # once the first goes away, the second may take the id
+    first.close()
+    bench.run_until(lambda: not bench.online("lamp-1"))
+    assert second.hello("lamp-1") == {"type": "welcome", "device": "lamp-1"}
+
+
+def test_two_agents_at_once(bench: Bench) -> None:
+    bench.agent("lamp-1")
+    bench.agent("lamp-2")
+    bench.run_until(lambda: bench.online("lamp-1") and bench.online("lamp-2"), 10)
+    on = bench.command("lamp-1", "on")
+    status = bench.command("lamp-2", "status")
+    bench.run_until(lambda: on and status)
+    assert on.status == 200 and on.body["result"]["on"] is True
+    assert status.status == 200 and status.body["result"]["on"] is False
+    bench.run_until(lambda: len(bench.device_events("telemetry")) >= 2, 5)
+    phases = [e["phase"] for t, e in bench.events if t == "command"]
+    assert phases.count("issued") == 2 and phases.count("result") == 2
+
+
+def test_command_refusals(bench: Bench) -> None:
+    peer = Peer(bench)
+    peer.hello("lamp-1", ["on"])
+    unknown = bench.command("nope", "on")
+    assert unknown.status == 404 and "unknown device" in unknown.body["error"]
+    bad = bench.command("lamp-1", "explode")
+    assert bad.status == 400 and "no command 'explode'" in bad.body["error"]
+    peer.close()
+    bench.run_until(lambda: not bench.online("lamp-1"))
+    offline = bench.command("lamp-1", "on")
+    assert offline.status == 503 and "offline" in offline.body["error"]
+    assert not [e for t, e in bench.events if t == "command"]  # nothing was issued
+
+
+def test_failed_result_and_late_result(bench: Bench) -> None:
+    b = Bench(command_timeout=0.5).start()
+    try:
+        peer = Peer(b)
+        peer.hello("lamp-1", ["on"])
+        r = b.command("lamp-1", "on")
+        cmd = peer.recv()
+        peer.send({"type": "result", "id": cmd["id"], "ok": False, "error": "bulb broken"})
+        b.run_until(lambda: r)
+        assert (r.status, r.body) == (200, {"id": cmd["id"], "ok": False, "error": "bulb broken"})
+
+        late = b.command("lamp-1", "on")
+        cmd = peer.recv()
+        took = b.run_until(lambda: late, 3)
+        assert late.status == 504 and "did not answer within 0.5 s" in late.body["error"]
+        assert 0.4 < took < 1.0
+        peer.send({"type": "result", "id": cmd["id"], "ok": True})
+        b.run_for(0.3)
+        assert len(late.calls) == 1  # the late result was dropped
+        assert b.online("lamp-1")
+        failed = [e for t, e in b.events if t == "command" and e["phase"] == "failed"]
+        assert failed[0]["status"] == 504 and failed[0]["latency_ms"] >= 500
+    finally:
+        b.close()
+
+
+def test_agent_killed_mid_command_fails_fast(bench: Bench) -> None:
+    agent = bench.agent("lamp-1", "--reply-delay", "30")
+    bench.run_until(lambda: bench.online("lamp-1"), 10)
+    r = bench.command("lamp-1", "toggle")
+    bench.run_for(0.2)
+    agent.send_signal(signal.SIGKILL)
+    start = time.monotonic()
+    took = bench.run_until(lambda: r, 5)
+    assert r.status == 503 and "lost" in r.body["error"]
+    assert took < 2 * bench.cfg.heartbeat_ms / 1000 + 1, took
+    assert not bench.online("lamp-1")
+    assert bench.device_events("offline")[-1]["device"]["id"] == "lamp-1"
+    print(f"dead agent noticed in {time.monotonic() - start:.3f} s")
+
+
+def test_agent_reconnects_after_server_restart(bench: Bench) -> None:
+    bench.agent("lamp-1")
+    bench.run_until(lambda: bench.online("lamp-1"), 10)
+    port = bench.port
+    bench.channel.close()
+    bench.run_for(1.0)  # the agent notices and backs off
+    again = Bench(port=port).start()
+    again.procs = bench.procs
+    bench.procs = []
+    try:
+        took = again.run_until(lambda: again.online("lamp-1"), 10)
+        print(f"agent back {took:.2f} s after the restart")
+        r = again.command("lamp-1", "status")
+        again.run_until(lambda: r)
+        assert r.status == 200
+    finally:
+        again.close()
+
+
+def test_telemetry_is_coalesced_to_the_newest(bench: Bench) -> None:
+    peer = Peer(bench)
+    peer.hello("meter")
+    for i in range(50):
+        peer.send({"type": "telemetry", "data": {"n": i}}, stream=1)
+    bench.run_until(lambda: any(e["data"]["n"] == 49 for e in bench.device_events("telemetry")))
+    seen = [e["data"]["n"] for e in bench.device_events("telemetry")]
+    assert len(seen) <= 3 and seen[-1] == 49, seen
+    bench.run_for(0.5)
+    assert len(bench.device_events("telemetry")) == len(seen)
+
+
+def test_device_shutdown_publishes_offline(bench: Bench) -> None:
+    peer = Peer(bench)
+    peer.hello("d1")
+    peer.sock.shutdown(socket.SHUT_RDWR)  # graceful SCTP SHUTDOWN from the device
+    bench.run_until(lambda: not bench.online("d1"))
+    (ev,) = bench.device_events("offline")
+    assert ev["device"]["online"] is False
+
+
+def test_ipv6_listener(bench: Bench) -> None:
+    b = Bench(host="::1").start()
+    try:
+        assert b.channel.address is not None and b.channel.address[0] == "::1"
+        s = sctp.sctpsocket_tcp(socket.AF_INET6)
+        s.connect(("::1", b.port))
+        s.sctp_send(json.dumps({"type": "hello", "device": "v6"}).encode(), ppid=51)
+        b.run_until(lambda: b.online("v6"))
+        s.close()
+    finally:
+        b.close()
+
+
+def test_port_in_use_raises_clear_oserror(bench: Bench) -> None:
+    b = Bench(port=bench.port)
+    with pytest.raises(OSError, match=f"SCTP 127.0.0.1 port {bench.port}"):
+        b.start()
+    b.loop.close()
+
+
+def test_disabled_in_config() -> None:
+    b = Bench(enabled=False)
+    b.channel.start()
+    assert b.channel.off_reason is not None and "enabled = false" in b.channel.off_reason
+    r = b.command("x", "on")
+    assert r.status == 503
+    b.loop.close()

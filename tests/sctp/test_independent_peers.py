@@ -1,0 +1,61 @@
+"""lksctp-tools' sctp_darn and sctp_test: C peers that share no code with us."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+from sctpbench import Bench, Peer
+
+
+def _rx_queue(remote_port: int) -> int:
+    """RX_QUEUE of the (one) association whose peer port is ``remote_port``."""
+    lines = Path("/proc/net/sctp/assocs").read_text().splitlines()
+    header = lines[0].split()
+    rx, rport = header.index("RX_QUEUE"), header.index("RPORT")
+    (row,) = [f for f in (line.split() for line in lines[1:]) if int(f[rport]) == remote_port]
+    return int(row[rx])
+
+
+def test_sctp_darn_exchanges_messages(bench: Bench) -> None:
+    darn = subprocess.Popen(
+        ["sctp_darn", "-H", "127.0.0.1", "-P", "0", "-h", "127.0.0.1", "-p", str(bench.port), "-s"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert darn.stdin is not None
+
+    def line(text: bytes) -> None:  # sctp_darn sends it with "\n" and a C string's NUL
+        assert darn.stdin is not None
+        darn.stdin.write(text + b"\n")
+        darn.stdin.flush()
+
+    line(b'{"type": "hello", "device": "darn-1", "name": "C peer", "commands": []}')
+    bench.run_until(lambda: bench.online("darn-1"))
+    # sctp_darn -s never reads: our welcome waits in its receive queue
+    bench.run_until(lambda: _rx_queue(bench.port) > 0)
+    welcomed = _rx_queue(bench.port)
+    line(b'{"type": "telemetry", "data": {"volts": 11.9}}')
+    bench.run_until(lambda: bench.device_events("telemetry"))
+    (ev,) = bench.device_events("telemetry")
+    assert ev["data"] == {"volts": 11.9} and ev["device"]["name"] == "C peer"
+    line(b"volts=11.9")  # not JSON: an error reply joins the welcome
+    bench.run_until(lambda: _rx_queue(bench.port) > welcomed)
+    assert bench.online("darn-1")
+    darn.stdin.close()  # sctp_darn exits and its association goes away
+    bench.run_until(lambda: not bench.online("darn-1"))
+    darn.wait(5)  # its status is 12 when it leaves unread messages behind
+
+
+def test_sctp_test_garbage_does_not_hurt(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "server.sctpchannel")
+    # 1, 1453 and 32768-byte messages of pattern bytes with random PPIDs
+    cmd = ["sctp_test", "-H", "127.0.0.1", "-P", "0", "-h", "127.0.0.1", "-p", str(bench.port)]
+    tester = subprocess.Popen([*cmd, "-s", "-c", "3", "-x", "2"], stdout=subprocess.DEVNULL)
+    bench.run_until(lambda: tester.poll() is not None, 10)
+    bench.run_for(0.5)
+    assert "is not JSON" in caplog.text
+    assert bench.channel.devices() == []
+    assert Peer(bench).hello("after") == {"type": "welcome", "device": "after"}
