@@ -41,7 +41,8 @@ def json_body(req: Request) -> dict[str, Any] | Response:
         return error(415, "the body must be JSON (Content-Type: application/json)")
     try:
         data = json.loads(req.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # no lone surrogates ("\ud800")
+    except (UnicodeDecodeError, ValueError):  # UnicodeEncodeError is a ValueError
         return error(400, "the body is not valid UTF-8 JSON")
     if not isinstance(data, dict):
         return error(400, "the body must be a JSON object")
@@ -86,7 +87,7 @@ def events(server: Server, conn: Connection, req: Request) -> Response | None:
 def devices(server: Server, conn: Connection, req: Request) -> Response:
     off = server.control.off_reason
     if off is not None:
-        return json_response(503, {"error": off, "devices": []})
+        return json_response(503, {"error": f"control channel off: {off}", "devices": []})
     return json_response(200, server.control.devices())
 
 
@@ -109,6 +110,7 @@ def post_command(server: Server, conn: Connection, req: Request, device: str) ->
     def done(status: int, result: dict[str, Any]) -> None:
         server.audit.append(
             "command",
+            id=result.get("id"),
             user=user.name,
             device=device,
             action=action,

@@ -1,0 +1,652 @@
+// vigil control panel: state from the HTTP API, kept live by one
+// EventSource on /api/events.
+//
+// Start-up and every resynchronisation work the same way: open the event
+// stream first and queue its events, load the snapshots (users, devices,
+// chat, audit), then apply the queued events on top. Events are idempotent
+// on top of a snapshot (presence carries the whole online list, device
+// events the whole device entry, chat and command events have ids), so
+// nothing is lost or shown twice in the gap between the two.
+//
+// The browser reconnects an EventSource by itself and resumes with
+// Last-Event-ID; when it gives up (readyState CLOSED, e.g. after a 503) we
+// check /api/me again (which shows the "panel is full" view when needed)
+// and open a fresh stream with a full resync. A `reset` event means the
+// server could not replay what we missed: resync too.
+
+import { api, errorText } from "./api.js";
+import { $, fmtValue, h, replace, timeEl } from "./dom.js";
+
+const FEED_MAX = 200;
+const CHAT_MAX = 500;
+const EVENT_KINDS = ["presence", "device", "command", "chat", "reset"];
+
+const state = {
+  me: null, // {user, role}
+  online: [],
+  maxUsers: null,
+  devices: new Map(), // id -> device view (see deviceView)
+  chatIds: new Set(),
+  feedRows: new Map(), // command id -> <li>
+  auditPresence: new Set(), // "join:alice", "leave:bob" in the last audit snapshot
+};
+
+// ---------------------------------------------------------------- connection
+
+let source = null;
+let retries = 0;
+let retryTimer = null;
+let syncing = 0; // generation of the running resync, 0 when none
+let queued = [];
+let freshStream = false; // a new EventSource starts with a reset: the initial snapshot
+
+const CONN_TEXT = {
+  connecting: "connecting…",
+  connected: "connected",
+  reconnecting: "reconnecting…",
+  offline: "offline (no network)",
+  full: "waiting: panel full",
+  signedout: "not signed in",
+};
+
+function setConn(s) {
+  const el = $("conn");
+  if (el.dataset.state === s) return;
+  el.dataset.state = s;
+  $("conn-text").textContent = CONN_TEXT[s] || s;
+}
+
+function banner(text) {
+  const el = $("banner");
+  el.hidden = !text;
+  el.textContent = text || "";
+}
+
+function backoff() {
+  retries += 1;
+  return Math.min(15, 2 ** Math.min(retries, 4));
+}
+
+function later(fn, seconds) {
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(fn, seconds * 1000);
+}
+
+/** Ask who we are; on success open the stream and load everything. */
+async function connect() {
+  clearTimeout(retryTimer);
+  const r = await api("GET", "/api/me");
+  if (r.status === 200 && r.body && typeof r.body.user === "string") {
+    retries = 0;
+    banner("");
+    hideFull();
+    setMe(r.body);
+    openEvents();
+    resync();
+    return;
+  }
+  if (r.status === 503) {
+    showFull(r);
+    return;
+  }
+  if (r.status === 401) {
+    setConn("signedout");
+    banner("You are not signed in (or your password changed). Reload the page to log in.");
+    return;
+  }
+  const wait = r.retryAfter ?? backoff();
+  setConn(navigator.onLine === false ? "offline" : "reconnecting");
+  banner(`Cannot reach the panel: ${errorText(r)}. Retrying in ${wait} s.`);
+  later(connect, wait);
+}
+
+function openEvents() {
+  if (source) source.close();
+  const es = new EventSource("/api/events");
+  source = es;
+  freshStream = true;
+  setConn("connecting");
+  es.onopen = () => {
+    if (source !== es) return;
+    retries = 0;
+    setConn(navigator.onLine === false ? "offline" : "connected");
+  };
+  es.onerror = () => {
+    if (source !== es) return;
+    if (es.readyState === EventSource.CLOSED) {
+      // The browser gave up (an HTTP error such as 503): start over.
+      es.close();
+      source = null;
+      setConn("reconnecting");
+      later(connect, backoff());
+    } else {
+      setConn(navigator.onLine === false ? "offline" : "reconnecting");
+    }
+  };
+  for (const kind of EVENT_KINDS) {
+    es.addEventListener(kind, (ev) => {
+      if (source !== es) return;
+      let data;
+      try {
+        data = JSON.parse(ev.data);
+      } catch {
+        console.warn("vigil: unparseable %s event", kind);
+        return;
+      }
+      if (data === null || typeof data !== "object") return;
+      if (syncing) queued.push([kind, data]);
+      else applyEvent(kind, data, false);
+    });
+  }
+}
+
+/** Load all snapshots while queueing events; then apply the queue. */
+async function resync() {
+  const gen = Date.now() + Math.random();
+  syncing = gen;
+  queued = [];
+  $("feed").setAttribute("aria-busy", "true");
+  $("chat-log").setAttribute("aria-busy", "true");
+  await Promise.all([loadUsers(), loadDevices(), loadChat(), loadAudit()]);
+  if (syncing !== gen) return; // a newer resync took over
+  syncing = 0;
+  const q = queued;
+  queued = [];
+  for (const [kind, data] of q) applyEvent(kind, data, true);
+  $("feed").setAttribute("aria-busy", "false");
+  $("chat-log").setAttribute("aria-busy", "false");
+}
+
+function applyEvent(kind, data, replayed) {
+  try {
+    if (kind === "presence") applyPresence(data, replayed);
+    else if (kind === "device") applyDevice(data);
+    else if (kind === "command") applyCommand(data);
+    else if (kind === "chat") addChat(data);
+    else if (kind === "reset") applyReset(data);
+  } catch (e) {
+    console.error("vigil: cannot apply %s event", kind, e);
+  }
+  freshStream = false;
+}
+
+/**
+ * A fresh stream (no Last-Event-ID) starts with a reset: the current state.
+ * A reset later on means the server could not replay what we missed, so
+ * chat and activity may have gaps too: reload them.
+ */
+function applyReset(data) {
+  if (Array.isArray(data.online)) setOnline(data.online);
+  if (Array.isArray(data.devices)) {
+    setDevices(data.devices);
+    if (data.devices.length) $("devices-error").hidden = true;
+    renderDeviceCount();
+  }
+  if (!freshStream) resync();
+}
+
+window.addEventListener("offline", () => setConn("offline"));
+window.addEventListener("online", () => {
+  if (source && source.readyState === EventSource.OPEN) setConn("connected");
+  else setConn("reconnecting");
+});
+
+// ---------------------------------------------------------------- who am I
+
+function setMe(me) {
+  state.me = { user: me.user, role: me.role === "operator" ? "operator" : "viewer" };
+  $("me").hidden = false;
+  $("me-user").textContent = state.me.user;
+  const role = $("me-role");
+  role.textContent = state.me.role;
+  role.dataset.role = state.me.role;
+  $("viewer-note").hidden = state.me.role !== "viewer";
+  for (const dev of state.devices.values()) renderDevice(dev);
+}
+
+const isOperator = () => state.me !== null && state.me.role === "operator";
+
+// ---------------------------------------------------------------- panel full
+
+let fullTimer = null;
+
+function showFull(r) {
+  const b = r.body || {};
+  const wait = Math.max(1, Math.round(r.retryAfter ?? 10));
+  let n = null;
+  if (Array.isArray(b.online)) n = b.online.length;
+  else if (Number.isFinite(b.online)) n = b.online;
+  else if (Number.isFinite(b.max_users)) n = b.max_users;
+  else if (typeof b.error === "string") {
+    const m = b.error.match(/(\d+)/);
+    if (m) n = Number(m[1]);
+  }
+  if (source) source.close();
+  source = null;
+  setConn("full");
+  $("main").hidden = true;
+  $("full").hidden = false;
+  const who = n === null ? "" : ` (${n} people online)`;
+  $("full-server").textContent = typeof b.error === "string" && b.error
+    ? `The server says: ${b.error}` : "";
+  $("full-text").textContent = `The panel is full${who}, retrying in ${wait} s.`;
+  let left = wait;
+  // Only the first line is announced (role=alert); the countdown is visual.
+  const tick = () => {
+    left -= 1;
+    if (left <= 0) {
+      clearInterval(fullTimer);
+      $("full-text").textContent = `The panel is full${who}, retrying now…`;
+      connect();
+      return;
+    }
+    $("full-text").textContent = `The panel is full${who}, retrying in ${left} s.`;
+  };
+  clearInterval(fullTimer);
+  fullTimer = setInterval(tick, 1000);
+}
+
+function hideFull() {
+  clearInterval(fullTimer);
+  $("full").hidden = true;
+  $("main").hidden = false;
+}
+
+// ---------------------------------------------------------------- people
+
+async function loadUsers() {
+  const r = await api("GET", "/api/users");
+  if (r.ok && r.body) {
+    if (Number.isFinite(r.body.max_users)) state.maxUsers = r.body.max_users;
+    setOnline(Array.isArray(r.body.online) ? r.body.online : []);
+  }
+}
+
+function setOnline(list) {
+  state.online = list.filter((p) => p && typeof p === "object");
+  renderPeople();
+}
+
+function renderPeople() {
+  const max = state.maxUsers ? ` of ${state.maxUsers}` : "";
+  $("people-count").textContent = `${state.online.length}${max} online`;
+  const items = [...state.online]
+    .sort((a, b) => String(a.user).localeCompare(String(b.user)))
+    .map((p) => {
+      const me = state.me && p.user === state.me.user;
+      return h("li", { className: me ? "person self" : "person" },
+        h("span", { className: "avatar", "aria-hidden": "true" }, initial(p.user)),
+        h("span", { className: "who" },
+          h("strong", { className: "name" }, fmtValue(p.user)),
+          me ? h("span", { className: "you" }, " (you)") : null),
+        h("span", { className: "meta" },
+          "since ", timeEl(p.since), " · ", h("span", { className: "addr" }, fmtValue(p.addr))));
+    });
+  replace($("people-list"), items.length ? items : h("li", { className: "empty" }, "nobody"));
+}
+
+function initial(name) {
+  const s = String(name ?? "?").trim();
+  return s ? [...s][0].toUpperCase() : "?";
+}
+
+const REASONS = { closed: "closed the panel", lost: "connection lost" };
+
+/**
+ * A join or leave. `replayed` events arrived while the snapshots loaded; the
+ * audit snapshot may already show them as login/leave records.
+ */
+function applyPresence(d, replayed) {
+  if (Array.isArray(d.online)) setOnline(d.online);
+  const kind = d.kind === "join" ? "join" : "leave";
+  const text = presenceText(kind, d.user, d.addr, d.reason);
+  $("presence-last").replaceChildren(document.createTextNode(`${text} · `),
+    timeEl(new Date().toISOString()));
+  if (replayed && state.auditPresence.has(`${kind}:${d.user}`)) return;
+  addFeed(kind, null, text);
+}
+
+function presenceText(kind, user, addr, reason) {
+  const who = fmtValue(user);
+  if (kind === "join") return addr ? `${who} joined from ${addr}` : `${who} joined`;
+  const why = REASONS[reason] || (reason ? String(reason) : "");
+  return why ? `${who} left (${why})` : `${who} left`;
+}
+
+// ---------------------------------------------------------------- devices
+
+async function loadDevices() {
+  const r = await api("GET", "/api/devices");
+  const err = $("devices-error");
+  if (r.ok && Array.isArray(r.body)) {
+    err.hidden = true;
+    setDevices(r.body);
+    return;
+  }
+  err.hidden = false;
+  err.textContent = errorText(r);
+  setDevices(r.body && Array.isArray(r.body.devices) ? r.body.devices : []);
+}
+
+/** Replace the device list, keeping the DOM (and focus) of devices that stay. */
+function setDevices(entries) {
+  const seen = new Set();
+  for (const e of entries) {
+    if (!e || typeof e.id !== "string") continue;
+    seen.add(e.id);
+    upsertDevice(e);
+  }
+  for (const [id, dev] of state.devices) {
+    if (!seen.has(id)) {
+      dev.el.remove();
+      state.devices.delete(id);
+    }
+  }
+  renderDeviceCount();
+}
+
+function renderDeviceCount() {
+  const n = state.devices.size;
+  const up = [...state.devices.values()].filter((d) => d.entry.online).length;
+  $("devices-count").textContent = n ? `${up} of ${n} online` : "";
+  $("devices-empty").hidden = n > 0 || !$("devices-error").hidden;
+}
+
+function upsertDevice(entry) {
+  let dev = state.devices.get(entry.id);
+  if (!dev) {
+    dev = deviceView(entry);
+    state.devices.set(entry.id, dev);
+    const list = $("device-list");
+    const after = [...list.children].find((li) => li.dataset.id > entry.id);
+    list.insertBefore(dev.el, after || null);
+  } else {
+    dev.entry = { ...dev.entry, ...entry };
+  }
+  renderDevice(dev);
+  return dev;
+}
+
+function deviceView(entry) {
+  const key = `dev-${entry.id.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  const dev = {
+    entry,
+    telemetry: {},
+    telemetryAt: null,
+    busy: new Set(),
+    commandsKey: null,
+    name: h("h3", { className: "dev-name", id: `${key}-name` }),
+    ident: h("span", { className: "dev-id" }),
+    status: h("span", { className: "dev-status" }),
+    since: h("span", { className: "dev-since" }),
+    tele: h("dl", { className: "telemetry" }),
+    teleAt: h("p", { className: "tele-at" }),
+    buttons: h("div", { className: "commands", role: "group", "aria-labelledby": `${key}-name` }),
+    result: h("p", { className: "result", "aria-live": "polite" }),
+  };
+  dev.el = h("li", { className: "device", "data-id": entry.id, "aria-labelledby": `${key}-name` },
+    h("div", { className: "dev-head" }, dev.name, dev.status),
+    h("p", { className: "dev-meta" }, dev.ident, " · ", dev.since),
+    dev.tele, dev.teleAt, dev.buttons, dev.result);
+  return dev;
+}
+
+function renderDevice(dev) {
+  const e = dev.entry;
+  dev.name.textContent = fmtValue(e.name || e.id);
+  dev.ident.textContent = e.id;
+  dev.el.classList.toggle("offline", !e.online);
+  dev.status.textContent = e.online ? "online" : "offline";
+  dev.status.dataset.online = e.online ? "yes" : "no";
+  dev.since.replaceChildren(document.createTextNode(e.online ? "up since " : "down since "),
+    timeEl(e.since));
+
+  const keys = Object.keys(dev.telemetry).sort();
+  replace(dev.tele, keys.map((k) => [h("dt", null, k), h("dd", null, fmtValue(dev.telemetry[k]))]));
+  dev.tele.hidden = keys.length === 0;
+  dev.teleAt.hidden = !dev.telemetryAt;
+  if (dev.telemetryAt) {
+    dev.teleAt.replaceChildren(document.createTextNode("telemetry at "),
+      timeEl(dev.telemetryAt.toISOString()));
+  }
+
+  const cmds = Array.isArray(e.commands) ? e.commands.filter((c) => typeof c === "string") : [];
+  const ckey = JSON.stringify(cmds);
+  if (dev.commandsKey !== ckey) {
+    dev.commandsKey = ckey;
+    replace(dev.buttons, cmds.length ? cmds.map((action) => {
+      const b = h("button", { type: "button", className: "cmd", "data-action": action }, action);
+      b.addEventListener("click", () => sendCommand(dev, action, b));
+      return b;
+    }) : h("span", { className: "empty" }, "no commands announced"));
+  }
+  for (const b of dev.buttons.querySelectorAll("button")) {
+    const busy = dev.busy.has(b.dataset.action);
+    let why = null;
+    if (!state.me) why = "loading…";
+    else if (!isOperator()) why = "viewers cannot send commands";
+    else if (!e.online) why = "the device is offline";
+    else if (busy) why = "waiting for the device";
+    b.disabled = why !== null;
+    if (why) b.title = why;
+    else b.removeAttribute("title");
+    b.setAttribute("aria-busy", busy ? "true" : "false");
+  }
+}
+
+function applyDevice(d) {
+  const entry = d.device;
+  if (!entry || typeof entry.id !== "string") return;
+  const was = state.devices.get(entry.id);
+  const wasOnline = was ? was.entry.online : null;
+  const dev = upsertDevice(entry);
+  if (d.kind === "telemetry" && d.data && typeof d.data === "object") {
+    Object.assign(dev.telemetry, d.data);
+    dev.telemetryAt = new Date();
+    renderDevice(dev);
+  } else if (d.kind === "online" || d.kind === "offline") {
+    dev.entry.online = d.kind === "online";
+    renderDevice(dev);
+    if (wasOnline !== dev.entry.online) {
+      addFeed(d.kind, null, `${fmtValue(entry.name || entry.id)} (${entry.id}) is ${d.kind}`);
+    }
+  }
+  $("devices-error").hidden = true;
+  renderDeviceCount();
+}
+
+const STATUS_TEXT = {
+  400: "refused",
+  403: "not allowed",
+  404: "unknown device",
+  503: "unavailable",
+  504: "no answer in time",
+};
+
+async function sendCommand(dev, action, button) {
+  if (dev.busy.has(action)) return;
+  dev.busy.add(action);
+  renderDevice(dev);
+  const t0 = performance.now();
+  setResult(dev, "pending", `${action}: sending…`);
+  const r = await api("POST", `/api/devices/${encodeURIComponent(dev.entry.id)}/commands`,
+    { action, args: {} });
+  const ms = Math.round(performance.now() - t0);
+  dev.busy.delete(action);
+  renderDevice(dev);
+  if (r.status === 200 && r.body && typeof r.body === "object") {
+    if (r.body.ok) {
+      const res = r.body.result;
+      const shown = res === undefined || res === null ? "" : `: ${fmtValue(res)}`;
+      setResult(dev, "ok", `${action} → ok${shown} (${ms} ms)`);
+    } else {
+      setResult(dev, "fail", `${action} → failed: ${fmtValue(r.body.error)} (${ms} ms)`);
+    }
+  } else {
+    const what = STATUS_TEXT[r.status] || (r.status ? `error ${r.status}` : "network error");
+    const msg = r.body && typeof r.body.error === "string" ? `: ${r.body.error}` : "";
+    setResult(dev, "fail", `${action} → ${what}${msg}`);
+  }
+  if (document.activeElement === document.body && button.isConnected) button.focus();
+}
+
+function setResult(dev, kind, text) {
+  dev.result.dataset.kind = kind;
+  dev.result.replaceChildren(document.createTextNode(text), " · ",
+    timeEl(new Date().toISOString()));
+}
+
+// ---------------------------------------------------------------- activity
+
+async function loadAudit() {
+  const r = await api("GET", "/api/audit?limit=50");
+  if (!r.ok || !r.body || !Array.isArray(r.body.records)) {
+    if (r.status) console.warn("vigil: audit log unavailable:", errorText(r));
+    return;
+  }
+  let recs = r.body.records.filter((x) => x && typeof x === "object");
+  // Show newest first whatever order the server sends.
+  const t = (x) => Date.parse(x.time);
+  if (recs.length > 1 && t(recs[0]) < t(recs[recs.length - 1])) recs = recs.reverse();
+  state.feedRows.clear();
+  state.auditPresence = new Set(recs
+    .filter((x) => x.type === "login" || x.type === "leave")
+    .map((x) => `${x.type === "login" ? "join" : "leave"}:${x.user}`));
+  $("feed").replaceChildren();
+  for (const rec of [...recs].reverse()) addFeed(...auditRow(rec));
+}
+
+function auditRow(rec) {
+  const who = fmtValue(rec.user);
+  switch (rec.type) {
+    case "login":
+      return ["join", null, rec.addr ? `${who} signed in from ${rec.addr}` : `${who} signed in`,
+        rec.time];
+    case "leave":
+      return ["leave", null, presenceText("leave", rec.user, null, rec.reason), rec.time];
+    case "command":
+      return [rec.ok === false ? "fail" : "command", rec.id ?? null, commandText(rec), rec.time];
+    case "chat":
+      return ["chat", null, `${who} said: ${fmtValue(rec.text)}`, rec.time];
+    default: {
+      const rest = Object.entries(rec)
+        .filter(([k]) => !["time", "type", "user", "seq"].includes(k))
+        .map(([k, v]) => `${k}=${fmtValue(v)}`)
+        .join(" ");
+      const head = rec.user == null ? fmtValue(rec.type) : `${who}: ${fmtValue(rec.type)}`;
+      return ["other", null, rest ? `${head} ${rest}` : head, rec.time];
+    }
+  }
+}
+
+/** "alice: lamp-1 on → ok, 4 ms" for command events and audit records. */
+function commandText(c) {
+  const args = c.args && typeof c.args === "object" && Object.keys(c.args).length
+    ? ` ${JSON.stringify(c.args)}` : "";
+  let text = `${fmtValue(c.user)}: ${fmtValue(c.device)} ${fmtValue(c.action)}${args}`;
+  if (c.phase === "issued") return `${text} → sent…`;
+  if (c.ok === true) {
+    text += " → ok";
+    if (c.result !== undefined && c.result !== null) text += ` (${fmtValue(c.result)})`;
+  } else if (c.ok === false || c.phase === "failed") {
+    text += ` → failed: ${fmtValue(c.error ?? "error")}`;
+    if (c.status && c.status !== 200) text += ` [${c.status}]`;
+  }
+  if (Number.isFinite(c.latency_ms)) text += `, ${c.latency_ms} ms`;
+  return text;
+}
+
+function applyCommand(c) {
+  const kind = c.phase === "issued" ? "pending" : c.ok ? "command" : "fail";
+  addFeed(kind, c.id ?? null, commandText(c));
+}
+
+/** Put a row at the top of the feed, replacing the row of the same command id. */
+function addFeed(kind, id, text, time) {
+  const feed = $("feed");
+  const iso = time ?? new Date().toISOString();
+  const key = id === null || id === undefined ? null : String(id);
+  const old = key === null ? null : state.feedRows.get(key);
+  const row = h("li", { className: `ev ev-${kind}` },
+    timeEl(iso), " ", h("span", { className: "ev-text" }, text));
+  // A command's result replaces its "sent…" row and moves to the top: newest first.
+  if (old) old.remove();
+  feed.prepend(row);
+  if (key !== null) state.feedRows.set(key, row);
+  while (feed.children.length > FEED_MAX) {
+    const last = feed.lastElementChild;
+    for (const [k, v] of state.feedRows) if (v === last) state.feedRows.delete(k);
+    last.remove();
+  }
+}
+
+// ---------------------------------------------------------------- chat
+
+async function loadChat() {
+  const r = await api("GET", "/api/chat");
+  if (r.ok && r.body && Array.isArray(r.body.messages)) {
+    for (const m of r.body.messages) addChat(m);
+  }
+}
+
+function addChat(m) {
+  if (!m || typeof m !== "object" || typeof m.text !== "string") return;
+  const key = m.id === undefined || m.id === null ? null : String(m.id);
+  if (key !== null) {
+    if (state.chatIds.has(key)) return;
+    state.chatIds.add(key);
+  }
+  const log = $("chat-log");
+  const stick = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  const mine = state.me && m.user === state.me.user;
+  log.append(h("li", { className: mine ? "msg mine" : "msg" },
+    h("span", { className: "msg-head" },
+      h("strong", { className: "msg-user" }, fmtValue(m.user)), " ", timeEl(m.time)),
+    h("span", { className: "msg-text" }, m.text)));
+  while (log.children.length > CHAT_MAX) log.firstElementChild.remove();
+  if (stick || mine) log.scrollTop = log.scrollHeight;
+}
+
+function wireChat() {
+  const form = $("chat-form");
+  const input = $("chat-text");
+  const err = $("chat-error");
+  const left = () => {
+    $("chat-left").textContent = String(500 - [...input.value].length);
+  };
+  input.addEventListener("input", left);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const text = input.value;
+    if (!text.trim()) return;
+    if ([...text].length > 500) {
+      err.hidden = false;
+      err.textContent = "A message can have at most 500 characters.";
+      return;
+    }
+    const send = $("chat-send");
+    send.disabled = true;
+    const r = await api("POST", "/api/chat", { text });
+    send.disabled = false;
+    if (r.ok) {
+      err.hidden = true;
+      input.value = "";
+      left();
+      if (r.body && typeof r.body === "object") addChat(r.body);
+    } else {
+      err.hidden = false;
+      err.textContent = `Not sent: ${errorText(r)}`;
+    }
+    input.focus();
+  });
+}
+
+// ---------------------------------------------------------------- start
+
+$("full-now").addEventListener("click", () => {
+  clearInterval(fullTimer);
+  $("full-text").textContent = "Retrying now…";
+  connect();
+});
+wireChat();
+connect();

@@ -1,0 +1,108 @@
+"""Real-browser fixtures: Debian's chromium driven by Playwright against a real vigil.
+
+Needs the Debian package ``chromium`` and the pip package ``playwright`` (its
+Python API only: we never run ``playwright install``, the browser is
+/usr/bin/chromium, or $VIGIL_CHROMIUM). Without them these tests skip (and
+fail under CI=true, like every ``require``).
+
+Run: ``python -m pytest tests/browser`` (about a minute). The device tests in
+test_devices.py skip unless kernel SCTP or $VIGIL_DEVICE_URL is available.
+
+``panel(user)`` opens the control panel in a fresh browser context (its own
+cookie jar and connections: one person) that logs in with HTTP Basic as
+``user`` and waits until the panel shows "connected".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support import USERS, Vigil, password, require
+
+CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CONNECTED = "#conn[data-state=connected]"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the whole session."""
+    require(
+        shutil.which(CHROMIUM) is not None or os.path.exists(CHROMIUM),
+        f"chromium not found at {CHROMIUM} (apt install chromium)",
+    )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "the playwright Python package is not installed (pip install playwright)")
+        raise
+    # Playwright gives the browser a fresh temporary profile (--user-data-dir) itself.
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def contexts(browser: Any) -> Iterator[Callable[..., Any]]:
+    """``contexts(user, pw=None, **kw)`` → a browser context logged in as ``user``."""
+    opened: list[Any] = []
+
+    def new(user: str, pw: str | None = None, **kw: Any) -> Any:
+        creds = {"username": user, "password": pw if pw is not None else password(user)}
+        ctx = browser.new_context(http_credentials=creds, **kw)
+        ctx.set_default_timeout(15000)
+        opened.append(ctx)
+        return ctx
+
+    yield new
+    for ctx in opened:
+        with contextlib.suppress(Exception):  # already closed by the test
+            ctx.close()
+
+
+class PageErrors:
+    """Uncaught page errors and dialogs (alert() from injected markup) of one page."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+        def dialog(d: Any) -> None:
+            self.dialogs.append(d.message)
+            d.dismiss()
+
+        page.on("dialog", dialog)
+
+
+@pytest.fixture
+def panel(vigil: Vigil, contexts: Callable[..., Any]) -> Callable[..., Any]:
+    """``panel(user, **context_kw)`` → a Page showing the connected panel of ``vigil``."""
+
+    def open_panel(user: str, **kw: Any) -> Any:
+        assert user in USERS
+        page = contexts(user, **kw).new_page()
+        page.vigil_errors = PageErrors(page)
+        page.goto(vigil.base + "/")
+        page.wait_for_selector(CONNECTED)
+        page.wait_for_selector("#me-user", state="visible")
+        return page
+
+    return open_panel
