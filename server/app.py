@@ -295,6 +295,9 @@ class Server:
         if conn.user is not user:
             if not self.presence.admits(user.name):
                 return self._full(req)
+            if self.presence.user_of(conn.id) not in (None, user.name):  # now another user
+                self.presence.detach(conn.id, self.loop.now(), lost=False)
+                self._schedule_expiry()
             conn.user = user
             change = self.presence.attach(conn.id, user.name, conn.addr, time.time())
             if change is not None:

@@ -84,8 +84,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            log.info("%s: connection lost: %s", self.addr, e.strerror or e)
-            self.close(lost=True)
+            self._lost(e)
             return
         if not data:
             self.close(lost=False)
@@ -106,6 +105,9 @@ class Connection:
         while not (self.parked or self.streaming or self.closing):
             item = self.session.next_request()
             if item is None:
+                if self.head_started is None and not self.session.idle:
+                    # part of a pipelined request is buffered: it is in flight now
+                    self.head_started = server.loop.now()
                 return
             if not isinstance(item, Request):
                 self.respond(error(item.status, item.message), None)
@@ -170,26 +172,28 @@ class Connection:
         if self.outbuf:
             self.outbuf += data
             return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as e:
-            log.info("%s: connection lost while sending: %s", self.addr, e.strerror or e)
-            self.close(lost=True)
-            return
-        if sent < len(data):
+        sent = self._write(data)
+        if sent is not None and sent < len(data):
             self.outbuf += data[sent:]
             self._watch_write(True)
 
-    def _flush(self) -> None:
+    def _write(self, data: bytes | bytearray) -> int | None:
+        """One ``send``: bytes the kernel took (0 if its buffer is full), None if lost."""
         try:
-            sent = self.sock.send(self.outbuf)
+            return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as e:
-            log.info("%s: connection lost while sending: %s", self.addr, e.strerror or e)
-            self.close(lost=True)
+            self._lost(e)
+            return None
+
+    def _lost(self, e: OSError) -> None:
+        log.info("%s: connection lost: %s", self.addr, e.strerror or e)
+        self.close(lost=True)
+
+    def _flush(self) -> None:
+        sent = self._write(self.outbuf)
+        if sent is None:
             return
         del self.outbuf[:sent]
         if not self.outbuf:
