@@ -168,7 +168,8 @@ class HttpSession:
             status = e.error_status_hint
             if status == 431 and self._head is None and self._line_too_long():
                 return ProtocolError(414, "request target too long")
-            msg = "request header fields too large" if status == 431 else f"malformed request: {e}"
+            detail = str(e).partition(": bytearray")[0]  # h11 appends the raw bytes
+            msg = "request header fields too large" if status == 431 else f"malformed request: {detail}"
             return ProtocolError(status, msg)
 
     def _start(self, event: h11.Request) -> ProtocolError | None:

@@ -1,0 +1,345 @@
+"""End-to-end: signals (HUP reload, TERM shutdown), the command line and the first run."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from support import ROOT, Vigil, basic, free_port, write_config
+
+from server.auth import verify_password
+
+ALICE = {"alice": "operator"}
+
+
+def me(vigil: Vigil, user: str, pw: str | None = None) -> httpx.Response:
+    return httpx.get(vigil.base + "/api/me", headers={"Authorization": basic(user, pw)}, timeout=5)
+
+
+def server_cmd(
+    *args: str, stdin: str | None = None, timeout: float = 15
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+
+
+def raw_request(
+    method: str, target: str, user: str = "alice", body: bytes = b"", length: int | None = None
+) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: vigil.test\r\nAuthorization: {basic(user)}\r\n"
+    if body or length is not None:
+        head += (
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n"
+        )
+    return head.encode() + b"\r\n" + body
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and Content-Length body), and nothing after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head = data.partition(b"\r\n\r\n")[0]
+    found = re.search(rb"(?im)^content-length: *(\d+)", head)
+    assert found, head
+    size = len(head) + 4 + int(found.group(1))
+    while len(data) < size:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a body"
+        data += chunk
+    assert len(data) == size, "bytes after the response"
+    return data
+
+
+def read_all(sock: socket.socket, timeout: float = 3.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    return out
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+def wait_for_log(vigil: Vigil, pattern: str, since: int, timeout: float = 3.0) -> str:
+    """The first log line after offset ``since`` matching ``pattern``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in vigil.log()[since:].splitlines():
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no log line /{pattern}/ in:\n{vigil.log()[since:]}")
+
+
+# -- SIGHUP ------------------------------------------------------------------------
+
+
+def test_sighup_adds_a_user_without_dropping_connections(start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(users={**ALICE, "bob": "operator"})
+    assert me(vigil, "vera").status_code == 401
+    with socket.create_connection((vigil.host, vigil.port), timeout=5) as keep:
+        keep.sendall(raw_request("GET", "/api/me"))
+        assert read_response(keep).startswith(b"HTTP/1.1 200")
+
+        write_config(
+            vigil.config.parent, {"http": {"port": vigil.port}}, users={**ALICE, "vera": "viewer"}
+        )
+        mark = len(vigil.log())
+        vigil.signal(signal.SIGHUP)
+        wait_for_log(vigil, r"reload", mark)
+
+        assert me(vigil, "vera").json() == {"user": "vera", "role": "viewer"}
+        assert me(vigil, "bob").status_code == 401  # removed from the config
+        keep.sendall(raw_request("GET", "/api/me"))  # the open connection still works
+        reply = read_response(keep)
+        assert reply.startswith(b"HTTP/1.1 200") and b'"alice"' in reply
+    assert vigil.proc.poll() is None
+
+
+BAD_RELOADS = {
+    "invalid-toml": lambda text: text + "\nthis is not toml\n",
+    "unknown-key": lambda text: text.replace("[http]\n", "[http]\nprot = 8080\n", 1),
+    "plaintext-password": lambda text: re.sub(
+        r'password = "scrypt\$[^"]*"', 'password = "hunter2"', text, count=1
+    ),
+}
+
+
+@pytest.mark.parametrize("mutate", BAD_RELOADS.values(), ids=BAD_RELOADS.keys())
+def test_sighup_with_a_bad_config_keeps_the_old_one(
+    start_vigil: Callable[..., Vigil], mutate: Callable[[str], str]
+) -> None:
+    vigil = start_vigil(users=ALICE)
+    with socket.create_connection((vigil.host, vigil.port), timeout=5) as keep:
+        keep.sendall(raw_request("GET", "/api/me"))
+        assert read_response(keep).startswith(b"HTTP/1.1 200")
+        good = vigil.config.read_text()
+        vigil.config.write_text(mutate(good))
+        mark = len(vigil.log())
+        vigil.signal(signal.SIGHUP)
+        line = wait_for_log(vigil, re.escape(str(vigil.config)), mark)
+        assert "keep" in line.lower(), line
+        assert "Traceback" not in vigil.log()
+        assert me(vigil, "alice").json()["user"] == "alice"
+        keep.sendall(raw_request("GET", "/api/me"))
+        assert read_response(keep).startswith(b"HTTP/1.1 200")
+        # fixed again: the next HUP takes it
+        vigil.config.write_text(good)
+        mark = len(vigil.log())
+        vigil.signal(signal.SIGHUP)
+        wait_for_log(vigil, r"reloaded", mark)
+        assert me(vigil, "alice").status_code == 200
+
+
+# -- SIGTERM ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelined", [0, 2], ids=["alone", "after-pipelined"])
+def test_sigterm_finishes_a_request_in_flight(
+    start_vigil: Callable[..., Vigil], pipelined: int
+) -> None:
+    vigil = start_vigil(users=ALICE)
+    body = b'{"text": "sent while the server stops"}'
+    with (
+        socket.create_connection((vigil.host, vigil.port), timeout=5) as busy,
+        socket.create_connection((vigil.host, vigil.port), timeout=5) as idle,
+    ):
+        idle.sendall(raw_request("GET", "/api/me"))
+        assert read_response(idle).startswith(b"HTTP/1.1 200")
+        # a POST whose body is still arriving, alone or after pipelined requests
+        before = [raw_request("GET", "/api/me"), raw_request("GET", "/api/users")][:pipelined]
+        busy.sendall(
+            b"".join(before) + raw_request("POST", "/api/chat", length=len(body)) + body[:10]
+        )
+        time.sleep(0.2)
+        vigil.signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        time.sleep(0.3)
+        busy.sendall(body[10:])
+        answered = read_all(busy)
+        assert read_all(idle) == b""  # the idle keep-alive connection is closed
+    assert statuses(answered) == [200] * (pipelined + 1), answered
+    assert b"sent while the server stops" in answered
+    assert vigil.proc.wait(timeout=2.5) == 0
+    assert time.monotonic() - stopped_at < 2.0
+    assert "Traceback" not in vigil.log()
+
+
+def test_sigterm_exits_promptly_when_idle(start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(users=ALICE)
+    assert me(vigil, "alice").status_code == 200
+    started = time.monotonic()
+    vigil.signal(signal.SIGTERM)
+    assert vigil.proc.wait(timeout=2.5) == 0
+    assert time.monotonic() - started < 2.0
+
+
+# -- the command line -----------------------------------------------------------------
+
+BAD_CONFIGS = [
+    ("unknown-key", lambda t: t.replace("[http]\n", "[http]\nprot = 8080\n", 1), "prot"),
+    ("bad-port", lambda t: re.sub(r"\nport = \d+", '\nport = "eighty"', t, count=1), "port"),
+    (
+        "too-many-connections",
+        lambda t: re.sub(r"max_connections = \d+", "max_connections = 5000", t),
+        "max_connections",
+    ),
+    ("invalid-toml", lambda t: t + "\n[http\n", "config.toml"),
+    (
+        "missing-static-dir",
+        lambda t: re.sub(r'static_dir = "[^"]*"', 'static_dir = "/nonexistent/vigil-static"', t),
+        "static_dir",
+    ),
+    (
+        "plaintext-password",
+        lambda t: re.sub(r'password = "scrypt\$[^"]*"', 'password = "hunter2"', t, count=1),
+        "password",
+    ),
+    ("bad-cidr", lambda t: t.replace('"127.0.0.0/8"', '"127.0.0.0/33"'), "allow"),
+    ("bad-role", lambda t: t.replace('role = "operator"', 'role = "admin"', 1), "role"),
+    ("unknown-section", lambda t: t + "\n[htp]\nport = 1\n", "htp"),
+]
+
+
+# `run` loads the config as check-config does: a few cases show it fails the same way
+RUN_CASES = ("unknown-key", "invalid-toml", "missing-static-dir", "plaintext-password")
+
+
+def bad_config(tmp_path: Path, mutate: Callable[[str], str]) -> Path:
+    path = write_config(tmp_path, users=ALICE)
+    path.write_text(mutate(path.read_text()))
+    return path
+
+
+def assert_one_clear_line(stderr: str, *needles: str) -> None:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_check_config_accepts_a_good_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path, users=ALICE)
+    result = server_cmd("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert str(path) in result.stdout and "ok" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_check_config_rejects_a_bad_config(
+    tmp_path: Path, mutate: Callable[[str], str], key: str
+) -> None:
+    path = bad_config(tmp_path, mutate)
+    result = server_cmd("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert_one_clear_line(result.stderr, str(path), key)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [c[1:] for c in BAD_CONFIGS if c[0] in RUN_CASES],
+    ids=[c[0] for c in BAD_CONFIGS if c[0] in RUN_CASES],
+)
+def test_run_with_a_bad_config_fails_in_one_line(
+    tmp_path: Path, mutate: Callable[[str], str], key: str
+) -> None:
+    path = bad_config(tmp_path, mutate)
+    result = server_cmd("--config", str(path))
+    assert result.returncode != 0
+    assert_one_clear_line(result.stderr, str(path), key)
+
+
+def test_run_with_a_missing_config_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    result = server_cmd("--config", str(path))
+    assert result.returncode != 0
+    assert_one_clear_line(result.stderr, str(path))
+
+
+def test_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        path = write_config(tmp_path, {"http": {"port": port}}, users=ALICE)
+        result = server_cmd("--config", str(path))
+    assert result.returncode != 0
+    assert_one_clear_line(result.stderr, f"127.0.0.1:{port}")
+    assert "in use" in result.stderr.lower()
+
+
+def test_hash_password_reads_stdin_and_prints_one_line() -> None:
+    first = server_cmd("hash-password", stdin="correct horse battery\n")
+    second = server_cmd("hash-password", stdin="correct horse battery\n")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scrypt$")
+    assert first.stdout != second.stdout  # salted
+    assert verify_password("correct horse battery", lines[0])
+    assert not verify_password("correct horse batter", lines[0])
+    assert "correct horse" not in first.stdout + first.stderr
+
+
+def test_hash_password_refuses_an_empty_password() -> None:
+    result = server_cmd("hash-password", stdin="\n")
+    assert result.returncode != 0
+    assert not result.stdout.strip()
+    assert_one_clear_line(result.stderr, "empty")
+
+
+def test_first_run_creates_an_operator_with_a_printed_password(
+    start_vigil: Callable[..., Vigil],
+) -> None:
+    vigil = start_vigil(users={})
+    output = vigil.log()
+    user = re.search(r"user:\s+(\S+)", output)
+    pw = re.search(r"password:\s+(\S+)", output)
+    assert user and pw, output
+    local = vigil.config.parent / "users.local.toml"
+    assert local.exists()
+    assert stat.S_IMODE(local.stat().st_mode) & 0o077 == 0  # only the owner can read it
+    stored = local.read_text()
+    assert "scrypt$" in stored and pw.group(1) not in stored
+    assert me(vigil, user.group(1), pw.group(1)).json() == {
+        "user": user.group(1),
+        "role": "operator",
+    }
+    assert me(vigil, user.group(1), "admin").status_code == 401
+
+    # a second start keeps that account and prints no password
+    assert vigil.stop() == 0
+    mark = len(vigil.log())
+    again = Vigil(vigil.config)
+    try:
+        assert local.read_text() == stored
+        assert pw.group(1) not in again.log()[mark:]
+        assert me(again, user.group(1), pw.group(1)).status_code == 200
+    finally:
+        again.stop()
