@@ -169,7 +169,11 @@ class HttpSession:
             if status == 431 and self._head is None and self._line_too_long():
                 return ProtocolError(414, "request target too long")
             detail = str(e).partition(": bytearray")[0]  # h11 appends the raw bytes
-            msg = "request header fields too large" if status == 431 else f"malformed request: {detail}"
+            msg = (
+                "request header fields too large"
+                if status == 431
+                else f"malformed request: {detail}"
+            )
             return ProtocolError(status, msg)
 
     def _start(self, event: h11.Request) -> ProtocolError | None:
