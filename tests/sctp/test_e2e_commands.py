@@ -3,70 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sctpbench import ROOT
-from support import Vigil, password, write_config
-
-
-class Panel:
-    """A vigil with the control channel on, and device agents talking to it."""
-
-    def __init__(self, tmp: Path, command_timeout: float = 5) -> None:
-        self.sctp_port = random.randrange(20000, 60000)
-        control = {
-            "enabled": True,
-            "host": "127.0.0.1",
-            "port": self.sctp_port,
-            "heartbeat_ms": 1000,
-            "path_max_retrans": 2,
-            "command_timeout": command_timeout,
-        }
-        self.vigil = Vigil(write_config(tmp, {"control": control}))
-        self.agents: list[subprocess.Popen[bytes]] = []
-
-    def curl(
-        self, method: str, path: str, user: str = "alice", body: Any = None
-    ) -> tuple[int, Any]:
-        cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
-        cmd += ["-u", f"{user}:{password(user)}", self.vigil.base + path]
-        if body is not None:
-            cmd += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-        out = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout.decode()
-        text, _, status = out.rpartition("\n")
-        return int(status), json.loads(text) if text.strip() else None
-
-    def agent(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(self.sctp_port)]
-        proc = subprocess.Popen([*argv, *extra], cwd=ROOT)
-        self.agents.append(proc)
-        return proc
-
-    def wait(self, cond: Callable[[], bool], timeout: float = 10) -> float:
-        start = time.monotonic()
-        while not cond():
-            assert time.monotonic() - start < timeout, f"not within {timeout} s"
-            time.sleep(0.05)
-        return time.monotonic() - start
-
-    def online(self, device: str) -> bool:
-        _, devices = self.curl("GET", "/api/devices")
-        return any(d["id"] == device and d["online"] for d in devices)
-
-    def close(self) -> None:
-        for proc in self.agents:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.vigil.stop()
+from panel import Panel
+from support import Vigil, password
 
 
 @pytest.fixture

@@ -17,9 +17,13 @@ How a run works:
    marker line gives the job's exit status (linux.uml's own status means
    nothing).
 
-Optional tap network (root only): ``with Tap("vigil0"): run(..., tap="vigil0")``
+Optional tap network (root only): ``with Tap() as tap: run(..., tap=tap)``
 gives the host 10.213.1.1/30 on the tap and the guest 10.213.1.2/30 on eth0,
 so host clients reach a server in the guest; ``Tap.down()`` pulls the cable.
+Taps are allocated one /30 each of 10.213.1.0/24 (slot 0 is the pair above,
+slot k is 10.213.1.4k+1 / 4k+2), so several guests can run at once.
+``tests/uml/testhost.py`` builds a whole test host (vigil and agents in a
+guest, reachable from the host) on this.
 
 Command line: ``python tests/uml/harness.py [--cwd DIR] [--tap TAP] -- CMD...``
 """
@@ -27,6 +31,8 @@ Command line: ``python tests/uml/harness.py [--cwd DIR] [--tap TAP] -- CMD...``
 from __future__ import annotations
 
 import argparse
+import fcntl
+import ipaddress
 import os
 import re
 import shlex
@@ -43,9 +49,12 @@ from pathlib import Path
 KERNEL = "linux.uml"
 INIT = Path(__file__).with_name("init.sh")
 MARKER = re.compile(r"VIGIL-UML-EXIT=(\d+)")
-HOST_ADDR = "10.213.1.1/30"
+TAP_NET = ipaddress.ip_network("10.213.1.0/24")  # one /30 per tap
+TAP_SLOTS = TAP_NET.num_addresses // 4
+HOST_ADDR = "10.213.1.1/30"  # slot 0
 GUEST_ADDR = "10.213.1.2/30"
 GUEST_IP = GUEST_ADDR.split("/")[0]
+TAP_LOCK = Path(tempfile.gettempdir()) / "vigil-uml-tap.lock"
 # Environment variables worth carrying into the guest when env is not given.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "PYTHONPATH", "VIRTUAL_ENV", "CI")
 
@@ -71,7 +80,7 @@ class Guest:
         env: Mapping[str, str] | None = None,
         *,
         mem: str = "256M",
-        tap: str | None = None,
+        tap: str | Tap | None = None,
         echo: bool = True,
     ) -> None:
         if shutil.which(KERNEL) is None:
@@ -96,7 +105,9 @@ class Guest:
             "con0=fd:0,fd:1",
             f"VIGIL_UML_JOB={self.job}",
         ]
-        if tap:
+        if isinstance(tap, Tap):
+            cmd += [f"eth0=tuntap,{tap.name}", f"VIGIL_UML_ADDR={tap.guest_cidr}"]
+        elif tap:
             cmd += [f"eth0=tuntap,{tap}", f"VIGIL_UML_ADDR={GUEST_ADDR}"]
         self.echo = echo
         self.lines: list[str] = []
@@ -138,6 +149,9 @@ class Guest:
             raise UmlError(f"UML guest printed no exit marker; last output:\n{tail}")
         return self.status
 
+    def running(self) -> bool:
+        return self._proc.poll() is None
+
     def kill(self) -> None:
         if self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
@@ -151,7 +165,7 @@ def run(
     env: Mapping[str, str] | None = None,
     *,
     timeout: float = 600,
-    tap: str | None = None,
+    tap: str | Tap | None = None,
     echo: bool = True,
 ) -> int:
     """Boot a guest, run ``argv`` in ``cwd`` with ``env``; return its exit status."""
@@ -159,36 +173,111 @@ def run(
 
 
 class Tap:
-    """A host tap device for a guest's eth0 (root only); a context manager."""
+    """A host tap device for a guest's eth0 (root only); a context manager.
 
-    def __init__(self, name: str = "vigil0", addr: str = HOST_ADDR) -> None:
-        self.name = name
-        self.addr = addr
+    ``Tap()`` takes the first free slot: device ``vigiltapK`` with the host's
+    address ``host_ip`` and the guest's ``guest_ip`` (``guest_cidr`` for its
+    eth0). A name or slot may be given; entering fails if that tap exists.
+    """
 
-    def _ip(self, *args: str) -> None:
-        subprocess.run(["ip", *args], check=True)
+    def __init__(self, name: str | None = None, slot: int | None = None) -> None:
+        self._name = name
+        self.slot = slot
+        self.created = False
+
+    @property
+    def name(self) -> str:
+        return self._name or f"vigiltap{self.slot}"
+
+    def _addr(self, n: int) -> ipaddress.IPv4Address:
+        assert self.slot is not None, "not entered yet"
+        return ipaddress.IPv4Address(int(TAP_NET.network_address) + 4 * self.slot + n)
+
+    @property
+    def host_ip(self) -> str:
+        return str(self._addr(1))
+
+    @property
+    def guest_ip(self) -> str:
+        return str(self._addr(2))
+
+    @property
+    def guest_cidr(self) -> str:
+        return f"{self.guest_ip}/30"
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise UmlError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+
+    @staticmethod
+    def _used_slots() -> set[int]:
+        out = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False
+        )
+        used = set()
+        for m in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+)/", out.stdout):
+            addr = ipaddress.IPv4Address(m.group(1))
+            if addr in TAP_NET:
+                used.add((int(addr) - int(TAP_NET.network_address)) // 4)
+        return used
 
     def __enter__(self) -> Tap:
-        self._ip("tuntap", "add", "dev", self.name, "mode", "tap")
-        self._ip("addr", "add", self.addr, "dev", self.name)
-        self.up()
+        # One allocator at a time (tests may start guests in parallel).
+        with TAP_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.slot is None:
+                used = self._used_slots()
+                free = [
+                    k
+                    for k in range(TAP_SLOTS)
+                    if k not in used and not Path(f"/sys/class/net/{self.name_for(k)}").exists()
+                ]
+                if not free:
+                    raise UmlError(f"no free tap slot in {TAP_NET}")
+                self.slot = free[0]
+            if Path(f"/sys/class/net/{self.name}").exists():
+                raise UmlError(f"tap {self.name} exists already (another guest, or left over)")
+            self._ip("tuntap", "add", "dev", self.name, "mode", "tap")
+            self.created = True
+            try:
+                # While the tap is down its connected route is gone: this keeps
+                # packets for the guest from leaving by the default route.
+                self._ip("route", "add", "blackhole", self.guest_net, "metric", "4242")
+                self._ip("addr", "add", f"{self.host_ip}/30", "dev", self.name)
+                self.up()
+            except UmlError:
+                self.__exit__()
+                raise
         return self
 
+    def name_for(self, slot: int) -> str:
+        return self._name or f"vigiltap{slot}"
+
+    @property
+    def guest_net(self) -> str:
+        return f"{self._addr(0)}/30"
+
     def __exit__(self, *_exc: object) -> None:
-        subprocess.run(["ip", "link", "del", self.name], check=False)
+        if self.created:
+            subprocess.run(["ip", "link", "del", self.name], check=False, capture_output=True)
+            route = ["ip", "route", "del", "blackhole", self.guest_net, "metric", "4242"]
+            subprocess.run(route, check=False, capture_output=True)
+            self.created = False
 
     def up(self) -> None:
         self._ip("link", "set", self.name, "up")
 
     def down(self) -> None:
-        """Pull the cable: packets stop, no FIN or RST is sent."""
+        """Pull the cable: packets stop (into a blackhole route), no FIN or RST is sent."""
         self._ip("link", "set", self.name, "down")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run a command inside a UML guest with SCTP.")
     p.add_argument("--cwd", default=".", help="directory to run the command in")
-    p.add_argument("--tap", help="host tap device to attach as the guest's eth0")
+    p.add_argument("--tap", help="host tap device (with 10.213.1.1/30) as the guest's eth0")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("command", nargs="+", help="the command (put it after --)")
     args = p.parse_args(argv)

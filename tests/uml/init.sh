@@ -25,6 +25,10 @@ for m in lib/crc-ccitt.ko net/ipv6/ipv6.ko net/ipv4/udp_tunnel.ko \
     insmod "$mods/$m" || echo "vigil-uml: insmod $m failed"
 done
 
+# veth, for tests that put a device agent in a network namespace behind a
+# cable they can pull (tests/uml/guestnet.py); optional.
+insmod "$mods/drivers/net/veth.ko" 2>/dev/null || echo "vigil-uml: no veth module"
+
 ip link set lo up
 if [ -n "$VIGIL_UML_ADDR" ]; then
     ip addr add "$VIGIL_UML_ADDR" dev eth0

@@ -1,0 +1,203 @@
+"""A real vigil with the control channel on, device agents, curl and an SSE listener.
+
+``Panel`` starts ``python -m server`` (tests/support.Vigil) with ``[control]``
+on a random SCTP port and reference agents as subprocesses (optionally
+inside a network namespace, tests/uml/guestnet.py). ``Events`` follows a
+user's ``/api/events`` stream in a thread and timestamps every event, so a
+test can tell when a browser would have seen it. Used by tests/sctp and by
+the control bench (bench/section_control.py), inside UML or natively.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import Vigil, password, write_config  # noqa: E402
+
+
+def auth(user: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password(user)}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+class Panel:
+    """A vigil with the control channel on, and device agents talking to it."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        command_timeout: float = 5,
+        control_host: str = "127.0.0.1",
+        **sections: dict[str, Any],
+    ) -> None:
+        self.sctp_port = random.randrange(20000, 60000)
+        control = {
+            "enabled": True,
+            "host": control_host,
+            "port": self.sctp_port,
+            "heartbeat_ms": 1000,
+            "path_max_retrans": 2,
+            "command_timeout": command_timeout,
+        }
+        self.vigil = Vigil(write_config(tmp, {"control": control, **sections}))
+        self.agents: list[subprocess.Popen[bytes]] = []
+
+    def curl(
+        self, method: str, path: str, user: str = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]
+        cmd += ["-u", f"{user}:{password(user)}", self.vigil.base + path]
+        if body is not None:
+            cmd += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+        out = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout.decode()
+        text, _, status = out.rpartition("\n")
+        return int(status), json.loads(text) if text.strip() else None
+
+    def post_later(self, device: str, action: str, user: str = "alice") -> Pending:
+        """Start a command in a curl process; ``Pending.result()`` waits for its answer."""
+        cmd = ["curl", "-s", "-w", "\n%{http_code}", "-u", f"{user}:{password(user)}"]
+        cmd += ["-X", "POST", "-H", "Content-Type: application/json"]
+        cmd += ["--data-binary", json.dumps({"action": action})]
+        cmd += [f"{self.vigil.base}/api/devices/{device}/commands"]
+        return Pending(subprocess.Popen(cmd, stdout=subprocess.PIPE))
+
+    def agent(
+        self, name: str, *extra: str, host: str = "127.0.0.1", wrap: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "server.agent", "--name", name, "--host", host]
+        argv += ["--port", str(self.sctp_port), *extra]
+        proc = subprocess.Popen([*wrap, *argv], cwd=ROOT, stderr=subprocess.DEVNULL)
+        self.agents.append(proc)
+        return proc
+
+    def events(self, user: str = "bob") -> Events:
+        return Events(self.vigil.host, self.vigil.port, user)
+
+    def wait(self, cond: Callable[[], bool], timeout: float = 10) -> float:
+        start = time.monotonic()
+        while not cond():
+            assert time.monotonic() - start < timeout, f"not within {timeout} s"
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def online(self, device: str) -> bool:
+        _, devices = self.curl("GET", "/api/devices")
+        return any(d["id"] == device and d["online"] for d in devices)
+
+    def close(self) -> None:
+        for proc in self.agents:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.vigil.stop()
+
+
+class Pending:
+    """A command sent by curl in the background."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def result(self, timeout: float = 15) -> tuple[float, int, dict[str, Any]]:
+        """(monotonic time the answer came, status, body)."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        when = time.monotonic()
+        text, _, status = out.decode().rpartition("\n")
+        return when, int(status), json.loads(text) if text.strip() else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float  # time.monotonic() when it arrived
+    id: int
+    kind: str
+    data: Any
+
+
+class Events:
+    """A user's ``GET /api/events`` stream, read in a thread; a context manager."""
+
+    def __init__(self, host: str, port: int, user: str) -> None:
+        self.received: list[Event] = []
+        self._cond = threading.Condition()
+        self._conn = http.client.HTTPConnection(host, port, timeout=60)
+        self._conn.request("GET", "/api/events", headers=auth(user))
+        resp = self._conn.getresponse()
+        assert resp.status == 200, resp.status
+        self._resp = resp
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        fields: dict[str, str] = {}
+        try:
+            for raw in self._resp:
+                line = raw.decode().rstrip("\r\n")
+                if line:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.removeprefix(" ")
+                    continue
+                if "event" in fields:
+                    ev = Event(
+                        time.monotonic(),
+                        int(fields.get("id", 0)),
+                        fields["event"],
+                        json.loads(fields.get("data", "null")),
+                    )
+                    with self._cond:
+                        self.received.append(ev)
+                        self._cond.notify_all()
+                fields = {}
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            return
+
+    def wait_for(self, match: Callable[[Event], bool], timeout: float = 10) -> Event:
+        """The first event (already received or coming) for which ``match`` holds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ev in self.received:
+                    if match(ev):
+                        return ev
+                left = deadline - time.monotonic()
+                assert left > 0, f"no such event within {timeout} s: {self.received[-5:]}"
+                self._cond.wait(left)
+
+    def device(self, kind: str, device: str, after: float = 0) -> Callable[[Event], bool]:
+        """Matches a ``device`` event of ``kind`` about ``device`` that came after ``after``."""
+        return lambda ev: (
+            ev.kind == "device"
+            and ev.at >= after
+            and ev.data["kind"] == kind
+            and ev.data["device"]["id"] == device
+        )
+
+    def close(self) -> None:
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the reader sees the end of the stream
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+        self._conn.close()
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

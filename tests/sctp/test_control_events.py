@@ -1,0 +1,133 @@
+"""What every browser sees of the control side: ``device`` and ``command`` events.
+
+Bob watches ``/api/events`` while alice commands a device: he must see the
+device come online, its telemetry (coalesced), alice's command being issued
+and its result (with who and how long), and the device going offline.
+Refused commands (viewer, unknown action) reach neither the device nor the
+stream. A device flooding vigil with messages must not starve HTTP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from panel import ROOT, Panel, auth
+
+
+@pytest.fixture
+def panel(tmp_path: Path) -> Iterator[Panel]:
+    p = Panel(tmp_path)
+    yield p
+    p.close()
+
+
+def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
+    with panel.events("bob") as events:
+        agent = panel.agent("lamp-1", "--interval", "0.1")
+        online = events.wait_for(events.device("online", "lamp-1"))
+        assert online.data["device"]["commands"] == ["on", "off", "toggle", "status"]
+        telemetry = events.wait_for(events.device("telemetry", "lamp-1"))
+        assert isinstance(telemetry.data["data"]["temperature"], float)
+
+        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", body={"action": "on"})
+        assert status == 200 and body["result"]["on"] is True
+
+        def command(phase: str) -> dict[str, object]:
+            ev = events.wait_for(lambda e: e.kind == "command" and e.data["phase"] == phase)
+            return dict(ev.data)
+
+        issued, result = command("issued"), command("result")
+        assert issued["id"] == result["id"] == body["id"]
+        assert issued["user"] == result["user"] == "alice"
+        assert (issued["device"], issued["action"]) == ("lamp-1", "on")
+        assert result["ok"] is True and result["status"] == 200
+        assert result["result"] == body["result"]
+        assert isinstance(result["latency_ms"], int) and 0 <= result["latency_ms"] < 5000
+
+        # telemetry is coalesced: at most 5 events a second although the agent sends 10
+        start = time.monotonic()
+        time.sleep(2)
+        count = sum(
+            1 for e in events.received if e.at >= start and events.device("telemetry", "lamp-1")(e)
+        )
+        assert 1 <= count <= 12, count
+
+        agent.send_signal(signal.SIGKILL)
+        events.wait_for(events.device("offline", "lamp-1"), 5)
+        ids = [e.id for e in events.received]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
+    with panel.events("bob") as events:
+        panel.agent("lamp-1")
+        events.wait_for(events.device("online", "lamp-1"))
+        path = "/api/devices/lamp-1/commands"
+        status, body = panel.curl("POST", path, "vera", {"action": "on"})
+        assert status == 403 and "viewer" in body["error"], body
+        status, body = panel.curl("POST", path, "alice", {"action": "explode"})
+        assert status == 400 and "explode" in body["error"], body
+        status, body = panel.curl("POST", path, "alice", {"action": "status"})
+        assert status == 200 and body["result"]["on"] is False  # "on" never reached it
+        events.wait_for(lambda e: e.kind == "command" and e.data["phase"] == "result")
+        actions = [e.data["action"] for e in events.received if e.kind == "command"]
+        assert actions == ["status", "status"], actions
+
+
+FLOOD = """
+import json, socket, sys, time
+import sctp
+sock = sctp.sctpsocket_tcp(socket.AF_INET)
+sock.connect(("127.0.0.1", int(sys.argv[1])))
+sock.sctp_send(json.dumps({"type": "hello", "device": "flood", "commands": []}).encode(), ppid=51)
+msg = json.dumps({"type": "telemetry", "data": {"x": 1, "pad": "y" * 200}}).encode()
+bad = b"{not json"
+sent, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    sock.sctp_send(bad if sent % 50 == 0 else msg, ppid=51, stream=1)
+    sent += 1
+print(sent, flush=True)
+"""
+
+
+def test_a_flooding_device_does_not_starve_http(panel: Panel) -> None:
+    seconds = 4.0
+    with panel.events("bob") as events:
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, str(panel.sctp_port), str(seconds)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        events.wait_for(events.device("online", "flood"))
+        conn = http.client.HTTPConnection(panel.vigil.host, panel.vigil.port, timeout=10)
+        took = []
+        start = time.monotonic()
+        while flood.poll() is None and time.monotonic() - start < seconds + 5:
+            t0 = time.monotonic()
+            conn.request("GET", "/api/devices", headers=auth("alice"))
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+            took.append(time.monotonic() - t0)
+            time.sleep(0.02)
+        conn.close()
+        sent = int(flood.communicate(timeout=10)[0])
+        flooded = [e for e in events.received if events.device("telemetry", "flood")(e)]
+    took.sort()
+    p50, worst = statistics.median(took), took[-1]
+    print(
+        f"flood: {sent} messages in {seconds:g} s; {len(took)} HTTP requests meanwhile, "
+        f"p50 {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms; {len(flooded)} telemetry events"
+    )
+    assert sent > 1000, sent
+    assert len(took) >= 20, len(took)
+    assert p50 < 0.1 and worst < 1.0, (p50, worst)
+    assert len(flooded) <= seconds * 5 + 5, len(flooded)  # coalesced to 5 a second

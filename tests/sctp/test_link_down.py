@@ -1,0 +1,43 @@
+"""A pulled cable between vigil and a device: no ABORT, no FIN, only SCTP's timers.
+
+The agent runs in a network namespace behind a veth pair (tests/uml/guestnet.py);
+pulling its end is a cable pulled at the device. The heartbeat and RTO
+tuning (server/sctpchannel.py, whose header has the arithmetic) should take
+the device offline in about 1.5 .. 3.3 s; the bound here is loose (5 s),
+the bench (bench/section_control.py) reports the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from guestnet import AgentNet
+from panel import Panel
+from support import require
+
+
+def test_pulled_cable_takes_the_device_offline_and_fails_its_command(tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "network namespaces need root")
+    with AgentNet("vigil-test-agent", slot=1) as net:
+        panel = Panel(tmp_path, command_timeout=30, control_host="0.0.0.0")
+        try:
+            with panel.events("bob") as events:
+                panel.agent("lamp-1", "--reply-delay", "60", host=net.vigil_ip, wrap=net.wrap(()))
+                events.wait_for(events.device("online", "lamp-1"))
+                pending = panel.post_later("lamp-1", "toggle")
+                events.wait_for(lambda ev: ev.kind == "command" and ev.data["phase"] == "issued")
+                assert pending.proc.poll() is None
+                pulled = time.monotonic()
+                net.pull()
+                offline = events.wait_for(events.device("offline", "lamp-1", pulled), 10)
+                answered, status, body = pending.result()
+            took_offline, took_503 = offline.at - pulled, answered - pulled
+            print(f"cable pulled: offline after {took_offline:.2f} s, 503 after {took_503:.2f} s")
+            assert status == 503 and "lost" in body["error"], body
+            assert took_offline < 5, took_offline
+            assert took_503 < 5, took_503
+            assert not panel.online("lamp-1")
+        finally:
+            panel.close()

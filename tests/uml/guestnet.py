@@ -1,0 +1,84 @@
+"""A device agent behind a cable that can be pulled: a network namespace and a veth pair.
+
+For use inside the UML guest (root, ``veth`` loaded by init.sh) or on any
+Linux box where we are root. ``AgentNet`` makes namespace ``NAME`` joined
+to the root namespace by a veth pair: ``vigil_ip`` on the root side (vigil
+listens there, or on 0.0.0.0), ``agent_ip`` inside the namespace. Slot k
+uses 10.213.0.4k+1 / 4k+2 (/30), addresses no one else uses.
+
+    with AgentNet() as net:
+        agent = subprocess.Popen(net.wrap([python, "-m", "server.agent", "--host", net.vigil_ip]))
+        net.pull()   # the agent's link goes down: no FIN, no ABORT, nothing
+        net.plug()
+
+``pull()`` sets the agent's end down, as if the device's cable were pulled:
+vigil's side stays up and its packets vanish into the dead veth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+NET = ipaddress.ip_network("10.213.0.0/24")
+
+
+def _ip(*args: str) -> None:
+    out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise OSError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+
+
+def load_veth() -> None:
+    """Load the veth module if the kernel does not know veth yet (UML: by path)."""
+    if Path("/sys/module/veth").exists():
+        return
+    ko = Path(f"/usr/lib/uml/modules/{platform.release()}/kernel/drivers/net/veth.ko")
+    cmd = ["insmod", str(ko)] if ko.exists() else ["modprobe", "veth"]
+    subprocess.run(cmd, capture_output=True, check=False)
+
+
+class AgentNet:
+    """Namespace ``name`` with ``agent_ip``, linked to ``vigil_ip`` in the root namespace."""
+
+    def __init__(self, name: str = "vigil-agent", slot: int = 0) -> None:
+        self.name = name
+        self.host_dev = f"vgl{slot}a"
+        self.agent_dev = f"vgl{slot}b"
+        base = int(NET.network_address) + 4 * slot
+        self.vigil_ip = str(ipaddress.IPv4Address(base + 1))
+        self.agent_ip = str(ipaddress.IPv4Address(base + 2))
+
+    def __enter__(self) -> AgentNet:
+        load_veth()
+        _ip("netns", "add", self.name)
+        try:
+            _ip("link", "add", self.host_dev, "type", "veth", "peer", "name", self.agent_dev)
+            _ip("link", "set", self.agent_dev, "netns", self.name)
+            _ip("addr", "add", f"{self.vigil_ip}/30", "dev", self.host_dev)
+            _ip("link", "set", self.host_dev, "up")
+            _ip("-n", self.name, "addr", "add", f"{self.agent_ip}/30", "dev", self.agent_dev)
+            _ip("-n", self.name, "link", "set", "lo", "up")
+            self.plug()
+        except OSError:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def pull(self) -> None:
+        """Pull the agent's cable: its link goes down, nothing is sent."""
+        _ip("-n", self.name, "link", "set", self.agent_dev, "down")
+
+    def plug(self) -> None:
+        _ip("-n", self.name, "link", "set", self.agent_dev, "up")

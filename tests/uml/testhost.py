@@ -1,0 +1,224 @@
+"""A test host: vigil and reference agents inside a UML guest, reachable from this host.
+
+For tests that need a real device behind vigil (real kernel SCTP) while the
+client runs here (curl, Python, chromium)::
+
+    from testhost import uml_test_host   # sys.path += tests/uml
+
+    with uml_test_host(config_text, agents=["lamp-1"]) as host:
+        host.base_url        # "http://10.213.1.2:8080": vigil in the guest
+        host.pull()          # pull the cable between this host and the guest
+        host.plug()
+
+``config_text`` is a whole config.toml (the contract keys of DESIGN.md).
+It must let the host in: ``[http] host = "0.0.0.0"`` (or the guest's
+address), and ``[auth] allow`` must cover ``host.host_ip`` (10.213.1.0/24;
+the default allow list has 10.0.0.0/8). Relative paths in it are relative
+to a fresh temporary directory, so give ``static_dir`` as an absolute path.
+``[control]`` must be enabled; the agents connect to 127.0.0.1 at the
+control port inside the guest.
+
+On entry: a tap device (tests/uml/harness.py ``Tap``, a free /30 of
+10.213.1.0/24, root and /dev/net/tun needed) is made, the guest boots with
+it as eth0, starts vigil and the agents, and we wait until every agent was
+welcomed and vigil answers ``/healthz`` from here (``UmlError`` otherwise,
+with the guest's logs). On exit, even after a failure: vigil and the agents
+get SIGTERM, the guest powers off (or is killed), the tap is deleted.
+A guest whose host process died powers itself off after ``lifetime`` s.
+
+``python tests/uml/testhost.py CONFIG [--agent NAME]...`` runs one by hand
+until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Guest, Tap, UmlError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True, slots=True)
+class TestHost:
+    """A running test host; see the module docstring."""
+
+    base_url: str  # http://GUEST_IP:PORT
+    guest_ip: str
+    host_ip: str  # this host's address on the tap
+    http_port: int
+    control_port: int
+    workdir: Path  # config.toml, vigil.log, agent-NAME.log (the guest writes them here)
+    tap: Tap
+
+    def pull(self) -> None:
+        """Pull the cable between this host and the guest (no FIN, no RST)."""
+        self.tap.down()
+
+    def plug(self) -> None:
+        self.tap.up()
+
+    def log(self) -> str:
+        """vigil's log so far."""
+        path = self.workdir / "vigil.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _ports(config_text: str) -> tuple[int, int]:
+    cfg = tomllib.loads(config_text)
+    control = cfg.get("control", {})
+    if not control.get("enabled", True):
+        raise ValueError("uml_test_host: [control] enabled must be true")
+    return int(cfg.get("http", {}).get("port", 8080)), int(control.get("port", 9900))
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@contextlib.contextmanager
+def uml_test_host(
+    config_text: str,
+    agents: Sequence[str] = (),
+    *,
+    timeout: float = 60,
+    lifetime: float = 1800,
+    echo: bool = False,
+) -> Iterator[TestHost]:
+    """Boot a guest running vigil with ``config_text`` and reference ``agents``; yield it."""
+    http_port, control_port = _ports(config_text)
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-testhost-"))
+    (workdir / "config.toml").write_text(config_text)
+    (workdir / "agents.json").write_text(json.dumps(list(agents)))
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir)]
+    argv += ["--lifetime", str(lifetime)]
+    guest: Guest | None = None
+    try:
+        with Tap() as tap:
+            try:
+                guest = Guest(argv, ROOT, tap=tap, echo=echo)
+                host = TestHost(
+                    f"http://{tap.guest_ip}:{http_port}",
+                    tap.guest_ip,
+                    tap.host_ip,
+                    http_port,
+                    control_port,
+                    workdir,
+                    tap,
+                )
+                _wait_ready(guest, host, timeout)
+                yield host
+            finally:
+                if guest is not None:
+                    _stop(guest, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_ready(guest: Guest, host: TestHost, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    url = host.base_url + "/healthz"
+    while time.monotonic() < deadline:
+        if (host.workdir / "ready").exists() and _answers(url):
+            return
+        if not guest.running():
+            break
+        time.sleep(0.1)
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+        for p in sorted(host.workdir.glob("*.log"))
+    )
+    console = "\n".join(guest.lines[-15:])
+    raise UmlError(
+        f"test host not ready within {timeout:g} s (is {host.host_ip} allowed, "
+        f"[http] host 0.0.0.0?)\n{logs}\n--- console\n{console}"
+    )
+
+
+def _stop(guest: Guest, workdir: Path) -> None:
+    (workdir / "stop").touch()
+    try:
+        guest.wait(20)
+    except UmlError:
+        guest.kill()
+
+
+# -- inside the guest ---------------------------------------------------------
+
+
+def serve(workdir: Path, lifetime: float) -> int:
+    """Run vigil and the agents until ``workdir/stop`` appears or ``lifetime`` passes."""
+    cfg = workdir / "config.toml"
+    _, control_port = _ports(cfg.read_text())
+    agents = json.loads((workdir / "agents.json").read_text())
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        with (workdir / f"{name}.log").open("ab") as log:
+            procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log))
+
+    start("vigil", [sys.executable, "-m", "server", "--config", str(cfg)])
+    for name in agents:
+        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(control_port)]
+        start(f"agent-{name}", argv)
+    end = time.monotonic() + lifetime
+    ready = False
+    while not (workdir / "stop").exists() and time.monotonic() < end:
+        if not ready and all(
+            "welcomed by vigil" in (workdir / f"agent-{n}.log").read_text(errors="replace")
+            for n in agents
+        ):
+            (workdir / "ready").touch()
+            ready = True
+        time.sleep(0.1)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="vigil and agents in a UML guest, reachable here")
+    p.add_argument("config", nargs="?", help="config.toml to run (by hand)")
+    p.add_argument("--agent", action="append", default=[], help="reference agent NAME")
+    p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # inside the guest
+    p.add_argument("--lifetime", type=float, default=1800, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        return serve(args.serve, args.lifetime)
+    if not args.config:
+        p.error("give a config.toml")
+    with uml_test_host(Path(args.config).read_text(), args.agent, echo=True) as host:
+        print(f"vigil at {host.base_url} (host side {host.host_ip}); Ctrl-C stops", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
