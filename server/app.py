@@ -59,7 +59,7 @@ class Server:
         self._listening = False
         self._next_id = 0
         self._expiry: Timer | None = None
-        self._date = ("", 0)
+        self._clock = (0, "", "")
         self._ticks = 0
 
     # -- start and stop --------------------------------------------------
@@ -337,12 +337,16 @@ class Server:
         return None
 
     # -- logging -----------------------------------------------------------
-    def date(self) -> str:
-        """The Date header value, formatted once a second."""
+    def _clock_strings(self) -> tuple[int, str, str]:
+        """(second, Date header, CLF time), formatted once a second."""
         now = int(time.time())
-        if self._date[1] != now:
-            self._date = (http_date(now), now)
-        return self._date[0]
+        if self._clock[0] != now:
+            clf = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
+            self._clock = (now, http_date(now), clf)
+        return self._clock
+
+    def date(self) -> str:
+        return self._clock_strings()[1]
 
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
         """One Common Log Format line (plus the user) per response."""
@@ -353,7 +357,7 @@ class Server:
             '%s - %s [%s] "%s" %d %d',
             conn.addr,
             conn.user.name if conn.user else "-",
-            time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+            self._clock_strings()[2],
             line,
             status,
             size,

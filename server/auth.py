@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -65,8 +66,10 @@ def verify_password(password: str, stored: str) -> bool:
     return scheme == "scrypt" and hmac.compare_digest(actual, expected)
 
 
-# A hash to verify against for unknown names, so they cost what known ones do.
-_DUMMY_HASH = hash_password("", salt=b"vigil-dummy-salt")
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify unknown names against, so they cost what known ones do."""
+    return hash_password("", salt=b"vigil-dummy-salt")
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:
@@ -162,7 +165,7 @@ class Authenticator:
         if user is not None:
             return AuthResult(Outcome.OK, user, name)
         known = self.users.get(name)
-        if verify_password(password, known.password if known else _DUMMY_HASH) and known:
+        if verify_password(password, known.password if known else _dummy_hash()) and known:
             self._cache[key] = known
             self._failures.pop((addr, name), None)
             return AuthResult(Outcome.OK, known, name)
