@@ -67,10 +67,6 @@ class EventBus:
     def unsubscribe(self, key: int) -> None:
         self._subscribers.pop(key, None)
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
     def since(self, last_id: int) -> list[Event] | None:
         """Events after ``last_id``, oldest first; None if they are no longer all here."""
         if last_id == self.last_id:

@@ -140,10 +140,6 @@ class HttpSession:
         """True between requests with no byte of the next one buffered."""
         return self._conn.their_state is h11.IDLE and not self._conn.trailing_data[0]
 
-    @property
-    def peer_closed(self) -> bool:
-        return self._conn.their_state is h11.CLOSED or self._conn.trailing_data[1]
-
     def next_request(self) -> Request | ProtocolError | None:
         """The next complete request, an error to answer, or None (need data / paused)."""
         conn = self._conn
