@@ -6,7 +6,8 @@ Python API only: we never run ``playwright install``, the browser is
 fail under CI=true, like every ``require``).
 
 Run: ``python -m pytest tests/browser`` (about a minute). The device tests in
-test_devices.py skip unless kernel SCTP or $VIGIL_DEVICE_URL is available.
+test_devices.py run against a vigil with real kernel SCTP inside the UML test
+host (tests/uml/testhost.py), reached over a tap network.
 
 ``panel(user)`` opens the control panel in a fresh browser context (its own
 cookie jar and connections: one person) that logs in with HTTP Basic as

@@ -9,6 +9,12 @@ client runs here (curl, Python, chromium)::
         host.base_url        # "http://10.213.1.2:8080": vigil in the guest
         host.pull()          # pull the cable between this host and the guest
         host.plug()
+        host.kill_agent("lamp-1")    # SIGKILL it in the guest: the device goes offline
+        host.start_agent("lamp-1")   # start it again; returns once vigil welcomed it
+
+``agents`` is a list of names, or a mapping of name to extra arguments of
+``python -m server.agent`` (``{"lamp-2": ["--label", "Lamp 2", "--reply-delay", "9"]}``);
+``start_agent(name, *args)`` takes such arguments too.
 
 ``config_text`` is a whole config.toml (the contract keys of DESIGN.md).
 It must let the host in: ``[http] host = "0.0.0.0"`` (or the guest's
@@ -44,7 +50,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +64,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True, slots=True)
 class TestHost:
     """A running test host; see the module docstring."""
+
+    __test__ = False  # not a pytest test class, whatever its name
 
     base_url: str  # http://GUEST_IP:PORT
     guest_ip: str
@@ -74,10 +82,43 @@ class TestHost:
     def plug(self) -> None:
         self.tap.up()
 
-    def log(self) -> str:
-        """vigil's log so far."""
-        path = self.workdir / "vigil.log"
+    def log(self, name: str = "vigil") -> str:
+        """vigil's log so far (``log("agent-lamp-1")``: that agent's)."""
+        path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill_agent(self, name: str, timeout: float = 10) -> None:
+        """SIGKILL agent ``name`` in the guest (no goodbye); return once it is dead."""
+        self._request({"op": "kill", "agent": name}, timeout)
+
+    def start_agent(self, name: str, *args: str, timeout: float = 15) -> None:
+        """Start agent ``name`` (again) with extra ``args``; return once vigil welcomed it."""
+        welcomed = self.log(f"agent-{name}").count(WELCOMED)
+        self._request({"op": "start", "agent": name, "args": list(args)}, timeout)
+        deadline = time.monotonic() + timeout
+        while self.log(f"agent-{name}").count(WELCOMED) <= welcomed:
+            if time.monotonic() > deadline:
+                tail = self.log(f"agent-{name}")[-1500:]
+                raise UmlError(f"agent {name} not welcomed within {timeout:g} s:\n{tail}")
+            time.sleep(0.05)
+
+    def _request(self, req: dict[str, object], timeout: float) -> None:
+        """Hand ``req`` to the guest's serve loop; it deletes the file when done."""
+        path = self.workdir / f"request-{time.monotonic_ns()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(req))
+        tmp.rename(path)
+        deadline = time.monotonic() + timeout
+        while path.exists():
+            if time.monotonic() > deadline:
+                raise UmlError(f"the test host did not act on {req} within {timeout:g} s")
+            time.sleep(0.05)
+        error = self.workdir / f"{path.stem}.error"
+        if error.exists():
+            raise UmlError(f"{req}: {error.read_text()}")
+
+
+WELCOMED = "welcomed by vigil"
 
 
 def _ports(config_text: str) -> tuple[int, int]:
@@ -99,7 +140,7 @@ def _answers(url: str) -> bool:
 @contextlib.contextmanager
 def uml_test_host(
     config_text: str,
-    agents: Sequence[str] = (),
+    agents: Sequence[str] | Mapping[str, Sequence[str]] = (),
     *,
     timeout: float = 60,
     lifetime: float = 1800,
@@ -109,7 +150,9 @@ def uml_test_host(
     http_port, control_port = _ports(config_text)
     workdir = Path(tempfile.mkdtemp(prefix="vigil-testhost-"))
     (workdir / "config.toml").write_text(config_text)
-    (workdir / "agents.json").write_text(json.dumps(list(agents)))
+    specs = {n: list(a) for n, a in agents.items()} if isinstance(agents, Mapping) else {}
+    specs |= {n: [] for n in agents if n not in specs}
+    (workdir / "agents.json").write_text(json.dumps(specs))
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir)]
     argv += ["--lifetime", str(lifetime)]
     guest: Guest | None = None
@@ -170,30 +213,47 @@ def serve(workdir: Path, lifetime: float) -> int:
     """Run vigil and the agents until ``workdir/stop`` appears or ``lifetime`` passes."""
     cfg = workdir / "config.toml"
     _, control_port = _ports(cfg.read_text())
-    agents = json.loads((workdir / "agents.json").read_text())
-    procs: list[subprocess.Popen[bytes]] = []
+    agents: dict[str, list[str]] = json.loads((workdir / "agents.json").read_text())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, argv: list[str]) -> None:
         with (workdir / f"{name}.log").open("ab") as log:
-            procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log))
+            procs[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
+
+    def start_agent(name: str, args: list[str]) -> None:
+        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(control_port)]
+        start(f"agent-{name}", argv + args)
+
+    def handle(path: Path) -> None:
+        req = json.loads(path.read_text())
+        proc = procs.get(f"agent-{req['agent']}")
+        if req["op"] == "kill" and proc is not None:
+            proc.kill()
+            proc.wait()
+        elif req["op"] == "start" and (proc is None or proc.poll() is not None):
+            start_agent(req["agent"], req["args"])
+        else:
+            (workdir / f"{path.stem}.error").write_text(f"agent {req['agent']}: cannot {req['op']}")
 
     start("vigil", [sys.executable, "-m", "server", "--config", str(cfg)])
-    for name in agents:
-        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(control_port)]
-        start(f"agent-{name}", argv)
+    for name, args in agents.items():
+        start_agent(name, args)
     end = time.monotonic() + lifetime
     ready = False
     while not (workdir / "stop").exists() and time.monotonic() < end:
         if not ready and all(
-            "welcomed by vigil" in (workdir / f"agent-{n}.log").read_text(errors="replace")
-            for n in agents
+            WELCOMED in (workdir / f"agent-{n}.log").read_text(errors="replace") for n in agents
         ):
             (workdir / "ready").touch()
             ready = True
-        time.sleep(0.1)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
+        for path in sorted(workdir.glob("request-*.json")):
+            handle(path)
+            path.unlink()
+        time.sleep(0.05)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,105 @@
+"""Regenerate docs/panel-desktop.png and docs/panel-phone.png (the README shows them).
+
+    sudo .venv/bin/python docs/screenshots.py
+
+Boots the UML test host (tests/uml/testhost.py: vigil with real SCTP and the
+reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
+``linux.uml``), opens the panel in Debian's chromium as two people, alice on
+a 1280x800 desktop and bob on a 360x780 phone, lets them press a few buttons
+and chat, and saves what each of them sees. Run it by hand after the panel
+changes and commit the PNGs; the tests do not.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "uml")]
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from support import password, write_config  # noqa: E402
+from testhost import uml_test_host  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [  # as in tests/browser/conftest.py
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
+    ctx = browser.new_context(http_credentials={"username": user, "password": password(user)}, **kw)
+    page = ctx.new_page()
+    page.goto(base + "/")
+    page.wait_for_selector("#conn[data-state=connected]")
+    expect(page.locator('.device[data-id="lamp-1"] button.cmd')).to_have_count(4)
+    return page
+
+
+def press(page: Any, action: str) -> None:
+    page.click(f'.device[data-id="lamp-1"] button.cmd[data-action="{action}"]')
+    result = page.locator('.device[data-id="lamp-1"] .result')
+    expect(result).to_have_attribute("data-kind", "ok")
+
+
+def say(page: Any, text: str) -> None:
+    page.fill("#chat-text", text)
+    page.press("#chat-text", "Enter")
+    expect(page.locator("#chat-log .msg-text").last).to_have_text(text)
+
+
+def main() -> int:
+    sections = {
+        "http": {"host": "0.0.0.0", "port": 8080},
+        "auth": {"allow": ["10.213.1.0/24"]},
+        "control": {"enabled": True, "port": 9900},
+        "audit": {"path": "audit.jsonl"},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp), sections, {"alice": "operator", "bob": "operator"})
+        text = config.read_text()
+    with uml_test_host(text, agents=["lamp-1"]) as host, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        alice = open_panel(browser, host.base_url, "alice", viewport={"width": 1280, "height": 800})
+        bob = open_panel(
+            browser,
+            host.base_url,
+            "bob",
+            viewport={"width": 360, "height": 780},
+            device_scale_factor=1,
+            is_mobile=True,
+            has_touch=True,
+        )
+        say(alice, "Morning! Checking the hall lamp before the visitors arrive.")
+        press(bob, "status")
+        press(bob, "on")
+        say(bob, "It's on, 23 °C next to it.")
+        press(alice, "toggle")
+        press(alice, "on")
+        say(alice, "Thanks, leaving it on.")
+        time.sleep(2.5)  # fresh telemetry on both
+        for page in (alice, bob):
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            page.mouse.move(0, 0)  # no hover highlight on the last button pressed
+        alice.screenshot(path=str(DOCS / "panel-desktop.png"))
+        bob.screenshot(path=str(DOCS / "panel-phone.png"), full_page=True)
+        browser.close()
+    for name in ("panel-desktop.png", "panel-phone.png"):
+        print(f"docs/{name}: {(DOCS / name).stat().st_size // 1024} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
