@@ -9,7 +9,7 @@ BUILD_DEBS := libsctp-dev python3-dev gcc
 # SCTP peer, network namespaces and packet loss, a real browser, curl.
 TEST_DEBS := $(BUILD_DEBS) user-mode-linux kmod lksctp-tools iproute2 nftables chromium \
 	chromium-driver curl procps
-BENCH_DEBS := wrk util-linux
+BENCH_DEBS := wrk util-linux iproute2 nftables strace user-mode-linux kmod
 
 .PHONY: run test lint check bench deps test-deps clean
 

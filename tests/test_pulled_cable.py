@@ -1,0 +1,163 @@
+"""A pulled cable, for real: the client sits in a network namespace behind a veth pair.
+
+No FIN and no RST ever reaches the server; only keepalive (idle connection),
+TCP_USER_TIMEOUT (a stream with unacknowledged data) and the TCP_INFO sweep
+can tell. Another user's event stream (loopback side of the host) must see
+``leave … lost`` and ``/api/users`` must drop the client within 5 s; the
+exact figures are the benchmark's (bench/section_presence.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from netns import HOST, SUBNET, Client, EventWatcher, Namespace, available, presence
+from support import Vigil, basic, free_port, require
+
+BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
+
+
+@pytest.fixture
+def ns() -> Iterator[Namespace]:
+    ok, why = available()
+    require(ok, why)
+    with Namespace() as namespace:
+        yield namespace
+
+
+def sections(**presence_cfg: object) -> dict[str, dict[str, object]]:
+    return {
+        "http": {"host": HOST, "port": free_port(HOST)},
+        "auth": {"allow": ["127.0.0.0/8", SUBNET]},
+        "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg},
+    }
+
+
+def online(vigil: Vigil) -> list[str]:
+    r = httpx.get(f"{vigil.base}/api/users", headers={"Authorization": basic("alice")})
+    assert r.status_code == 200
+    return [u["user"] for u in r.json()["online"]]
+
+
+class Chatter:
+    """alice posts a chat message every ``interval`` s, so every stream gets events."""
+
+    def __init__(self, base: str, interval: float = 0.2) -> None:
+        self._client = httpx.Client(base_url=base, headers={"Authorization": basic("alice")})
+        self._interval = interval
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self._interval):
+            n += 1
+            r = self._client.post("/api/chat", json={"text": f"tick {n}"})
+            if r.status_code != 200:
+                self.errors.append(f"{r.status_code} {r.text}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._client.close()
+
+
+def expect_lost(vigil: Vigil, watcher: EventWatcher, user: str, pulled: float) -> float:
+    """Wait for ``leave user lost``; return the seconds since the pull."""
+    leave = watcher.wait_for(presence("leave", user), BOUND)
+    assert leave is not None, f"no leave of {user} within {BOUND} s:\n{vigil.log()[-2000:]}"
+    assert leave.data["reason"] == "lost", leave.data
+    assert user not in [u["user"] for u in leave.data["online"]]
+    assert user not in online(vigil)
+    elapsed = leave.at - pulled
+    assert elapsed < BOUND
+    return elapsed
+
+
+def wait_streaming(client: Client, events: int, timeout: float) -> None:
+    """Until the namespace client has printed ``events`` events."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < events:
+        line = client.line(max(0.0, deadline - time.monotonic()))
+        assert line is not None, f"the namespace client got only {seen} events"
+        seen += line.startswith("event ")
+
+
+CASES = [("idle", "link"), ("idle", "nft"), ("sse", "link"), ("sse", "nft")]
+
+
+@pytest.mark.parametrize(("mode", "how"), CASES, ids=[f"{m}-{h}" for m, h in CASES])
+def test_pulled_cable_is_a_loss(
+    ns: Namespace, start_vigil: Callable[..., Vigil], mode: str, how: str
+) -> None:
+    vigil = start_vigil(sections=sections())
+    watcher = EventWatcher(vigil.base, basic("alice"))
+    chatter = None
+    try:
+        client = ns.client(vigil.base, basic("bob"), mode)
+        joined = watcher.wait_for(presence("join", "bob"), 2)
+        assert joined is not None and joined.data["addr"] == "10.213.0.2"
+        if mode == "sse":
+            chatter = Chatter(vigil.base)
+            wait_streaming(client, 5, 3)  # events flow and are acknowledged
+        else:
+            time.sleep(1.5)  # idle past keepidle: keepalive probes are being answered
+        pulled = ns.pull(how)
+        expect_lost(vigil, watcher, "bob", pulled)
+        if chatter is not None:
+            assert not chatter.errors
+    finally:
+        if chatter is not None:
+            chatter.stop()
+        watcher.close()
+
+
+def test_pulled_cable_frees_a_slot_for_the_eleventh(
+    ns: Namespace, start_vigil: Callable[..., Vigil]
+) -> None:
+    vigil = start_vigil(sections=sections())
+    watcher = EventWatcher(vigil.base, basic("alice"))  # 1 of 10
+    locals_ = [
+        httpx.Client(base_url=vigil.base, headers={"Authorization": basic(f"user{i:02d}")})
+        for i in range(1, 9)
+    ]  # 2..9 of 10
+    eleventh = {"Authorization": basic("user10")}
+    try:
+        for c in locals_:
+            assert c.get("/api/me").status_code == 200
+        ns.client(vigil.base, basic("user09"), "idle")  # 10 of 10, in the namespace
+        assert len(online(vigil)) == 10
+        full = httpx.get(f"{vigil.base}/api/me", headers=eleventh)
+        assert full.status_code == 503 and "Retry-After" in full.headers
+        pulled = ns.pull("link")
+        expect_lost(vigil, watcher, "user09", pulled)
+        r = httpx.get(f"{vigil.base}/api/me", headers=eleventh)
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - pulled < BOUND
+        assert "user10" in online(vigil)
+    finally:
+        for c in locals_:
+            c.close()
+        watcher.close()
+
+
+def test_configured_user_timeout_is_used(ns: Namespace, start_vigil: Callable[..., Vigil]) -> None:
+    """``user_timeout_ms = 1000`` instead of the derived 2000 ms: a stream fails in ~1 s."""
+    vigil = start_vigil(sections=sections(user_timeout_ms=1000))
+    watcher = EventWatcher(vigil.base, basic("alice"))
+    chatter = Chatter(vigil.base)
+    try:
+        client = ns.client(vigil.base, basic("bob"), "sse")
+        wait_streaming(client, 3, 3)
+        pulled = ns.pull("link")
+        assert expect_lost(vigil, watcher, "bob", pulled) < 1.75  # the default takes >= 1.8 s
+    finally:
+        chatter.stop()
+        watcher.close()
