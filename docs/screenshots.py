@@ -20,23 +20,17 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "uml")]
+sys.path[:0] = [
+    str(ROOT),
+    str(ROOT / "tests"),
+    str(ROOT / "tests" / "uml"),
+    str(ROOT / "tests" / "browser"),
+]
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from support import password, write_config  # noqa: E402
 from testhost import uml_test_host  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as in tests/browser/conftest.py
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:

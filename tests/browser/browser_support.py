@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from support import Vigil, basic
+
+# Debian's chromium, headless, with the flags this closed network needs (DESIGN.md).
+CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
