@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "uml"))  # guestnet
 
+from panel import Panel
 from sctpbench import Bench
 
 
@@ -48,3 +49,11 @@ def bench() -> Iterator[Bench]:
     b = Bench().start()
     yield b
     b.close()
+
+
+@pytest.fixture
+def panel(tmp_path: Path) -> Iterator[Panel]:
+    """A vigil with the control channel on, closed after the test."""
+    p = Panel(tmp_path)
+    yield p
+    p.close()

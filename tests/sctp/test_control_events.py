@@ -15,18 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from panel import ROOT, Panel, auth
-
-
-@pytest.fixture
-def panel(tmp_path: Path) -> Iterator[Panel]:
-    p = Panel(tmp_path)
-    yield p
-    p.close()
 
 
 def test_second_user_sees_device_and_command_events(panel: Panel) -> None:

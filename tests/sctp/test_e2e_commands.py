@@ -6,19 +6,10 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from panel import Panel
 from support import Vigil, password
-
-
-@pytest.fixture
-def panel(tmp_path: Path) -> Iterator[Panel]:
-    p = Panel(tmp_path)
-    yield p
-    p.close()
 
 
 def test_command_round_trip_through_http(panel: Panel) -> None:
