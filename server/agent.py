@@ -25,19 +25,18 @@ import logging
 import math
 import random
 import select
-import socket
 import sys
 import time
 from typing import Any
 
 import sctp
 
+from server.control import PPID_JSON, Stream
 from server.sctpchannel import tune_peer
+from server.sockopts import family_of
 
 log = logging.getLogger("agent")
 
-PPID_JSON = 51  # IANA "WebRTC String": UTF-8 text (pysctp converts byte order)
-CONTROL, TELEMETRY = 0, 1  # streams
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 
 
@@ -76,13 +75,14 @@ class Agent:
         self.sock: Any = None
         self.replies: list[tuple[float, dict[str, Any]]] = []  # (due, result), --reply-delay
 
-    def send(self, msg: dict[str, Any], stream: int = CONTROL) -> None:
-        flags = sctp.MSG_UNORDERED if stream == TELEMETRY else 0
+    def send(self, msg: dict[str, Any], stream: Stream = Stream.CONTROL) -> None:
+        # pysctp's sctp_send converts the PPID to network byte order itself
+        flags = sctp.MSG_UNORDERED if stream is Stream.TELEMETRY else 0
         data = json.dumps(msg).encode()
         self.sock.sctp_send(data, ppid=PPID_JSON, stream=stream, flags=flags)
 
     def connect(self) -> None:
-        family = socket.AF_INET6 if ":" in self.args.host else socket.AF_INET
+        family = family_of(self.args.host)
         sock = sctp.sctpsocket_tcp(family)
         # Notice a dead vigil in seconds, as vigil notices us: heartbeat every
         # second, give up after 2 unanswered retransmissions. (In C:
@@ -131,7 +131,7 @@ class Agent:
                 self.send(reply[1])
             if welcomed and now >= next_reading:
                 reading = {"temperature": self.lamp.temperature(), "on": self.lamp.on}
-                self.send({"type": "telemetry", "data": reading}, TELEMETRY)
+                self.send({"type": "telemetry", "data": reading}, Stream.TELEMETRY)
                 next_reading = now + self.args.interval
 
     def handle(self, msg: dict[str, Any]) -> bool:

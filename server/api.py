@@ -1,30 +1,36 @@
-"""The routes: a table from path and method to handler, and the handlers.
+"""The handlers and the one routing table (``ROUTER``).
 
-Reached only after authentication and the cross-site checks (``Server.handle``).
-A handler returns a ``Response``, or None when it took the connection over:
-``events`` streams, ``post_command`` parks the request until the device answers.
+A handler is a function ``(services, call) -> Outcome``: it reads the
+request and the services it needs (``Services``, a narrow view the server
+hands out) and returns a ``Response``, a ``Stream`` (``/api/events``) or a
+``Deferred`` (a command, answered when the device replies). It never
+touches a socket or a connection.
 
-Paths under /api/ that are not in ``ROUTES`` are 404; other paths are
-static files (GET, HEAD). A known path with another method is 405 + Allow.
+Handlers are reached after the gate in ``Server.handle`` (authentication,
+presence, the cross-site checks), except routes marked ``public``
+(``/healthz``, allow-list only). Paths under /api/ that are not in the table
+are 404; other paths are static files (GET, HEAD); a known path with
+another method is 405 + Allow.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from server import static
-from server.audit import chat_message
-from server.events import preamble
+from server.audit import AuditLog, chat_message
+from server.config import User
+from server.events import EventBus, preamble
+from server.outcomes import Deferred, Outcome, Push, Stream
+from server.presence import Presence
 from server.protocol import Request, Response
 from server.responses import COMMON_HEADERS, error, json_response
-
-if TYPE_CHECKING:
-    from server.app import Server
-    from server.connection import Connection
-
-Handler = Callable[["Server", "Connection", Request], Response | None]
+from server.router import Route, Router
+from server.sctpchannel import ControlChannel
+from server.static import FileCache
 
 MAX_CHAT = 500
 SSE_HEADERS = [
@@ -32,6 +38,36 @@ SSE_HEADERS = [
     ("Cache-Control", "no-store"),
     ("X-Accel-Buffering", "no"),
 ]
+HEALTHZ = Response(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok\n")
+
+
+@dataclass(slots=True)
+class Services:
+    """What handlers may use; the server owns them (``files`` changes on SIGHUP)."""
+
+    presence: Presence
+    events: EventBus
+    control: ControlChannel
+    audit: AuditLog
+    files: FileCache
+    now: Callable[[], float]  # the loop's monotonic clock
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as a handler sees it."""
+
+    request: Request
+    user: User | None  # None only on public routes
+    params: dict[str, str]
+
+    @property
+    def who(self) -> User:
+        assert self.user is not None, "an authenticated route"
+        return self.user
+
+
+Handler = Callable[[Services, Call], Outcome]
 
 
 def json_body(req: Request) -> dict[str, Any] | Response:
@@ -52,63 +88,68 @@ def json_body(req: Request) -> dict[str, Any] | Response:
 # -- handlers ------------------------------------------------------------------
 
 
-def me(server: Server, conn: Connection, req: Request) -> Response:
-    assert conn.user is not None
-    return json_response(200, {"user": conn.user.name, "role": conn.user.role})
+def healthz(svc: Services, call: Call) -> Response:
+    return HEALTHZ
 
 
-def users(server: Server, conn: Connection, req: Request) -> Response:
+def me(svc: Services, call: Call) -> Response:
+    return json_response(200, {"user": call.who.name, "role": call.who.role})
+
+
+def users(svc: Services, call: Call) -> Response:
     return json_response(
-        200, {"online": server.presence.online(), "max_users": server.presence.max_users}
+        200, {"online": svc.presence.online(), "max_users": svc.presence.max_users}
     )
 
 
-def state(server: Server) -> dict[str, Any]:
+def state(svc: Services) -> dict[str, Any]:
     """What a ``reset`` event carries: everything a panel shows."""
-    return {"online": server.presence.online(), "devices": server.control.devices()}
+    return {"online": svc.presence.online(), "devices": svc.control.devices()}
 
 
-def events(server: Server, conn: Connection, req: Request) -> Response | None:
+def events(svc: Services, call: Call) -> Stream:
     """Server-Sent Events: resume after Last-Event-ID, else start with a reset."""
-    if req.method == "HEAD":
-        return Response(200, SSE_HEADERS)
-    conn.respond(Response(200, SSE_HEADERS, stream=True), req)
-    bus = server.events
-    last = req.headers.get("last-event-id", "").strip()
-    backlog = bus.since(int(last)) if last.isdigit() else None
-    if backlog is None:
-        conn.push(preamble() + bus.reset(state(server)))
-    else:
-        conn.push(preamble() + b"".join(e.wire for e in backlog))
-    bus.subscribe(conn.id, lambda event: conn.push(event.wire))
-    return None
+    last = call.request.headers.get("last-event-id", "").strip()
+
+    def open_stream(push: Push) -> Callable[[], None]:
+        bus = svc.events
+        backlog = bus.since(int(last)) if last.isdigit() else None
+        if backlog is None:
+            push(preamble() + bus.reset(state(svc)))
+        else:
+            push(preamble() + b"".join(e.wire for e in backlog))
+        return bus.subscribe(lambda event: push(event.wire))
+
+    return Stream(SSE_HEADERS, open_stream)
 
 
-def devices(server: Server, conn: Connection, req: Request) -> Response:
-    off = server.control.off_reason
+def devices(svc: Services, call: Call) -> Response:
+    off = svc.control.off_message
     if off is not None:
-        return json_response(503, {"error": f"control channel off: {off}", "devices": []})
-    return json_response(200, server.control.devices())
+        return json_response(503, {"error": off, "devices": []})
+    return json_response(200, svc.control.devices())
 
 
-def post_command(server: Server, conn: Connection, req: Request, device: str) -> Response | None:
-    """Send a command to ``device`` and park the request until its result (or an error)."""
-    user = conn.user
-    assert user is not None
+def post_command(svc: Services, call: Call) -> Outcome:
+    """Send a command to device ``{id}``; the answer comes with its result (or an error)."""
+    user = call.who
     if user.role != "operator":
         return error(403, f"{user.name} is a viewer: viewers cannot send commands")
-    body = json_body(req)
+    body = json_body(call.request)
     if isinstance(body, Response):
         return body
     action, args = body.get("action"), body.get("args", {})
     if not isinstance(action, str) or not action or not isinstance(args, dict):
         return error(400, 'the body must be {"action": "<name>", "args": {…}}')
-    if server.control.off_reason is not None:
-        return error(503, server.control.off_reason)
-    started = server.loop.now()
+    device = call.params["id"]
+    started = svc.now()
 
-    def done(status: int, result: dict[str, Any]) -> None:
-        server.audit.append(
+    def start(done: Callable[[tuple[int, dict[str, Any]]], None]) -> None:
+        svc.control.command(device, action, args, user.name, lambda *answer: done(answer))
+
+    def finish(answer: tuple[int, dict[str, Any]]) -> Response:
+        status, result = answer
+        svc.audit.append(
             "command",
             id=result.get("id"),
             user=user.name,
@@ -119,22 +160,19 @@ def post_command(server: Server, conn: Connection, req: Request, device: str) ->
             ok=bool(result.get("ok")),
             result=result.get("result"),
             error=result.get("error"),
-            latency_ms=round((server.loop.now() - started) * 1000, 1),
+            latency_ms=round((svc.now() - started) * 1000, 1),
         )
-        conn.finish(json_response(status, result), req)
+        return json_response(status, result)
 
-    conn.parked = True
-    server.control.command(device, action, args, user.name, done)
-    return None
+    return Deferred(start, finish)
 
 
-def chat_history(server: Server, conn: Connection, req: Request) -> Response:
-    return json_response(200, {"messages": list(server.audit.chat)})
+def chat_history(svc: Services, call: Call) -> Response:
+    return json_response(200, {"messages": list(svc.audit.chat)})
 
 
-def chat_post(server: Server, conn: Connection, req: Request) -> Response:
-    assert conn.user is not None
-    body = json_body(req)
+def chat_post(svc: Services, call: Call) -> Response:
+    body = json_body(call.request)
     if isinstance(body, Response):
         return body
     text = body.get("text")
@@ -142,23 +180,24 @@ def chat_post(server: Server, conn: Connection, req: Request) -> Response:
         return error(400, 'the body must be {"text": "<message>"} with a non-empty text')
     if len(text) > MAX_CHAT:
         return error(400, f"a chat message has at most {MAX_CHAT} characters")
-    record = server.audit.append("chat", user=conn.user.name, text=text)
+    record = svc.audit.append("chat", user=call.who.name, text=text)
     message = chat_message(record)
-    server.events.publish("chat", message)
+    svc.events.publish("chat", message)
     return json_response(200, message)
 
 
-def audit(server: Server, conn: Connection, req: Request) -> Response:
-    params = dict(p.partition("=")[::2] for p in req.query.split("&") if p)
+def audit(svc: Services, call: Call) -> Response:
+    params = dict(p.partition("=")[::2] for p in call.request.query.split("&") if p)
     raw = params.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         return error(400, "limit must be a whole number from 1 to 1000")
-    return json_response(200, {"records": server.audit.newest(int(raw))})
+    return json_response(200, {"records": svc.audit.newest(int(raw))})
 
 
-def static_file(server: Server, conn: Connection, req: Request) -> Response:
+def static_file(svc: Services, call: Call) -> Response:
+    req = call.request
     rel = static.resolve(req.path)
-    file = server.files.get(rel) if rel is not None else None
+    file = svc.files.get(rel) if rel is not None else None
     if file is None:
         return error(404, "not found")
     headers = [
@@ -173,38 +212,16 @@ def static_file(server: Server, conn: Connection, req: Request) -> Response:
     return Response(200, headers, file.body)
 
 
-ROUTES: dict[str, dict[str, Handler]] = {
-    "/api/me": {"GET": me},
-    "/api/users": {"GET": users},
-    "/api/events": {"GET": events},
-    "/api/devices": {"GET": devices},
-    "/api/chat": {"GET": chat_history, "POST": chat_post},
-    "/api/audit": {"GET": audit},
-}
-STATIC_METHODS: dict[str, Handler] = {"GET": static_file}
-
-
-def _methods(table: dict[str, Handler]) -> str:
-    names = set(table) | ({"HEAD"} if "GET" in table else set())
-    return ", ".join(sorted(names))
-
-
-def dispatch(server: Server, conn: Connection, req: Request) -> Response | None:
-    """Route ``req`` to its handler (404/405 when there is none)."""
-    path = req.path
-    method = "GET" if req.method == "HEAD" else req.method
-    table = ROUTES.get(path)
-    if table is None and path.startswith("/api/devices/") and path.endswith("/commands"):
-        device = path[len("/api/devices/") : -len("/commands")]
-        if device and "/" not in device:
-            if method != "POST":
-                return error(405, "method not allowed", [("Allow", "POST")])
-            return post_command(server, conn, req, device)
-    if table is None:
-        if path.startswith("/api/"):
-            return error(404, f"no such API endpoint: {path}")
-        table = STATIC_METHODS
-    handler = table.get(method)
-    if handler is None:
-        return error(405, "method not allowed", [("Allow", _methods(table))])
-    return handler(server, conn, req)
+ROUTER: Router[Handler] = Router(
+    [
+        Route("/healthz", {"GET": healthz}, public=True),
+        Route("/api/me", {"GET": me}),
+        Route("/api/users", {"GET": users}),
+        Route("/api/events", {"GET": events}),
+        Route("/api/devices", {"GET": devices}),
+        Route("/api/devices/{id}/commands", {"POST": post_command}),
+        Route("/api/chat", {"GET": chat_history, "POST": chat_post}),
+        Route("/api/audit", {"GET": audit}),
+    ],
+    fallback=Route("/", {"GET": static_file}),
+)

@@ -1,14 +1,28 @@
-"""The server: accepts connections and decides every request.
+"""The server: owns every connection and service, and gates every request.
 
-Stages of a request, in order (boa's one file per stage, here one method each):
-accept (allow-list, connection cap, socket options) → ``handle``: /healthz,
-authentication (401/429), presence and the user cap (503), cross-site
-checks for state-changing methods (403/415), routing (404/405) → a handler
-in ``server.api`` or the static files → ``Connection.respond``.
+Stages of a request (boa's one file per stage; here the gate and the rest):
+accept (allow-list, connection cap, socket options; ``_accept``) →
+``Connection`` reads and parses → ``Server.handle``, the gate: routing
+(public routes such as /healthz answer here), authentication (401/429),
+presence and the user cap (503), cross-site checks for state-changing
+methods (403) → the handler in ``server.api`` → an outcome the connection
+sends. ``handle`` returns who the connection now belongs to with the
+outcome; it never writes a connection's fields.
 
-Timers: a sweep once a second (TCP_INFO state, 408 and idle deadlines, SSE
-heartbeats) and exact timers for presence grace expiry.
-Signals (flags only, acted on by the loop): TERM/INT stop, HUP reloads.
+Who owns what:
+- connections (``conns``): this module adds and drops them; each
+  connection owns its own state (``server.connection``).
+- presence, the event bus, the audit log, the control channel, the static
+  file cache: this module creates them and hands handlers a ``Services``
+  view; presence changes are announced only here (``_announce``).
+
+End of every loop pass (``end_of_pass``): the audit log's fsync, then every
+connection with output writes it, then the access log: nothing is
+acknowledged before it is on disk.
+
+Timers: a sweep once a second (each connection's ``tick``: TCP_INFO state,
+408 and idle deadlines, SSE heartbeats) and exact timers for presence grace
+expiry. Signals (flags only, acted on by the loop): TERM/INT stop, HUP reloads.
 """
 
 from __future__ import annotations
@@ -20,60 +34,111 @@ import time
 
 from server import api, sockopts
 from server import config as configmod
+from server.accesslog import AccessLog
 from server.audit import AuditLog
-from server.auth import AllowList, Authenticator, Outcome, display_address
-from server.config import Config, ConfigError
-from server.connection import Connection
-from server.events import HEARTBEAT, EventBus
+from server.auth import (
+    AllowList,
+    Authenticator,
+    HashBudget,
+    Verdict,
+    display_address,
+    dummy_hash,
+    verify_password,
+)
+from server.config import Config, ConfigError, User
+from server.connection import Connection, Settings
+from server.dates import PerSecond
+from server.events import EventBus
 from server.loop import READ, Loop, Timer
+from server.outcomes import Outcome
 from server.presence import Change, Presence
-from server.protocol import Limits, Request, Response, http_date
+from server.protocol import Limits, Request, Response
 from server.responses import error, panel_full, unauthorized
+from server.router import NoRoute
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("server.access")
 
 SHUTDOWN_SECONDS = 1.5
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def _settings(cfg: Config) -> Settings:
+    http = cfg.http
+    return Settings(
+        Limits(http.max_target, http.max_header_bytes, http.max_body),
+        http.header_timeout,
+        http.keepalive_timeout,
+        http.max_sse_buffer,
+    )
+
+
+def _hash_cost() -> float:
+    """Seconds one password verification takes on this machine (measured once)."""
+    started = time.perf_counter()
+    verify_password("", dummy_hash())
+    return max(time.perf_counter() - started, 1e-3)
 
 
 class Server:
     def __init__(self, cfg: Config, loop: Loop) -> None:
         self.config = cfg
         self.loop = loop
-        self.limits = Limits(cfg.http.max_target, cfg.http.max_header_bytes, cfg.http.max_body)
+        self.settings = _settings(cfg)
         self.allow = AllowList(cfg.auth.allow)
         self.auth = Authenticator(
-            cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window
+            cfg.auth.users,
+            cfg.auth.lockout_failures,
+            cfg.auth.lockout_window,
+            HashBudget(
+                _hash_cost(),
+                cfg.auth.hash_share_address,
+                cfg.auth.hash_share_total,
+                cfg.auth.lockout_failures,
+            ),
         )
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
-        self.files = FileCache(cfg.http.static_dir)
         self.events = EventBus(first_id=int(time.time() * 1000))
         self.audit = AuditLog(cfg.audit.path)
         self.control = ControlChannel(loop, cfg.control, self.events.publish)
+        self.services = api.Services(
+            self.presence,
+            self.events,
+            self.control,
+            self.audit,
+            FileCache(cfg.http.static_dir),
+            loop.now,
+        )
+        self.access = AccessLog() if cfg.http.access_log else None
         self.conns: dict[int, Connection] = {}
         self.stopping = False
+        self._stopped = False
         self.listener: socket.socket | None = None
         self._listening = False
         self._next_id = 0
         self._expiry: Timer | None = None
-        self._clock = (0, "", "")
+        self._clock = PerSecond()
         self._ticks = 0
+        self._pending_output: list[Connection] = []
+        loop.at_end_of_pass(self.end_of_pass)
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
-        """Listen (raises OSError, e.g. port in use), start timers and signal handlers."""
+        """Listen (raises OSError, e.g. port in use), start services and signal handlers."""
         http = self.config.http
         self.listener = sockopts.listen(http.host, http.port)
         self._listen(True)
-        self.control.start()
-        self.loop.call_every(1.0, self.sweep)
+        self.start_services()
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
         self.loop.on_signal(signal.SIGINT, self.shutdown)
         self.loop.on_signal(signal.SIGHUP, self.reload)
         log.info("listening on http://%s:%d/", http.host, self.port)
+
+    def start_services(self) -> None:
+        """The control channel and the sweep (``start`` without a listener: tests)."""
+        self.control.start()
+        self.loop.call_every(1.0, self.sweep)
 
     @property
     def port(self) -> int:
@@ -89,17 +154,14 @@ class Server:
                 self.loop.unregister(self.listener)
 
     def shutdown(self) -> None:
-        """Stop accepting, finish what is in flight, then stop the loop (≤ 2 s)."""
+        """Stop accepting, finish what is in flight, then stop the loop (≤ 1.5 s)."""
         if self.stopping:
             return
         log.info("stopping: finishing %d connection(s)", len(self.conns))
         self.stopping = True
         self._listen(False)
         for conn in list(self.conns.values()):
-            if conn.streaming:
-                conn.end_stream()
-            elif not (conn.parked or conn.outbuf or conn.head_started):
-                conn.close(lost=False)
+            conn.shutdown()
         self.loop.call_later(SHUTDOWN_SECONDS, self._stop_now)
         self._stop_when_idle()
 
@@ -108,8 +170,16 @@ class Server:
             self._stop_now()
 
     def _stop_now(self) -> None:
+        """Answer what still waits (503), write it, close everyone, log every leave."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.control.close()
+        self.end_of_pass()
         for conn in list(self.conns.values()):
             conn.close(lost=False)
+        for change in self.presence.end_all():
+            self._announce(change)
         self.loop.stop()
 
     def close(self) -> None:
@@ -127,18 +197,19 @@ class Server:
             return
         old = self.config
         self.config = cfg
-        self.limits = Limits(cfg.http.max_target, cfg.http.max_header_bytes, cfg.http.max_body)
+        self.settings = _settings(cfg)
         self.allow = AllowList(cfg.auth.allow)
-        failures = self.auth._failures
-        self.auth = Authenticator(
-            cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window
-        )
-        self.auth._failures = failures
+        self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         if cfg.http.static_dir != old.http.static_dir:
-            self.files = FileCache(cfg.http.static_dir)
-        for conn in self.conns.values():
-            conn.user = None  # re-authenticate with the new user table
+            self.services.files = FileCache(cfg.http.static_dir)
+        self.access = AccessLog() if cfg.http.access_log else None
+        for conn in list(self.conns.values()):
+            if conn.user is not None and conn.user.name not in self.auth.users:
+                log.info(
+                    "%s: %s was removed from the config: logged out", conn.addr, conn.user.name
+                )
+                conn.close(lost=False)
         if (cfg.http.host, cfg.http.port, cfg.control) != (
             old.http.host,
             old.http.port,
@@ -173,19 +244,21 @@ class Server:
                 log.info("%s: dropped at accept: %s", addr, e.strerror or e)
                 sock.close()
                 continue
-            self._next_id += 1
-            conn = Connection(self, sock, self._next_id, addr)
-            self.conns[conn.id] = conn
-            self.loop.register(sock, READ, conn.on_event)
-            if len(self.conns) >= self.config.http.max_connections and not self._sheddable():
-                self._listen(False)  # backpressure: the kernel's backlog holds the rest
+            self.adopt(sock, addr)
+
+    def adopt(self, sock: socket.socket, addr: str) -> Connection:
+        """Serve ``sock`` (non-blocking, options set) from now on."""
+        self._next_id += 1
+        conn = Connection(self, sock, self._next_id, addr)
+        self.conns[conn.id] = conn
+        self.loop.register(sock, READ, conn.on_event)
+        if len(self.conns) >= self.config.http.max_connections and not self._sheddable():
+            self._listen(False)  # backpressure: the kernel's backlog holds the rest
+        return conn
 
     def _sheddable(self) -> Connection | None:
         """The oldest connection that has not authenticated and is not busy."""
-        for conn in self.conns.values():
-            if conn.user is None and not (conn.parked or conn.streaming):
-                return conn
-        return None
+        return next((c for c in self.conns.values() if c.sheddable), None)
 
     def _make_room(self) -> bool:
         """Below max_connections, shedding the oldest unauthenticated one if needed."""
@@ -198,20 +271,113 @@ class Server:
         victim.close(lost=False)
         return True
 
+    # -- what connections ask of their host -------------------------------
+    def date(self) -> bytes:
+        self._clock.update(time.time())
+        return self._clock.date
+
+    def output_pending(self, conn: Connection) -> None:
+        self._pending_output.append(conn)
+
+    def end_of_pass(self) -> None:
+        """Make the audit log durable, then write every connection's output."""
+        try:
+            self.audit.sync()
+        except OSError:
+            log.exception("audit log: fsync failed; records of this pass may be lost")
+        pending, self._pending_output = self._pending_output, []
+        for conn in pending:
+            conn.flush()
+        if self.access is not None:
+            self.access.flush()
+
+    def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
+        if self.access is None:
+            return
+        line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"
+        self._clock.update(time.time())
+        name = conn.user.name if conn.user else "-"
+        self.access.record(conn.addr, name, self._clock.clf, line, status, size)
+
     def connection_closed(self, conn: Connection, lost: bool) -> None:
         del self.conns[conn.id]
-        self.events.unsubscribe(conn.id)
         change = self.presence.detach(conn.id, self.loop.now(), lost)
         if change is not None:
-            self.announce(change)
-        else:
-            self._schedule_expiry()
+            self._announce(change)
+        self._schedule_expiry()
         if not self._listening and not self.stopping:
             self._listen(True)
         self._stop_when_idle()
 
+    # -- the gate --------------------------------------------------------
+    def handle(self, conn: Connection, req: Request) -> tuple[User | None, Outcome]:
+        """Who ``conn`` belongs to after ``req``, and the outcome to send."""
+        match = api.ROUTER.match(req.method, req.path)
+        if isinstance(match, NoRoute):
+            if match.public:
+                return conn.user, self._no_route(match)
+        elif match.route.public:
+            return conn.user, match.handler(self.services, api.Call(req, None, match.params))
+        now = self.loop.now()
+        result = self.auth.check(req.headers.get("authorization"), conn.addr, now)
+        if result.verdict is not Verdict.OK:
+            return conn.user, self._refuse(result.verdict, result.name, result.retry_after)
+        user = result.user
+        assert user is not None
+        if self.presence.user_of(conn.id) != user.name:
+            if not self.presence.admits(user.name):
+                return conn.user, self._full(req)
+            for change in self.presence.attach(conn.id, user.name, conn.addr, now, time.time()):
+                self._announce(change)
+            self._schedule_expiry()
+        if req.method not in SAFE_METHODS:
+            refusal = self._cross_site(req)
+            if refusal is not None:
+                return user, refusal
+        if isinstance(match, NoRoute):
+            return user, self._no_route(match)
+        return user, match.handler(self.services, api.Call(req, user, match.params))
+
+    @staticmethod
+    def _no_route(match: NoRoute) -> Response:
+        return error(match.status, match.message, [("Allow", match.allow)] if match.allow else None)
+
+    def _refuse(self, verdict: Verdict, name: str, retry: int) -> Response:
+        if verdict is Verdict.LOCKED:
+            log.warning("too many failed logins for %r: locked for %d s", name, retry)
+            return error(
+                429,
+                f"too many failed logins for {name!r}; try again later",
+                [("Retry-After", str(retry))],
+            )
+        if verdict is Verdict.BUSY:
+            return error(
+                429,
+                f"too many login attempts at once; try again in {retry} s",
+                [("Retry-After", str(retry))],
+            )
+        msg = "wrong user name or password" if verdict is Verdict.WRONG else "login required"
+        return unauthorized(self.config.auth.realm, msg)
+
+    def _full(self, req: Request) -> Response:
+        retry = self.presence.retry_after(self.loop.now())
+        html = "text/html" in req.headers.get("accept", "")
+        return panel_full(self.presence.max_users, retry, html)
+
+    @staticmethod
+    def _cross_site(req: Request) -> Response | None:
+        """403 for a state-changing request another site made the browser send (CSRF)."""
+        site = req.headers.get("sec-fetch-site")
+        origin = req.headers.get("origin")
+        host = req.headers.get("host", "")
+        if site is not None and site not in ("same-origin", "none"):
+            return error(403, f"cross-site request refused ({site})")
+        if origin is not None and origin.partition("://")[2] != host:
+            return error(403, f"cross-origin request refused ({origin})")
+        return None
+
     # -- presence ----------------------------------------------------------
-    def announce(self, change: Change) -> None:
+    def _announce(self, change: Change) -> None:
         """Audit and broadcast a join or leave."""
         if change.kind == "join":
             self.audit.append("login", user=change.user, addr=change.addr)
@@ -237,128 +403,23 @@ class Server:
 
     def _schedule_expiry(self) -> None:
         when = self.presence.next_expiry()
-        if when is None or (self._expiry is not None and self._expiry.when == when):
-            return
-        if self._expiry is not None:
+        if self._expiry is not None and (when is None or self._expiry.when != when):
             self._expiry.cancel()
-        self._expiry = self.loop.call_at(when, self._expire)
+            self._expiry = None
+        if when is not None and self._expiry is None:
+            self._expiry = self.loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self._expiry = None
         for change in self.presence.expire(self.loop.now()):
-            self.announce(change)
+            self._announce(change)
         self._schedule_expiry()
 
     # -- the sweep ---------------------------------------------------------
     def sweep(self) -> None:
-        """Once a second: TCP_INFO states, request deadlines, SSE heartbeats."""
+        """Once a second: every connection's deadlines, TCP state and heartbeat."""
         now = self.loop.now()
-        http = self.config.http
         self._ticks += 1
-        heartbeat = self._ticks % max(1, round(http.sse_heartbeat)) == 0
+        heartbeat = self._ticks % max(1, round(self.config.http.sse_heartbeat)) == 0
         for conn in list(self.conns.values()):
-            state = sockopts.tcp_state(conn.sock)
-            if state not in (sockopts.TCP_ESTABLISHED, sockopts.TCP_CLOSE_WAIT):
-                log.info("%s: connection lost (TCP state %d)", conn.addr, state)
-                conn.close(lost=True)
-            elif conn.streaming:
-                if heartbeat:
-                    conn.push(HEARTBEAT)
-            elif conn.parked or conn.closing:
-                continue
-            elif conn.head_started is not None:
-                if now - conn.head_started > http.header_timeout:
-                    conn.respond(error(408, "request not received in time"), None)
-                    conn.closing = True
-                    if not conn.outbuf:
-                        conn.close(lost=False)
-            else:
-                idle = http.keepalive_timeout if conn.authenticated else http.header_timeout
-                if now - conn.last_active > idle:
-                    conn.close(lost=False)
-
-    # -- requests ------------------------------------------------------------
-    def handle(self, conn: Connection, req: Request) -> Response | None:
-        """The response to ``req``, or None if a handler took the connection over."""
-        path = req.path
-        if path == "/healthz":
-            if req.method not in ("GET", "HEAD"):
-                return error(405, "method not allowed", [("Allow", "GET, HEAD")])
-            return Response(
-                200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok\n"
-            )
-        result = self.auth.check(req.headers.get("authorization"), conn.addr, self.loop.now())
-        if result.outcome is not Outcome.OK:
-            return self._refuse(req, result.outcome, result.name, result.retry_after)
-        user = result.user
-        assert user is not None
-        if conn.user is not user:
-            if not self.presence.admits(user.name):
-                return self._full(req)
-            if self.presence.user_of(conn.id) not in (None, user.name):  # now another user
-                self.presence.detach(conn.id, self.loop.now(), lost=False)
-                self._schedule_expiry()
-            conn.user = user
-            change = self.presence.attach(conn.id, user.name, conn.addr, time.time())
-            if change is not None:
-                self.announce(change)
-        if req.method not in SAFE_METHODS:
-            refusal = self._cross_site(req)
-            if refusal is not None:
-                return refusal
-        return api.dispatch(self, conn, req)
-
-    def _refuse(self, req: Request, outcome: Outcome, name: str, retry: int) -> Response:
-        if outcome is Outcome.LOCKED:
-            log.warning("too many failed logins for %r: locked for %d s", name, retry)
-            return error(
-                429,
-                f"too many failed logins for {name!r}; try again later",
-                [("Retry-After", str(retry))],
-            )
-        msg = "wrong user name or password" if outcome is Outcome.WRONG else "login required"
-        return unauthorized(self.config.auth.realm, msg)
-
-    def _full(self, req: Request) -> Response:
-        retry = self.presence.retry_after(self.loop.now())
-        html = "text/html" in req.headers.get("accept", "")
-        return panel_full(self.presence.max_users, retry, html)
-
-    @staticmethod
-    def _cross_site(req: Request) -> Response | None:
-        """403 for a state-changing request another site made the browser send (CSRF)."""
-        site = req.headers.get("sec-fetch-site")
-        origin = req.headers.get("origin")
-        host = req.headers.get("host", "")
-        if site is not None and site not in ("same-origin", "none"):
-            return error(403, f"cross-site request refused ({site})")
-        if origin is not None and origin.partition("://")[2] != host:
-            return error(403, f"cross-origin request refused ({origin})")
-        return None
-
-    # -- logging -----------------------------------------------------------
-    def _clock_strings(self) -> tuple[int, str, str]:
-        """(second, Date header, CLF time), formatted once a second."""
-        now = int(time.time())
-        if self._clock[0] != now:
-            clf = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
-            self._clock = (now, http_date(now), clf)
-        return self._clock
-
-    def date(self) -> str:
-        return self._clock_strings()[1]
-
-    def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
-        """One Common Log Format line (plus the user) per response."""
-        if not self.config.http.access_log or not access_log.isEnabledFor(logging.INFO):
-            return
-        line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"
-        access_log.info(
-            '%s - %s [%s] "%s" %d %d',
-            conn.addr,
-            conn.user.name if conn.user else "-",
-            self._clock_strings()[2],
-            line,
-            status,
-            size,
-        )
+            conn.tick(now, heartbeat)

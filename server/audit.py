@@ -1,8 +1,13 @@
-"""The audit log: append-only JSON lines, each flushed and fsync'd before it counts.
+"""The audit log: append-only JSON lines, fsync'd before anything acknowledges them.
 
 Who did what: logins and leaves, commands with their outcome and latency,
-chat messages. ``append`` returns only after the record is on disk, so the
-HTTP answer that acknowledges an action is sent after its record exists.
+chat messages. ``append`` writes the line at once (one ``write``, so a
+reader or a ``kill -9`` sees whole lines) and ``sync`` makes every line
+written so far durable with one ``fsync``. The server calls ``sync`` at the
+end of each loop pass, before any connection's output of that pass is
+written (``server.loop``, ``Server.end_of_pass``): the HTTP answer or event
+that acknowledges an action leaves only after its record is on disk, and
+all the records of one pass share one fsync (group commit).
 
 On start the whole file is read once to keep the newest records in memory
 (``newest`` for ``GET /api/audit``, ``chat`` for ``GET /api/chat``). A line
@@ -22,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from server.presence import iso
+from server.dates import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class AuditLog:
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
         self.seq = 0
+        self.dirty = False  # lines written since the last fsync
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         self._load()
@@ -73,18 +79,29 @@ class AuditLog:
             self.chat.append(chat_message(record))
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write one record durably (write + fsync) and return it."""
+        """Write one record (durable at the next ``sync``) and return it.
+
+        Raises OSError if the line cannot be written whole (disk full).
+        """
+        record = {"seq": self.seq + 1, "time": iso_utc(time.time()), "type": kind, **fields}
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        if os.write(self._fd, line) != len(line):
+            raise OSError(f"{self.path}: short write of an audit record")
         self.seq += 1
-        record = {"seq": self.seq, "time": iso(time.time()), "type": kind, **fields}
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode())
-        os.fsync(self._fd)
+        self.dirty = True
         self._remember(record)
         return record
+
+    def sync(self) -> None:
+        """fsync what was written since the last call (nothing to do: no syscall)."""
+        if self.dirty:
+            self.dirty = False
+            os.fsync(self._fd)
 
     def newest(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` records, newest first."""
         return [self.recent[-i] for i in range(1, min(limit, len(self.recent)) + 1)]
 
     def close(self) -> None:
+        self.sync()
         os.close(self._fd)

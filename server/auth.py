@@ -13,6 +13,19 @@ Pure: the caller passes the header value, the peer address and ``now``.
   (address, user name) pair lock that pair for ``window`` seconds, even
   with the right password (429 + Retry-After); other names from the same
   address are unaffected.
+- Failed verifications are rationed (``HashBudget``): scrypt runs on the
+  server's only thread, so every verification stalls everyone for its
+  duration (~50 ms here, ~0.5 s on a Pi). Failed ones may take at most the
+  share ``auth.hash_share_address`` of wall time for one client address and
+  ``auth.hash_share_total`` for the whole server, with a burst of
+  ``lockout_failures`` for an address (mistyping up to the lockout is
+  never "busy") and twice that for the server; past that the answer is
+  429 + Retry-After without hashing, and it does not count toward the
+  lockout. Shares are of time, so the limit follows the machine's own hash
+  cost: logged-in users (cache hits) keep the rest of the CPU whatever
+  unauthenticated clients send. Successful verifications are not charged
+  (colleagues behind one address log in freely; their next requests hit
+  the cache).
 - The allow-list is checked at accept time; IPv4-mapped IPv6 addresses
   (``::ffff:10.0.0.1``) are compared as the IPv4 address they carry.
 """
@@ -67,7 +80,7 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 @functools.cache
-def _dummy_hash() -> str:
+def dummy_hash() -> str:
     """A hash to verify unknown names against, so they cost what known ones do."""
     return hash_password("", salt=b"vigil-dummy-salt")
 
@@ -117,16 +130,17 @@ class AllowList:
         return any(ip in net for net in self.networks if net.version == ip.version)
 
 
-class Outcome(enum.Enum):
+class Verdict(enum.Enum):
     OK = "ok"
     MISSING = "missing"  # no or malformed credentials: 401
     WRONG = "wrong"  # unknown user or wrong password: 401
     LOCKED = "locked"  # too many failures: 429
+    BUSY = "busy"  # the hash budget is spent: 429, try again shortly
 
 
 @dataclass(frozen=True, slots=True)
 class AuthResult:
-    outcome: Outcome
+    verdict: Verdict
     user: User | None = None
     name: str = ""
     retry_after: int = 0
@@ -138,37 +152,104 @@ class _Failures:
     locked_until: float = 0.0
 
 
+class _Bucket:
+    """A token bucket counted in verifications: ``rate`` per second, at most ``burst``."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
+
+    def wait(self, rate: float, burst: float, now: float) -> float:
+        """Refill to ``now``; seconds until one token is there (0: take it now)."""
+        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
+        self.at = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / rate
+
+
+class HashBudget:
+    """How many slow hashes an address, and the server, may cause per second.
+
+    ``cost`` is the seconds one verification takes on this machine (the
+    server measures it at start); ``per_address`` and ``total`` are shares
+    of time; the rates in verifications per second follow.
+    """
+
+    def __init__(self, cost: float, per_address: float, total: float, burst: int) -> None:
+        self.address_rate = per_address / cost
+        self.total_rate = total / cost
+        self.burst = burst
+        self._total = _Bucket(2 * burst, 0.0)
+        self._addresses: dict[str, _Bucket] = {}
+
+    def _bucket(self, addr: str, now: float) -> _Bucket:
+        bucket = self._addresses.get(addr)
+        if bucket is None:
+            if len(self._addresses) >= _MAX_LOCKOUT_ENTRIES:
+                self._addresses.clear()  # a flood of addresses: forget them all
+            bucket = self._addresses[addr] = _Bucket(self.burst, now)
+        return bucket
+
+    def wait(self, addr: str, now: float) -> float:
+        """0.0 if ``addr`` may have a verification now, else the seconds to wait."""
+        return max(
+            self._bucket(addr, now).wait(self.address_rate, self.burst, now),
+            self._total.wait(self.total_rate, 2 * self.burst, now),
+        )
+
+    def charge(self, addr: str, now: float) -> None:
+        """A verification from ``addr`` failed: it counts against both budgets."""
+        self._bucket(addr, now).tokens -= 1
+        self._total.tokens -= 1
+
+
 class Authenticator:
     """Decides on one ``Authorization`` header; remembers successes and failures."""
 
-    def __init__(self, users: Iterable[User], failures: int = 5, window: float = 60.0) -> None:
+    def __init__(
+        self,
+        users: Iterable[User],
+        failures: int = 5,
+        window: float = 60.0,
+        budget: HashBudget | None = None,
+    ) -> None:
+        self.budget = budget
+        self._failures: dict[tuple[str, str], _Failures] = {}
+        self.update(users, failures, window)
+
+    def update(self, users: Iterable[User], failures: int, window: float) -> None:
+        """A new user table and lockout rules (SIGHUP); failures so far are kept."""
         self.users = {u.name: u for u in users}
         self.max_failures = failures
         self.window = window
         self._cache: dict[bytes, User] = {}
-        self._failures: dict[tuple[str, str], _Failures] = {}
 
     def check(self, header: str | None, addr: str, now: float) -> AuthResult:
         """The outcome for ``header`` from ``addr`` at ``now``."""
         if not header:
-            return AuthResult(Outcome.MISSING)
+            return AuthResult(Verdict.MISSING)
         parsed = parse_basic(header)
         if parsed is None:
-            return AuthResult(Outcome.MISSING)
+            return AuthResult(Verdict.MISSING)
         name, password = parsed
         if self._failures:
             retry = self._locked_for(addr, name, now)
             if retry:
-                return AuthResult(Outcome.LOCKED, name=name, retry_after=retry)
+                return AuthResult(Verdict.LOCKED, name=name, retry_after=retry)
         key = hashlib.sha256(header.encode("latin-1")).digest()
         user = self._cache.get(key)
         if user is not None:
-            return AuthResult(Outcome.OK, user, name)
+            return AuthResult(Verdict.OK, user, name)
+        if self.budget is not None:
+            wait = self.budget.wait(addr, now)
+            if wait:
+                return AuthResult(Verdict.BUSY, name=name, retry_after=max(1, int(wait + 0.999)))
         known = self.users.get(name)
-        if verify_password(password, known.password if known else _dummy_hash()) and known:
+        if verify_password(password, known.password if known else dummy_hash()) and known:
             self._cache[key] = known
             self._failures.pop((addr, name), None)
-            return AuthResult(Outcome.OK, known, name)
+            return AuthResult(Verdict.OK, known, name)
         return self._fail(addr, name, now)
 
     def _locked_for(self, addr: str, name: str, now: float) -> int:
@@ -178,6 +259,8 @@ class Authenticator:
         return max(1, int(entry.locked_until - now + 0.999))
 
     def _fail(self, addr: str, name: str, now: float) -> AuthResult:
+        if self.budget is not None:
+            self.budget.charge(addr, now)
         if len(self._failures) >= _MAX_LOCKOUT_ENTRIES:
             self.prune(now)
         entry = self._failures.setdefault((addr, name), _Failures(deque()))
@@ -188,8 +271,8 @@ class Authenticator:
         if len(times) >= self.max_failures:
             entry.locked_until = now + self.window
             times.clear()
-            return AuthResult(Outcome.LOCKED, name=name, retry_after=int(self.window))
-        return AuthResult(Outcome.WRONG, name=name)
+            return AuthResult(Verdict.LOCKED, name=name, retry_after=int(self.window))
+        return AuthResult(Verdict.WRONG, name=name)
 
     def prune(self, now: float) -> None:
         """Forget failures older than the window and expired locks."""

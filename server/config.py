@@ -63,6 +63,8 @@ class AuthConfig:
     users: tuple[User, ...]
     lockout_failures: int
     lockout_window: float
+    hash_share_address: float
+    hash_share_total: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,9 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "users": ([], lambda v: v),  # checked by _users
         "lockout_failures": (5, _int(1, 1000)),
         "lockout_window": (60.0, _num(1, 86400)),
+        # shares of time failed password checks may take (server.auth, HashBudget)
+        "hash_share_address": (0.1, _num(0.01, 1)),
+        "hash_share_total": (0.3, _num(0.01, 1)),
     },
     "presence": {
         "keepidle": (1, _int(1, 7200)),

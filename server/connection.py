@@ -1,183 +1,353 @@
-"""One accepted TCP connection: socket I/O around an ``HttpSession``.
+"""One accepted connection: the imperative shell around an ``HttpSession``.
 
-This is the imperative shell for HTTP (socketserver's "table of partially
-finished requests"): it reads what the socket has, feeds the session, hands
-complete requests to the server, and writes the answers.
+This is socketserver's "table of partially finished requests", one entry:
+it reads what the socket has, feeds the session, hands each complete
+request to its ``Host`` (the server's request pipeline), and turns the
+outcome (``server.outcomes``) into bytes and state. Nothing else writes a
+connection's state: the server asks (``tick``, ``shutdown``, ``close``),
+the connection decides.
 
-States, checked in this order by ``process``:
-- ``closing``: an answer that ends the connection is queued; nothing more is read
-  into requests; the socket closes once the write buffer is empty.
-- ``parked``: a request is waiting for something outside (a device's result);
-  ``finish`` answers it later and processing resumes (pipelined requests wait).
-- ``streaming``: the response is an endless chunked body (SSE); ``push`` adds to it.
+States (``State``; ``TRANSITIONS`` is the whole machine):
 
-Writes: a whole response is one ``send``; what the kernel does not take stays
-in ``outbuf`` and the socket is watched for writability only while that buffer
-is non-empty. Errors on this socket (ECONNRESET, ETIMEDOUT, EPIPE) close this
-connection only, as a loss.
+- ``IDLE``: between requests, nothing buffered; closed after the idle
+  timeout (``keepalive_timeout`` once authenticated, else ``header_timeout``).
+- ``READING``: part of a request is buffered; it must be complete within
+  ``header_timeout`` of its first byte, or the answer is 408.
+- ``PARKED``: a ``Deferred`` answer is pending; pipelined requests wait.
+- ``STREAMING``: the response is an endless chunked body (SSE).
+- ``CLOSING``: the last answer is queued; the socket closes once it is written.
+- ``CLOSED``.
+
+The error boundary: an exception while handling a request, opening a
+stream or finishing a deferred answer is logged once with its traceback,
+answered with a 500 JSON error (if no head was sent yet) and the
+connection closes; the server goes on. Errors of this socket (ECONNRESET,
+ETIMEDOUT, EPIPE) close this connection only, as a loss.
+
+Output is queued in ``_out`` and written by ``flush``, which the server
+calls at the end of each loop pass, after the audit log is on disk: one
+``send`` per connection per pass, and nothing is acknowledged before it
+is durable. What the kernel does not take stays queued and the socket is
+watched for writability only while it does.
+
+I/O goes through ``_recv``/``_send``, the one place a TLS layer plugs in.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from server import sockopts
 from server.config import User
-from server.loop import READ, WRITE
-from server.protocol import HttpSession, Request, Response
+from server.events import HEARTBEAT
+from server.loop import READ, WRITE, Loop
+from server.outcomes import Deferred, Outcome, Stream
+from server.protocol import HttpSession, Limits, Request, Response
 from server.responses import error
-
-if TYPE_CHECKING:
-    from server.app import Server
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 
 
+class State(enum.Enum):
+    IDLE = "idle"
+    READING = "reading"
+    PARKED = "parked"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    _S.IDLE: frozenset({_S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
+    _S.READING: frozenset({_S.IDLE, _S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
+    _S.PARKED: frozenset({_S.IDLE, _S.READING, _S.CLOSING, _S.CLOSED}),
+    _S.STREAMING: frozenset({_S.CLOSING, _S.CLOSED}),
+    _S.CLOSING: frozenset({_S.CLOSED}),
+    _S.CLOSED: frozenset(),
+}
+# States in which the next request is read and answered.
+_SERVING = frozenset({_S.IDLE, _S.READING})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The limits a connection enforces (new ones take effect on SIGHUP)."""
+
+    limits: Limits
+    header_timeout: float
+    keepalive_timeout: float
+    max_sse_buffer: int
+
+
+class Host(Protocol):
+    """What a connection needs from the server that owns it."""
+
+    loop: Loop
+    settings: Settings
+    stopping: bool
+
+    def handle(self, conn: Connection, req: Request) -> tuple[User | None, Outcome]: ...
+    def date(self) -> bytes: ...
+    def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None: ...
+    def output_pending(self, conn: Connection) -> None: ...
+    def connection_closed(self, conn: Connection, lost: bool) -> None: ...
+
+
 class Connection:
     __slots__ = (
+        "_deadline",
+        "_detach",
+        "_dispatching",
+        "_eof",
+        "_host",
+        "_out",
+        "_queued",
+        "_session",
+        "_watching_write",
         "addr",
-        "closed",
-        "closing",
-        "head_started",
         "id",
         "last_active",
-        "outbuf",
-        "parked",
-        "server",
-        "session",
         "sock",
-        "streaming",
+        "state",
         "user",
-        "watching_write",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, conn_id: int, addr: str) -> None:
-        self.server = server
+    def __init__(self, host: Host, sock: socket.socket, conn_id: int, addr: str) -> None:
+        self._host = host
         self.sock = sock
         self.id = conn_id
         self.addr = addr
-        self.session = HttpSession(server.limits)
-        self.outbuf = bytearray()
-        self.user: User | None = None
-        self.closed = self.closing = self.parked = self.streaming = False
-        self.watching_write = False
-        self.last_active = server.loop.now()
-        self.head_started: float | None = None
+        self.state = State.IDLE
+        self.user: User | None = None  # who the last request authenticated as
+        self.last_active = host.loop.now()
+        self._session = HttpSession(host.settings.limits)
+        self._out = bytearray()
+        self._queued = False  # told the host we have output
+        self._watching_write = False
+        self._deadline: float | None = None  # the 408 deadline while READING
+        self._detach: Callable[[], None] | None = None  # ends a stream's subscription
+        self._dispatching = False  # inside process(): a deferred answer must not re-enter
+        self._eof = False  # the peer sent FIN
+
+    # -- state -------------------------------------------------------------
+    def _to(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection {self.id}: {self.state.name} -> {new.name}")
+        self.state = new
 
     @property
-    def authenticated(self) -> bool:
-        return self.user is not None
+    def sheddable(self) -> bool:
+        """Unauthenticated and not busy: the first to go when connections run out."""
+        return self.user is None and self.state in _SERVING
 
     # -- events from the loop -------------------------------------------
     def on_event(self, mask: int) -> None:
         if mask & WRITE:
-            self._flush()
-        if mask & READ and not self.closed:
+            self._want_flush()
+        if mask & READ and self.state is not State.CLOSED:
             self._read()
 
     def _read(self) -> None:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._lost(e)
+        data = self._recv()
+        if data is None:
             return
         if not data:
+            self._peer_closed()
+            return
+        self.last_active = self._host.loop.now()
+        if self.state is State.CLOSING:
+            return  # the last answer is queued; what follows is not read
+        self._session.receive(data)
+        if self.state not in _SERVING and self._session.buffered > self._session.max_buffered:
+            log.info("%s: %d bytes sent while busy: closed", self.addr, self._session.buffered)
             self.close(lost=False)
             return
-        now = self.server.loop.now()
-        self.last_active = now
-        if self.closing:
-            return
-        if self.head_started is None:
-            self.head_started = now
-        self.session.receive(data)
-        if not (self.parked or self.streaming):
+        if self.state is State.IDLE:
+            self._to(State.READING)
+            self._deadline = self.last_active + self._host.settings.header_timeout
+        if self.state is State.READING:
             self.process()
+
+    def _peer_closed(self) -> None:
+        self._eof = True
+        if self.state is State.PARKED:
+            return  # answered (and then closed) when the device replies
+        if self._out and self.state is not State.STREAMING:
+            self._to(State.CLOSING)
+        else:
+            self.close(lost=False)
 
     def process(self) -> None:
         """Answer every complete request buffered, until parked, streaming or closing."""
-        server = self.server
-        while not (self.parked or self.streaming or self.closing):
-            item = self.session.next_request()
-            if item is None:
-                if self.head_started is None and not self.session.idle:
-                    # part of a pipelined request is buffered: it is in flight now
-                    self.head_started = server.loop.now()
-                return
-            if not isinstance(item, Request):
-                self.respond(error(item.status, item.message), None)
-                self.closing = True
-                break
-            response = server.handle(self, item)
-            if response is None:
-                return  # a handler parked the request or started a stream
-            self.respond(response, item)
-        if self.closing and not self.outbuf:
+        self._dispatching = True
+        try:
+            while self.state in _SERVING:
+                item = self._session.next_request()
+                if item is None:
+                    return
+                if not isinstance(item, Request):
+                    self._respond(error(item.status, item.message), None)
+                    self._closing()
+                    return
+                self._dispatch(item)
+        finally:
+            self._dispatching = False
+
+    def _dispatch(self, req: Request) -> None:
+        """The error boundary around one request."""
+        try:
+            user, outcome = self._host.handle(self, req)
+            self.user = user
+            if isinstance(outcome, Response):
+                self._respond(outcome, req)
+            elif isinstance(outcome, Stream):
+                self._stream(outcome, req)
+            else:
+                self._park(outcome, req)
+        except Exception:
+            self._failed(req)
+
+    def _failed(self, req: Request) -> None:
+        log.exception("%s: %s %s failed", self.addr, req.method, req.target)
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.STREAMING:
+            self.close(lost=False)  # the head is out: no status can be sent any more
+            return
+        if self.state is State.PARKED:
+            self._to(State.READING)
+        try:
+            self._respond(error(500, "internal server error; the server log has the details"), req)
+        except Exception:  # the session itself is broken: no answer is possible
             self.close(lost=False)
+            return
+        self._closing()
+
+    def _stream(self, stream: Stream, req: Request) -> None:
+        if req.method == "HEAD":
+            self._respond(Response(200, stream.headers), req)
+            return
+        self._respond(Response(200, stream.headers, stream=True), req)
+        self._detach = stream.open(self.push)
+
+    def _park(self, deferred: Deferred[Any], req: Request) -> None:
+        self._to(State.PARKED)
+        answered = False
+
+        def done(value: Any) -> None:
+            nonlocal answered
+            if answered:
+                raise RuntimeError(f"{req.method} {req.target}: answered twice")
+            answered = True
+            self._unpark(deferred, value, req)
+
+        deferred.start(done)
+
+    def _unpark(self, deferred: Deferred[Any], value: Any, req: Request) -> None:
+        try:
+            response = deferred.finish(value)
+        except Exception:
+            self._failed(req)
+            return
+        if self.state is not State.PARKED:
+            return  # the client has gone; finish() still ran (its audit record)
+        self._to(State.READING)
+        self._respond(response, req)
+        if self._eof:
+            self._closing()
+        elif not self._dispatching:
+            self.process()
 
     # -- output ----------------------------------------------------------
-    def respond(self, response: Response, request: Request | None) -> None:
-        """Send ``response`` to ``request`` (None: an error before a request was read)."""
-        server = self.server
-        self.send(self.session.respond(response, server.date()))
-        server.log_access(self, request, response.status, len(response.body))
+    def _respond(self, response: Response, req: Request | None) -> None:
+        """Queue ``response`` to ``req`` (None: an error before a request was read)."""
+        host = self._host
+        self._send(self._session.respond(response, host.date()))
+        host.log_access(self, req, response.status, len(response.body))
         if response.stream:
-            self.streaming = True
+            self._to(State.STREAMING)
             return
-        self.head_started = None
-        if not self.session.next_cycle() or server.stopping:
-            self.closing = True
+        if not self._session.next_cycle() or host.stopping:
+            self._closing()
+        elif self._session.idle:
+            self._to(State.IDLE)
+            self._deadline = None
+        else:  # the next, pipelined request has begun
+            self._to(State.READING)
+            self._deadline = host.loop.now() + host.settings.header_timeout
 
-    def finish(self, response: Response, request: Request) -> None:
-        """Answer a parked request and go on with any pipelined ones."""
-        if self.closed:
-            return
-        self.parked = False
-        self.respond(response, request)
-        self.process()
+    def _closing(self) -> None:
+        if self.state is not State.CLOSING:
+            self._to(State.CLOSING)
+        if not self._out:
+            self.close(lost=False)
 
     def push(self, data: bytes) -> None:
         """Append ``data`` to a streamed body; cut the stream off if the client lags."""
-        if self.closed:
+        if self.state is not State.STREAMING:
             return
-        self.send(self.session.chunk(data))
-        if len(self.outbuf) > self.server.config.http.max_sse_buffer:
+        self._send(self._session.chunk(data))
+        if len(self._out) > self._host.settings.max_sse_buffer:
             log.warning(
                 "%s (%s): event stream not read, %d bytes queued: cut off",
                 self.addr,
                 self.user.name if self.user else "-",
-                len(self.outbuf),
+                len(self._out),
             )
-            self.outbuf.clear()
+            self._out.clear()
             self.close(lost=False)
 
-    def end_stream(self) -> None:
-        """End a streamed body and close once it is written."""
-        if self.closed:
-            return
-        self.send(self.session.end_stream())
-        self.streaming = False
-        self.closing = True
-        if not self.outbuf:
-            self.close(lost=False)
+    def _send(self, data: bytes) -> None:
+        if data and self.state is not State.CLOSED:
+            self._out += data
+            self._want_flush()
 
-    def send(self, data: bytes) -> None:
-        if self.closed or not data:
+    def _want_flush(self) -> None:
+        if not self._queued:
+            self._queued = True
+            self._host.output_pending(self)
+
+    def flush(self) -> None:
+        """Write what is queued (the host calls this at the end of a pass)."""
+        self._queued = False
+        if self.state is State.CLOSED or not self._out:
             return
-        if self.outbuf:
-            self.outbuf += data
+        sent = self._write(self._out)
+        if sent is None:
             return
-        sent = self._write(data)
-        if sent is not None and sent < len(data):
-            self.outbuf += data[sent:]
+        del self._out[:sent]
+        if self._out:
             self._watch_write(True)
+            return
+        self._watch_write(False)
+        if self.state is State.CLOSING:
+            self.close(lost=False)
 
-    def _write(self, data: bytes | bytearray) -> int | None:
+    def _watch_write(self, on: bool) -> None:
+        if self._watching_write != on:
+            self._watching_write = on
+            self._host.loop.modify(self.sock, READ | WRITE if on else READ, self.on_event)
+
+    # -- the transport: the one place TLS plugs in -----------------------
+    def _recv(self) -> bytes | None:
+        """Bytes read (b"" at EOF), or None if nothing was there or the peer was lost."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            self._lost(e)
+            return None
+
+    def _write(self, data: bytearray) -> int | None:
         """One ``send``: bytes the kernel took (0 if its buffer is full), None if lost."""
         try:
             return self.sock.send(data)
@@ -191,27 +361,45 @@ class Connection:
         log.info("%s: connection lost: %s", self.addr, e.strerror or e)
         self.close(lost=True)
 
-    def _flush(self) -> None:
-        sent = self._write(self.outbuf)
-        if sent is None:
+    # -- asked by the server -----------------------------------------------
+    def tick(self, now: float, heartbeat: bool) -> None:
+        """Once a second: TCP state, the 408 and idle deadlines, SSE heartbeats."""
+        tcp = sockopts.tcp_state(self.sock)
+        if tcp not in (sockopts.TCP_ESTABLISHED, sockopts.TCP_CLOSE_WAIT):
+            log.info("%s: connection lost (TCP state %d)", self.addr, tcp)
+            self.close(lost=True)
             return
-        del self.outbuf[:sent]
-        if not self.outbuf:
-            self._watch_write(False)
-            if self.closing:
+        state = self.state
+        if state is State.STREAMING:
+            if heartbeat:
+                self.push(HEARTBEAT)
+        elif state is State.READING:
+            if self._deadline is not None and now > self._deadline:
+                self._respond(error(408, "request not received in time"), None)
+                self._closing()
+        elif state is State.IDLE:
+            settings = self._host.settings
+            idle = settings.keepalive_timeout if self.user else settings.header_timeout
+            if now - self.last_active > idle:
                 self.close(lost=False)
 
-    def _watch_write(self, on: bool) -> None:
-        if self.watching_write != on and not self.closed:
-            self.watching_write = on
-            self.server.loop.modify(self.sock, READ | WRITE if on else READ, self.on_event)
+    def shutdown(self) -> None:
+        """The server stops: end a stream, close if idle; answers in flight finish."""
+        if self.state is State.STREAMING:
+            self._send(self._session.end_stream())
+            self._to(State.CLOSING)
+            self._closing()
+        elif self.state is State.IDLE:
+            self.close(lost=False)
 
-    # -- the end -----------------------------------------------------------
     def close(self, lost: bool) -> None:
-        """Close the socket and tell the server whether the peer was ``lost``."""
-        if self.closed:
+        """Close the socket and tell the host whether the peer was ``lost``."""
+        if self.state is State.CLOSED:
             return
-        self.closed = True
-        self.server.loop.unregister(self.sock)
+        self._to(State.CLOSED)
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+        self._host.loop.unregister(self.sock)
         self.sock.close()
-        self.server.connection_closed(self, lost)
+        self._host.connection_closed(self, lost)

@@ -33,8 +33,9 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
+
+from server.dates import iso_utc
 
 MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
@@ -181,11 +182,6 @@ def error(text: str) -> dict[str, Any]:
 
 
 # -- devices and commands ---------------------------------------------------
-
-
-def iso_utc(at: float) -> str:
-    """``at`` (epoch seconds) as ISO-8601 UTC to the second: 2026-11-21T06:12:03Z."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ stream (WHATWG HTML, "Server-sent events", §9.2.6 for the format).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class EventBus:
         self.last_id = first_id - 1
         self._ring: deque[Event] = deque(maxlen=size)
         self._subscribers: dict[int, Subscriber] = {}
+        self._keys = itertools.count()
 
     def publish(self, kind: str, data: Any) -> Event:
         """Record an event and hand it to every subscriber."""
@@ -61,11 +63,15 @@ class EventBus:
             deliver(event)
         return event
 
-    def subscribe(self, key: int, deliver: Subscriber) -> None:
+    def subscribe(self, deliver: Subscriber) -> Callable[[], None]:
+        """Hand every future event to ``deliver``; returns the function that stops it."""
+        key = next(self._keys)
         self._subscribers[key] = deliver
 
-    def unsubscribe(self, key: int) -> None:
-        self._subscribers.pop(key, None)
+        def stop() -> None:
+            self._subscribers.pop(key, None)
+
+        return stop
 
     def since(self, last_id: int) -> list[Event] | None:
         """Events after ``last_id``, oldest first; None if they are no longer all here."""

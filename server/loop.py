@@ -1,19 +1,27 @@
-"""The event loop: one selector, a timer heap and signal flags.
+"""The event loop: one selector, a timer heap, end-of-pass hooks and signal flags.
 
 Strategy (boa's select.c, socketserver's docstring): every socket the server
 owns is registered with one `selectors` selector together with a callback
 ``handler(mask)``; one pass of the loop waits until the earliest timer is due
-or a socket is ready, runs the ready callbacks, then the due timers.
+or a socket is ready, runs the ready callbacks, then the due timers, then the
+end-of-pass hooks.
 
 Invariants:
 - The loop knows file objects, masks and callbacks, nothing of HTTP or SCTP.
-- One thread. Callbacks must not block; they run to completion.
+- One thread. Callbacks must not block; they run to completion. An exception
+  that escapes a callback is logged and the loop goes on (owners such as
+  ``Connection`` keep their own boundary so this is a last resort).
+- End-of-pass hooks (``at_end_of_pass``) run after every pass, in the order
+  they were added, and once more when ``run`` returns: the server uses one
+  to make the audit log durable and then write every connection's output,
+  so what a pass acknowledges leaves only after it is on disk.
 - Signal handlers only record the signal number (and poke a wake-up socket
   so ``select`` returns); the callbacks for signals run at the top of the
   next pass, like boa's ``sighup_flag``.
 - The select() backend cannot watch fds >= FD_SETSIZE (1024); the owners of
   sockets keep far below that (``http.max_connections``), and
   ``Loop.fd_limit`` is the number they compare against.
+- Time is the injected ``clock`` (monotonic seconds), so tests can drive it.
 """
 
 from __future__ import annotations
@@ -63,13 +71,17 @@ def make_selector(backend: str) -> selectors.BaseSelector:
 
 
 class Loop:
-    """One selector, a timer heap and deferred signal callbacks."""
+    """One selector, a timer heap, end-of-pass hooks and deferred signal callbacks."""
 
-    def __init__(self, backend: str = "select") -> None:
+    def __init__(
+        self, backend: str = "select", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.backend = backend
+        self.now = clock
         self._selector = make_selector(backend)
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
+        self._end_of_pass: list[Callable[[], None]] = []
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._pending_signals: list[int] = []
         self._running = False
@@ -90,17 +102,13 @@ class Loop:
         self._selector.unregister(fileobj)
 
     # -- time ------------------------------------------------------------
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
-
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return self.call_at(time.monotonic() + delay, callback)
+        return self.call_at(self.now() + delay, callback)
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` every ``interval`` seconds, for the loop's lifetime."""
@@ -110,6 +118,10 @@ class Loop:
             callback()
 
         self.call_later(interval, tick)
+
+    def at_end_of_pass(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` after every pass (and when ``run`` returns)."""
+        self._end_of_pass.append(hook)
 
     # -- signals ---------------------------------------------------------
     def on_signal(self, signum: int, callback: Callable[[], None]) -> None:
@@ -133,29 +145,40 @@ class Loop:
         self._running = False
 
     def run(self) -> None:
-        """Run passes until ``stop()``; exceptions in callbacks are logged."""
+        """Run passes until ``stop()``."""
         self._running = True
+        try:
+            while self._running:
+                while self._pending_signals:
+                    self._call(self._signal_callbacks[self._pending_signals.pop(0)])
+                if not self._running:  # a signal callback stopped the loop: no select() wait
+                    break
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - self.now())
+                self.run_once(timeout)
+        finally:
+            self._finish_pass()
+
+    def run_once(self, timeout: float | None = 0) -> None:
+        """One pass: wait up to ``timeout`` s, run ready callbacks, due timers, hooks."""
+        for key, mask in self._selector.select(timeout):
+            try:
+                key.data(mask)
+            except Exception:
+                log.exception("callback for fd %s failed", key.fd)
         timers = self._timers
-        select = self._selector.select
-        while self._running:
-            while self._pending_signals:
-                self._call(self._signal_callbacks[self._pending_signals.pop(0)])
-            if not self._running:  # a signal callback stopped the loop: no select() wait
-                break
-            timeout = None
-            if timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
-            for key, mask in select(timeout):
-                try:
-                    key.data(mask)
-                except Exception:
-                    log.exception("callback for fd %s failed", key.fd)
-            if timers:
-                now = time.monotonic()
-                while timers and timers[0][0] <= now:
-                    timer = heapq.heappop(timers)[2]
-                    if not timer.cancelled:
-                        self._call(timer.callback)
+        if timers:
+            now = self.now()
+            while timers and timers[0][0] <= now:
+                timer = heapq.heappop(timers)[2]
+                if not timer.cancelled:
+                    self._call(timer.callback)
+        self._finish_pass()
+
+    def _finish_pass(self) -> None:
+        for hook in self._end_of_pass:
+            self._call(hook)
 
     @staticmethod
     def _call(callback: Callable[[], None]) -> None:

@@ -16,15 +16,12 @@ to announce; nothing here publishes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+
+from server.dates import iso_utc
 
 CLOSED = "closed"
 LOST = "lost"
-
-
-def iso(wall: float) -> str:
-    """Epoch seconds as ISO 8601 UTC, to the second: ``2026-11-21T06:12:03Z``."""
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +29,7 @@ class Change:
     kind: str  # "join" | "leave"
     user: str
     addr: str
-    reason: str | None = None  # for leave: CLOSED | LOST
+    reason: str | None = None  # for leave: CLOSED | LOST | SHUTDOWN
 
 
 @dataclass(slots=True)
@@ -63,19 +60,31 @@ class Presence:
     def user_of(self, conn: int) -> str | None:
         return self._conn_user.get(conn)
 
-    def attach(self, conn: int, user: str, addr: str, wall: float) -> Change | None:
-        """Count connection ``conn`` as ``user``'s; a join if they were offline."""
-        if self._conn_user.get(conn) == user:
-            return None
+    def attach(self, conn: int, user: str, addr: str, now: float, wall: float) -> list[Change]:
+        """Count connection ``conn`` as ``user``'s: a join if they were offline.
+
+        A connection that was another user's is detached from them first (a
+        clean close for that user: a leave at once if it was their last
+        connection and there is no grace), so the changes come in order.
+        """
+        previous = self._conn_user.get(conn)
+        if previous == user:
+            return []
+        changes = []
+        if previous is not None:
+            left = self.detach(conn, now, lost=False)
+            if left is not None:
+                changes.append(left)
         self._conn_user[conn] = user
         entry = self._users.get(user)
         if entry is None:
             self._users[user] = _Entry(since=wall, addr=addr, conns={conn})
-            return Change("join", user, addr)
+            changes.append(Change("join", user, addr))
+            return changes
         entry.conns.add(conn)
         entry.leave_at = None
         entry.addr = addr
-        return None
+        return changes
 
     def detach(self, conn: int, now: float, lost: bool) -> Change | None:
         """Connection ``conn`` ended; a leave if it was its user's last and was lost."""
@@ -101,6 +110,13 @@ class Presence:
         ]
         return [Change("leave", n, self._users.pop(n).addr, CLOSED) for n in gone]
 
+    def end_all(self) -> list[Change]:
+        """The server stops: everyone still online (grace included) leaves."""
+        changes = [Change("leave", n, e.addr, SHUTDOWN) for n, e in self._users.items()]
+        self._users.clear()
+        self._conn_user.clear()
+        return changes
+
     def next_expiry(self) -> float | None:
         pending = [e.leave_at for e in self._users.values() if e.leave_at is not None]
         return min(pending) if pending else None
@@ -108,7 +124,7 @@ class Presence:
     def online(self) -> list[dict[str, str]]:
         """``[{"user", "since", "addr"}]``, longest online first."""
         entries = sorted(self._users.items(), key=lambda kv: kv[1].since)
-        return [{"user": n, "since": iso(e.since), "addr": e.addr} for n, e in entries]
+        return [{"user": n, "since": iso_utc(e.since), "addr": e.addr} for n, e in entries]
 
     def resize(self, max_users: int, grace: float) -> None:
         """New limits (SIGHUP); users already online stay."""

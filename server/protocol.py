@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import h11
 
@@ -48,22 +47,6 @@ REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
-
-
-_HTTP_DATE = "%a, %d %b %Y %H:%M:%S GMT"
-
-
-def http_date(epoch: float) -> str:
-    """``epoch`` as an IMF-fixdate (RFC 9110 §5.6.7): ``Sat, 21 Nov 2026 06:00:00 GMT``."""
-    return datetime.fromtimestamp(epoch, UTC).strftime(_HTTP_DATE)
-
-
-def parse_http_date(text: str) -> float | None:
-    """Epoch seconds of an IMF-fixdate, or None if ``text`` is not one."""
-    try:
-        return datetime.strptime(text.strip(), _HTTP_DATE).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +117,17 @@ class HttpSession:
     def receive(self, data: bytes) -> None:
         """Feed bytes read from the socket; ``b""`` means the peer closed."""
         self._conn.receive_data(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed into a request."""
+        return len(self._conn.trailing_data[0])
+
+    @property
+    def max_buffered(self) -> int:
+        """The most a whole request can take; more while busy is abuse."""
+        limits = self.limits
+        return limits.max_target + limits.max_header_bytes + limits.max_body
 
     @property
     def idle(self) -> bool:
@@ -212,7 +206,7 @@ class HttpSession:
         return None
 
     # -- output ----------------------------------------------------------
-    def respond(self, response: Response, date: str) -> bytes:
+    def respond(self, response: Response, date: bytes) -> bytes:
         """Bytes of ``response`` (head and, unless streamed or HEAD, the body).
 
         Header names and values come from the server itself, never from a
@@ -221,7 +215,7 @@ class HttpSession:
         """
         conn = self._conn
         head_only = self._head is not None and self._head.method == b"HEAD"
-        headers = [(b"Date", date.encode("ascii")), (b"Server", SERVER_BYTES)]
+        headers = [(b"Date", date), (b"Server", SERVER_BYTES)]
         for name, value in response.headers:
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} would split the response")

@@ -70,6 +70,7 @@ from server import control
 from server.config import ControlConfig
 from server.control import Phase, Refusal, Stream
 from server.loop import READ, Loop, Timer
+from server.sockopts import family_of
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class ControlChannel:
         if not cfg.enabled:
             self._off("disabled in the config ([control] enabled = false)")
             return
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        family = family_of(cfg.host)
         try:
             sock = sctp.sctpsocket_udp(family)
         except OSError as e:
@@ -184,7 +185,7 @@ class ControlChannel:
 
     def _off(self, reason: str) -> None:
         self.off_reason = reason
-        log.warning("control channel off: %s", reason)
+        log.warning("%s", self.off_message)
 
     def _configure(self, sock: Any, family: int) -> None:
         """Socket defaults that every new association inherits."""
@@ -218,6 +219,11 @@ class ControlChannel:
         self.off_reason = "closed"
 
     # -- the HTTP side's interface ---------------------------------------
+    @property
+    def off_message(self) -> str | None:
+        """``control channel off: <why>`` while there is no channel, else None."""
+        return None if self.off_reason is None else f"control channel off: {self.off_reason}"
+
     def devices(self) -> list[dict[str, Any]]:
         """Every known device, online or not, sorted by id."""
         return [d.as_json() for _, d in sorted(self._registry.devices.items())]
@@ -226,8 +232,9 @@ class ControlChannel:
         self, device_id: str, action: str, args: dict[str, Any], user: str, on_done: OnDone
     ) -> None:
         """Send ``action`` to a device; ``on_done(status, body)`` is called exactly once."""
-        if self._sock is None:
-            on_done(503, {"error": f"control channel off: {self.off_reason}"})
+        off = self.off_message
+        if off is not None:
+            on_done(503, {"error": off})
             return
         now = self._loop.now()
         p = self._registry.issue(device_id, action, args, user, now, self._cfg.command_timeout)

@@ -54,9 +54,14 @@ def tcp_state(sock: socket.socket) -> int:
         return 0
 
 
+def family_of(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address (``::``, ``::1``), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def listen(host: str, port: int, backlog: int = 511) -> socket.socket:
     """A non-blocking listening TCP socket on ``host``:``port`` (IPv4 or IPv6)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = family_of(host)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from server.protocol import http_date, parse_http_date
+from server.dates import http_date, parse_http_date
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",

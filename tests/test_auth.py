@@ -10,7 +10,7 @@ import pytest
 from server.auth import (
     AllowList,
     Authenticator,
-    Outcome,
+    Verdict,
     display_address,
     hash_password,
     parse_basic,
@@ -58,38 +58,38 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
 
 def test_check_outcomes() -> None:
     auth = Authenticator([ALICE, BOB])
-    assert auth.check(None, "1.2.3.4", 0).outcome is Outcome.MISSING
-    assert auth.check("Basic !!!", "1.2.3.4", 0).outcome is Outcome.MISSING
-    assert auth.check(header("alice", "wrong"), "1.2.3.4", 0).outcome is Outcome.WRONG
-    assert auth.check(header("nobody", "s3cret"), "1.2.3.4", 0).outcome is Outcome.WRONG
+    assert auth.check(None, "1.2.3.4", 0).verdict is Verdict.MISSING
+    assert auth.check("Basic !!!", "1.2.3.4", 0).verdict is Verdict.MISSING
+    assert auth.check(header("alice", "wrong"), "1.2.3.4", 0).verdict is Verdict.WRONG
+    assert auth.check(header("nobody", "s3cret"), "1.2.3.4", 0).verdict is Verdict.WRONG
     ok = auth.check(header("bob", "s3cret"), "1.2.3.4", 0)
-    assert ok.outcome is Outcome.OK and ok.user == BOB
+    assert ok.verdict is Verdict.OK and ok.user == BOB
 
 
 def test_verified_credentials_are_cached() -> None:
     auth = Authenticator([ALICE])
     auth.check(header("alice", "s3cret"), "a", 0)
     auth.users = {}  # the cache answers without the user table or scrypt
-    assert auth.check(header("alice", "s3cret"), "a", 0).outcome is Outcome.OK
+    assert auth.check(header("alice", "s3cret"), "a", 0).verdict is Verdict.OK
 
 
 def test_lockout_per_address_and_name_then_expiry() -> None:
     auth = Authenticator([ALICE, BOB], failures=5, window=60)
     for i in range(4):
-        assert auth.check(header("alice", "bad"), "10.0.0.1", i).outcome is Outcome.WRONG
+        assert auth.check(header("alice", "bad"), "10.0.0.1", i).verdict is Verdict.WRONG
     locked = auth.check(header("alice", "bad"), "10.0.0.1", 4)
-    assert locked.outcome is Outcome.LOCKED and locked.retry_after == 60
+    assert locked.verdict is Verdict.LOCKED and locked.retry_after == 60
     right = auth.check(header("alice", "s3cret"), "10.0.0.1", 10)
-    assert right.outcome is Outcome.LOCKED and right.retry_after == 54
-    assert auth.check(header("bob", "s3cret"), "10.0.0.1", 10).outcome is Outcome.OK
-    assert auth.check(header("alice", "s3cret"), "10.0.0.2", 10).outcome is Outcome.OK
-    assert auth.check(header("alice", "s3cret"), "10.0.0.1", 64.5).outcome is Outcome.OK
+    assert right.verdict is Verdict.LOCKED and right.retry_after == 54
+    assert auth.check(header("bob", "s3cret"), "10.0.0.1", 10).verdict is Verdict.OK
+    assert auth.check(header("alice", "s3cret"), "10.0.0.2", 10).verdict is Verdict.OK
+    assert auth.check(header("alice", "s3cret"), "10.0.0.1", 64.5).verdict is Verdict.OK
 
 
 def test_failures_outside_the_window_do_not_add_up() -> None:
     auth = Authenticator([ALICE], failures=3, window=10)
     for t in (0, 11, 22, 33):
-        assert auth.check(header("alice", "bad"), "a", t).outcome is Outcome.WRONG
+        assert auth.check(header("alice", "bad"), "a", t).verdict is Verdict.WRONG
     auth.prune(100)
     assert not auth._failures
 

@@ -44,7 +44,15 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vigil]:
 @pytest.fixture
 def lockout_vigil(start_vigil: Callable[..., Vigil]) -> Vigil:
     return start_vigil(
-        sections={"auth": {"lockout_failures": FAILURES, "lockout_window": WINDOW}},
+        # the lockout alone: failed checks are not rationed here (test_gate.py does that)
+        sections={
+            "auth": {
+                "lockout_failures": FAILURES,
+                "lockout_window": WINDOW,
+                "hash_share_address": 1.0,
+                "hash_share_total": 1.0,
+            }
+        },
         users={"alice": "operator", "bob": "operator"},
     )
 

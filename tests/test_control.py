@@ -94,11 +94,6 @@ def test_encode_is_compact_ascii_json() -> None:
     assert json.loads(encode(control.error("bad"))) == {"type": "error", "error": "bad"}
 
 
-def test_iso_utc() -> None:
-    assert control.iso_utc(0) == "1970-01-01T00:00:00Z"
-    assert control.iso_utc(1795242723.9) == "2026-11-21T06:32:03Z"
-
-
 # -- registry --------------------------------------------------------------
 
 

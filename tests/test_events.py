@@ -16,10 +16,10 @@ def test_wire_format() -> None:
 def test_publish_numbers_and_delivers() -> None:
     bus = EventBus(first_id=100)
     got: list[int] = []
-    bus.subscribe(1, lambda e: got.append(e.id))
+    stop = bus.subscribe(lambda e: got.append(e.id))
     assert bus.publish("chat", {}).id == 100
     bus.publish("chat", {})
-    bus.unsubscribe(1)
+    stop()
     bus.publish("chat", {})
     assert got == [100, 101]
 

@@ -7,7 +7,7 @@ import pytest
 from server.protocol import HttpSession, Limits, ProtocolError, Request, Response
 
 LIMITS = Limits(max_target=64, max_header_bytes=1024, max_body=100)
-DATE = "Sat, 21 Nov 2026 06:00:00 GMT"
+DATE = b"Sat, 21 Nov 2026 06:00:00 GMT"
 
 
 def session_with(data: bytes) -> HttpSession:
@@ -67,7 +67,7 @@ def test_one_response_is_one_bytes_with_date_server_and_length() -> None:
     out = s.respond(Response(200, [("Content-Type", "text/plain")], b"hello"), DATE)
     head, _, body = out.partition(b"\r\n\r\n")
     assert body == b"hello"
-    assert b"Date: " + DATE.encode() in head
+    assert b"Date: " + DATE in head
     assert b"server: vigil" in head.lower() and b"content-length: 5" in head.lower()
 
 
