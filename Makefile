@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: building pysctp (no wheel on a Pi) ...
 BUILD_DEBS := libsctp-dev python3-dev gcc
-# ... and what the tests drive: kernel SCTP in User-Mode Linux, an independent
-# SCTP peer, network namespaces and packet loss, a real browser, curl.
-TEST_DEBS := $(BUILD_DEBS) user-mode-linux kmod lksctp-tools iproute2 nftables chromium \
-	chromium-driver curl procps
-BENCH_DEBS := wrk util-linux iproute2 nftables strace user-mode-linux kmod
+# ... and what the tests drive: modprobe (also in the User-Mode Linux guest, whose
+# kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
+# and packet loss, a real browser, curl.
+TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
+	procps
+BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod
 
-.PHONY: run test lint check bench deps test-deps clean
+.PHONY: run test lint check bench deps test-deps uml-kernel clean
 
 run: $(STAMP)
 	$(PY) -m server --config config.toml
@@ -28,7 +29,12 @@ deps: $(STAMP)
 test-deps: $(STAMP)
 	@tools/ensure-debs.sh $(TEST_DEBS)
 
-test: test-deps
+# The SCTP test kernel: Debian testing's User-Mode Linux, cached outside the
+# checkout (tests/uml/kernel.py); says which one in one line.
+uml-kernel:
+	@$(PYTHON) tests/uml/kernel.py
+
+test: test-deps uml-kernel
 	$(PY) -m pytest -q tests --ignore=tests/sctp
 	tests/run_sctp_tests.sh $(PY)
 

@@ -3,7 +3,8 @@
 #
 # Natively when this kernel has SCTP (a Raspberry Pi after `modprobe sctp`),
 # otherwise inside a User-Mode Linux guest (tests/uml/harness.py), which
-# boots in a few seconds off this machine's own root filesystem.
+# boots in about a second off this machine's own root filesystem. Only then is
+# the guest's kernel set up (tests/uml/kernel.py: fetched once, then cached).
 #
 #   tests/run_sctp_tests.sh [PYTHON] [PYTEST ARGS...]   e.g. .venv/bin/python -k agent -x
 #   PYTHON=.venv/bin/python tests/run_sctp_tests.sh     the same

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from support import ROOT, password, require, write_config
 
 sys.path.insert(0, str(ROOT / "tests" / "uml"))
 
+from kernel import unsupported
 from testhost import uml_test_host
 
 
@@ -25,7 +25,8 @@ def curl(url: str, user: str = "alice", *extra: str) -> tuple[int, str]:
 
 def test_curl_reaches_vigil_and_its_device_in_the_guest(tmp_path: Path) -> None:
     require(os.geteuid() == 0 and os.path.exists("/dev/net/tun"), "a tap device needs root")
-    require(shutil.which("linux.uml") is not None, "apt-get install user-mode-linux")
+    reason = unsupported()
+    require(reason is None, reason or "")
     sections = {
         "http": {"host": "0.0.0.0", "port": 8080},
         "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},

@@ -1,7 +1,7 @@
 """A device agent behind a cable that can be pulled: a network namespace and a veth pair.
 
-For use inside the UML guest (root, ``veth`` loaded by init.sh) or on any
-Linux box where we are root. ``AgentNet`` makes namespace ``NAME`` joined
+For use inside the UML guest (root; veth from its kernel's module tree) or
+on any Linux box where we are root. ``AgentNet`` makes namespace ``NAME`` joined
 to the root namespace by a veth pair: ``vigil_ip`` on the root side (vigil
 listens there, or on 0.0.0.0), ``agent_ip`` inside the namespace. Slot k
 uses 10.213.0.4k+1 / 4k+2 (/30), addresses no one else uses.
@@ -18,10 +18,9 @@ vigil's side stays up and its packets vanish into the dead veth.
 from __future__ import annotations
 
 import ipaddress
-import platform
+import os
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
 NET = ipaddress.ip_network("10.213.0.0/24")
 
@@ -33,11 +32,13 @@ def _ip(*args: str) -> None:
 
 
 def load_veth() -> None:
-    """Load the veth module if the kernel does not know veth yet (UML: by path)."""
-    if Path("/sys/module/veth").exists():
-        return
-    ko = Path(f"/usr/lib/uml/modules/{platform.release()}/kernel/drivers/net/veth.ko")
-    cmd = ["insmod", str(ko)] if ko.exists() else ["modprobe", "veth"]
+    """``modprobe veth``; in a UML guest from its kernel's module tree (init.sh).
+
+    A kernel with veth built in may have no module tree at all, so a failure
+    here is not one: without veth, ``ip link add`` says so.
+    """
+    modules = os.environ.get("VIGIL_UML_MODULES")
+    cmd = ["modprobe", *(["-d", modules] if modules else []), "veth"]
     subprocess.run(cmd, capture_output=True, check=False)
 
 

@@ -1,9 +1,10 @@
 """Run a command inside a User-Mode Linux guest whose kernel has SCTP.
 
-The build machines' kernel has no SCTP; Debian's ``user-mode-linux`` kernel
-has it as a module and boots off the host's own root filesystem (hostfs) in a
-few seconds. The guest sees the host's files, /tmp included, so the job runs
-with the same Python, venv and checkout as the host.
+The build machines' kernel has no SCTP; the User-Mode Linux kernel of
+``tests/uml/kernel.py`` (Debian testing's, set up on first use and cached)
+has it as a module and boots off the host's own root filesystem (hostfs) in
+about a second. The guest sees the host's files, /tmp included, so the job
+runs with the same Python, venv and checkout as the host.
 
 How a run works:
 
@@ -11,15 +12,19 @@ How a run works:
    the command) and a copy of ``init.sh`` (executable whatever the checkout's
    file modes are);
 2. ``linux.uml ... init=JOBDIR/init.sh VIGIL_UML_JOB=JOBDIR </dev/null`` boots;
-   init mounts proc/sys/tmpfs, loads the SCTP modules, brings ``lo`` up, runs
-   job.sh and prints ``VIGIL-UML-EXIT=<status>`` before ``poweroff -f``;
+   init mounts proc/sys/tmpfs, loads SCTP (``modprobe -d``, the kernel's own
+   module tree), brings ``lo`` up, runs job.sh and prints
+   ``VIGIL-UML-EXIT=<status>`` before ``poweroff -f``;
 3. the guest's console (linux.uml's stdout) is streamed to our stdout and the
    marker line gives the job's exit status (linux.uml's own status means
-   nothing).
+   nothing). A guest that dies first (a kernel panic, init's own error, an
+   exit without the marker) raises ``UmlError`` at once, its first line the
+   console line that says why.
 
 Optional tap network (root only): ``with Tap() as tap: run(..., tap=tap)``
-gives the host 10.213.1.1/30 on the tap and the guest 10.213.1.2/30 on eth0,
-so host clients reach a server in the guest; ``Tap.down()`` pulls the cable.
+gives the host 10.213.1.1/30 on the tap and the guest 10.213.1.2/30 on its
+``vec0`` (UML's vector driver, tap transport), so host clients reach a server
+in the guest; ``Tap.down()`` pulls the cable.
 Taps are allocated one /30 each of 10.213.1.0/24 (slot 0 is the pair above,
 slot k is 10.213.1.4k+1 / 4k+2), so several guests can run at once.
 ``tests/uml/testhost.py`` builds a whole test host (vigil and agents in a
@@ -46,21 +51,22 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-KERNEL = "linux.uml"
+from kernel import UmlError, kernel
+
 INIT = Path(__file__).with_name("init.sh")
 MARKER = re.compile(r"VIGIL-UML-EXIT=(\d+)")
+# Console lines that say why a guest died: UML's own fatal errors (on hosts it
+# cannot run on: "userspace - ptrace set fp regs failed, errno = 14"), the
+# panic that follows, and init.sh's "vigil-uml: ..." when it cannot run the job.
+# A panic before the console is up comes in a dump of the kernel log ("<0>...").
+FATAL = re.compile(r"^(<\d>)?Kernel panic - |failed, errno = |^vigil-uml: ")
+PANIC = re.compile(r"^(<\d>)?Kernel panic - ")
 TAP_NET = ipaddress.ip_network("10.213.1.0/24")  # one /30 per tap
 TAP_SLOTS = TAP_NET.num_addresses // 4
-HOST_ADDR = "10.213.1.1/30"  # slot 0
-GUEST_ADDR = "10.213.1.2/30"
-GUEST_IP = GUEST_ADDR.split("/")[0]
+GUEST_ADDR = "10.213.1.2/30"  # slot 0
 TAP_LOCK = Path(tempfile.gettempdir()) / "vigil-uml-tap.lock"
 # Environment variables worth carrying into the guest when env is not given.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "PYTHONPATH", "VIRTUAL_ENV", "CI")
-
-
-class UmlError(Exception):
-    """The guest could not be booted, timed out, or printed no exit marker."""
 
 
 def _job_script(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
@@ -83,8 +89,7 @@ class Guest:
         tap: str | Tap | None = None,
         echo: bool = True,
     ) -> None:
-        if shutil.which(KERNEL) is None:
-            raise UmlError(f"{KERNEL} not found: apt-get install user-mode-linux")
+        linux = kernel()
         if env is None:
             env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         self.job = Path(tempfile.mkdtemp(prefix="vigil-uml-"))
@@ -93,7 +98,7 @@ class Guest:
         shutil.copyfile(INIT, init)
         init.chmod(0o755)
         cmd = [
-            KERNEL,
+            str(linux.path),
             f"mem={mem}",
             "root=/dev/root",
             "rootfstype=hostfs",
@@ -103,23 +108,29 @@ class Guest:
             f"init={init}",
             "con=null",
             "con0=fd:0,fd:1",
+            f"uml_dir={self.job}",  # UML's pid file and sockets; not ~/.uml
             f"VIGIL_UML_JOB={self.job}",
+            f"VIGIL_UML_MODULES={linux.modules}",
         ]
-        if isinstance(tap, Tap):
-            cmd += [f"eth0=tuntap,{tap.name}", f"VIGIL_UML_ADDR={tap.guest_cidr}"]
-        elif tap:
-            cmd += [f"eth0=tuntap,{tap}", f"VIGIL_UML_ADDR={GUEST_ADDR}"]
+        if tap:
+            name, cidr = (tap.name, tap.guest_cidr) if isinstance(tap, Tap) else (tap, GUEST_ADDR)
+            cmd += [f"vec0:transport=tap,ifname={name}", f"VIGIL_UML_ADDR={cidr}"]
         self.echo = echo
         self.lines: list[str] = []
         self.status: int | None = None
-        self.started = time.monotonic()
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # UML forks helpers: kill them as one group
-        )
+        self.fatal: list[str] = []  # the console lines that say why it died, up to the panic
+        self._over = threading.Event()  # the console closed, or the kernel panicked
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # UML forks helpers: kill them as one group
+            )
+        except OSError as e:
+            shutil.rmtree(self.job, ignore_errors=True)
+            raise UmlError(f"cannot run {linux.path}: {e.strerror}") from None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -131,26 +142,43 @@ class Guest:
             m = MARKER.search(line)
             if m:
                 self.status = int(m.group(1))
-            elif self.echo:
+                continue
+            if FATAL.search(line) and not self._over.is_set():
+                self.fatal.append(line)
+                if PANIC.match(line):
+                    self._over.set()
+            if self.echo:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
+        self._over.set()
+
+    def ended(self) -> str | None:
+        """None while the guest runs; once it is gone (or panicked), one line saying how."""
+        if not self._over.is_set():
+            if self._proc.poll() is None:
+                return None
+            self._reader.join(2)  # the console's last lines
+        if self.fatal:
+            return "; ".join(self.fatal)
+        if self.status is not None:
+            return f"the guest's job exited with status {self.status}"
+        last = next((line for line in reversed(self.lines) if line.strip()), "no output")
+        return f"UML guest exited without the exit marker: {last}"
 
     def wait(self, timeout: float = 600) -> int:
         """Wait for the guest to power off; return the job's exit status."""
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise UmlError(f"UML guest still running after {timeout:.0f} s; killed") from None
+        deadline = time.monotonic() + timeout
+        while self.ended() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise UmlError(f"UML guest still running after {timeout:.0f} s; killed")
+            time.sleep(0.05)
+        self.kill()  # a panicked kernel may linger
         self._reader.join(5)
-        shutil.rmtree(self.job, ignore_errors=True)
         if self.status is None:
             tail = "\n".join(self.lines[-20:])
-            raise UmlError(f"UML guest printed no exit marker; last output:\n{tail}")
+            raise UmlError(f"{self.ended()}\nlast output:\n{tail}")
         return self.status
-
-    def running(self) -> bool:
-        return self._proc.poll() is None
 
     def kill(self) -> None:
         if self._proc.poll() is None:
@@ -173,11 +201,11 @@ def run(
 
 
 class Tap:
-    """A host tap device for a guest's eth0 (root only); a context manager.
+    """A host tap device for a guest's vec0 (root only); a context manager.
 
     ``Tap()`` takes the first free slot: device ``vigiltapK`` with the host's
     address ``host_ip`` and the guest's ``guest_ip`` (``guest_cidr`` for its
-    eth0). A name or slot may be given; entering fails if that tap exists.
+    vec0). A name or slot may be given; entering fails if that tap exists.
     """
 
     def __init__(self, name: str | None = None, slot: int | None = None) -> None:
@@ -277,7 +305,7 @@ class Tap:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run a command inside a UML guest with SCTP.")
     p.add_argument("--cwd", default=".", help="directory to run the command in")
-    p.add_argument("--tap", help="host tap device (with 10.213.1.1/30) as the guest's eth0")
+    p.add_argument("--tap", help="host tap device (with 10.213.1.1/30) as the guest's vec0")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("command", nargs="+", help="the command (put it after --)")
     args = p.parse_args(argv)

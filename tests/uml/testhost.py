@@ -26,10 +26,12 @@ control port inside the guest.
 
 On entry: a tap device (tests/uml/harness.py ``Tap``, a free /30 of
 10.213.1.0/24, root and /dev/net/tun needed) is made, the guest boots with
-it as eth0, starts vigil and the agents, and we wait until every agent was
-welcomed and vigil answers ``/healthz`` from here (``UmlError`` otherwise,
-with the guest's logs). On exit, even after a failure: vigil and the agents
-get SIGTERM, the guest powers off (or is killed), the tap is deleted.
+it as vec0, starts vigil and the agents, and we wait until every agent was
+welcomed and vigil answers ``/healthz`` from here. ``UmlError`` otherwise,
+with the guest's logs: at once when the guest died (its first line says why,
+a kernel panic say), after ``timeout`` s when it still runs. On exit, even
+after a failure: vigil and the agents get SIGTERM, the guest powers off (or
+is killed), the tap is deleted.
 A guest whose host process died powers itself off after ``lifetime`` s.
 
 ``python tests/uml/testhost.py CONFIG [--agent NAME]...`` runs one by hand
@@ -56,7 +58,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Guest, Tap, UmlError
+from harness import Guest, Tap
+from kernel import UmlError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,10 +184,14 @@ def uml_test_host(
 def _wait_ready(guest: Guest, host: TestHost, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     url = host.base_url + "/healthz"
-    while time.monotonic() < deadline:
+    while (why := guest.ended()) is None:
         if (host.workdir / "ready").exists() and _answers(url):
             return
-        if not guest.running():
+        if time.monotonic() > deadline:
+            why = (
+                f"test host not ready within {timeout:g} s "
+                f"(is {host.host_ip} allowed, [http] host 0.0.0.0?)"
+            )
             break
         time.sleep(0.1)
     logs = "\n".join(
@@ -192,10 +199,7 @@ def _wait_ready(guest: Guest, host: TestHost, timeout: float) -> None:
         for p in sorted(host.workdir.glob("*.log"))
     )
     console = "\n".join(guest.lines[-15:])
-    raise UmlError(
-        f"test host not ready within {timeout:g} s (is {host.host_ip} allowed, "
-        f"[http] host 0.0.0.0?)\n{logs}\n--- console\n{console}"
-    )
+    raise UmlError(f"{why}\n{logs}\n--- console\n{console}")
 
 
 def _stop(guest: Guest, workdir: Path) -> None:
