@@ -10,15 +10,14 @@ inside the guest, the browser here, talking to it over a tap network.
   after 30 s, so a command can be pending when its agent is killed.
 
 Each browser context is one person (tests/support.py's USERS). Needs root,
-/dev/net/tun and ``linux.uml`` (apt-get install user-mode-linux); without them
-``require`` skips, and fails under CI=true.
+/dev/net/tun and an x86-64 host (the harness sets up its UML kernel itself,
+tests/uml/kernel.py); without them ``require`` skips, and fails under CI=true.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from support import ROOT, require, write_config
 
 sys.path.insert(0, str(ROOT / "tests" / "uml"))
 
+from kernel import unsupported
 from testhost import TestHost, uml_test_host
 
 CONNECTED = "#conn[data-state=connected]"
@@ -69,7 +69,8 @@ def require_test_host() -> None:
         os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
         "the UML test host's tap network needs root and /dev/net/tun",
     )
-    require(shutil.which("linux.uml") is not None, "apt-get install user-mode-linux")
+    reason = unsupported()
+    require(reason is None, reason or "")
 
 
 @pytest.fixture(scope="module")
