@@ -223,12 +223,16 @@ class Authenticator:
         self.users = {u.name: u for u in users}
         self.max_failures = failures
         self.window = window
-        self._cache: dict[bytes, User] = {}
+        self._cache: dict[bytes, AuthResult] = {}  # SHA-256 of a header that verified
 
     def check(self, header: str | None, addr: str, now: float) -> AuthResult:
         """The outcome for ``header`` from ``addr`` at ``now``."""
         if not header:
             return AuthResult(Verdict.MISSING)
+        key = hashlib.sha256(header.encode("latin-1")).digest()
+        cached = self._cache.get(key)  # the common case: one hash lookup, nothing parsed
+        if cached is not None and not self._failures:
+            return cached
         parsed = parse_basic(header)
         if parsed is None:
             return AuthResult(Verdict.MISSING)
@@ -237,19 +241,17 @@ class Authenticator:
             retry = self._locked_for(addr, name, now)
             if retry:
                 return AuthResult(Verdict.LOCKED, name=name, retry_after=retry)
-        key = hashlib.sha256(header.encode("latin-1")).digest()
-        user = self._cache.get(key)
-        if user is not None:
-            return AuthResult(Verdict.OK, user, name)
+        if cached is not None:
+            return cached
         if self.budget is not None:
             wait = self.budget.wait(addr, now)
             if wait:
                 return AuthResult(Verdict.BUSY, name=name, retry_after=max(1, int(wait + 0.999)))
         known = self.users.get(name)
         if verify_password(password, known.password if known else dummy_hash()) and known:
-            self._cache[key] = known
+            result = self._cache[key] = AuthResult(Verdict.OK, known, name)
             self._failures.pop((addr, name), None)
-            return AuthResult(Verdict.OK, known, name)
+            return result
         return self._fail(addr, name, now)
 
     def _locked_for(self, addr: str, name: str, now: float) -> int:
