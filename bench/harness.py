@@ -6,7 +6,9 @@ servers with ``bench.server()``, measures them with ``bench.measure()`` and
 fills ``bench.report``. Servers run pinned to one core (``taskset -c``),
 wrk on the other, both on loopback. A server's CPU time comes from
 /proc/PID/stat (utime + stime over the measured run), its memory from
-/proc/PID/status (VmRSS, VmHWM) after the run.
+/proc/PID/status (VmRSS, VmHWM) after the run. What other processes take
+of either core meanwhile comes from /proc/stat, less the server's (or
+wrk's) own CPU time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -31,8 +34,8 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-INDEX_SIZE = 4096  # bytes of the static page every server serves
-NOISE = 0.10  # share of the server's core taken by other processes that disturbs a run
+INDEX_SIZE = 2048  # bytes of the static page every server serves
+NOISE = 0.10  # share of the server's (or wrk's) core taken by other processes that disturbs a run
 
 # Columns of a table of ``Run.row()``s.
 RUN_COLUMNS = {
@@ -46,6 +49,7 @@ RUN_COLUMNS = {
     "rss_mib": "RSS MiB",
     "hwm_mib": "HWM MiB",
     "others_pct": "others %",
+    "wrk_others_pct": "wrk's core others %",
     "errors": "errors",
 }
 
@@ -184,15 +188,37 @@ class Server:
 
 
 def core_ticks(cpu: int) -> tuple[int, int]:
-    """(busy, total) clock ticks of core ``cpu`` so far; busy leaves out irq and softirq."""
+    """(busy, total) clock ticks of core ``cpu`` so far.
+
+    Busy counts irq and softirq: the kernel charges them to the stime of the
+    process they interrupt too (loopback's receive path runs in the sender).
+    """
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
             user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
-            return (
-                user + nice + system + steal,
-                user + nice + system + idle + iowait + irq + softirq + steal,
-            )
+            busy = user + nice + system + irq + softirq + steal
+            return busy, busy + idle + iowait
     raise BenchError(f"no CPU {cpu} in /proc/stat")
+
+
+def children_cpu_seconds() -> float:
+    """utime + stime of the child processes waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CoreWatch:
+    """What other processes take of core ``cpu`` between ``__init__`` and ``others``."""
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self._busy, self._total = core_ticks(cpu)
+
+    def others(self, own_cpu_seconds: float) -> float:
+        """Share of the core (0 to 1) taken meanwhile beyond ``own_cpu_seconds``."""
+        busy, total = core_ticks(self.cpu)
+        others = (busy - self._busy) / CLOCK_TICKS - own_cpu_seconds
+        return max(others, 0) * CLOCK_TICKS / max(total - self._total, 1)
 
 
 # -- wrk -------------------------------------------------------------------
@@ -211,6 +237,7 @@ class Run:
     p99_us: float
     cpu_seconds: float
     others: float  # share of the server's core that other processes used meanwhile
+    wrk_others: float  # share of wrk's core that other processes used meanwhile
     memory: Memory
     errors: dict[str, int]
 
@@ -224,7 +251,7 @@ class Run:
 
     @property
     def disturbed(self) -> bool:
-        return self.others > NOISE
+        return max(self.others, self.wrk_others) > NOISE
 
     def row(self) -> dict[str, Any]:
         bad = {k: v for k, v in self.errors.items() if v}
@@ -239,6 +266,7 @@ class Run:
             "rss_mib": round(self.memory.rss_kib / 1024, 1),
             "hwm_mib": round(self.memory.hwm_kib / 1024, 1),
             "others_pct": round(self.others * 100),
+            "wrk_others_pct": round(self.wrk_others * 100),
             "errors": ", ".join(f"{k} {v}" for k, v in bad.items()) or 0,
         }
 
@@ -254,6 +282,11 @@ def faster_check(name: str, a: Run | None, b: Run | None, limit: float) -> Check
         return Check(name, None, "≥", limit, "x")
     by_rps, by_cpu = speed_ratio(a, b)
     return Check(name, by_rps, "≥", limit, "x", by_cpu)
+
+
+def cpu_check(name: str, a: Run, b: Run, limit: float) -> Check:
+    """Check that ``a`` spends at most ``limit`` times the CPU time per request of ``b``."""
+    return Check(name, a.cpu_us_per_request / b.cpu_us_per_request, "≤", limit, "x")
 
 
 def loss_check(name: str, a: Run, b: Run, limit: float) -> Check:
@@ -323,7 +356,11 @@ class Bench:
         self._wrk(server.port, path, conns, self.warmup, headers)
         runs = [self._run(server, path, conns, headers, target)]
         while runs[-1].disturbed and len(runs) < self.attempts:
-            progress(f"others took {runs[-1].others:.0%} of the server's core; again")
+            run = runs[-1]
+            progress(
+                f"others took {run.others:.0%} of the server's core, {run.wrk_others:.0%} "
+                "of wrk's; again"
+            )
             runs.append(self._run(server, path, conns, headers, target))
         return max(runs, key=lambda run: run.req_s)
 
@@ -331,11 +368,10 @@ class Bench:
         self, server: Server, path: str, conns: int, headers: Mapping[str, str] | None, target: str
     ) -> Run:
         cpu_before = server.cpu_seconds()
-        busy_before, total_before = core_ticks(self.server_cpu)
+        wrk_before = children_cpu_seconds()
+        server_core, wrk_core = CoreWatch(self.server_cpu), CoreWatch(self.client_cpu)
         summary = self._wrk(server.port, path, conns, self.duration, headers)
         cpu = server.cpu_seconds() - cpu_before
-        busy, total = core_ticks(self.server_cpu)
-        others = (busy - busy_before) / CLOCK_TICKS - cpu
         run = Run(
             target=target,
             path=path,
@@ -345,7 +381,8 @@ class Bench:
             p50_us=summary["p50_us"],
             p99_us=summary["p99_us"],
             cpu_seconds=cpu,
-            others=max(others, 0) * CLOCK_TICKS / max(total - total_before, 1),
+            others=server_core.others(cpu),
+            wrk_others=wrk_core.others(children_cpu_seconds() - wrk_before),
             memory=server.memory(),
             errors=summary["errors"],
         )

@@ -59,12 +59,12 @@ def _cpu_model() -> str:
 
 def _note_noise(report: SectionReport) -> None:
     rows = [row for table in report.tables for row in table.rows if "others_pct" in row]
-    noisy = [row for row in rows if row["others_pct"] > NOISE * 100]
+    noisy = [row for row in rows if max(row["others_pct"], row["wrk_others_pct"]) > NOISE * 100]
     if noisy:
         report.notes.append(
             f"{len(noisy)} of {len(rows)} runs were disturbed: other processes took more than "
-            f"{NOISE:.0%} of the server's core (others %), so their req/s and latencies are "
-            "too low; CPU µs/req and the ratios by CPU time hold up better."
+            f"{NOISE:.0%} of the server's or wrk's core (others %), so their req/s are too low "
+            "and their latencies too high; CPU µs/req and the ratios by CPU time hold up better."
         )
 
 
@@ -97,9 +97,10 @@ def markdown(info: dict[str, Any], reports: list[SectionReport]) -> str:
         "",
         f"Loopback; the server is pinned to CPU {info['server_cpu']}, wrk (1 thread) to CPU "
         f"{info['client_cpu']}. Each run: {info['warmup_s']} s warm-up + {info['duration_s']} s; "
-        f"while other processes take more than {NOISE:.0%} of the server's core (others %) "
-        f"it is repeated, up to {info['attempts']} runs, and the best counts. CPU µs/req: the "
-        "server's utime+stime over the run ÷ requests. RSS/HWM: VmRSS/VmHWM after the run.",
+        f"while other processes take more than {NOISE:.0%} of the server's or wrk's core "
+        f"(others %) it is repeated, up to {info['attempts']} runs, and the best counts. "
+        "CPU µs/req: the server's utime+stime over the run ÷ requests. RSS/HWM: VmRSS/VmHWM "
+        "after the run.",
         "",
     ]
     return "\n".join(head) + "\n".join(r.markdown() for r in reports)

@@ -3,7 +3,7 @@
 The user ``bench`` (operator) gets a random password hashed by vigil's own
 ``python -m server hash-password``; ``Vigil.auth`` is the header wrk sends.
 Each ``Vigil.start()`` writes a fresh directory with config.toml and the
-audit log, and serves the bench's static dir.
+audit log, and serves the bench's static dir; it may run under cProfile.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import secrets
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.harness import REPO, Bench, BenchError, Server, free_port
 
@@ -50,9 +51,18 @@ class Vigil:
         return cls(bench, lines[-1].strip(), {"Authorization": f"Basic {token}"})
 
     def start(
-        self, name: str = "vigil", *, backend: str = "select", access_log: bool = False
+        self,
+        name: str = "vigil",
+        *,
+        backend: str = "select",
+        access_log: bool = False,
+        profile: Path | None = None,
     ) -> Server:
-        """Return a not yet started vigil Server with its own config dir."""
+        """Return a not yet started vigil Server with its own config dir.
+
+        With ``profile``, vigil runs under cProfile, which writes that file
+        when vigil exits (on SIGTERM, when the Server stops).
+        """
         port = free_port()
         home = self.bench.workdir / f"vigil-{port}"
         home.mkdir()
@@ -74,4 +84,6 @@ class Vigil:
         path = home / "config.toml"
         path.write_text("\n".join(config))
         argv = [self.bench.python, "-m", "server", "--config", str(path)]
+        if profile is not None:
+            argv[1:1] = ["-m", "cProfile", "-o", str(profile)]
         return self.bench.server(name, argv, port)
