@@ -27,18 +27,18 @@ from server.events import EventBus, preamble
 from server.outcomes import Deferred, Outcome, Push, Stream
 from server.presence import Presence
 from server.protocol import Request, Response
-from server.responses import COMMON_HEADERS, error, json_response
+from server.responses import error, json_response
 from server.router import Route, Router
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
 
 MAX_CHAT = 500
-SSE_HEADERS = [
+SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-store"),
     ("X-Accel-Buffering", "no"),
-]
-HEALTHZ = Response(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok\n")
+)
+HEALTHZ = Response(200, (("Content-Type", "text/plain"), ("Cache-Control", "no-store")), b"ok\n")
 
 
 @dataclass(slots=True)
@@ -200,16 +200,9 @@ def static_file(svc: Services, call: Call) -> Response:
     file = svc.files.get(rel) if rel is not None else None
     if file is None:
         return error(404, "not found")
-    headers = [
-        ("Content-Type", file.content_type),
-        ("ETag", file.etag),
-        ("Last-Modified", file.last_modified),
-        ("Cache-Control", "private, no-cache"),
-        *COMMON_HEADERS,
-    ]
     if static.not_modified(file, req.headers):
-        return Response(304, headers)
-    return Response(200, headers, file.body)
+        return Response(304, file.headers)
+    return Response(200, file.headers, file.body)
 
 
 ROUTER: Router[Handler] = Router(

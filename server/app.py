@@ -17,8 +17,8 @@ Who owns what:
   view; presence changes are announced only here (``_announce``).
 
 End of every loop pass (``end_of_pass``): the audit log's fsync, then every
-connection with output writes it, then the access log: nothing is
-acknowledged before it is on disk.
+connection with output writes it: nothing is acknowledged before it is on
+disk. The access log is written once a second by the sweep.
 
 Timers: a sweep once a second (each connection's ``tick``: TCP_INFO state,
 408 and idle deadlines, SSE heartbeats) and exact timers for presence grace
@@ -183,6 +183,8 @@ class Server:
         self.loop.stop()
 
     def close(self) -> None:
+        if self.access is not None:
+            self.access.flush()
         if self.listener is not None:
             self.listener.close()
         self.control.close()
@@ -203,6 +205,8 @@ class Server:
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
+        if self.access is not None:
+            self.access.flush()
         self.access = AccessLog() if cfg.http.access_log else None
         for conn in list(self.conns.values()):
             if conn.user is not None and conn.user.name not in self.auth.users:
@@ -288,14 +292,12 @@ class Server:
         pending, self._pending_output = self._pending_output, []
         for conn in pending:
             conn.flush()
-        if self.access is not None:
-            self.access.flush()
 
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
+        """One access-log line; its time is the Date of the response just formatted."""
         if self.access is None:
             return
         line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"
-        self._clock.update(time.time())
         name = conn.user.name if conn.user else "-"
         self.access.record(conn.addr, name, self._clock.clf, line, status, size)
 
@@ -423,3 +425,5 @@ class Server:
         heartbeat = self._ticks % max(1, round(self.config.http.sse_heartbeat)) == 0
         for conn in list(self.conns.values()):
             conn.tick(now, heartbeat)
+        if self.access is not None:
+            self.access.flush()

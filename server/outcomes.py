@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from server.protocol import Response
+from server.protocol import Headers, Response
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ Push = Callable[[bytes], None]
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    headers: list[tuple[str, str]]
+    headers: Headers
     open: Callable[[Push], Callable[[], None]]
 
 

@@ -20,8 +20,8 @@ owns time (the 408 deadline) and the socket. Responses go out through
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import h11
 
@@ -75,12 +75,39 @@ class Request:
         return self.target.partition("?")[2]
 
 
+Headers = Sequence[tuple[str, str]]
+_ENCODED: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
+_MAX_ENCODED = 256
+
+
+def _encoded(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """``headers`` as h11 takes them; a tuple (the constant headers of JSON and of
+    each static file) is encoded and checked once, then found in a cache."""
+    if isinstance(headers, tuple):
+        cached = _ENCODED.get(headers)
+        if cached is not None:
+            return cached
+    out = []
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} would split the response")
+        out.append((name.encode("ascii"), value.encode("latin-1")))
+    if isinstance(headers, tuple):
+        if len(_ENCODED) >= _MAX_ENCODED:
+            _ENCODED.clear()
+        _ENCODED[headers] = out
+    return out
+
+
 @dataclass(slots=True)
 class Response:
-    """A response to send: ``body`` whole, or ``stream`` for a chunked body sent later."""
+    """A response to send: ``body`` whole, or ``stream`` for a chunked body sent later.
+
+    Make ``headers`` a tuple when the same headers go out again and again.
+    """
 
     status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Headers = ()
     body: bytes = b""
     stream: bool = False
 
@@ -215,11 +242,7 @@ class HttpSession:
         """
         conn = self._conn
         head_only = self._head is not None and self._head.method == b"HEAD"
-        headers = [(b"Date", date), (b"Server", SERVER_BYTES)]
-        for name, value in response.headers:
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"header {name} would split the response")
-            headers.append((name.encode("ascii"), value.encode("latin-1")))
+        headers = [(b"Date", date), (b"Server", SERVER_BYTES), *_encoded(response.headers)]
         if not response.stream and response.status != 304:
             headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
         out = conn.send(

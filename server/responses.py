@@ -15,13 +15,13 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-COMMON_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", CSP)]
+COMMON_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", CSP))
 # CSP matters only for documents; JSON needs nosniff.
-JSON_HEADERS = [
+JSON_HEADERS = (
     ("Content-Type", "application/json"),
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
-]
+)
 CAP_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vigil: the panel is full</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
@@ -33,7 +33,7 @@ CAP_PAGE = """<!doctype html>
 
 def json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(status, [*JSON_HEADERS, *(headers or ())], body)
+    return Response(status, [*JSON_HEADERS, *headers] if headers else JSON_HEADERS, body)
 
 
 def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from server.dates import http_date, parse_http_date
+from server.responses import COMMON_HEADERS
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -70,8 +71,8 @@ class File:
     etag: str
     last_modified: str
     mtime: int  # whole seconds, for If-Modified-Since
-    content_type: str
     key: tuple[int, int, int]  # (inode, size, mtime_ns): changes when the file does
+    headers: tuple[tuple[str, str], ...]  # of its 200 and 304 responses
 
 
 def not_modified(file: File, headers: dict[str, str]) -> bool:
@@ -113,13 +114,22 @@ class FileCache:
                 body = f.read()
         except OSError:
             return None
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+        last_modified = http_date(st.st_mtime)
+        ctype = content_type(rel)
         file = File(
             body=body,
-            etag=f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"',
-            last_modified=http_date(st.st_mtime),
+            etag=etag,
+            last_modified=last_modified,
             mtime=int(st.st_mtime),
-            content_type=content_type(rel),
             key=key,
+            headers=(
+                ("Content-Type", ctype),
+                ("ETag", etag),
+                ("Last-Modified", last_modified),
+                ("Cache-Control", "private, no-cache"),
+                *COMMON_HEADERS,
+            ),
         )
         if st.st_size <= self.max_cached:
             self._files[rel] = file
