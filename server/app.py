@@ -30,10 +30,14 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import time
+from datetime import UTC, datetime
+from functools import partial
 
-from server import api, sockopts
+from server import api, certificate, sockopts
 from server import config as configmod
+from server import tls as tlsmod
 from server.accesslog import AccessLog
 from server.audit import AuditLog
 from server.auth import (
@@ -43,6 +47,7 @@ from server.auth import (
     Verdict,
     display_address,
     dummy_hash,
+    is_loopback,
     verify_password,
 )
 from server.config import Config, ConfigError, User
@@ -71,6 +76,7 @@ def _settings(cfg: Config) -> Settings:
         http.header_timeout,
         http.keepalive_timeout,
         http.max_sse_buffer,
+        cfg.tls.handshake_timeout,
     )
 
 
@@ -115,6 +121,9 @@ class Server:
         self.stopping = False
         self._stopped = False
         self.listener: socket.socket | None = None
+        self.tls_listener: socket.socket | None = None
+        self.tls: ssl.SSLContext | None = None  # for new handshakes; None: TLS off
+        self.certificate: certificate.Description | None = None
         self._listening = False
         self._next_id = 0
         self._expiry: Timer | None = None
@@ -125,15 +134,48 @@ class Server:
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
-        """Listen (raises OSError, e.g. port in use), start services and signal handlers."""
-        http = self.config.http
+        """Listen (raises OSError, e.g. port in use), start services and signal handlers.
+
+        With TLS on, the certificate is loaded first (``CertificateError``,
+        ``ssl.SSLError`` or ``OSError`` if it cannot be).
+        """
+        http, tls = self.config.http, self.config.tls
+        if tls.enabled:
+            self.tls = self._tls_context(self.config)
         self.listener = sockopts.listen(http.host, http.port)
+        if self.tls is not None:
+            self.tls_listener = sockopts.listen(http.host, tls.port)
         self._listen(True)
         self.start_services()
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
         self.loop.on_signal(signal.SIGINT, self.shutdown)
         self.loop.on_signal(signal.SIGHUP, self.reload)
         log.info("listening on http://%s:%d/", http.host, self.port)
+        if self.tls_listener is not None:
+            log.info("listening on https://%s:%d/", http.host, self.tls_port)
+
+    def _tls_context(self, cfg: Config) -> ssl.SSLContext:
+        """The context for new handshakes: the configured certificate, or this device's own."""
+        tls = cfg.tls
+        if tls.cert is not None and tls.key is not None:
+            cert, key = tls.cert, tls.key
+        else:
+            cert, key, created = certificate.ensure(cfg.path.parent)
+            if created:
+                log.info("made a self-signed certificate for this device: %s", cert)
+        ctx = tlsmod.server_context(cert, key)
+        desc = certificate.describe(cert)
+        self.certificate = desc
+        days = desc.days_left(datetime.now(UTC))
+        log.info(
+            "TLS certificate %s, SHA-256 %s, expires %s",
+            cert,
+            desc.fingerprint,
+            desc.not_after.date(),
+        )
+        if days < certificate.WARN_DAYS:
+            log.warning("TLS certificate %s expires in %.0f day(s): renew it", cert, days)
+        return ctx
 
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
@@ -145,13 +187,22 @@ class Server:
         assert self.listener is not None
         return int(self.listener.getsockname()[1])
 
+    @property
+    def tls_port(self) -> int:
+        assert self.tls_listener is not None
+        return int(self.tls_listener.getsockname()[1])
+
     def _listen(self, on: bool) -> None:
-        if on != self._listening and self.listener is not None:
-            self._listening = on
+        if on == self._listening:
+            return
+        self._listening = on
+        for listener, secure in ((self.listener, False), (self.tls_listener, True)):
+            if listener is None:
+                continue
             if on:
-                self.loop.register(self.listener, READ, self._accept)
+                self.loop.register(listener, READ, partial(self._accept, listener, secure))
             else:
-                self.loop.unregister(self.listener)
+                self.loop.unregister(listener)
 
     def shutdown(self) -> None:
         """Stop accepting, finish what is in flight, then stop the loop (≤ 1.5 s)."""
@@ -185,8 +236,9 @@ class Server:
     def close(self) -> None:
         if self.access is not None:
             self.access.flush()
-        if self.listener is not None:
-            self.listener.close()
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                listener.close()
         self.control.close()
         self.audit.close()
 
@@ -208,26 +260,32 @@ class Server:
         if self.access is not None:
             self.access.flush()
         self.access = AccessLog() if cfg.http.access_log else None
+        if self.tls is not None:
+            try:
+                self.tls = self._tls_context(cfg)  # for new handshakes
+            except (OSError, ssl.SSLError, certificate.CertificateError) as e:
+                log.error("reload: keeping the old TLS certificate: %s", e)
         for conn in list(self.conns.values()):
             if conn.user is not None and conn.user.name not in self.auth.users:
                 log.info(
                     "%s: %s was removed from the config: logged out", conn.addr, conn.user.name
                 )
                 conn.close(lost=False)
-        if (cfg.http.host, cfg.http.port, cfg.control) != (
+        if (cfg.http.host, cfg.http.port, cfg.control, cfg.tls.enabled, cfg.tls.port) != (
             old.http.host,
             old.http.port,
             old.control,
+            old.tls.enabled,
+            old.tls.port,
         ):
             log.warning("reload: listen addresses and [control] change only on restart")
         log.info("reloaded %s: %d user(s)", cfg.path, len(cfg.auth.users))
 
     # -- accept ----------------------------------------------------------
-    def _accept(self, _mask: int) -> None:
-        assert self.listener is not None
+    def _accept(self, listener: socket.socket, secure: bool, _mask: int) -> None:
         for _ in range(64):
             try:
-                sock, peer = self.listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # EMFILE, ENFILE, ECONNABORTED: try again next pass
@@ -248,12 +306,13 @@ class Server:
                 log.info("%s: dropped at accept: %s", addr, e.strerror or e)
                 sock.close()
                 continue
-            self.adopt(sock, addr)
+            self.adopt(sock, addr, secure)
 
-    def adopt(self, sock: socket.socket, addr: str) -> Connection:
-        """Serve ``sock`` (non-blocking, options set) from now on."""
+    def adopt(self, sock: socket.socket, addr: str, secure: bool = False) -> Connection:
+        """Serve ``sock`` (non-blocking, options set) from now on; over TLS if ``secure``."""
         self._next_id += 1
-        conn = Connection(self, sock, self._next_id, addr)
+        tls = self.tls if secure else None
+        conn = Connection(self, sock, self._next_id, addr, tls, is_loopback(addr))
         self.conns[conn.id] = conn
         self.loop.register(sock, READ, conn.on_event)
         if len(self.conns) >= self.config.http.max_connections and not self._sheddable():
@@ -320,6 +379,8 @@ class Server:
                 return conn.user, self._no_route(match)
         elif match.route.public:
             return conn.user, match.handler(self.services, api.Call(req, None, match.params))
+        if self.tls is not None and not (conn.secure or conn.loopback):
+            return conn.user, self._to_https(req)  # before any password crosses the wire
         now = self.loop.now()
         result = self.auth.check(req.headers.get("authorization"), conn.addr, now)
         if result.verdict is not Verdict.OK:
@@ -339,6 +400,14 @@ class Server:
         if isinstance(match, NoRoute):
             return user, self._no_route(match)
         return user, match.handler(self.services, api.Call(req, user, match.params))
+
+    def _to_https(self, req: Request) -> Response:
+        """308 to the same path over HTTPS (RFC 9110 §15.4.9: the method is kept)."""
+        host = req.headers.get("host", "")
+        name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+        port = "" if self.tls_port == 443 else f":{self.tls_port}"
+        location = f"https://{name or self.config.http.host}{port}{req.target}"
+        return error(308, f"use HTTPS: {location}", [("Location", location)])
 
     @staticmethod
     def _no_route(match: NoRoute) -> Response:

@@ -108,6 +108,14 @@ def normalise_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return ip
 
 
+def is_loopback(addr: str) -> bool:
+    """Is ``addr`` this machine (127.0.0.0/8, ::1, IPv4-mapped loopback)?"""
+    try:
+        return normalise_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
 def display_address(addr: str) -> str:
     """``addr`` as people read it (``::ffff:127.0.0.1`` → ``127.0.0.1``)."""
     try:

@@ -93,6 +93,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    enabled: bool
+    port: int
+    cert: Path | None  # None: this device's own, made on first run (server.certificate)
+    key: Path | None
+    handshake_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     http: HttpConfig
@@ -100,6 +109,7 @@ class Config:
     presence: PresenceConfig
     control: ControlConfig
     audit: AuditConfig
+    tls: TlsConfig
 
 
 # -- checks: each takes the raw TOML value and returns the typed one -------
@@ -126,6 +136,12 @@ def _num(lo: float, hi: float) -> Callable[[Any], float]:
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError("must be a non-empty string")
+    return v
+
+
+def _path_or_empty(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError('must be a path (a string; "" for none)')
     return v
 
 
@@ -203,6 +219,13 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "heartbeat_ms": (1000, _int(10, 600000)),
         "path_max_retrans": (2, _int(1, 100)),
         "command_timeout": (5.0, _num(0.1, 3600)),
+    },
+    "tls": {
+        "enabled": (True, _bool),
+        "port": (8443, _int(0, 65535)),
+        "cert": ("", _path_or_empty),  # empty: this device's own certificate
+        "key": ("", _path_or_empty),
+        "handshake_timeout": (5.0, _num(0.1, 60)),
     },
     "audit": {
         "path": ("var/audit.jsonl", _str),
@@ -285,6 +308,11 @@ def load(path: str | Path) -> Config:
         )
     sec["auth"]["users"] = tuple(users)
     sec["audit"]["path"] = base / sec["audit"]["path"]
+    tls = sec["tls"]
+    if bool(tls["cert"]) != bool(tls["key"]):
+        raise ConfigError(f"{where}: [tls] cert and key go together: give both or neither")
+    for name in ("cert", "key"):
+        tls[name] = base / tls[name] if tls[name] else None
     return Config(
         path=path,
         http=HttpConfig(**sec["http"]),
@@ -292,4 +320,5 @@ def load(path: str | Path) -> Config:
         presence=PresenceConfig(**sec["presence"]),
         control=ControlConfig(**sec["control"]),
         audit=AuditConfig(**sec["audit"]),
+        tls=TlsConfig(**sec["tls"]),
     )

@@ -9,6 +9,8 @@ the connection decides.
 
 States (``State``; ``TRANSITIONS`` is the whole machine):
 
+- ``HANDSHAKE``: a TLS connection before its handshake is done; closed at
+  ``handshake_timeout`` from accept. Counts as unauthenticated.
 - ``IDLE``: between requests, nothing buffered; closed after the idle
   timeout (``keepalive_timeout`` once authenticated, else ``header_timeout``).
 - ``READING``: part of a request is buffered; it must be complete within
@@ -30,7 +32,12 @@ calls at the end of each loop pass, after the audit log is on disk: one
 is durable. What the kernel does not take stays queued and the socket is
 watched for writability only while it does.
 
-I/O goes through ``_recv``/``_send``, the one place a TLS layer plugs in.
+TLS (``server.tls``) lives here and nowhere else: ciphertext read from the
+socket goes through the connection's ``TlsSession``, which returns all the
+plaintext it completes (nothing stays buffered where select() cannot see
+it); what the HTTP side queues is encrypted as it is queued, so ``_out``
+always holds bytes for the wire. The gate and the handlers see no
+difference but ``secure``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +57,7 @@ from server.loop import READ, WRITE, Loop
 from server.outcomes import Deferred, Outcome, Stream
 from server.protocol import HttpSession, Limits, Request, Response
 from server.responses import error
+from server.tls import TlsClosed, TlsSession
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ RECV_SIZE = 65536
 
 
 class State(enum.Enum):
+    HANDSHAKE = "handshake"
     IDLE = "idle"
     READING = "reading"
     PARKED = "parked"
@@ -66,6 +76,7 @@ class State(enum.Enum):
 
 _S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
+    _S.HANDSHAKE: frozenset({_S.IDLE, _S.CLOSED}),
     _S.IDLE: frozenset({_S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
     _S.READING: frozenset({_S.IDLE, _S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
     _S.PARKED: frozenset({_S.IDLE, _S.READING, _S.CLOSING, _S.CLOSED}),
@@ -75,6 +86,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 # States in which the next request is read and answered.
 _SERVING = frozenset({_S.IDLE, _S.READING})
+_SHEDDABLE = frozenset({_S.HANDSHAKE, _S.IDLE, _S.READING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,7 @@ class Settings:
     header_timeout: float
     keepalive_timeout: float
     max_sse_buffer: int
+    handshake_timeout: float
 
 
 class Host(Protocol):
@@ -111,28 +124,45 @@ class Connection:
         "_out",
         "_queued",
         "_session",
+        "_tls",
         "_watching_write",
         "addr",
         "id",
         "last_active",
+        "loopback",
+        "secure",
         "sock",
         "state",
         "user",
     )
 
-    def __init__(self, host: Host, sock: socket.socket, conn_id: int, addr: str) -> None:
+    def __init__(
+        self,
+        host: Host,
+        sock: socket.socket,
+        conn_id: int,
+        addr: str,
+        tls: ssl.SSLContext | None = None,
+        loopback: bool = False,
+    ) -> None:
         self._host = host
         self.sock = sock
         self.id = conn_id
         self.addr = addr
-        self.state = State.IDLE
+        self.secure = tls is not None
+        self.loopback = loopback  # the peer is this machine
+        self._tls = TlsSession(tls) if tls is not None else None
+        self.state = State.HANDSHAKE if tls is not None else State.IDLE
         self.user: User | None = None  # who the last request authenticated as
         self.last_active = host.loop.now()
         self._session = HttpSession(host.settings.limits)
         self._out = bytearray()
         self._queued = False  # told the host we have output
         self._watching_write = False
-        self._deadline: float | None = None  # the 408 deadline while READING
+        # the 408 deadline while READING, the handshake's while HANDSHAKE
+        self._deadline: float | None = (
+            self.last_active + host.settings.handshake_timeout if tls is not None else None
+        )
         self._detach: Callable[[], None] | None = None  # ends a stream's subscription
         self._dispatching = False  # inside process(): a deferred answer must not re-enter
         self._eof = False  # the peer sent FIN
@@ -146,7 +176,7 @@ class Connection:
     @property
     def sheddable(self) -> bool:
         """Unauthenticated and not busy: the first to go when connections run out."""
-        return self.user is None and self.state in _SERVING
+        return self.user is None and self.state in _SHEDDABLE
 
     # -- events from the loop -------------------------------------------
     def on_event(self, mask: int) -> None:
@@ -159,7 +189,11 @@ class Connection:
         data = self._recv()
         if data is None:
             return
-        if not data:
+        if self._tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
+        elif not data:
             self._peer_closed()
             return
         self.last_active = self._host.loop.now()
@@ -175,6 +209,29 @@ class Connection:
             self._deadline = self.last_active + self._host.settings.header_timeout
         if self.state is State.READING:
             self.process()
+
+    def _decrypt(self, wire: bytes) -> bytes | None:
+        """Plaintext from TLS records (None: nothing yet, or TLS ended)."""
+        tls = self._tls
+        assert tls is not None
+        try:
+            data = tls.receive(wire)
+        except TlsClosed as e:
+            if self.state is State.HANDSHAKE:
+                log.info("%s: TLS handshake failed: %s", self.addr, e)
+                self._write(bytearray(tls.pending()))  # the alert, if it fits
+                self.close(lost=False)
+            else:
+                self._peer_closed()
+            return None
+        handshake = tls.pending()
+        if handshake:
+            self._out += handshake
+            self._want_flush()
+        if self.state is State.HANDSHAKE and tls.established:
+            self._to(State.IDLE)
+            self._deadline = None
+        return data
 
     def _peer_closed(self) -> None:
         self._eof = True
@@ -307,6 +364,9 @@ class Connection:
 
     def _send(self, data: bytes) -> None:
         if data and self.state is not State.CLOSED:
+            if self._tls is not None:
+                self._tls.send(data)
+                data = self._tls.pending()
             self._out += data
             self._want_flush()
 
@@ -370,7 +430,11 @@ class Connection:
             self.close(lost=True)
             return
         state = self.state
-        if state is State.STREAMING:
+        if state is State.HANDSHAKE:
+            if self._deadline is not None and now > self._deadline:
+                log.info("%s: no TLS handshake within the deadline: closed", self.addr)
+                self.close(lost=False)
+        elif state is State.STREAMING:
             if heartbeat:
                 self.push(HEARTBEAT)
         elif state is State.READING:

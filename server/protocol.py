@@ -32,6 +32,7 @@ REASONS = {
     200: b"OK",
     204: b"No Content",
     304: b"Not Modified",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
