@@ -1,4 +1,8 @@
-"""Fixtures shared by every test: a factory that starts real vigil processes."""
+"""Fixtures shared by every test: vigil in this process (``make_app``, ``app``) or real processes.
+
+``make_app`` and ``app`` are ``tests/testclient.App``s, closed after the test;
+``start_vigil`` and ``vigil`` are real processes (``tests/support.Vigil``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Vigil, write_config
+from testclient import App
 
 
 @pytest.fixture
@@ -37,3 +42,34 @@ def start_vigil(tmp_path: Path) -> Iterator[Callable[..., Vigil]]:
 def vigil(start_vigil: Callable[..., Vigil]) -> Vigil:
     """A vigil with the default test config."""
     return start_vigil()
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
+    """``make_app(sections=None, users=None, directory=None)`` → an in-process App.
+
+    ``directory``: that of an earlier (closed) App, to start again on its audit log.
+    """
+    apps: list[App] = []
+
+    def make(
+        sections: dict[str, dict[str, Any]] | None = None,
+        users: dict[str, str] | None = None,
+        directory: Path | None = None,
+    ) -> App:
+        if directory is None:
+            directory = tmp_path / f"app{len(apps)}"
+            directory.mkdir()
+        app = App(directory, sections, users)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App]) -> App:
+    """An in-process vigil with the default test config."""
+    return make_app()

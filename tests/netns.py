@@ -18,7 +18,9 @@ stream, printing ``event ID TYPE`` per event.
 
 ``EventWatcher`` reads another user's event stream (loopback) in a thread
 and timestamps every event, to see ``presence`` leaves and measure when
-they arrived. The bench imports this file too (stdlib only, on purpose).
+they arrived; events are parsed by tests/wire.py's one SSE parser. The
+bench imports this file too (stdlib only, on purpose; so are wire.py and
+support.py at import).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
-import json
 import os
 import queue
 import shutil
@@ -36,9 +37,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file (bench)
+
+from wire import Event, sse_events
 
 NAME = "vigil-e2e"
 HOST_DEV = "vgl-h"
@@ -229,14 +234,6 @@ class Client:
 # -- reading an event stream ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    at: float  # time.monotonic() when the event's last line arrived
-    id: int | None
-    type: str
-    data: Any
-
-
 def open_stream(
     url: str, auth: str, last_id: str | None = None, timeout: float = 5.0
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -253,38 +250,6 @@ def open_stream(
     return conn, resp
 
 
-def parse_events(
-    lines: Iterator[str], stamp: Callable[[], float] = time.monotonic
-) -> Iterator[Received]:
-    """SSE messages from text lines (WHATWG §9.2.6, enough for vigil's streams)."""
-    fields: dict[str, str] = {}
-    for line in lines:
-        if line == "":
-            if "data" in fields or "event" in fields:
-                data = fields.get("data", "")
-                try:
-                    value: Any = json.loads(data)
-                except ValueError:
-                    value = data
-                ident = fields.get("id")
-                yield Received(
-                    stamp(),
-                    int(ident) if ident and ident.isdigit() else None,
-                    fields.get("event", "message"),
-                    value,
-                )
-            fields = {}
-        elif line.startswith(":"):
-            yield Received(stamp(), None, "comment", line[1:].strip())
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data" and "data" in fields:
-                fields["data"] += "\n" + value
-            else:
-                fields[name] = value
-
-
 class EventWatcher:
     """Another user's event stream, read in a thread; every event timestamped."""
 
@@ -292,8 +257,8 @@ class EventWatcher:
         self.conn, self.resp = open_stream(url, auth, last_id)
         assert self.conn.sock is not None
         self.conn.sock.settimeout(None)  # heartbeats may be rare; close() ends the thread
-        self.events: queue.Queue[Received] = queue.Queue()
-        self.seen: list[Received] = []
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.seen: list[Event] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -306,10 +271,10 @@ class EventWatcher:
 
     def _read(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError, http.client.HTTPException):
-            for event in parse_events(self._lines()):
+            for event in sse_events(self._lines()):
                 self.events.put(event)
 
-    def wait_for(self, match: Callable[[Received], bool], timeout: float) -> Received | None:
+    def wait_for(self, match: Callable[[Event], bool], timeout: float) -> Event | None:
         """The next event (after those already consumed) that ``match``es, or None."""
         deadline = time.monotonic() + timeout
         while True:
@@ -324,7 +289,7 @@ class EventWatcher:
             if match(event):
                 return event
 
-    def drain(self) -> list[Received]:
+    def drain(self) -> list[Event]:
         """Every event received so far and not yet consumed."""
         out = []
         while True:
@@ -342,10 +307,10 @@ class EventWatcher:
         self.conn.close()
 
 
-def presence(kind: str, user: str, reason: str | None = None) -> Callable[[Received], bool]:
+def presence(kind: str, user: str, reason: str | None = None) -> Callable[[Event], bool]:
     """A matcher for ``EventWatcher.wait_for``: a presence ``kind`` of ``user``."""
 
-    def match(event: Received) -> bool:
+    def match(event: Event) -> bool:
         data = event.data
         return (
             event.type == "presence"
@@ -385,7 +350,7 @@ def _client(url: str, auth: str, mode: str) -> int:
         while raw := resp.readline():
             yield raw.decode("utf-8").rstrip("\r\n")
 
-    for event in parse_events(lines()):
+    for event in sse_events(lines()):
         if event.type != "comment":
             print(f"event {event.id} {event.type}", flush=True)
     return 0

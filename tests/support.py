@@ -2,7 +2,11 @@
 
 ``Vigil`` runs ``python -m server --config FILE`` on a free port (loopback by
 default), waits until it listens, and stops it with SIGTERM. ``USERS`` are the
-people every test config knows; passwords are their names reversed.
+people every test config knows; passwords are their names reversed; ``basic``
+is the one way tests write a Basic ``Authorization`` header.
+
+Stdlib only at import (pytest and server.auth are imported where used), so
+that tests/wire.py and tests/netns.py can use it outside pytest too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,10 +22,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from server.auth import hash_password
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
@@ -44,6 +45,8 @@ def basic(user: str, pw: str | None = None) -> str:
 
 @functools.cache
 def _hash(pw: str) -> str:
+    from server.auth import hash_password
+
     return hash_password(pw)
 
 
@@ -51,6 +54,8 @@ def require(condition: bool, reason: str) -> None:
     """Skip a test that cannot run here; in CI (CI=true) fail instead: nothing skips silently."""
     if condition:
         return
+    import pytest
+
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
@@ -89,6 +94,7 @@ def write_config(
         "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2},
         "control": {"enabled": False},
         "audit": {"path": str(directory / "audit.jsonl")},
+        "tls": {"port": free_port()},  # HTTPS on (the default), on a port of its own
     }
     for name, values in (sections or {}).items():
         base.setdefault(name, {}).update(values)
@@ -144,6 +150,16 @@ class Vigil:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, since: int = 0, timeout: float = 3.0) -> str:
+        """The first log line after offset ``since`` matching ``pattern`` (a regex)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log()[since:].splitlines():
+                if re.search(pattern, line):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no log line /{pattern}/ in:\n{self.log()[since:]}")
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

@@ -6,6 +6,7 @@ import base64
 import ipaddress
 
 import pytest
+from support import basic
 
 from server.auth import (
     AllowList,
@@ -23,10 +24,6 @@ ALICE = User("alice", HASH, "operator")
 BOB = User("bob", HASH, "viewer")
 
 
-def header(user: str, pw: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
-
-
 def test_hash_is_salted_and_verifies() -> None:
     assert HASH.startswith("scrypt$") and hash_password("s3cret") != HASH
     assert verify_password("s3cret", HASH)
@@ -41,8 +38,8 @@ def test_malformed_hashes_never_verify(stored: str) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (header("alice", "pw"), ("alice", "pw")),
-        (header("alice", "p:w"), ("alice", "p:w")),
+        (basic("alice", "pw"), ("alice", "pw")),
+        (basic("alice", "p:w"), ("alice", "p:w")),
         ("basic " + base64.b64encode(b"a:b").decode(), ("a", "b")),
         ("Basic !!!", None),
         ("Basic " + base64.b64encode(b"nocolon").decode(), None),
@@ -60,36 +57,36 @@ def test_check_outcomes() -> None:
     auth = Authenticator([ALICE, BOB])
     assert auth.check(None, "1.2.3.4", 0).verdict is Verdict.MISSING
     assert auth.check("Basic !!!", "1.2.3.4", 0).verdict is Verdict.MISSING
-    assert auth.check(header("alice", "wrong"), "1.2.3.4", 0).verdict is Verdict.WRONG
-    assert auth.check(header("nobody", "s3cret"), "1.2.3.4", 0).verdict is Verdict.WRONG
-    ok = auth.check(header("bob", "s3cret"), "1.2.3.4", 0)
+    assert auth.check(basic("alice", "wrong"), "1.2.3.4", 0).verdict is Verdict.WRONG
+    assert auth.check(basic("nobody", "s3cret"), "1.2.3.4", 0).verdict is Verdict.WRONG
+    ok = auth.check(basic("bob", "s3cret"), "1.2.3.4", 0)
     assert ok.verdict is Verdict.OK and ok.user == BOB
 
 
 def test_verified_credentials_are_cached() -> None:
     auth = Authenticator([ALICE])
-    auth.check(header("alice", "s3cret"), "a", 0)
+    auth.check(basic("alice", "s3cret"), "a", 0)
     auth.users = {}  # the cache answers without the user table or scrypt
-    assert auth.check(header("alice", "s3cret"), "a", 0).verdict is Verdict.OK
+    assert auth.check(basic("alice", "s3cret"), "a", 0).verdict is Verdict.OK
 
 
 def test_lockout_per_address_and_name_then_expiry() -> None:
     auth = Authenticator([ALICE, BOB], failures=5, window=60)
     for i in range(4):
-        assert auth.check(header("alice", "bad"), "10.0.0.1", i).verdict is Verdict.WRONG
-    locked = auth.check(header("alice", "bad"), "10.0.0.1", 4)
+        assert auth.check(basic("alice", "bad"), "10.0.0.1", i).verdict is Verdict.WRONG
+    locked = auth.check(basic("alice", "bad"), "10.0.0.1", 4)
     assert locked.verdict is Verdict.LOCKED and locked.retry_after == 60
-    right = auth.check(header("alice", "s3cret"), "10.0.0.1", 10)
+    right = auth.check(basic("alice", "s3cret"), "10.0.0.1", 10)
     assert right.verdict is Verdict.LOCKED and right.retry_after == 54
-    assert auth.check(header("bob", "s3cret"), "10.0.0.1", 10).verdict is Verdict.OK
-    assert auth.check(header("alice", "s3cret"), "10.0.0.2", 10).verdict is Verdict.OK
-    assert auth.check(header("alice", "s3cret"), "10.0.0.1", 64.5).verdict is Verdict.OK
+    assert auth.check(basic("bob", "s3cret"), "10.0.0.1", 10).verdict is Verdict.OK
+    assert auth.check(basic("alice", "s3cret"), "10.0.0.2", 10).verdict is Verdict.OK
+    assert auth.check(basic("alice", "s3cret"), "10.0.0.1", 64.5).verdict is Verdict.OK
 
 
 def test_failures_outside_the_window_do_not_add_up() -> None:
     auth = Authenticator([ALICE], failures=3, window=10)
     for t in (0, 11, 22, 33):
-        assert auth.check(header("alice", "bad"), "a", t).verdict is Verdict.WRONG
+        assert auth.check(basic("alice", "bad"), "a", t).verdict is Verdict.WRONG
     auth.prune(100)
     assert not auth._failures
 

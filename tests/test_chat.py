@@ -1,4 +1,4 @@
-"""The chat room end to end: broadcast to every stream, history, limits, restarts.
+"""The chat room, in-process: broadcast to every stream, history, limits, restarts.
 
 ``POST /api/chat`` ``{"text"}`` (1 to 500 characters, not only whitespace,
 valid UTF-8, ``application/json``) → 200 and a ``chat`` event to every
@@ -10,53 +10,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
-import httpx
-from netns import EventWatcher
-from support import Vigil, basic
+from testclient import App
 
 JSON = "application/json"
-
-
-def post(
-    vigil: Vigil,
-    user: str,
-    body: bytes,
-    ctype: str | None = JSON,
-    extra: dict[str, str] | None = None,
-) -> httpx.Response:
-    headers = {"Authorization": basic(user), **(extra or {})}
-    if ctype is not None:
-        headers["Content-Type"] = ctype
-    return httpx.post(f"{vigil.base}/api/chat", content=body, headers=headers)
 
 
 def text(value: object) -> bytes:
     return json.dumps({"text": value}).encode()
 
 
-def history(vigil: Vigil) -> list[dict[str, object]]:
-    r = httpx.get(f"{vigil.base}/api/chat", headers={"Authorization": basic("vera")})
-    assert r.status_code == 200
+def history(app: App) -> list[dict[str, Any]]:
+    r = app.client().get("/api/chat", "vera")
+    assert r.status == 200
     return list(r.json()["messages"])
 
 
-def test_a_message_reaches_every_stream_and_the_history(vigil: Vigil) -> None:
-    watchers = {u: EventWatcher(vigil.base, basic(u)) for u in ("alice", "bob", "vera")}
-    try:
-        r = post(vigil, "vera", text("hello from a viewer ✓"))  # viewers may chat
-        assert r.status_code == 200, r.text
-        sent = r.json()
-        assert sent["user"] == "vera" and sent["text"] == "hello from a viewer ✓"
-        assert {"id", "time"} <= set(sent)
-        for user, watcher in watchers.items():
-            got = watcher.wait_for(lambda e: e.type == "chat", 2)
-            assert got is not None, f"{user} got no chat event"
-            assert got.data == sent
-        assert history(vigil)[-1] == sent
-    finally:
-        for watcher in watchers.values():
-            watcher.close()
+def test_a_message_reaches_every_stream_and_the_history(app: App) -> None:
+    streams = {u: app.client() for u in ("alice", "bob", "vera")}
+    for user, stream in streams.items():
+        assert stream.get("/api/events", user).status == 200
+        assert [e.type for e in stream.events()] == ["reset"]
+    c = app.client()
+    r = c.post("/api/chat", {"text": "hello from a viewer ✓"}, "vera")  # viewers may chat
+    assert r.status == 200, r
+    sent = r.json()
+    assert sent["user"] == "vera" and sent["text"] == "hello from a viewer ✓"
+    assert {"id", "time"} <= set(sent)
+    for user, stream in streams.items():
+        chats = [e for e in stream.events() if e.type == "chat"]
+        assert [e.data for e in chats] == [sent], f"{user} got {chats}"
+    assert history(app)[-1] == sent
 
 
 # (case, body, content type, extra headers, expected status)
@@ -82,38 +67,37 @@ LIMITS: list[tuple[str, bytes, str | None, dict[str, str], int]] = [
 ]
 
 
-def test_limits(vigil: Vigil) -> None:
-    before = len(history(vigil))
+def test_limits(app: App) -> None:
+    c = app.client()
+    before = len(history(app))
     accepted = 0
     for case, body, ctype, extra, status in LIMITS:
-        r = post(vigil, "alice", body, ctype, extra)
-        assert r.status_code == status, f"{case}: {r.status_code} {r.text}"
+        r = c.request("POST", "/api/chat", headers={"Content-Type": ctype, **extra}, body=body)
+        assert r.status == status, f"{case}: {r.status} {r.body!r}"
         if status != 200:
             assert "error" in r.json(), case
         accepted += status == 200
-    assert len(history(vigil)) == before + accepted
-    assert httpx.get(f"{vigil.base}/healthz").status_code == 200
+    assert len(history(app)) == before + accepted
+    assert app.client().get("/healthz", None).status == 200
 
 
-def test_other_methods_are_405(vigil: Vigil) -> None:
-    r = httpx.put(f"{vigil.base}/api/chat", headers={"Authorization": basic("alice")})
-    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
+def test_other_methods_are_405(app: App) -> None:
+    r = app.client().request("PUT", "/api/chat")
+    assert r.status == 405 and r.headers["allow"] == "GET, HEAD, POST"
 
 
-def test_history_survives_a_restart(start_vigil: Callable[..., Vigil]) -> None:
-    vigil = start_vigil()
-    with httpx.Client(base_url=vigil.base, headers={"Authorization": basic("bob")}) as c:
-        for i in range(105):
-            assert c.post("/api/chat", json={"text": f"message {i}"}).status_code == 200
-    kept = history(vigil)
+def test_history_survives_a_restart(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    c = app.client()
+    c.post_chats("bob", [f"message {i}" for i in range(105)])
+    kept = history(app)
     assert [m["text"] for m in kept] == [f"message {i}" for i in range(5, 105)]
-    vigil.stop()
-    again = Vigil(vigil.config)  # same config, same audit log
-    try:
-        assert history(again) == kept
-        r = post(again, "alice", text("after the restart"))
-        assert r.status_code == 200
-        assert r.json()["id"] > kept[-1]["id"]  # type: ignore[operator]
-        assert history(again)[-1]["text"] == "after the restart"
-    finally:
-        again.stop()
+    app.server.shutdown()
+    app.advance(2)
+    app.close()
+    again = make_app(directory=app.directory)  # same config, same audit log
+    assert history(again) == kept
+    r = again.client().post("/api/chat", {"text": "after the restart"})
+    assert r.status == 200
+    assert r.json()["id"] > kept[-1]["id"]
+    assert history(again)[-1]["text"] == "after the restart"

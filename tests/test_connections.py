@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from support import Vigil, basic, require
+from support import Vigil, require
+from wire import Remote
 
 FLOOD = 1100
 MAX_CONNECTIONS = 768
-AUTH = basic("alice")
-REQUEST = f"GET /api/me HTTP/1.1\r\nHost: vigil.test\r\nAuthorization: {AUTH}\r\n\r\n".encode()
 
 
 @pytest.fixture(autouse=True)
@@ -34,43 +33,18 @@ def enough_fds() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """(status, body) of one response with a Content-Length."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before a response: {buf!r}")
-        buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    length = next(
-        int(v)
-        for k, _, v in (x.partition(":") for x in lines[1:])
-        if k.strip().lower() == "content-length"
-    )
-    while len(body) < length:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("closed inside a body")
-        body += data
-    assert len(body) == length, "unexpected bytes after the response"
-    return int(lines[0].split(" ")[1]), body
-
-
-def ask(sock: socket.socket) -> float:
-    """Send alice's GET /api/me on ``sock``; check the answer; return the seconds it took."""
+def ask(c: Remote) -> float:
+    """alice's GET /api/me on ``c``; check the answer (and nothing after it); the seconds taken."""
     started = time.monotonic()
-    sock.sendall(REQUEST)
-    status, body = read_response(sock)
-    assert status == 200 and b'"alice"' in body
+    resp = c.me()
+    assert resp.status == 200 and resp.json()["user"] == "alice"
+    assert c.reader.buf == b"", "unexpected bytes after the response"
     return time.monotonic() - started
 
 
 def ask_new_connection(vigil: Vigil) -> float:
     started = time.monotonic()
-    with socket.create_connection((vigil.host, vigil.port), timeout=5) as sock:
-        ask(sock)
+    ask(Remote.of(vigil, keep_alive=False))
     return time.monotonic() - started
 
 
@@ -97,7 +71,7 @@ def test_half_open_flood_does_not_lock_out_logged_in_people(
         sections={"http": {"max_connections": MAX_CONNECTIONS, "header_timeout": 30}}
     )
     pid = vigil.proc.pid
-    keepalive = socket.create_connection((vigil.host, vigil.port), timeout=5)
+    keepalive = Remote.of(vigil)
     ask(keepalive)
     baseline = fd_count(pid)
 
@@ -147,17 +121,14 @@ def test_half_open_flood_does_not_lock_out_logged_in_people(
 @pytest.mark.parametrize("target", ["/api/me", "/index.html"])
 def test_keep_alive_requests_are_not_delayed_by_nagle(vigil: Vigil, target: str) -> None:
     """Nagle plus delayed ACK would add ~40 ms per request on one connection."""
-    request = f"GET {target} HTTP/1.1\r\nHost: vigil.test\r\nAuthorization: {AUTH}\r\n\r\n"
-    with socket.create_connection((vigil.host, vigil.port), timeout=5) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(request.encode())
-        assert read_response(sock)[0] == 200  # warm: credentials verified and cached
+    with Remote.of(vigil) as c:
+        c.connect().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert c.get(target).status == 200  # warm: credentials verified and cached
         times = []
         started = time.monotonic()
         for _ in range(100):
             t = time.monotonic()
-            sock.sendall(request.encode())
-            assert read_response(sock)[0] == 200
+            assert c.get(target).status == 200
             times.append(time.monotonic() - t)
         total = time.monotonic() - started
     assert total < 2.0, f"100 keep-alive requests took {total:.2f} s"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,28 +16,6 @@ from testclient import App
 from wire import request
 
 from server import audit as auditmod
-
-
-@pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(sections: dict[str, dict[str, Any]] | None = None, **kw: Any) -> App:
-        directory = tmp_path / f"app{len(apps)}"
-        directory.mkdir()
-        app = App(directory, sections, **kw)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
-
-
-@pytest.fixture
-def app(make_app: Callable[..., App]) -> App:
-    return make_app()
-
 
 JSON = {"Content-Type": "application/json"}
 

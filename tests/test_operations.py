@@ -12,17 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
-from support import ROOT, Vigil, basic, free_port, write_config
+from support import ROOT, Vigil, free_port, write_config
+from wire import Remote, request
 
 from server.auth import verify_password
 
 ALICE = {"alice": "operator"}
-
-
-def me(vigil: Vigil, user: str, pw: str | None = None) -> httpx.Response:
-    return httpx.get(vigil.base + "/api/me", headers={"Authorization": basic(user, pw)}, timeout=5)
 
 
 def server_cmd(
@@ -39,83 +35,28 @@ def server_cmd(
     )
 
 
-def raw_request(
-    method: str, target: str, user: str = "alice", body: bytes = b"", length: int | None = None
-) -> bytes:
-    head = f"{method} {target} HTTP/1.1\r\nHost: vigil.test\r\nAuthorization: {basic(user)}\r\n"
-    if body or length is not None:
-        head += (
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body) if length is None else length}\r\n"
-        )
-    return head.encode() + b"\r\n" + body
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response (head and Content-Length body), and nothing after it."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response: {data!r}"
-        data += chunk
-    head = data.partition(b"\r\n\r\n")[0]
-    found = re.search(rb"(?im)^content-length: *(\d+)", head)
-    assert found, head
-    size = len(head) + 4 + int(found.group(1))
-    while len(data) < size:
-        chunk = sock.recv(65536)
-        assert chunk, "closed inside a body"
-        data += chunk
-    assert len(data) == size, "bytes after the response"
-    return data
-
-
-def read_all(sock: socket.socket, timeout: float = 3.0) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    sock.settimeout(timeout)
-    out = b""
-    while data := sock.recv(65536):
-        out += data
-    return out
-
-
-def statuses(data: bytes) -> list[int]:
-    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
-
-
-def wait_for_log(vigil: Vigil, pattern: str, since: int, timeout: float = 3.0) -> str:
-    """The first log line after offset ``since`` matching ``pattern``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in vigil.log()[since:].splitlines():
-            if re.search(pattern, line):
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"no log line /{pattern}/ in:\n{vigil.log()[since:]}")
-
-
 # -- SIGHUP ------------------------------------------------------------------------
 
 
 def test_sighup_adds_a_user_without_dropping_connections(start_vigil: Callable[..., Vigil]) -> None:
     vigil = start_vigil(users={**ALICE, "bob": "operator"})
-    assert me(vigil, "vera").status_code == 401
-    with socket.create_connection((vigil.host, vigil.port), timeout=5) as keep:
-        keep.sendall(raw_request("GET", "/api/me"))
-        assert read_response(keep).startswith(b"HTTP/1.1 200")
+    fresh = Remote.of(vigil, keep_alive=False)  # each request on a new connection
+    assert fresh.me("vera").status == 401
+    with Remote.of(vigil) as keep:
+        assert keep.me().status == 200
 
         write_config(
             vigil.config.parent, {"http": {"port": vigil.port}}, users={**ALICE, "vera": "viewer"}
         )
         mark = len(vigil.log())
         vigil.signal(signal.SIGHUP)
-        wait_for_log(vigil, r"reload", mark)
+        vigil.wait_for_log(r"reload", mark)
 
-        assert me(vigil, "vera").json() == {"user": "vera", "role": "viewer"}
-        assert me(vigil, "bob").status_code == 401  # removed from the config
-        keep.sendall(raw_request("GET", "/api/me"))  # the open connection still works
-        reply = read_response(keep)
-        assert reply.startswith(b"HTTP/1.1 200") and b'"alice"' in reply
+        assert fresh.me("vera").json() == {"user": "vera", "role": "viewer"}
+        assert fresh.me("bob").status == 401  # removed from the config
+        reply = keep.me()  # the open connection still works
+        assert reply.status == 200 and reply.json()["user"] == "alice"
+        assert keep.reader.buf == b""  # and nothing came after the answer
     assert vigil.proc.poll() is None
 
 
@@ -133,25 +74,24 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(
     start_vigil: Callable[..., Vigil], mutate: Callable[[str], str]
 ) -> None:
     vigil = start_vigil(users=ALICE)
-    with socket.create_connection((vigil.host, vigil.port), timeout=5) as keep:
-        keep.sendall(raw_request("GET", "/api/me"))
-        assert read_response(keep).startswith(b"HTTP/1.1 200")
+    fresh = Remote.of(vigil, keep_alive=False)
+    with Remote.of(vigil) as keep:
+        assert keep.me().status == 200
         good = vigil.config.read_text()
         vigil.config.write_text(mutate(good))
         mark = len(vigil.log())
         vigil.signal(signal.SIGHUP)
-        line = wait_for_log(vigil, re.escape(str(vigil.config)), mark)
+        line = vigil.wait_for_log(re.escape(str(vigil.config)), mark)
         assert "keep" in line.lower(), line
         assert "Traceback" not in vigil.log()
-        assert me(vigil, "alice").json()["user"] == "alice"
-        keep.sendall(raw_request("GET", "/api/me"))
-        assert read_response(keep).startswith(b"HTTP/1.1 200")
+        assert fresh.me("alice").json()["user"] == "alice"
+        assert keep.me().status == 200 and keep.reader.buf == b""
         # fixed again: the next HUP takes it
         vigil.config.write_text(good)
         mark = len(vigil.log())
         vigil.signal(signal.SIGHUP)
-        wait_for_log(vigil, r"reloaded", mark)
-        assert me(vigil, "alice").status_code == 200
+        vigil.wait_for_log(r"reloaded", mark)
+        assert fresh.me("alice").status == 200
 
 
 # -- SIGTERM ------------------------------------------------------------------------
@@ -163,26 +103,22 @@ def test_sigterm_finishes_a_request_in_flight(
 ) -> None:
     vigil = start_vigil(users=ALICE)
     body = b'{"text": "sent while the server stops"}'
-    with (
-        socket.create_connection((vigil.host, vigil.port), timeout=5) as busy,
-        socket.create_connection((vigil.host, vigil.port), timeout=5) as idle,
-    ):
-        idle.sendall(raw_request("GET", "/api/me"))
-        assert read_response(idle).startswith(b"HTTP/1.1 200")
+    with Remote.of(vigil) as busy, Remote.of(vigil) as idle:
+        assert idle.me().status == 200
         # a POST whose body is still arriving, alone or after pipelined requests
-        before = [raw_request("GET", "/api/me"), raw_request("GET", "/api/users")][:pipelined]
-        busy.sendall(
-            b"".join(before) + raw_request("POST", "/api/chat", length=len(body)) + body[:10]
-        )
+        before = [request("GET", "/api/me"), request("GET", "/api/users")][:pipelined]
+        head = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        busy.send(b"".join(before) + request("POST", "/api/chat", head, body[:10]))
         time.sleep(0.2)
         vigil.signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         time.sleep(0.3)
-        busy.sendall(body[10:])
-        answered = read_all(busy)
-        assert read_all(idle) == b""  # the idle keep-alive connection is closed
-    assert statuses(answered) == [200] * (pipelined + 1), answered
-    assert b"sent while the server stops" in answered
+        busy.send(body[10:])
+        answered = [busy.response() for _ in range(pipelined + 1)]
+        assert busy.closed()  # answered, then closed
+        assert idle.closed()  # the idle keep-alive connection is closed, with nothing sent
+    assert [r.status for r in answered] == [200] * (pipelined + 1), answered
+    assert answered[-1].json()["text"] == "sent while the server stops"
     assert vigil.proc.wait(timeout=2.5) == 0
     assert time.monotonic() - stopped_at < 2.0
     assert "Traceback" not in vigil.log()
@@ -190,7 +126,7 @@ def test_sigterm_finishes_a_request_in_flight(
 
 def test_sigterm_exits_promptly_when_idle(start_vigil: Callable[..., Vigil]) -> None:
     vigil = start_vigil(users=ALICE)
-    assert me(vigil, "alice").status_code == 200
+    assert Remote.of(vigil, keep_alive=False).me("alice").status == 200
     started = time.monotonic()
     vigil.signal(signal.SIGTERM)
     assert vigil.proc.wait(timeout=2.5) == 0
@@ -327,11 +263,12 @@ def test_first_run_creates_an_operator_with_a_printed_password(
     assert stat.S_IMODE(local.stat().st_mode) & 0o077 == 0  # only the owner can read it
     stored = local.read_text()
     assert "scrypt$" in stored and pw.group(1) not in stored
-    assert me(vigil, user.group(1), pw.group(1)).json() == {
+    fresh = Remote.of(vigil, keep_alive=False)
+    assert fresh.me(user.group(1), pw.group(1)).json() == {
         "user": user.group(1),
         "role": "operator",
     }
-    assert me(vigil, user.group(1), "admin").status_code == 401
+    assert fresh.me(user.group(1), "admin").status == 401
 
     # a second start keeps that account and prints no password
     assert vigil.stop() == 0
@@ -340,6 +277,6 @@ def test_first_run_creates_an_operator_with_a_printed_password(
     try:
         assert local.read_text() == stored
         assert pw.group(1) not in again.log()[mark:]
-        assert me(again, user.group(1), pw.group(1)).status_code == 200
+        assert Remote.of(again, keep_alive=False).me(user.group(1), pw.group(1)).status == 200
     finally:
         again.stop()

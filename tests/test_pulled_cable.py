@@ -17,6 +17,7 @@ import httpx
 import pytest
 from netns import HOST, SUBNET, Client, EventWatcher, Namespace, available, presence
 from support import Vigil, basic, free_port, require
+from wire import Remote
 
 BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
 
@@ -35,12 +36,6 @@ def sections(**presence_cfg: object) -> dict[str, dict[str, object]]:
         "auth": {"allow": ["127.0.0.0/8", SUBNET]},
         "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg},
     }
-
-
-def online(vigil: Vigil) -> list[str]:
-    r = httpx.get(f"{vigil.base}/api/users", headers={"Authorization": basic("alice")})
-    assert r.status_code == 200
-    return [u["user"] for u in r.json()["online"]]
 
 
 class Chatter:
@@ -74,7 +69,7 @@ def expect_lost(vigil: Vigil, watcher: EventWatcher, user: str, pulled: float) -
     assert leave is not None, f"no leave of {user} within {BOUND} s:\n{vigil.log()[-2000:]}"
     assert leave.data["reason"] == "lost", leave.data
     assert user not in [u["user"] for u in leave.data["online"]]
-    assert user not in online(vigil)
+    assert user not in Remote.of(vigil, keep_alive=False).online()
     elapsed = leave.at - pulled
     assert elapsed < BOUND
     return elapsed
@@ -133,7 +128,7 @@ def test_pulled_cable_frees_a_slot_for_the_eleventh(
         for c in locals_:
             assert c.get("/api/me").status_code == 200
         ns.client(vigil.base, basic("user09"), "idle")  # 10 of 10, in the namespace
-        assert len(online(vigil)) == 10
+        assert len(Remote.of(vigil, keep_alive=False).online()) == 10
         full = httpx.get(f"{vigil.base}/api/me", headers=eleventh)
         assert full.status_code == 503 and "Retry-After" in full.headers
         pulled = ns.pull("link")
@@ -141,7 +136,7 @@ def test_pulled_cable_frees_a_slot_for_the_eleventh(
         r = httpx.get(f"{vigil.base}/api/me", headers=eleventh)
         assert r.status_code == 200, r.text
         assert time.monotonic() - pulled < BOUND
-        assert "user10" in online(vigil)
+        assert "user10" in Remote.of(vigil, keep_alive=False).online()
     finally:
         for c in locals_:
             c.close()

@@ -10,18 +10,24 @@ loop runs one pass at a time (``App.pump``) on a clock the test moves
 
     app = App(tmp_path)
     c = app.client()
-    assert c.get("/api/me").json() == {"user": "alice", "role": "operator"}
+    assert c.me().json() == {"user": "alice", "role": "operator"}
+    stream = app.client()
+    stream.get("/api/events")          # the head; then, after anything happens:
+    [e.type for e in stream.events()]  # ["reset", ...]
+
+Requests are ``wire.Client``'s (``request``, ``get``, ``post``, ``me``,
+``online``, ``post_chats``), as over a real socket (``wire.Remote``).
 """
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
-from support import basic, write_config
-from wire import Reader, Resp, request
+from support import write_config
+from wire import Client as WireClient
+from wire import Event, Reader, Resp, SSEParser
 
 from server import config as configmod
 from server.app import Server
@@ -44,6 +50,7 @@ class App:
         sections: dict[str, dict[str, Any]] | None = None,
         users: dict[str, str] | None = None,
     ) -> None:
+        self.directory = directory
         self.clock = FakeClock()
         self.loop = Loop("select", clock=self.clock)
         self.server = Server(configmod.load(write_config(directory, sections, users)), self.loop)
@@ -51,6 +58,7 @@ class App:
         self.clients: list[Client] = []
         # TCP, as in production (keepalive, TCP_INFO), from a listener only this process knows
         self._pairing = socket.create_server(("127.0.0.1", 0))
+        self._closed = False
 
     def client(self, addr: str = "127.0.0.1") -> Client:
         """A new connection, as if accepted from ``addr``."""
@@ -76,6 +84,9 @@ class App:
             self.loop.run_once(0)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for client in self.clients:
             client.sock.close()
         self._pairing.close()
@@ -83,7 +94,7 @@ class App:
         self.loop.close()
 
 
-class Client:
+class Client(WireClient):
     """One connection to the in-process server."""
 
     def __init__(self, app: App, sock: socket.socket, conn_id: int) -> None:
@@ -92,6 +103,7 @@ class Client:
         self.id = conn_id
         self.reader = Reader(sock, self._pump)
         self._idle_passes = 0
+        self._sse = SSEParser(stamp=app.clock)
 
     def _pump(self) -> bool:
         self.app.loop.run_once(0)
@@ -99,33 +111,53 @@ class Client:
         return self._idle_passes < 50
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        """All of ``data``, running the server while the socket buffer is full."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                self.app.loop.run_once(0)
 
     def response(self, head_only: bool = False) -> Resp:
         self._idle_passes = 0
         return self.reader.response(head_only)
 
-    def request(
-        self,
-        method: str,
-        target: str,
-        user: str | None = "alice",
-        headers: dict[str, str | None] | None = None,
-        body: bytes = b"",
-        json_body: Any = None,
-    ) -> Resp:
-        hdrs: dict[str, str | None] = {"Authorization": basic(user) if user else None}
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-            hdrs["Content-Type"] = "application/json"
-        self.send(request(method, target, {**hdrs, **(headers or {})}, body))
-        return self.response(head_only=method == "HEAD")
+    def poll(self) -> bytes:
+        """Run a few passes, then take what the server sent so far (never waits)."""
+        self.app.pump()
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.reader.eof = True
+                break
+            self.reader.buf += data
+        return self.reader.buf
 
-    def get(self, target: str, user: str | None = "alice", **kw: Any) -> Resp:
-        return self.request("GET", target, user, **kw)
+    def events(self) -> list[Event]:
+        """The events and comments a stream sent since the last call (after ``poll``).
 
-    def post(self, target: str, json_body: Any, user: str | None = "alice", **kw: Any) -> Resp:
-        return self.request("POST", target, user, json_body=json_body, **kw)
+        The stream's ``retry:`` is ``self.retry`` once it has come.
+        """
+        self.poll()
+        out = []
+        while (piece := self.reader.buffered_chunk()) is not None:
+            out += self._sse.feed(piece.decode("utf-8"))
+        return out
+
+    @property
+    def retry(self) -> int | None:
+        return self._sse.retry
+
+    def close(self) -> None:
+        """Close this end (FIN) and let the server see it now, on the test's clock."""
+        self.sock.close()
+        self.app.pump()
 
     @property
     def open(self) -> bool:

@@ -1,15 +1,15 @@
-"""Helpers for the browser tests: plain HTTP calls beside the browser, SSE holders."""
+"""Helpers for the browser tests: plain HTTP beside the browser (tests/wire.py), SSE holders."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from support import Vigil, basic
+from support import Vigil
+from wire import Remote
 
 # Debian's chromium, headless, with the flags this closed network needs (DESIGN.md).
 CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")
@@ -42,23 +42,20 @@ def call(
     raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One request as ``user`` (no Origin: like curl); (status, headers, JSON or text)."""
-    conn = http.client.HTTPConnection(vigil.host, vigil.port, timeout=10)
+    resp = Remote.of(vigil, keep_alive=False).request(
+        method,
+        path,
+        user,
+        headers={"Accept": "application/json", **(headers or {})},
+        body=raw or b"",
+        json_body=body,
+    )
+    text = resp.body.decode("utf-8", "replace")
     try:
-        hdrs = {"Authorization": basic(user), "Accept": "application/json", **(headers or {})}
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=hdrs)
-        res = conn.getresponse()
-        text = res.read().decode("utf-8", "replace")
-        try:
-            parsed: Any = json.loads(text)
-        except ValueError:
-            parsed = text
-        return res.status, {k.lower(): v for k, v in res.getheaders()}, parsed
-    finally:
-        conn.close()
+        parsed: Any = json.loads(text)
+    except ValueError:
+        parsed = text
+    return resp.status, resp.headers, parsed
 
 
 class EventStream:
@@ -66,19 +63,13 @@ class EventStream:
 
     def __init__(self, vigil: Vigil, user: str) -> None:
         self.user = user
-        self.conn = http.client.HTTPConnection(vigil.host, vigil.port, timeout=10)
-        self.conn.request(
-            "GET",
-            "/api/events",
-            headers={"Authorization": basic(user), "Accept": "text/event-stream"},
-        )
-        self.res = self.conn.getresponse()
-        if self.res.status != 200:
-            raise AssertionError(f"{user}: /api/events answered {self.res.status}")
+        self.remote = Remote.of(vigil)
+        head = self.remote.get("/api/events", user, headers={"Accept": "text/event-stream"})
+        if head.status != 200:
+            raise AssertionError(f"{user}: /api/events answered {head.status}")
 
     def close(self) -> None:
-        self.res.close()
-        self.conn.close()
+        self.remote.close()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

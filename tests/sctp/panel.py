@@ -10,7 +10,6 @@ the control bench (bench/section_control.py), inside UML or natively.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -21,19 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import Vigil, password, write_config  # noqa: E402
-
-
-def auth(user: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password(user)}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+from support import Vigil, basic, password, write_config  # noqa: E402
+from wire import Event, sse_events  # noqa: E402
 
 
 class Panel:
@@ -122,14 +116,6 @@ class Pending:
         return when, int(status), json.loads(text) if text.strip() else {}
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    at: float  # time.monotonic() when it arrived
-    id: int
-    kind: str
-    data: Any
-
-
 class Events:
     """A user's ``GET /api/events`` stream, read in a thread; a context manager."""
 
@@ -137,7 +123,7 @@ class Events:
         self.received: list[Event] = []
         self._cond = threading.Condition()
         self._conn = http.client.HTTPConnection(host, port, timeout=60)
-        self._conn.request("GET", "/api/events", headers=auth(user))
+        self._conn.request("GET", "/api/events", headers={"Authorization": basic(user)})
         resp = self._conn.getresponse()
         assert resp.status == 200, resp.status
         self._resp = resp
@@ -145,25 +131,14 @@ class Events:
         self._thread.start()
 
     def _read(self) -> None:
-        fields: dict[str, str] = {}
+        lines = (raw.decode().rstrip("\r\n") for raw in self._resp)
         try:
-            for raw in self._resp:
-                line = raw.decode().rstrip("\r\n")
-                if line:
-                    key, _, value = line.partition(":")
-                    fields[key] = value.removeprefix(" ")
+            for ev in sse_events(lines):
+                if ev.type == "comment":
                     continue
-                if "event" in fields:
-                    ev = Event(
-                        time.monotonic(),
-                        int(fields.get("id", 0)),
-                        fields["event"],
-                        json.loads(fields.get("data", "null")),
-                    )
-                    with self._cond:
-                        self.received.append(ev)
-                        self._cond.notify_all()
-                fields = {}
+                with self._cond:
+                    self.received.append(ev)
+                    self._cond.notify_all()
         except (OSError, ValueError, AttributeError, http.client.HTTPException):
             return
 
@@ -182,7 +157,7 @@ class Events:
     def device(self, kind: str, device: str, after: float = 0) -> Callable[[Event], bool]:
         """Matches a ``device`` event of ``kind`` about ``device`` that came after ``after``."""
         return lambda ev: (
-            ev.kind == "device"
+            ev.type == "device"
             and ev.at >= after
             and ev.data["kind"] == kind
             and ev.data["device"]["id"] == device

@@ -14,8 +14,8 @@ import json
 import threading
 from pathlib import Path
 
-from panel import Panel, auth
-from support import Vigil
+from panel import Panel
+from support import Vigil, basic
 
 OPERATORS = ("alice", "bob", "user01")
 ROUNDS = 100  # per operator: at most 600 records, GET /api/audit shows 1000
@@ -31,7 +31,7 @@ class Operator(threading.Thread):
         self.chats: dict[int, str] = {}  # id -> text of messages answered 200
 
     def post(self, conn: http.client.HTTPConnection, path: str, body: object) -> object:
-        headers = {**auth(self.user), "Content-Type": "application/json"}
+        headers = {"Authorization": basic(self.user), "Content-Type": "application/json"}
         conn.request("POST", path, json.dumps(body), headers)
         resp = conn.getresponse()
         data = json.loads(resp.read())

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from panel import ROOT, Panel, auth
+from panel import ROOT, Panel
+from support import basic
 
 
 def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
@@ -31,7 +32,7 @@ def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
         assert status == 200 and body["result"]["on"] is True
 
         def command(phase: str) -> dict[str, object]:
-            ev = events.wait_for(lambda e: e.kind == "command" and e.data["phase"] == phase)
+            ev = events.wait_for(lambda e: e.type == "command" and e.data["phase"] == phase)
             return dict(ev.data)
 
         issued, result = command("issued"), command("result")
@@ -67,8 +68,8 @@ def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
         assert status == 400 and "explode" in body["error"], body
         status, body = panel.curl("POST", path, "alice", {"action": "status"})
         assert status == 200 and body["result"]["on"] is False  # "on" never reached it
-        events.wait_for(lambda e: e.kind == "command" and e.data["phase"] == "result")
-        actions = [e.data["action"] for e in events.received if e.kind == "command"]
+        events.wait_for(lambda e: e.type == "command" and e.data["phase"] == "result")
+        actions = [e.data["action"] for e in events.received if e.type == "command"]
         assert actions == ["status", "status"], actions
 
 
@@ -102,7 +103,7 @@ def test_a_flooding_device_does_not_starve_http(panel: Panel) -> None:
         start = time.monotonic()
         while flood.poll() is None and time.monotonic() - start < seconds + 5:
             t0 = time.monotonic()
-            conn.request("GET", "/api/devices", headers=auth("alice"))
+            conn.request("GET", "/api/devices", headers={"Authorization": basic("alice")})
             resp = conn.getresponse()
             resp.read()
             assert resp.status == 200

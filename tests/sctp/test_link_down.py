@@ -27,7 +27,7 @@ def test_pulled_cable_takes_the_device_offline_and_fails_its_command(tmp_path: P
                 panel.agent("lamp-1", "--reply-delay", "60", host=net.vigil_ip, wrap=net.wrap(()))
                 events.wait_for(events.device("online", "lamp-1"))
                 pending = panel.post_later("lamp-1", "toggle")
-                events.wait_for(lambda ev: ev.kind == "command" and ev.data["phase"] == "issued")
+                events.wait_for(lambda ev: ev.type == "command" and ev.data["phase"] == "issued")
                 assert pending.proc.poll() is None
                 pulled = time.monotonic()
                 net.pull()

@@ -1,24 +1,25 @@
-"""End-to-end: HTTP errors, keep-alive, pipelining, HEAD, headers and static files.
+"""In-process: HTTP errors, keep-alive, pipelining, HEAD, headers and static files.
 
-Requests go over raw sockets where bytes matter (malformed heads, traversal
-paths that an HTTP client would normalise, pipelining). One server serves
-the read-only tests of this module; it has its own static dir with a file
-outside it (and symlinks pointing there) that must never be served.
+Requests are raw bytes (``wire.request``) where bytes matter (malformed
+heads, traversal paths that an HTTP client would normalise, pipelining),
+through the real parser and connections of an in-process server
+(``tests/testclient.py``). One server serves the tests of this module; it
+has its own static dir with a file outside it (and symlinks pointing
+there) that must never be served.
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import os
-import socket
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support import Vigil, basic, write_config
+from support import basic
+from testclient import App, Client
+from wire import Resp, request
 
 HEADER_TIMEOUT = 1.5
 SECRET = b"TOP-SECRET-outside-static-dir-6c1f"
@@ -32,100 +33,17 @@ FILES = {
     "icon.png": (b"\x89PNG\r\n\x1a\n-not-really-", "image/png"),
     "sub/index.html": (b"<!doctype html><title>sub</title>\n", "text/html"),
 }
-AUTH = basic("alice")
 
 
-# -- raw HTTP over sockets ------------------------------------------------------
+def exchange(app: App, data: bytes, head_only: bool = False) -> tuple[Resp, Client]:
+    """``data`` sent on a new connection; the first response and the connection."""
+    c = app.client()
+    c.send(data)
+    return c.response(head_only), c
 
 
-@dataclass
-class Resp:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-
-def request(
-    method: str, target: str, headers: dict[str, str | None] | None = None, body: bytes = b""
-) -> bytes:
-    """The bytes of one request (Host and alice's credentials unless given)."""
-    hdrs = {"Host": "vigil.test", "Authorization": AUTH, **(headers or {})}
-    if body and "Content-Length" not in hdrs:
-        hdrs["Content-Length"] = str(len(body))
-    head = f"{method} {target} HTTP/1.1\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in hdrs.items() if v is not None
-    )
-    return head.encode("latin-1") + b"\r\n" + body
-
-
-def connect(port: int, timeout: float = 5.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-
-
-class Reader:
-    """Reads responses one after another from one socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        self.eof = False
-
-    def more(self) -> bool:
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        return True
-
-    def response(self, head_only: bool = False) -> Resp:
-        while b"\r\n\r\n" not in self.buf:
-            if not self.more():
-                raise AssertionError(f"connection closed before a response: {self.buf!r}")
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        size = 0 if head_only or status == 304 else int(headers.get("content-length", "0"))
-        while len(self.buf) < size:
-            if not self.more():
-                raise AssertionError("connection closed inside a body")
-        body, self.buf = self.buf[:size], self.buf[size:]
-        return Resp(status, headers, body)
-
-    def closed(self, timeout: float = 3.0) -> bool:
-        """True if the server closes the connection within ``timeout`` and sends nothing more."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.more():
-                pass
-        except TimeoutError:
-            return False
-        return self.eof
-
-
-def exchange(port: int, data: bytes, head_only: bool = False) -> tuple[Resp, Reader]:
-    sock = connect(port)
-    sock.sendall(data)
-    reader = Reader(sock)
-    return reader.response(head_only), reader
-
-
-def get(port: int, target: str, headers: dict[str, str | None] | None = None) -> Resp:
-    resp, reader = exchange(
-        port, request("GET", target, {"Connection": "close", **(headers or {})})
-    )
-    reader.sock.close()
-    return resp
+def get(app: App, target: str, headers: Mapping[str, str | None] | None = None) -> Resp:
+    return exchange(app, request("GET", target, headers))[0]
 
 
 def assert_json_error(resp: Resp, status: int) -> None:
@@ -136,8 +54,8 @@ def assert_json_error(resp: Resp, status: int) -> None:
     assert isinstance(message, str) and message.strip()
 
 
-def assert_still_serving(port: int) -> None:
-    resp = get(port, "/api/me")
+def assert_still_serving(app: App) -> None:
+    resp = app.client().me()
     assert resp.status == 200 and resp.json() == {"user": "alice", "role": "operator"}
 
 
@@ -146,7 +64,7 @@ def assert_still_serving(port: int) -> None:
 
 @pytest.fixture(scope="module")
 def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("static-e2e")
+    base = tmp_path_factory.mktemp("static-requests")
     outside = base / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_bytes(SECRET)
@@ -161,10 +79,9 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, static_dir: Path) -> Iterator[Vigil]:
-    directory = tmp_path_factory.mktemp("vigil-http")
-    cfg = write_config(
-        directory,
+def server(tmp_path_factory: pytest.TempPathFactory, static_dir: Path) -> Iterator[App]:
+    app = App(
+        tmp_path_factory.mktemp("vigil-requests"),
         {
             "http": {
                 "static_dir": str(static_dir),
@@ -176,9 +93,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, static_dir: Path) -> Iterat
         },
         users={"alice": "operator", "vera": "viewer"},
     )
-    vigil = Vigil(cfg)
-    yield vigil
-    vigil.stop()
+    yield app
+    app.close()
 
 
 # -- error statuses -------------------------------------------------------------------
@@ -238,16 +154,17 @@ ERRORS = [
     ("data", "status", "header"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS]
 )
 def test_error_status_and_json_body(
-    server: Vigil, data: bytes, status: int, header: str | None
+    server: App, data: bytes, status: int, header: str | None
 ) -> None:
-    resp, reader = exchange(server.port, data)
+    resp, c = exchange(server, data)
     assert_json_error(resp, status)
     if header:
         assert resp.headers[header]
     if status in (400, 413, 414, 431):  # the rest of the stream cannot be trusted: closed
-        assert reader.closed()
-    reader.sock.close()
-    assert_still_serving(server.port)
+        assert c.closed()
+    else:
+        assert c.open and c.poll() == b""  # nothing more, and the connection stays
+    assert_still_serving(server)
 
 
 @pytest.mark.parametrize(
@@ -261,20 +178,16 @@ def test_error_status_and_json_body(
     ],
 )
 def test_405_allow_lists_the_methods_that_work(
-    server: Vigil, method: str, target: str, allowed: set[str]
+    server: App, method: str, target: str, allowed: set[str]
 ) -> None:
-    resp = (
-        get(server.port, target)
-        if method == "GET"
-        else exchange(server.port, request(method, target, {"Connection": "close"}))[0]
-    )
+    resp = exchange(server, request(method, target, {"Connection": "close"}))[0]
     assert_json_error(resp, 405)
     assert {m.strip() for m in resp.headers["allow"].split(",")} == allowed
 
 
-def test_chunked_body_over_max_body_is_413(server: Vigil) -> None:
-    sock = connect(server.port)
-    sock.sendall(
+def test_chunked_body_over_max_body_is_413(server: App) -> None:
+    c = server.client()
+    c.send(
         request(
             "POST",
             "/api/chat",
@@ -284,44 +197,33 @@ def test_chunked_body_over_max_body_is_413(server: Vigil) -> None:
     chunk = b"%x\r\n%s\r\n" % (8192, b"a" * 8192)
     try:
         for _ in range(12):  # 96 KiB > max_body (64 KiB)
-            sock.sendall(chunk)
+            c.send(chunk)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may answer and close before the rest is sent
-    reader = Reader(sock)
-    assert_json_error(reader.response(), 413)
-    assert reader.closed()
-    sock.close()
-    assert_still_serving(server.port)
+    assert_json_error(c.response(), 413)
+    assert c.closed()
+    assert_still_serving(server)
 
 
-def test_408_when_the_head_trickles_past_the_deadline(server: Vigil) -> None:
+def test_408_when_the_head_trickles_past_the_deadline(server: App) -> None:
     """One byte every 0.5 s: each byte is progress, but the head as a whole is late."""
-    sock = connect(server.port)
-    sock.settimeout(0.5)
+    c = server.client()
     data = request("GET", "/api/me")
-    started = time.monotonic()
-    reader = Reader(sock)
+    started = server.clock.now
     sent = 0
     for byte in data:
-        try:
-            sock.send(bytes([byte]))
-            sent += 1
-        except (BrokenPipeError, ConnectionResetError):
+        c.send(bytes([byte]))
+        sent += 1
+        server.advance(0.5)
+        if c.poll():
             break
-        try:
-            if not reader.more() or b"\r\n\r\n" in reader.buf:
-                break
-        except TimeoutError:
-            pass
-        assert time.monotonic() - started < HEADER_TIMEOUT + 5, "no 408 in time"
-    elapsed = time.monotonic() - started
-    sock.settimeout(3)
-    assert_json_error(reader.response(), 408)
+    elapsed = server.clock.now - started
+    assert_json_error(c.response(), 408)
     assert sent < len(data), "the whole head went through before the deadline"
-    assert HEADER_TIMEOUT - 0.1 <= elapsed <= HEADER_TIMEOUT + 2.5
-    assert reader.closed()
-    sock.close()
-    assert_still_serving(server.port)
+    # due HEADER_TIMEOUT after the first byte, sent by the once-a-second sweep
+    assert HEADER_TIMEOUT < elapsed <= HEADER_TIMEOUT + 1.5, elapsed
+    assert c.closed()
+    assert_still_serving(server)
 
 
 # -- 401 ------------------------------------------------------------------------------
@@ -348,37 +250,35 @@ def test_408_when_the_head_trickles_past_the_deadline(server: Vigil) -> None:
         "unknown-user",
     ],
 )
-def test_401_with_a_basic_challenge(server: Vigil, authorization: str | None) -> None:
-    resp = get(server.port, "/api/me", {"Authorization": authorization})
+def test_401_with_a_basic_challenge(server: App, authorization: str | None) -> None:
+    resp = get(server, "/api/me", {"Authorization": authorization})
     assert_json_error(resp, 401)
     assert resp.headers["www-authenticate"] == 'Basic realm="vigil", charset="UTF-8"'
 
 
-def test_healthz_needs_no_credentials(server: Vigil) -> None:
-    resp = get(server.port, "/healthz", {"Authorization": None})
+def test_healthz_needs_no_credentials(server: App) -> None:
+    resp = get(server, "/healthz", {"Authorization": None})
     assert resp.status == 200 and resp.body.strip() == b"ok"
 
 
 # -- keep-alive, pipelining, HEAD, common headers ---------------------------------------
 
 
-def test_keep_alive_serves_sequential_requests_on_one_socket(server: Vigil) -> None:
-    sock = connect(server.port)
-    reader = Reader(sock)
+def test_keep_alive_serves_sequential_requests_on_one_socket(server: App) -> None:
+    c = server.client()
     for target, expected in [
         ("/api/me", b'"alice"'),
         ("/app.js", FILES["app.js"][0]),
         ("/api/users", b'"online"'),
         ("/", FILES["index.html"][0]),
     ]:
-        sock.sendall(request("GET", target))
-        resp = reader.response()
+        resp = c.get(target)
         assert resp.status == 200 and expected in resp.body
         assert resp.headers.get("connection", "").lower() != "close"
-    sock.close()
+    assert c.open
 
 
-def test_pipelined_requests_are_answered_in_order(server: Vigil) -> None:
+def test_pipelined_requests_are_answered_in_order(server: App) -> None:
     batch = [
         ("GET", "/notes.txt"),
         ("GET", "/api/me"),
@@ -386,40 +286,34 @@ def test_pipelined_requests_are_answered_in_order(server: Vigil) -> None:
         ("GET", "/no-such-file"),
         ("GET", "/data.json"),
     ]
-    sock = connect(server.port)
-    sock.sendall(b"".join(request(m, t) for m, t in batch))
-    reader = Reader(sock)
-    got = [reader.response(head_only=m == "HEAD") for m, _ in batch]
+    c = server.client()
+    c.send(b"".join(request(m, t) for m, t in batch))
+    got = [c.response(head_only=m == "HEAD") for m, _ in batch]
     assert [r.status for r in got] == [200, 200, 200, 404, 200]
     assert got[0].body == FILES["notes.txt"][0]
-    assert json.loads(got[1].body)["user"] == "alice"
+    assert got[1].json()["user"] == "alice"
     assert got[2].body == b"" and int(got[2].headers["content-length"]) == len(
         FILES["style.css"][0]
     )
     assert got[4].body == FILES["data.json"][0]
-    sock.settimeout(0.3)
-    with pytest.raises(TimeoutError):  # no stray bytes, and the connection stays open
-        sock.recv(1)
-    sock.close()
+    assert c.poll() == b"" and c.open  # no stray bytes, and the connection stays open
 
 
 @pytest.mark.parametrize("target", ["/", "/logo.svg", "/api/me", "/api/users"])
-def test_head_has_get_headers_and_no_body(server: Vigil, target: str) -> None:
-    sock = connect(server.port)
-    sock.sendall(request("HEAD", target) + request("GET", target))
-    reader = Reader(sock)
-    head = reader.response(head_only=True)
-    full = reader.response()  # parses only if HEAD sent no body bytes
+def test_head_has_get_headers_and_no_body(server: App, target: str) -> None:
+    c = server.client()
+    c.send(request("HEAD", target) + request("GET", target))
+    head = c.response(head_only=True)
+    full = c.response()  # parses only if HEAD sent no body bytes
     assert head.status == full.status == 200
     assert head.body == b""
     assert int(head.headers["content-length"]) == len(full.body) > 0
     assert head.headers["content-type"] == full.headers["content-type"]
-    sock.close()
 
 
-def test_date_and_server_headers(server: Vigil) -> None:
+def test_date_and_server_headers(server: App) -> None:
     for target in ["/api/me", "/index.html", "/no-such-file"]:
-        resp = get(server.port, target)
+        resp = get(server, target)
         date = email.utils.parsedate_to_datetime(resp.headers["date"])
         assert resp.headers["date"].endswith(" GMT")
         assert abs(date.timestamp() - time.time()) < 5
@@ -427,28 +321,28 @@ def test_date_and_server_headers(server: Vigil) -> None:
 
 
 @pytest.mark.parametrize("target", ["/api/me", "/api/users", "/api/chat", "/api/no-such"])
-def test_api_responses_are_not_cached(server: Vigil, target: str) -> None:
-    assert get(server.port, target).headers["cache-control"] == "no-store"
+def test_api_responses_are_not_cached(server: App, target: str) -> None:
+    assert get(server, target).headers["cache-control"] == "no-store"
 
 
 # -- static files --------------------------------------------------------------------------
 
 
-def test_slash_serves_index_html(server: Vigil) -> None:
-    resp = get(server.port, "/")
+def test_slash_serves_index_html(server: App) -> None:
+    resp = get(server, "/")
     assert resp.status == 200 and resp.body == FILES["index.html"][0]
-    assert get(server.port, "/sub/").body == FILES["sub/index.html"][0]
+    assert get(server, "/sub/").body == FILES["sub/index.html"][0]
 
 
 @pytest.mark.parametrize(("name", "ctype"), [(n, c) for n, (_, c) in FILES.items()])
-def test_content_type_by_file_type(server: Vigil, name: str, ctype: str) -> None:
-    resp = get(server.port, "/" + name)
+def test_content_type_by_file_type(server: App, name: str, ctype: str) -> None:
+    resp = get(server, "/" + name)
     assert resp.status == 200 and resp.body == FILES[name][0]
     assert resp.headers["content-type"].split(";")[0].strip() == ctype
 
 
-def test_etag_and_last_modified_give_304(server: Vigil, static_dir: Path) -> None:
-    first = get(server.port, "/app.js")
+def test_etag_and_last_modified_give_304(server: App, static_dir: Path) -> None:
+    first = get(server, "/app.js")
     etag, modified = first.headers["etag"], first.headers["last-modified"]
     assert etag.strip('"') and etag != modified
     mtime = (static_dir / "app.js").stat().st_mtime
@@ -458,29 +352,27 @@ def test_etag_and_last_modified_give_304(server: Vigil, static_dir: Path) -> Non
         {"If-None-Match": f'"nope", {etag}'},
         {"If-Modified-Since": modified},
     ):
-        resp = get(server.port, "/app.js", headers)
+        resp = get(server, "/app.js", headers)
         assert resp.status == 304 and resp.body == b""
         assert resp.headers["etag"] == etag
     older = email.utils.formatdate(mtime - 3600, usegmt=True)
     for headers in ({"If-None-Match": '"something-else"'}, {"If-Modified-Since": older}):
-        resp = get(server.port, "/app.js", headers)
+        resp = get(server, "/app.js", headers)
         assert resp.status == 200 and resp.body == FILES["app.js"][0]
 
 
-def test_a_changed_file_is_served_anew(server: Vigil, static_dir: Path) -> None:
+def test_a_changed_file_is_served_anew(server: App, static_dir: Path) -> None:
     path = static_dir / "notes.txt"
-    before = get(server.port, "/notes.txt")
+    before = get(server, "/notes.txt")
     assert before.body == FILES["notes.txt"][0]
     try:
         path.write_bytes(b"changed notes, longer than before\n")
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-        after = get(server.port, "/notes.txt", {"If-None-Match": before.headers["etag"]})
+        after = get(server, "/notes.txt", {"If-None-Match": before.headers["etag"]})
         assert after.status == 200 and after.body == b"changed notes, longer than before\n"
         assert after.headers["etag"] != before.headers["etag"]
-        assert (
-            get(server.port, "/notes.txt", {"If-None-Match": after.headers["etag"]}).status == 304
-        )
+        assert get(server, "/notes.txt", {"If-None-Match": after.headers["etag"]}).status == 304
     finally:
         path.write_bytes(FILES["notes.txt"][0])
 
@@ -509,8 +401,8 @@ TRAVERSALS = [
 
 
 @pytest.mark.parametrize("target", TRAVERSALS)
-def test_traversal_never_leaves_static_dir(server: Vigil, target: str) -> None:
-    resp = get(server.port, target)
+def test_traversal_never_leaves_static_dir(server: App, target: str) -> None:
+    resp = get(server, target)
     assert resp.status in ((404,) if "leak" in target else (400, 404)), resp
     assert SECRET not in resp.body and b"root:" not in resp.body
-    assert_still_serving(server.port)
+    assert_still_serving(server)
