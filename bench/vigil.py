@@ -80,7 +80,8 @@ class Vigil:
         config += ["", "[[auth.users]]", f"name = {_toml(USER)}", f"role = {_toml(ROLE)}"]
         config += [f"password = {_toml(self.password_hash)}"]
         config += ["", "[control]", "enabled = false"]
-        config += ["", "[audit]", f"path = {_toml(str(home / 'audit.jsonl'))}", ""]
+        config += ["", "[audit]", f"path = {_toml(str(home / 'audit.jsonl'))}"]
+        config += ["", "[tls]", f"port = {free_port()}", ""]
         path = home / "config.toml"
         path.write_text("\n".join(config))
         argv = [self.bench.python, "-m", "server", "--config", str(path)]

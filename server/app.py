@@ -107,7 +107,7 @@ class Server:
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.events = EventBus(first_id=int(time.time() * 1000))
         self.audit = AuditLog(cfg.audit.path)
-        self.control = ControlChannel(loop, cfg.control, self.events.publish)
+        self.control = ControlChannel(loop, cfg.control, self.events.publish, self.audit.append)
         self.services = api.Services(
             self.presence,
             self.events,
@@ -140,11 +140,10 @@ class Server:
         ``ssl.SSLError`` or ``OSError`` if it cannot be).
         """
         http, tls = self.config.http, self.config.tls
-        if tls.enabled:
-            self.tls = self._tls_context(self.config)
         self.listener = sockopts.listen(http.host, http.port)
-        if self.tls is not None:
+        if tls.enabled:
             self.tls_listener = sockopts.listen(http.host, tls.port)
+            self.tls = self._tls_context(self.config)
         self._listen(True)
         self.start_services()
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
@@ -255,6 +254,7 @@ class Server:
         self.allow = AllowList(cfg.auth.allow)
         self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
+        self.control.reload(cfg.control)
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:

@@ -72,16 +72,15 @@ class TlsSession:
             if not self.established:
                 self._obj.do_handshake()
                 self.established = True
-            while True:
-                chunks.append(self._obj.read(READ_SIZE))
+            while chunk := self._obj.read(READ_SIZE):
+                chunks.append(chunk)
+            raise TlsClosed("the peer closed the connection")  # b"": EOF, ragged or not
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
             raise TlsClosed("the peer closed TLS") from None
         except ssl.SSLError as e:
             raise TlsClosed(e.reason or e.strerror or str(e)) from None
-        if not data and self._in.eof:
-            raise TlsClosed("the peer closed the connection")
         return b"".join(chunks)
 
     def send(self, data: bytes | bytearray) -> None:
