@@ -13,12 +13,14 @@ wrk's) own CPU time.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -101,9 +103,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(port: int, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-    """One GET on a fresh connection; return (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def get(
+    port: int,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    cafile: Path | None = None,
+) -> tuple[int, bytes]:
+    """One GET on a fresh connection (HTTPS trusting ``cafile`` if given); (status, body)."""
+    conn: http.client.HTTPConnection
+    if cafile is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    else:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
     try:
         conn.request("GET", path, headers=dict(headers or {}))
         resp = conn.getresponse()
@@ -121,9 +133,19 @@ class Memory:
 class Server:
     """A server process pinned to one core; a context manager that stops it with SIGTERM."""
 
-    def __init__(self, name: str, argv: list[str], port: int, cpu: int, log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        cpu: int,
+        log: Path,
+        https: tuple[int, Path] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
+        self.https = https  # (port, certificate to trust) if it also serves HTTPS
+        self.cafile: Path | None = None  # set on the HTTPS view (``over_tls``)
         self._argv = ["taskset", "-c", str(cpu), *argv]
         self._log = log
         self._proc: subprocess.Popen[bytes] | None = None
@@ -167,6 +189,19 @@ class Server:
                 time.sleep(0.05)
         self.__exit__()
         raise BenchError(f"{self.name} did not listen on port {self.port} in {START_TIMEOUT:g} s")
+
+    def over_tls(self) -> Server:
+        """The same running process, measured on its HTTPS port (trusting its certificate)."""
+        if self.https is None:
+            raise BenchError(f"{self.name} serves no HTTPS")
+        view = copy.copy(self)
+        view.port, view.cafile = self.https
+        view.name = f"{self.name} HTTPS"
+        return view
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.port}"
 
     def log_tail(self, lines: int = 3) -> str:
         text = self._log.read_text(errors="replace").strip().splitlines()
@@ -321,9 +356,11 @@ class Bench:
             (self._static_dir / "index.html").write_bytes(head + body + tail)
         return self._static_dir
 
-    def server(self, name: str, argv: list[str], port: int) -> Server:
+    def server(
+        self, name: str, argv: list[str], port: int, https: tuple[int, Path] | None = None
+    ) -> Server:
         log = self.workdir / (name.replace(" ", "-") + ".log")
-        return Server(name, argv, port, self.server_cpu, log)
+        return Server(name, argv, port, self.server_cpu, log, https)
 
     def table(self, title: str, columns: dict[str, str] = RUN_COLUMNS) -> Table:
         table = Table(title, dict(columns))
@@ -346,14 +383,14 @@ class Bench:
         instead of measuring error responses; so do non-2xx answers in a run.
         """
         try:
-            status, body = get(server.port, path, headers)
+            status, body = get(server.port, path, headers, server.cafile)
         except (OSError, http.client.HTTPException) as e:
             raise BenchError(f"{server.name} GET {path}: {e}; {server.log_tail()}") from None
         if status != 200:
             raise BenchError(f"{server.name} GET {path}: status {status}: {body[:120]!r}")
         target = target or server.name
         progress(f"{target}: GET {path}, {conns} connections")
-        self._wrk(server.port, path, conns, self.warmup, headers)
+        self._wrk(server.url, path, conns, self.warmup, headers)
         runs = [self._run(server, path, conns, headers, target)]
         while runs[-1].disturbed and len(runs) < self.attempts:
             run = runs[-1]
@@ -370,7 +407,7 @@ class Bench:
         cpu_before = server.cpu_seconds()
         wrk_before = children_cpu_seconds()
         server_core, wrk_core = CoreWatch(self.server_cpu), CoreWatch(self.client_cpu)
-        summary = self._wrk(server.port, path, conns, self.duration, headers)
+        summary = self._wrk(server.url, path, conns, self.duration, headers)
         cpu = server.cpu_seconds() - cpu_before
         run = Run(
             target=target,
@@ -391,13 +428,13 @@ class Bench:
         return run
 
     def _wrk(
-        self, port: int, path: str, conns: int, seconds: int, headers: Mapping[str, str] | None
+        self, base: str, path: str, conns: int, seconds: int, headers: Mapping[str, str] | None
     ) -> dict[str, Any]:
         argv = ["taskset", "-c", str(self.client_cpu), "wrk", "-t1", f"-c{conns}"]
         argv += [f"-d{seconds}s", "-s", str(WRK_SCRIPT)]
         for key, value in (headers or {}).items():
             argv += ["-H", f"{key}: {value}"]
-        argv.append(f"http://127.0.0.1:{port}{path}")
+        argv.append(f"{base}{path}")  # wrk does not check certificates: get() did
         out = subprocess.run(argv, capture_output=True, text=True, check=False)
         for line in out.stdout.splitlines():
             if line.startswith("BENCH "):

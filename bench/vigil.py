@@ -81,10 +81,12 @@ class Vigil:
         config += [f"password = {_toml(self.password_hash)}"]
         config += ["", "[control]", "enabled = false"]
         config += ["", "[audit]", f"path = {_toml(str(home / 'audit.jsonl'))}"]
-        config += ["", "[tls]", f"port = {free_port()}", ""]
+        tls_port = free_port()
+        config += ["", "[tls]", f"port = {tls_port}", ""]
         path = home / "config.toml"
         path.write_text("\n".join(config))
         argv = [self.bench.python, "-m", "server", "--config", str(path)]
         if profile is not None:
             argv[1:1] = ["-m", "cProfile", "-o", str(profile)]
-        return self.bench.server(name, argv, port)
+        # vigil makes its own certificate there on start (server/certificate.py)
+        return self.bench.server(name, argv, port, (tls_port, home / "tls.local.crt"))
