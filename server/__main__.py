@@ -1,4 +1,4 @@
-"""Command line: ``python -m server [run] | hash-password | check-config``.
+"""Command line: ``python -m server [run] | hash-password | check-config | add-device ID``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
 dir or audit file) ends in one line on stderr naming the file, key or port,
@@ -10,12 +10,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
+import secrets
+import shlex
 import sys
 from pathlib import Path
 
 from server import config as configmod
 from server import firstrun
 from server.auth import hash_password
+from server.control import DEVICE_ID, DEVICE_ID_RULE
+from server.devices import SECRET_BYTES
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -69,7 +74,61 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         cfg = configmod.load(args.config)
     except configmod.ConfigError as e:
         return _fail(str(e))
-    print(f"{cfg.path}: ok ({len(cfg.auth.users)} user(s))")
+    print(f"{cfg.path}: ok ({len(cfg.auth.users)} user(s), {len(cfg.control.devices)} device(s))")
+    return 0
+
+
+DEVICES_HEADER = """\
+# Devices added by `python -m server add-device ID` (git-ignored, like the
+# secrets in devices.local/). Each secret_file holds one device's secret; its
+# agent needs the same file (--secret-file) or its contents in
+# VIGIL_DEVICE_SECRET. vigil re-reads this file on SIGHUP. To retire a
+# device, or to give it a new secret, remove its entry and its secret file.
+"""
+
+
+def cmd_add_device(args: argparse.Namespace) -> int:
+    """Declare device ``args.id`` with a new secret; print the agent's command line."""
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        return _fail(str(e))
+    dev_id = args.id
+    if not DEVICE_ID.fullmatch(dev_id):
+        return _fail(f"{dev_id!r}: a device id must be {DEVICE_ID_RULE}")
+    if any(d.id == dev_id for d in cfg.control.devices):
+        return _fail(
+            f"device {dev_id!r} is already declared (in {cfg.path.name} or "
+            f"{configmod.LOCAL_DEVICES_FILE}); for a new secret remove it there and its "
+            "secret file, then add it again"
+        )
+    base = cfg.path.parent
+    rel = f"{configmod.LOCAL_SECRETS_DIR}/{dev_id}.secret"
+    try:
+        (base / configmod.LOCAL_SECRETS_DIR).mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(base / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+        local = base / configmod.LOCAL_DEVICES_FILE
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            if f.tell() == 0:
+                f.write(DEVICES_HEADER)
+            f.write(f'\n[[devices]]\nid = "{dev_id}"\nsecret_file = "{rel}"\n')
+    except OSError as e:
+        return _fail(f"{e.filename}: {e.strerror}")
+    secret_file = base / rel
+    host = cfg.control.host if cfg.control.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    argv = [sys.executable, "-m", "server.agent", "--name", dev_id, "--host", host]
+    argv += ["--port", str(cfg.control.port), "--secret-file", str(secret_file)]
+    print(
+        f"vigil: device {dev_id} added; its secret is in {secret_file} (mode 0600).\n"
+        "  Its agent, on the next line; on another machine copy the secret file there\n"
+        "  (keep it 0600) and give vigil's address as --host. A running vigil takes the\n"
+        "  new device on SIGHUP (kill -HUP <pid>).",
+        file=sys.stderr,
+    )
+    print(shlex.join(argv))
     return 0
 
 
@@ -97,7 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.start()
     except OSError as e:
         where = f"{cfg.http.host}:{cfg.http.port}"
-        if server.listener is not None:
+        if server.listener is not None and cfg.tls.enabled and server.tls_listener is None:
+            where = f"{cfg.http.host}:{cfg.tls.port} (HTTPS)"
+        elif server.listener is not None:
             where = f"[control] {cfg.control.host}:{cfg.control.port} (SCTP)"
         server.close()
         return _fail(f"cannot listen on {where}: {e.strerror or e}")
@@ -118,8 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("hash-password", help="print the hash of a password (stdin or prompt)")
     check = sub.add_parser("check-config", help="validate the config file, exit 0 or 1")
     check.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+    add = sub.add_parser(
+        "add-device", help="declare a device with a new secret; print its agent's command line"
+    )
+    add.add_argument("id", help="the device's id, e.g. lamp-1")
+    add.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
     args = parser.parse_args(argv)
-    commands = {"hash-password": cmd_hash_password, "check-config": cmd_check_config}
+    commands = {
+        "hash-password": cmd_hash_password,
+        "check-config": cmd_check_config,
+        "add-device": cmd_add_device,
+    }
     return commands.get(args.command, cmd_run)(args)
 
 

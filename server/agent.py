@@ -1,20 +1,28 @@
 """Reference device agent: a simulated lamp with a thermometer.
 
-    python -m server.agent --name lamp-1 [--host 127.0.0.1] [--port 9900]
+    python -m server.agent --name lamp-1 --secret-file FILE [--host 127.0.0.1] [--port 9900]
+    VIGIL_DEVICE_SECRET=<hex> python -m server.agent --name lamp-1 ...
+
+The secret is the one ``python -m server add-device lamp-1`` made on vigil's
+host (it prints this command line); never on the command line itself, which
+every user sees in ``ps``.
 
 Copy this file to connect real hardware: replace ``Lamp`` with your device.
-The protocol (DESIGN.md, "SCTP control protocol") in short:
+The protocol (README, "Devices") in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
-- stream 0 (ordered): we send ``hello``, vigil answers ``welcome`` (or an
-  ``error``), then sends ``command``s; we answer each with a ``result``
-  carrying the command's id;
+- stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
+  send ``hello`` with ``hmac``, HMAC-SHA256 of the nonce's bytes followed by
+  our id under our secret (``server.devices.proof``); vigil answers
+  ``welcome``, or an ``error`` and aborts the association (wrong secret, too
+  late, ...); then it sends ``command``s and we answer each with a
+  ``result`` carrying the command's id;
 - stream 1 (unordered is fine): we send ``telemetry`` whenever we like;
   vigil shows browsers at most 5 updates a second per device, the newest.
 
-When the association is lost (vigil restarts, the cable is pulled) we
-connect again, waiting 0.2 s, 0.4 s, ... up to 5 s between attempts.
-Everything runs in one select() loop: no threads.
+When the association is lost (vigil restarts, the cable is pulled) or vigil
+refuses us, we connect again, waiting 0.2 s, 0.4 s, ... up to 5 s between
+attempts. Everything runs in one select() loop: no threads.
 """
 
 from __future__ import annotations
@@ -23,21 +31,27 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import select
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import sctp
 
+from server.config import read_secret_file
 from server.control import PPID_JSON, Stream
+from server.devices import parse_secret, proof
 from server.sctpchannel import tune_peer
 from server.sockopts import family_of
 
 log = logging.getLogger("agent")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+CHALLENGE_WAIT = 10.0  # seconds to wait for vigil's challenge
+SECRET_ENV = "VIGIL_DEVICE_SECRET"
 
 
 class Lamp:
@@ -69,8 +83,9 @@ class Lamp:
 class Agent:
     """One connection to vigil at a time; ``session()`` returns when it is lost."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, secret: bytes) -> None:
         self.args = args
+        self.secret = secret
         self.lamp = Lamp()
         self.sock: Any = None
         self.replies: list[tuple[float, dict[str, Any]]] = []  # (due, result), --reply-delay
@@ -97,14 +112,57 @@ class Agent:
         self.sock = sock
         self.replies.clear()
 
+    def receive(self) -> dict[str, Any] | None:
+        """The next message from vigil ({} for a notification), None when it closed."""
+        _addr, flags, data, _info = self.sock.sctp_recv(65536)
+        if flags & sctp.FLAG_NOTIFICATION:
+            return {}
+        if not data:  # vigil shut the association down
+            log.warning("vigil closed the association")
+            return None
+        msg = json.loads(data)
+        return msg if isinstance(msg, dict) else {}
+
+    def refused(self, msg: dict[str, Any]) -> None:
+        log.error(
+            "vigil refused us: %s (is this device's secret the one `python -m server "
+            "add-device %s` made? --secret-file or %s)",
+            msg.get("error"),
+            self.args.name,
+            SECRET_ENV,
+        )
+
+    def challenge(self) -> bytes | None:
+        """Wait for vigil's challenge; its nonce, or None (refused, closed, no challenge)."""
+        deadline = time.monotonic() + CHALLENGE_WAIT
+        while select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            msg = self.receive()
+            if msg is None:
+                return None
+            if msg.get("type") == "error":
+                self.refused(msg)
+                return None
+            if msg.get("type") == "challenge":
+                try:
+                    return bytes.fromhex(msg["nonce"])
+                except (KeyError, TypeError, ValueError):
+                    log.error("vigil's challenge has no nonce in hex: %s", msg)
+                    return None
+        log.warning("no challenge from vigil within %g s", CHALLENGE_WAIT)
+        return None
+
     def session(self) -> bool:
-        """Say hello and serve commands; return whether vigil ever welcomed us."""
+        """Prove who we are and serve commands; return whether vigil ever welcomed us."""
+        nonce = self.challenge()
+        if nonce is None:
+            return False
         self.send(
             {
                 "type": "hello",
                 "device": self.args.name,
                 "name": self.args.label,
                 "commands": list(Lamp.commands),
+                "hmac": proof(self.secret, nonce, self.args.name),
             }
         )
         welcomed = False
@@ -114,15 +172,11 @@ class Agent:
             due = min([next_reading] + [d for d, _ in self.replies])
             readable, _, _ = select.select([self.sock], [], [], max(0.0, due - now))
             if readable:
-                _addr, flags, data, _info = self.sock.sctp_recv(65536)
-                if flags & sctp.FLAG_NOTIFICATION:
-                    continue
-                if not data:  # vigil shut the association down
-                    log.warning("vigil closed the association")
+                msg = self.receive()
+                if msg is None:
                     return welcomed
-                msg = json.loads(data)
                 if msg.get("type") == "error" and not welcomed:
-                    log.error("vigil refused us: %s", msg.get("error"))
+                    self.refused(msg)
                     return False
                 welcomed |= self.handle(msg)
             now = time.monotonic()
@@ -179,9 +233,30 @@ class Agent:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
 
+def secret_of(args: argparse.Namespace) -> bytes:
+    """The device's secret: --secret-file, else $VIGIL_DEVICE_SECRET; ValueError if neither."""
+    if args.secret_file is not None:
+        return read_secret_file(args.secret_file)
+    text = os.environ.get(SECRET_ENV)
+    if text is None:
+        raise ValueError(
+            f"no secret: give --secret-file FILE or set {SECRET_ENV} "
+            f"(python -m server add-device {args.name} on vigil's host makes one)"
+        )
+    try:
+        return parse_secret(text)
+    except ValueError as e:
+        raise ValueError(f"{SECRET_ENV} {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m server.agent", description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True, help="device id, e.g. lamp-1")
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        help=f"file with this device's secret (mode 0600); else ${SECRET_ENV} holds it",
+    )
     p.add_argument("--label", help="display name (default: Lamp NAME)")
     p.add_argument("--host", default="127.0.0.1", help="vigil's address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9900, help="vigil's SCTP port (default 9900)")
@@ -194,13 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     args.label = args.label or f"Lamp {args.name}"
+    try:
+        secret = secret_of(args)
+    except ValueError as e:
+        print(f"agent {args.name}: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s agent " + args.name + ": %(message)s",
     )
     try:
-        Agent(args).run()
+        Agent(args, secret).run()
     except KeyboardInterrupt:
         return 0
     return 0

@@ -8,19 +8,30 @@ this module raises for bad input.
 
 Users come from ``[[auth.users]]`` and from ``users.local.toml`` next to the
 config file (written on first run by ``server.firstrun``); both use the same
-schema. Relative paths are resolved against the config file's directory.
+schema. Devices likewise come from ``[[control.devices]]`` and from
+``devices.local.toml`` (written by ``python -m server add-device``); each
+names a ``secret_file`` whose secret is read here, so a missing, short or
+exposed secret is a config error like any other. Relative paths are
+resolved against the config file's directory.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.control import DEVICE_ID, DEVICE_ID_RULE
+from server.devices import DeviceKey, parse_secret
+
 LOCAL_USERS_FILE = "users.local.toml"
+LOCAL_DEVICES_FILE = "devices.local.toml"
+LOCAL_SECRETS_DIR = "devices.local"  # add-device writes ID.secret here
 ROLES = ("operator", "viewer")
 
 
@@ -85,6 +96,11 @@ class ControlConfig:
     heartbeat_ms: int
     path_max_retrans: int
     command_timeout: float
+    # Re-read on SIGHUP (ControlChannel.reload), so left out of ==: configs
+    # that differ only in these need no restart.
+    hello_timeout: float = field(default=5.0, compare=False)
+    allow: tuple[Network, ...] = field(default=(), compare=False)
+    devices: tuple[DeviceKey, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +235,10 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "heartbeat_ms": (1000, _int(10, 600000)),
         "path_max_retrans": (2, _int(1, 100)),
         "command_timeout": (5.0, _num(0.1, 3600)),
+        # seconds from vigil's challenge to the device's hello (server.devices)
+        "hello_timeout": (5.0, _num(0.1, 60)),
+        "allow": (["127.0.0.0/8", "::1/128"], _networks),
+        "devices": ([], lambda v: v),  # checked by _devices
     },
     "tls": {
         "enabled": (True, _bool),
@@ -249,17 +269,25 @@ def _section(where: str, name: str, raw: Any) -> dict[str, Any]:
     return out
 
 
-def _users(where: str, raw: Any) -> list[User]:
+def _entries(
+    where: str, table: str, raw: Any, keys: set[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each table of the array ``table`` and the words that name it in an error."""
     if not isinstance(raw, list):
-        raise ConfigError(f"{where}: auth.users must be an array of tables ([[auth.users]])")
-    users = []
+        raise ConfigError(f"{where}: {table} must be an array of tables ([[{table}]])")
     for i, entry in enumerate(raw):
-        at = f"{where}: [[auth.users]] #{i + 1}"
+        at = f"{where}: [[{table}]] #{i + 1}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{at} must be a table")
-        unknown = sorted(set(entry) - {"name", "password", "role"})
+        unknown = sorted(set(entry) - keys)
         if unknown:
             raise ConfigError(f"{at}: unknown key {unknown[0]!r}")
+        yield at, entry
+
+
+def _users(where: str, raw: Any) -> list[User]:
+    users = []
+    for at, entry in _entries(where, "auth.users", raw, {"name", "password", "role"}):
         name, password, role = entry.get("name"), entry.get("password"), entry.get("role")
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"{at}: name must be a non-empty string without ':'")
@@ -273,6 +301,50 @@ def _users(where: str, raw: Any) -> list[User]:
     return users
 
 
+def read_secret_file(path: Path) -> bytes:
+    """The secret in ``path`` (hex); ValueError if unreadable, too short or readable by others."""
+    try:
+        with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read(4096).decode("ascii", "replace")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{path}: other users may read it (chmod 600 {path})")
+    try:
+        return parse_secret(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
+    devices = []
+    for at, entry in _entries(where, table, raw, {"id", "secret_file"}):
+        dev_id, secret_file = entry.get("id"), entry.get("secret_file")
+        if not isinstance(dev_id, str) or not DEVICE_ID.fullmatch(dev_id):
+            raise ConfigError(f"{at}: id must be {DEVICE_ID_RULE}")
+        if not isinstance(secret_file, str) or not secret_file:
+            raise ConfigError(
+                f"{at} ({dev_id}): secret_file must name the file that holds its secret"
+                f" (python -m server add-device {dev_id} makes one)"
+            )
+        try:
+            secret = read_secret_file(base / secret_file)
+        except ValueError as e:
+            raise ConfigError(f"{at} ({dev_id}): secret_file {e}") from None
+        devices.append(DeviceKey(dev_id, secret))
+    return devices
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name (in sort order) that occurs more than once, if any."""
+    seen: set[str] = set()
+    again: set[str] = set()
+    for n in names:
+        (again if n in seen else seen).add(n)
+    return min(again, default=None)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -284,7 +356,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate ``path`` (and users.local.toml beside it); raise ConfigError."""
+    """Read and validate ``path`` (and the *.local.toml beside it); raise ConfigError."""
     path = Path(path).absolute()
     raw = _read_toml(path)
     where = str(path)
@@ -296,10 +368,9 @@ def load(path: str | Path) -> Config:
     local = path.parent / LOCAL_USERS_FILE
     if local.exists():
         users += _users(str(local), _read_toml(local).get("users", []))
-    names = [u.name for u in users]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"{where}: user {dupes[0]!r} is defined twice")
+    twice = _repeated(u.name for u in users)
+    if twice:
+        raise ConfigError(f"{where}: user {twice!r} is defined twice")
     base = path.parent
     sec["http"]["static_dir"] = (base / sec["http"]["static_dir"]).resolve()
     if not sec["http"]["static_dir"].is_dir():
@@ -308,6 +379,14 @@ def load(path: str | Path) -> Config:
         )
     sec["auth"]["users"] = tuple(users)
     sec["audit"]["path"] = base / sec["audit"]["path"]
+    devices = _devices(where, "control.devices", sec["control"]["devices"], base)
+    local = base / LOCAL_DEVICES_FILE
+    if local.exists():
+        devices += _devices(str(local), "devices", _read_toml(local).get("devices", []), base)
+    twice = _repeated(d.id for d in devices)
+    if twice:
+        raise ConfigError(f"{where}: device {twice!r} is declared twice")
+    sec["control"]["devices"] = tuple(devices)
     tls = sec["tls"]
     if bool(tls["cert"]) != bool(tls["key"]):
         raise ConfigError(f"{where}: [tls] cert and key go together: give both or neither")

@@ -13,12 +13,15 @@ Wire format (DESIGN.md, "SCTP control protocol"): every SCTP message is one
 UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes. ``decode`` turns bytes
 from a device into a ``Hello``, ``Result`` or ``Telemetry``, or returns a
 one-line error text for the ``{"type": "error"}`` reply. The association
-stays up after an error; it is the device's turn to do better.
+stays up after such an error; it is the device's turn to do better. (A
+hello that fails to prove its secret is another matter: ``server.devices``.)
 
 Invariants of ``Registry``:
-- a device id is online on at most one association; a second association
-  claiming a live id is refused (no takeover), so a misconfigured twin cannot
-  steal a working device's commands;
+- only proven hellos reach it (``server.devices`` checked the hmac), and an
+  association is one device for its whole life;
+- a device id is online on at most one association: a second proven
+  association of the same id replaces the first (the agent restarted before
+  SCTP noticed its old association die), whose commands fail at once;
 - devices stay known after they go offline (``online=False``, ``since`` = when
   they went), so the panel can still show them;
 - a pending command belongs to one device; ``Registry.drop_assoc`` returns the
@@ -40,6 +43,7 @@ from server.dates import iso_utc
 MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
+DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
 MAX_NAME = 100
 MAX_COMMANDS = 64
 
@@ -68,6 +72,7 @@ class Hello:
     device: str
     name: str
     commands: tuple[str, ...]
+    hmac: str | None = None  # the proof of its secret (server.devices.proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,7 @@ def too_large(size: int) -> str:
 def _hello(obj: dict[str, Any]) -> Hello | str:
     device, name, commands = obj.get("device"), obj.get("name"), obj.get("commands", [])
     if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
-        return "hello: device must be 1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
+        return f"hello: device must be {DEVICE_ID_RULE}"
     if name is None:
         name = device
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
@@ -107,7 +112,10 @@ def _hello(obj: dict[str, Any]) -> Hello | str:
         return f"hello: commands must be a list of at most {MAX_COMMANDS} non-empty strings"
     if len(set(commands)) != len(commands):
         return "hello: commands must not repeat"
-    return Hello(device, name, tuple(commands))
+    proof = obj.get("hmac")
+    if proof is not None and not isinstance(proof, str):
+        return "hello: hmac must be a string of hex digits"
+    return Hello(device, name, tuple(commands), proof)
 
 
 def _result(obj: dict[str, Any]) -> Result | str:
@@ -240,6 +248,16 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """A proven hello, registered; ``replaced``: the association it took over, if any."""
+
+    device: Device
+    replaced: int | None = None
+    gone: Device | None = None  # the device as the replaced association left it (offline)
+    lost: tuple[Pending, ...] = ()  # commands sent to the replaced association
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A command that cannot be issued: the HTTP status and the error text."""
 
@@ -259,19 +277,20 @@ class Registry:
     _prefix: str = field(default_factory=lambda: secrets.token_hex(3))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def hello(self, assoc: int, msg: Hello, at: float) -> Device | str:
-        """Register the device of ``assoc``; return it, or an error text."""
-        current = self.by_assoc.get(assoc)
-        if current is not None and current != msg.device:
-            return f"hello: this association is already device {current!r}"
+    def hello(self, assoc: int, msg: Hello, at: float) -> Joined:
+        """Register the proven device of ``assoc`` (not yet a device: see ``device_of``).
+
+        If the id is online on another association, that one is dropped: the
+        device proved its secret here, so this is where it is now.
+        """
+        assert assoc not in self.by_assoc, "one hello per association"
         known = self.devices.get(msg.device)
-        if known is not None and known.online and known.assoc != assoc:
-            return f"hello: device {msg.device!r} is already connected (no takeover)"
-        since = known.since if known is not None and known.online else at
-        dev = Device(msg.device, msg.name, msg.commands, True, since, assoc)
+        old = known.assoc if known is not None else None
+        gone, lost = self.drop_assoc(old, at) if old is not None else (None, [])
+        dev = Device(msg.device, msg.name, msg.commands, True, at, assoc)
         self.devices[dev.id] = dev
         self.by_assoc[assoc] = dev.id
-        return dev
+        return Joined(dev, old, gone, tuple(lost))
 
     def device_of(self, assoc: int) -> Device | None:
         """The device that said hello on ``assoc``, if any."""

@@ -51,24 +51,38 @@ timeouts in a row); raise ``RTO_MIN_MS`` for such links.
 Payload protocol ids (PPID) are 32-bit values the kernel passes through
 untouched, so they travel in network byte order: ``htonl`` when sending,
 ``ntohl`` when reading ``sinfo_ppid``.
+
+Who may be a device (``server.devices`` decides): on COMM_UP the peer's
+primary address (SCTP_STATUS; the source of its INIT) is checked against
+``control.allow`` and a challenge with a fresh nonce goes out, with a timer
+at its deadline. A refusal is one log line, one ``device_refused`` audit
+record (the injected ``audit``, ``AuditLog.append`` in the server), an
+``error`` message and then an SCTP ABORT (sendmsg with SCTP_ABORT; its
+payload, the same text, is the user-initiated abort cause the peer's kernel
+reports). The error goes out first, in its own packet, so the peer reads it
+before it sees the association lost. What a refused association had queued
+before the ABORT is dropped unread.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import sctp
 
 from server import control
+from server.auth import AllowList, display_address
 from server.config import ControlConfig
 from server.control import Phase, Refusal, Stream
+from server.devices import NONCE_BYTES, Admission, Denial, challenge
 from server.loop import READ, Loop, Timer
 from server.sockopts import family_of
 
@@ -85,9 +99,7 @@ SCTP_SNDRCV = 1  # cmsg type of struct sctp_sndrcvinfo, <linux/sctp.h>
 SNDRCVINFO = struct.Struct("=HHHxxIIIIIi")
 
 AssocChange = sctp.assoc_change
-LOST_STATES = frozenset(
-    {AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP, AssocChange.state_RESTART}
-)
+LOST_STATES = frozenset({AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP})
 
 # Retransmission timeout bounds (SCTP_RTOINFO, ms); the kernel's defaults
 # (3000, 1000, 60000) would take 9 .. 11 s to notice a pulled cable.
@@ -129,17 +141,27 @@ def tune_peer(sock: Any, family: int, heartbeat_ms: int, max_retrans: int) -> No
 
 
 Publish = Callable[[str, dict[str, Any]], object]  # the event bus's publish
+Audit = Callable[..., object]  # AuditLog.append(kind, **fields)
 OnDone = Callable[[int, dict[str, Any]], None]
+
+
+def _no_audit(_kind: str, **_fields: Any) -> None:
+    return None
 
 
 class ControlChannel:
     """Device agents over SCTP: registry, commands and telemetry for the HTTP side."""
 
-    def __init__(self, loop: Loop, cfg: ControlConfig, publish: Publish) -> None:
+    def __init__(
+        self, loop: Loop, cfg: ControlConfig, publish: Publish, audit: Audit = _no_audit
+    ) -> None:
         self._loop = loop
         self._cfg = cfg
         self._publish = publish
+        self._audit = audit
         self._sock: Any = None  # sctp.sctpsocket_udp while running
+        self._admission = Admission(cfg.devices, AllowList(cfg.allow), cfg.hello_timeout)
+        self._deadlines: dict[int, Timer] = {}  # association -> its challenge's deadline
         self._registry = control.Registry()
         self._coalescer = control.Coalescer()
         self._reassembler = control.Reassembler()
@@ -182,6 +204,30 @@ class ControlChannel:
             cfg.streams,
             cfg.heartbeat_ms,
         )
+        self._say_if_no_devices()
+
+    def _say_if_no_devices(self) -> None:
+        if not self._admission.keys:
+            log.warning("control channel: no devices declared: python -m server add-device ID")
+
+    def reload(self, cfg: ControlConfig) -> None:
+        """SIGHUP: new device secrets, ``allow`` and ``hello_timeout`` (the rest needs a restart).
+
+        A device whose secret changed or was removed, and any association
+        whose address is no longer allowed, is disconnected: it has to prove
+        itself again, as a person removed from the config is logged out.
+        """
+        allow = AllowList(cfg.allow)
+        revoked, outside = self._admission.reload(cfg.devices, allow, cfg.hello_timeout)
+        if self._sock is None:
+            return
+        self._say_if_no_devices()
+        for assoc in outside:
+            self._disconnect(assoc, "its address is no longer in control.allow")
+        for dev_id in sorted(revoked):
+            dev = self._registry.devices.get(dev_id)
+            if dev is not None and dev.assoc is not None:
+                self._disconnect(dev.assoc, "its secret changed or it is no longer declared")
 
     def _off(self, reason: str) -> None:
         self.off_reason = reason
@@ -213,6 +259,9 @@ class ControlChannel:
             p = self._registry.expire(cid)
             if p is not None:
                 self._fail(p, 503, "the server is shutting down")
+        for timer in self._deadlines.values():
+            timer.cancel()
+        self._deadlines.clear()
         self._loop.unregister(self._sock.sock())
         self._sock.close()
         self._sock = None
@@ -276,11 +325,37 @@ class ControlChannel:
         on_done(200, {"id": p.id, **outcome})
 
     # -- socket I/O ------------------------------------------------------
-    def _send(self, assoc: int, msg: dict[str, Any]) -> None:
+    def _send(self, assoc: int, msg: dict[str, Any], flags: int = 0) -> None:
+        """One message on the control stream (``flags``: SCTP_ABORT sends ``msg`` as the cause)."""
+        data = control.encode(msg)
         info = SNDRCVINFO.pack(
-            Stream.CONTROL, 0, 0, socket.htonl(control.PPID_JSON), 0, 0, 0, 0, assoc
+            Stream.CONTROL, 0, flags, socket.htonl(control.PPID_JSON), 0, 0, 0, 0, assoc
         )
-        self._sock.sendmsg([control.encode(msg)], [(socket.IPPROTO_SCTP, SCTP_SNDRCV, info)])
+        self._sock.sendmsg([data], [(socket.IPPROTO_SCTP, SCTP_SNDRCV, info)])
+
+    def _abort(self, assoc: int, text: str) -> None:
+        """Send ``text`` as an ``error``, then ABORT the association; forget it at once."""
+        for flags in (0, sctp.MSG_ABORT):
+            try:
+                self._send(assoc, control.error(text), flags)
+            except OSError as e:  # it may be gone already
+                log.debug("association %d: %s", assoc, e.strerror)
+        self._forget(assoc, "aborted")
+
+    def _forget(self, assoc: int, how: str) -> None:
+        timer = self._deadlines.pop(assoc, None)
+        if timer is not None:
+            timer.cancel()
+        self._admission.leave(assoc)
+        self._assoc_lost(assoc, how)
+
+    def _peer_address(self, assoc: int) -> str | None:
+        """The peer's primary address: where its INIT came from."""
+        try:
+            return display_address(self._sock.get_status(assoc).primary.sockaddr[0])
+        except (OSError, AttributeError, IndexError, TypeError, ValueError) as e:
+            log.info("association %d: no peer address: %s", assoc, e)
+            return None
 
     def _reply_error(self, assoc: int, text: str) -> None:
         log.info("association %d: %s", assoc, text)
@@ -312,12 +387,15 @@ class ControlChannel:
                     n.outbound_streams,
                     n.inbound_streams,
                 )
+                self._challenge(n.assoc_id)
+            elif n.state == AssocChange.state_RESTART:  # the peer restarted: a new association
+                self._forget(n.assoc_id, "restarted")
+                self._challenge(n.assoc_id)
             elif n.state in LOST_STATES:
-                self._assoc_lost(
-                    n.assoc_id, "lost" if n.state != AssocChange.state_SHUTDOWN_COMP else "closed"
-                )
+                closed = n.state == AssocChange.state_SHUTDOWN_COMP
+                self._forget(n.assoc_id, "closed" if closed else "lost")
         elif isinstance(n, sctp.shutdown_event):
-            self._assoc_lost(n.assoc_id, "shut down")
+            self._forget(n.assoc_id, "shut down")
         elif isinstance(n, sctp.send_failed):
             log.info(
                 "association %d: a message could not be delivered (error %d)", n.assoc_id, n.error
@@ -326,15 +404,65 @@ class ControlChannel:
     def _assoc_lost(self, assoc: int, how: str) -> None:
         self._reassembler.forget(assoc)
         dev, lost = self._registry.drop_assoc(assoc, time.time())
-        if dev is None:
-            return
-        log.info("device %s offline: association %d %s", dev.id, assoc, how)
+        if dev is not None:
+            self._offline(dev, f"association {assoc} {how}", lost)
+
+    def _offline(
+        self, dev: control.Device, why: str, lost: Iterable[control.Pending], **extra: Any
+    ) -> None:
+        log.info("device %s offline: %s", dev.id, why)
         self._coalescer.forget(dev.id)
-        self._publish("device", {"kind": "offline", "device": dev.as_json()})
+        self._publish("device", {"kind": "offline", "device": dev.as_json(), **extra})
         for p in lost:
             self._fail(p, 503, f"device {dev.id!r} was lost before it answered")
 
+    def _challenge(self, assoc: int) -> None:
+        """A new association: refuse it, or challenge it and wait for its hello."""
+        now = self._loop.now()
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        ch = self._admission.arrive(assoc, self._peer_address(assoc), nonce, now)
+        if isinstance(ch, Denial):
+            self._refuse(assoc, ch)
+            return
+        self._deadlines[assoc] = self._loop.call_at(ch.deadline, partial(self._hello_due, assoc))
+        try:
+            self._send(assoc, challenge(ch.nonce))
+        except OSError as e:
+            log.info("association %d: cannot send the challenge: %s", assoc, e.strerror)
+
+    def _hello_due(self, assoc: int) -> None:
+        self._deadlines.pop(assoc, None)
+        denial = self._admission.due(assoc, self._loop.now())
+        if denial is not None:
+            self._refuse(assoc, denial)
+
+    def _refuse(self, assoc: int, d: Denial) -> None:
+        """One log line, an error message, ABORT, one audit record."""
+        log.warning(
+            "device %s from %s refused (association %d): %s",
+            d.device or "(no hello)",
+            d.addr or "?",
+            assoc,
+            d.detail,
+        )
+        self._abort(assoc, d.reply)
+        self._audit("device_refused", device=d.device, addr=d.addr, reason=d.reason.value)
+
+    def _disconnect(self, assoc: int, why: str) -> None:
+        """Throw out an association that was let in (SIGHUP took its right away)."""
+        dev = self._registry.device_of(assoc)
+        log.warning(
+            "device %s from %s disconnected (association %d): %s",
+            dev.id if dev else "(no hello)",
+            self._admission.addrs.get(assoc, "?"),
+            assoc,
+            why,
+        )
+        self._abort(assoc, f"disconnected: {why}")
+
     def _on_data(self, assoc: int, ppid: int, piece: bytes, flags: int) -> None:
+        if not self._admission.knows(assoc):
+            return  # refused (and aborted), or it never came up: not worth an answer
         whole = self._reassembler.feed(assoc, piece, bool(flags & sctp.FLAG_EOR))
         if whole is None:
             return
@@ -358,20 +486,37 @@ class ControlChannel:
 
     # -- messages --------------------------------------------------------
     def _on_hello(self, assoc: int, msg: control.Hello) -> None:
-        was_online = self._registry.device_of(assoc) is not None
-        dev = self._registry.hello(assoc, msg, time.time())
-        if isinstance(dev, str):
-            self._reply_error(assoc, dev)
+        current = self._registry.device_of(assoc)
+        if current is not None:
+            self._reply_error(assoc, f"hello: this association is already device {current.id!r}")
             return
+        timer = self._deadlines.pop(assoc, None)
+        if timer is not None:
+            timer.cancel()
+        denial = self._admission.prove(assoc, msg.device, msg.hmac, self._loop.now())
+        if denial is not None:
+            self._refuse(assoc, denial)
+            return
+        joined = self._registry.hello(assoc, msg, time.time())
+        dev = joined.device
+        if joined.replaced is not None:
+            old = joined.replaced
+            if joined.gone is not None:
+                why = f"association {old} replaced by association {assoc} (the agent reconnected)"
+                self._offline(joined.gone, why, joined.lost, reason="replaced")
+            self._abort(old, "replaced by a newer association of this device")
         try:
             self._send(assoc, control.welcome(dev.id))
         except OSError as e:
             log.info("association %d: cannot send welcome: %s", assoc, e.strerror)
-        if not was_online:
-            log.info(
-                "device %s online on association %d: %s", dev.id, assoc, ", ".join(dev.commands)
-            )
-            self._publish("device", {"kind": "online", "device": dev.as_json()})
+        log.info(
+            "device %s online on association %d from %s: %s",
+            dev.id,
+            assoc,
+            self._admission.addrs.get(assoc, "?"),
+            ", ".join(dev.commands),
+        )
+        self._publish("device", {"kind": "online", "device": dev.as_json()})
 
     def _on_result(self, assoc: int, msg: control.Result) -> None:
         p = self._registry.resolve(assoc, msg)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from server.config import LOCAL_USERS_FILE, ConfigError, load
+from server.config import LOCAL_DEVICES_FILE, LOCAL_USERS_FILE, ConfigError, load
+from server.devices import DeviceKey
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = '[[auth.users]]\nname = "alice"\npassword = "scrypt$1$1$1$a$b"\nrole = "operator"\n'
@@ -70,3 +74,76 @@ def test_local_users_file_adds_users(tmp_path: Path) -> None:
         USER.replace("auth.users", "users").replace("alice", "admin")
     )
     assert [u.name for u in load(path).auth.users] == ["alice", "admin"]
+
+
+SECRET = "ab" * 32
+
+
+def secret_file(tmp_path: Path, name: str, text: str = SECRET, mode: int = 0o600) -> str:
+    path = tmp_path / name
+    path.write_text(text + "\n")
+    os.chmod(path, mode)
+    return name
+
+
+def device(dev_id: str, secret: str, table: str = "control.devices") -> str:
+    return f'[[{table}]]\nid = "{dev_id}"\nsecret_file = "{secret}"\n'
+
+
+def test_devices_from_config_and_local_file(tmp_path: Path) -> None:
+    path = write(tmp_path, device("lamp-1", secret_file(tmp_path, "one.secret")))
+    secret_file(tmp_path, "two.secret", "cd" * 16)  # 128 bits: the least allowed
+    (tmp_path / LOCAL_DEVICES_FILE).write_text(device("lamp-2", "two.secret", "devices"))
+    cfg = load(path).control
+    assert cfg.devices == (
+        DeviceKey("lamp-1", bytes.fromhex(SECRET)),
+        DeviceKey("lamp-2", bytes.fromhex("cd" * 16)),
+    )
+    assert SECRET not in repr(cfg)  # a secret never reaches a log line by repr
+    assert cfg.allow == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert cfg.hello_timeout == 5.0
+
+
+def test_reloadable_control_keys_do_not_make_configs_differ(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "")).control
+    key = DeviceKey("x", b"k" * 16)
+    assert replace(cfg, devices=(key,), allow=(), hello_timeout=1.0) == cfg  # no restart
+    assert replace(cfg, port=1) != cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (device("bad id", "s"), "[[control.devices]] #1: id must be 1-64 characters"),
+        ('[[control.devices]]\nid = "d"\n', "(d): secret_file must name the file"),
+        ('[[control.devices]]\nid = "d"\nsecret = "ab"\n', "unknown key 'secret'"),
+        (device("d", "missing.secret"), "(d): secret_file"),
+        (device("d", "short.secret"), "the secret has 64 bits, at least 128"),
+        (device("d", "nothex.secret"), "must hold the secret as hex digits"),
+        (device("d", "open.secret"), "other users may read it (chmod 600"),
+        (device("d", "ok.secret") + device("d", "ok.secret"), "device 'd' is declared twice"),
+        ('[control]\nallow = ["1.2.3.4/40"]\n', "[control] allow: bad CIDR range"),
+        ("[control]\nhello_timeout = 0\n", "[control] hello_timeout"),
+    ],
+)
+def test_device_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    secret_file(tmp_path, "short.secret", "ab" * 8)
+    secret_file(tmp_path, "nothex.secret", "not a secret")
+    secret_file(tmp_path, "open.secret", mode=0o644)
+    secret_file(tmp_path, "ok.secret")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(path) in str(e.value) and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_local_devices_file_errors_name_that_file(tmp_path: Path) -> None:
+    path = write(tmp_path, device("d", secret_file(tmp_path, "a.secret")))
+    local = tmp_path / LOCAL_DEVICES_FILE
+    local.write_text(device("d", "a.secret", "devices"))
+    with pytest.raises(ConfigError, match="device 'd' is declared twice"):
+        load(path)
+    local.write_text('[[devices]]\nid = "e"\n')
+    with pytest.raises(ConfigError, match=f"{local}: \\[\\[devices\\]\\] #1 \\(e\\)"):
+        load(path)

@@ -46,6 +46,7 @@ def raw(obj: object) -> bytes:
         ),
         (raw({"type": "telemetry", "data": {"t": 21.5}}), Telemetry({"t": 21.5})),
         ('{"type":"hello","device":"d","name":"Lampe ü"}'.encode(), Hello("d", "Lampe ü", ())),
+        (raw({"type": "hello", "device": "d", "hmac": "ab12"}), Hello("d", "d", (), "ab12")),
     ],
 )
 def test_decode_valid(data: bytes, expected: control.Message) -> None:
@@ -74,6 +75,7 @@ def test_decode_valid(data: bytes, expected: control.Message) -> None:
         (raw({"type": "hello", "device": "x", "commands": [1]}), "hello: commands must be"),
         (raw({"type": "hello", "device": "x", "commands": ["a"] * 65}), "hello: commands must be"),
         (raw({"type": "hello", "device": "x", "commands": ["a", "a"]}), "must not repeat"),
+        (raw({"type": "hello", "device": "x", "hmac": 12}), "hello: hmac must be a string"),
         (raw({"type": "result", "ok": True}), "result: id must be"),
         (raw({"type": "result", "id": "", "ok": True}), "result: id must be"),
         (raw({"type": "result", "id": "c", "ok": 1}), "result: ok must be"),
@@ -103,8 +105,9 @@ def hello(device: str = "lamp-1", commands: tuple[str, ...] = ("on", "off")) -> 
 
 def test_hello_registers_and_lists() -> None:
     reg = Registry()
-    dev = reg.hello(7, hello(), at=100.0)
-    assert not isinstance(dev, str)
+    joined = reg.hello(7, hello(), at=100.0)
+    dev = joined.device
+    assert joined == control.Joined(dev)  # nothing replaced
     assert dev.as_json() == {
         "id": "lamp-1",
         "name": "Lamp lamp-1",
@@ -115,24 +118,30 @@ def test_hello_registers_and_lists() -> None:
     assert reg.device_of(7) == dev and reg.device_of(8) is None
 
 
-def test_repeated_hello_on_same_association_keeps_since() -> None:
+def test_a_proven_hello_replaces_the_live_association_of_its_id() -> None:
     reg = Registry()
     reg.hello(7, hello(), at=100.0)
-    dev = reg.hello(7, hello(commands=("on",)), at=200.0)
-    assert not isinstance(dev, str) and dev.since == 100.0 and dev.commands == ("on",)
-    other = reg.hello(7, hello("lamp-2"), at=200.0)
-    assert isinstance(other, str) and "already device 'lamp-1'" in other
+    other = reg.hello(9, hello("lamp-2"), at=100.0)
+    p = reg.issue("lamp-1", "on", {}, "alice", now=1.0, timeout=5)
+    q = reg.issue("lamp-2", "on", {}, "alice", now=1.0, timeout=5)
+    assert isinstance(p, control.Pending) and isinstance(q, control.Pending)
+    joined = reg.hello(8, hello(commands=("on",)), at=101.0)  # the agent restarted
+    assert joined.replaced == 7 and joined.lost == (p,)
+    assert joined.gone is not None and not joined.gone.online and joined.gone.since == 101.0
+    assert joined.device.assoc == 8 and joined.device.since == 101.0
+    assert reg.device_of(7) is None and reg.device_of(8) == joined.device
+    assert list(reg.pending) == [q.id] and reg.device_of(9) == other.device
+    assert reg.drop_assoc(7, at=102.0) == (None, [])  # its COMM_LOST comes later: nothing
+    assert reg.resolve(7, Result(p.id, True)) is None
 
 
-def test_live_device_id_cannot_be_taken_over() -> None:
+def test_hello_of_a_known_offline_device_replaces_nothing() -> None:
     reg = Registry()
     reg.hello(7, hello(), at=100.0)
-    refused = reg.hello(8, hello(), at=101.0)
-    assert isinstance(refused, str) and "already connected" in refused
-    assert reg.devices["lamp-1"].assoc == 7 and reg.device_of(8) is None
     reg.drop_assoc(7, at=102.0)
     back = reg.hello(8, hello(), at=103.0)
-    assert not isinstance(back, str) and back.assoc == 8 and back.since == 103.0
+    assert back == control.Joined(back.device)
+    assert back.device.assoc == 8 and back.device.since == 103.0
 
 
 def test_drop_assoc_marks_offline_and_returns_lost_commands() -> None:

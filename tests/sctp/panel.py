@@ -6,6 +6,12 @@ inside a network namespace, tests/uml/guestnet.py). ``Events`` follows a
 user's ``/api/events`` stream in a thread and timestamps every event, so a
 test can tell when a browser would have seen it. Used by tests/sctp and by
 the control bench (bench/section_control.py), inside UML or natively.
+
+The devices of ``devicekeys.DEVICES`` are declared before vigil starts and
+``agent()`` gives each agent its secret; an agent with another id is
+declared on the spot (devices.local.toml, then SIGHUP, as after
+``python -m server add-device``). ``control.allow`` lets in loopback and
+the network namespaces of tests/uml/guestnet.py.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import http.client
 import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from devicekeys import DEVICES, agent_env, declare  # noqa: E402
 from support import Vigil, basic, password, write_config  # noqa: E402
 from wire import Event, sse_events  # noqa: E402
 
@@ -48,7 +56,11 @@ class Panel:
             "heartbeat_ms": 1000,
             "path_max_retrans": 2,
             "command_timeout": command_timeout,
+            "allow": ["127.0.0.0/8", "::1/128", "10.213.0.0/24"],  # guestnet's namespaces
         }
+        self.tmp = tmp
+        self.declared = set(DEVICES)
+        declare(tmp, DEVICES)
         self.vigil = Vigil(write_config(tmp, {"control": control, **sections}))
         self.agents: list[subprocess.Popen[bytes]] = []
 
@@ -72,13 +84,31 @@ class Panel:
         return Pending(subprocess.Popen(cmd, stdout=subprocess.PIPE))
 
     def agent(
-        self, name: str, *extra: str, host: str = "127.0.0.1", wrap: Sequence[str] = ()
+        self,
+        name: str,
+        *extra: str,
+        host: str = "127.0.0.1",
+        wrap: Sequence[str] = (),
+        key: bytes | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start a reference agent with the secret of ``name`` (or ``key``)."""
+        if name not in self.declared:
+            self.declare(name)
         argv = [sys.executable, "-m", "server.agent", "--name", name, "--host", host]
         argv += ["--port", str(self.sctp_port), *extra]
-        proc = subprocess.Popen([*wrap, *argv], cwd=ROOT, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*wrap, *argv], cwd=ROOT, env=agent_env(name, key), stderr=subprocess.DEVNULL
+        )
         self.agents.append(proc)
         return proc
+
+    def declare(self, name: str) -> None:
+        """Declare device ``name`` to the running vigil (devices.local.toml, SIGHUP)."""
+        declare(self.tmp, [name])
+        self.declared.add(name)
+        since = len(self.vigil.log())
+        self.vigil.signal(signal.SIGHUP)
+        self.vigil.wait_for_log("reloaded", since)
 
     def events(self, user: str = "bob") -> Events:
         return Events(self.vigil.host, self.vigil.port, user)

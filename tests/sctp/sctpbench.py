@@ -5,10 +5,16 @@ The channel runs in a real ``Loop`` in the test process, without threads:
 10 ms by a timer) or a time limit passes. Device agents run as subprocesses;
 hand-made peers (``Peer``) are one-to-one pysctp sockets whose replies are
 awaited by running the loop until the peer's socket is readable.
+
+The channel knows the devices of ``devicekeys.DEVICES`` with their test
+secrets and lets in loopback peers; ``Bench.audits`` collects the audit
+records it writes. A ``Peer`` reads vigil's challenge as it connects and
+proves the secret of whatever id it says hello as (``Peer.hello``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import select
 import signal
@@ -20,7 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devicekeys import DEVICES, agent_env, secret
+
 ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class Bench:
@@ -28,6 +37,7 @@ class Bench:
 
     def __init__(self, **cfg: Any) -> None:
         from server.config import ControlConfig
+        from server.devices import DeviceKey
         from server.loop import Loop
         from server.sctpchannel import ControlChannel
 
@@ -39,15 +49,22 @@ class Bench:
             "heartbeat_ms": 1000,
             "path_max_retrans": 2,
             "command_timeout": 5.0,
+            "hello_timeout": 5.0,
+            "allow": LOOPBACK,
+            "devices": tuple(DeviceKey(d, secret(d)) for d in DEVICES),
         } | cfg
         self.cfg = ControlConfig(**values)
         self.loop = Loop()
         self.events: list[tuple[str, dict[str, Any]]] = []
-        self.channel = ControlChannel(self.loop, self.cfg, self._publish)
+        self.audits: list[dict[str, Any]] = []
+        self.channel = ControlChannel(self.loop, self.cfg, self._publish, self._audit)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def _publish(self, kind: str, data: dict[str, Any]) -> None:
         self.events.append((kind, data))
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        self.audits.append({"type": kind, **fields})
 
     def start(self) -> Bench:
         self.channel.start()
@@ -94,10 +111,10 @@ class Bench:
         self.channel.command(device, action, args or {}, "alice", reply)
         return reply
 
-    def agent(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        """Start ``python -m server.agent`` against this channel."""
+    def agent(self, name: str, *extra: str, key: bytes | None = None) -> subprocess.Popen[bytes]:
+        """Start ``python -m server.agent`` against this channel (its secret: ``key``)."""
         argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(self.port)]
-        proc = subprocess.Popen([*argv, *extra], cwd=ROOT)
+        proc = subprocess.Popen([*argv, *extra], cwd=ROOT, env=agent_env(name, key))
         self.procs.append(proc)
         return proc
 
@@ -134,14 +151,20 @@ class Reply:
 
 
 class Peer:
-    """A hand-driven device: a one-to-one SCTP socket speaking raw messages."""
+    """A hand-driven device: a one-to-one SCTP socket speaking raw messages.
 
-    def __init__(self, bench: Bench) -> None:
+    ``first`` is what vigil sent when the association came up (its challenge,
+    or the error of a refusal); ``nonce`` the challenge's nonce, if any.
+    """
+
+    def __init__(self, bench: Bench, host: str = "127.0.0.1") -> None:
         import sctp
 
         self.bench = bench
-        self.sock = sctp.sctpsocket_tcp(socket.AF_INET)
-        self.sock.connect(("127.0.0.1", bench.port))
+        self.sock = sctp.sctpsocket_tcp(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.connect((host, bench.port))
+        self.first = self.recv()
+        self.nonce = bytes.fromhex(self.first["nonce"]) if "nonce" in self.first else None
 
     def send(self, msg: dict[str, Any] | bytes, stream: int = 0, ppid: int = 51) -> None:
         data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
@@ -159,9 +182,40 @@ class Peer:
         assert not flags & sctp.FLAG_NOTIFICATION
         return json.loads(data)
 
-    def hello(self, device: str, commands: list[str] | None = None) -> dict[str, Any]:
-        self.send({"type": "hello", "device": device, "commands": commands or ["on", "off"]})
+    def hello_message(
+        self, device: str, commands: list[str] | None = None, key: bytes | None = None
+    ) -> dict[str, Any]:
+        """A hello that proves ``key`` (default: the test secret of ``device``)."""
+        from server.devices import proof
+
+        assert self.nonce is not None, self.first
+        return {
+            "type": "hello",
+            "device": device,
+            "commands": commands or ["on", "off"],
+            "hmac": proof(secret(device) if key is None else key, self.nonce, device),
+        }
+
+    def hello(
+        self, device: str, commands: list[str] | None = None, key: bytes | None = None
+    ) -> dict[str, Any]:
+        self.send(self.hello_message(device, commands, key))
         return self.recv()
+
+    def aborted(self, timeout: float = 5.0) -> bool:
+        """Run the loop until vigil ends the association; True if it was an ABORT."""
+        import sctp
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.bench.run_until(self.readable, deadline - time.monotonic())
+            try:
+                _addr, flags, data, _info = self.sock.sctp_recv(1 << 20)
+            except ConnectionResetError:
+                return True
+            if not flags & sctp.FLAG_NOTIFICATION and not data:
+                return False  # a graceful SHUTDOWN, not an ABORT
+        return False
 
     def close(self) -> None:
         self.sock.close()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from devicekeys import agent_env
 from panel import ROOT, Panel
 from support import basic
 
@@ -74,11 +75,15 @@ def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
 
 
 FLOOD = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 import sctp
+from server.devices import proof
 sock = sctp.sctpsocket_tcp(socket.AF_INET)
 sock.connect(("127.0.0.1", int(sys.argv[1])))
-sock.sctp_send(json.dumps({"type": "hello", "device": "flood", "commands": []}).encode(), ppid=51)
+nonce = bytes.fromhex(json.loads(sock.sctp_recv(65536)[2])["nonce"])
+secret = bytes.fromhex(os.environ["VIGIL_DEVICE_SECRET"])
+hello = {"type": "hello", "device": "flood", "commands": [], "hmac": proof(secret, nonce, "flood")}
+sock.sctp_send(json.dumps(hello).encode(), ppid=51)
 msg = json.dumps({"type": "telemetry", "data": {"x": 1, "pad": "y" * 200}}).encode()
 bad = b"{not json"
 sent, end = 0, time.monotonic() + float(sys.argv[2])
@@ -95,6 +100,7 @@ def test_a_flooding_device_does_not_starve_http(panel: Panel) -> None:
         flood = subprocess.Popen(
             [sys.executable, "-c", FLOOD, str(panel.sctp_port), str(seconds)],
             cwd=ROOT,
+            env=agent_env("flood"),
             stdout=subprocess.PIPE,
         )
         events.wait_for(events.device("online", "flood"))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from pathlib import Path
 
 import pytest
+from devicekeys import secret
 from sctpbench import Bench, Peer
+
+from server.devices import proof
 
 
 def _rx_queue(remote_port: int) -> int:
@@ -19,12 +23,14 @@ def _rx_queue(remote_port: int) -> int:
     return int(row[rx])
 
 
-def test_sctp_darn_exchanges_messages(bench: Bench) -> None:
+def test_sctp_darn_exchanges_messages(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "server.sctpchannel")
     darn = subprocess.Popen(
         ["sctp_darn", "-H", "127.0.0.1", "-P", "0", "-h", "127.0.0.1", "-p", str(bench.port), "-s"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
+    bench.procs.append(darn)  # killed if the test fails: a live one would hold the guest
     assert darn.stdin is not None
 
     def line(text: bytes) -> None:  # sctp_darn sends it with "\n" and a C string's NUL
@@ -32,10 +38,20 @@ def test_sctp_darn_exchanges_messages(bench: Bench) -> None:
         darn.stdin.write(text + b"\n")
         darn.stdin.flush()
 
-    line(b'{"type": "hello", "device": "darn-1", "name": "C peer", "commands": []}')
-    bench.run_until(lambda: bench.online("darn-1"))
-    # sctp_darn -s never reads: our welcome waits in its receive queue
+    # sctp_darn sets its association up with its first message, and -s never
+    # reads: vigil's challenge (and its "say hello first") wait in its receive
+    # queue, so we read the nonce off the channel and type the hello it sends
+    line(b'{"type": "telemetry", "data": {}}')
+    bench.run_until(lambda: bench.channel._admission.open)
+    (challenge,) = bench.channel._admission.open.values()
+    bench.run_until(lambda: "say hello first" in caplog.text)
     bench.run_until(lambda: _rx_queue(bench.port) > 0)
+    challenged = _rx_queue(bench.port)
+    hello = {"type": "hello", "device": "darn-1", "name": "C peer", "commands": []}
+    hello["hmac"] = proof(secret("darn-1"), challenge.nonce, "darn-1")
+    line(json.dumps(hello).encode())
+    bench.run_until(lambda: bench.online("darn-1"))
+    bench.run_until(lambda: _rx_queue(bench.port) > challenged)  # and the welcome
     welcomed = _rx_queue(bench.port)
     line(b'{"type": "telemetry", "data": {"volts": 11.9}}')
     bench.run_until(lambda: bench.device_events("telemetry"))

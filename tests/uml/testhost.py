@@ -6,7 +6,9 @@ client runs here (curl, Python, chromium)::
     from testhost import uml_test_host   # sys.path += tests/uml
 
     with uml_test_host(config_text, agents=["lamp-1"]) as host:
-        host.base_url        # "http://10.213.1.2:8080": vigil in the guest
+        host.base_url        # "http://10.213.1.2:8080": vigil in the guest (plain: 308s)
+        host.https_url       # "https://10.213.1.2:8443": what clients here use, trusting
+        host.cert            # the certificate vigil made in the guest (it names 10.213.1.2)
         host.pull()          # pull the cable between this host and the guest
         host.plug()
         host.kill_agent("lamp-1")    # SIGKILL it in the guest: the device goes offline
@@ -22,7 +24,10 @@ address), and ``[auth] allow`` must cover ``host.host_ip`` (10.213.1.0/24;
 the default allow list has 10.0.0.0/8). Relative paths in it are relative
 to a fresh temporary directory, so give ``static_dir`` as an absolute path.
 ``[control]`` must be enabled; the agents connect to 127.0.0.1 at the
-control port inside the guest.
+control port inside the guest. Each agent is declared before the guest
+boots with ``python -m server add-device NAME`` (its secret in the
+temporary directory) and started with the command line that prints;
+``start_agent`` can restart those, no others.
 
 On entry: a tap device (tests/uml/harness.py ``Tap``, a free /30 of
 10.213.1.0/24, root and /dev/net/tun needed) is made, the guest boots with
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -77,6 +83,23 @@ class TestHost:
     control_port: int
     workdir: Path  # config.toml, vigil.log, agent-NAME.log (the guest writes them here)
     tap: Tap
+
+    @property
+    def tls_port(self) -> int:
+        """vigil's HTTPS port: ``[tls] port`` of the config."""
+        cfg = tomllib.loads((self.workdir / "config.toml").read_text())
+        return int(cfg.get("tls", {}).get("port", 8443))
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.guest_ip}:{self.tls_port}"
+
+    @property
+    def cert(self) -> Path:
+        """The certificate vigil serves: made in the guest on first start, beside its config
+        (its names include the guest's address, up before vigil starts), or the configured one."""
+        cfg = tomllib.loads((self.workdir / "config.toml").read_text())
+        return self.workdir / (cfg.get("tls", {}).get("cert") or "tls.local.crt")
 
     def pull(self) -> None:
         """Pull the cable between this host and the guest (no FIN, no RST)."""
@@ -132,6 +155,16 @@ def _ports(config_text: str) -> tuple[int, int]:
     return int(cfg.get("http", {}).get("port", 8080)), int(control.get("port", 9900))
 
 
+def _add_device(workdir: Path, name: str) -> list[str]:
+    """Declare agent ``name`` to the guest's vigil; the command line that starts it."""
+    cmd = [sys.executable, "-m", "server", "add-device", name]
+    cmd += ["--config", str(workdir / "config.toml")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise UmlError(f"uml_test_host: add-device {name}: {done.stderr.strip()}")
+    return shlex.split(done.stdout)
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
@@ -153,8 +186,9 @@ def uml_test_host(
     http_port, control_port = _ports(config_text)
     workdir = Path(tempfile.mkdtemp(prefix="vigil-testhost-"))
     (workdir / "config.toml").write_text(config_text)
-    specs = {n: list(a) for n, a in agents.items()} if isinstance(agents, Mapping) else {}
-    specs |= {n: [] for n in agents if n not in specs}
+    extra = {n: list(a) for n, a in agents.items()} if isinstance(agents, Mapping) else {}
+    extra |= {n: [] for n in agents if n not in extra}
+    specs = {n: {"argv": _add_device(workdir, n), "args": a} for n, a in extra.items()}
     (workdir / "agents.json").write_text(json.dumps(specs))
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir)]
     argv += ["--lifetime", str(lifetime)]
@@ -216,8 +250,7 @@ def _stop(guest: Guest, workdir: Path) -> None:
 def serve(workdir: Path, lifetime: float) -> int:
     """Run vigil and the agents until ``workdir/stop`` appears or ``lifetime`` passes."""
     cfg = workdir / "config.toml"
-    _, control_port = _ports(cfg.read_text())
-    agents: dict[str, list[str]] = json.loads((workdir / "agents.json").read_text())
+    agents: dict[str, dict[str, list[str]]] = json.loads((workdir / "agents.json").read_text())
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, argv: list[str]) -> None:
@@ -225,8 +258,7 @@ def serve(workdir: Path, lifetime: float) -> int:
             procs[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
 
     def start_agent(name: str, args: list[str]) -> None:
-        argv = [sys.executable, "-m", "server.agent", "--name", name, "--port", str(control_port)]
-        start(f"agent-{name}", argv + args)
+        start(f"agent-{name}", agents[name]["argv"] + args)
 
     def handle(path: Path) -> None:
         req = json.loads(path.read_text())
@@ -234,14 +266,18 @@ def serve(workdir: Path, lifetime: float) -> int:
         if req["op"] == "kill" and proc is not None:
             proc.kill()
             proc.wait()
-        elif req["op"] == "start" and (proc is None or proc.poll() is not None):
+        elif (
+            req["op"] == "start"
+            and req["agent"] in agents
+            and (proc is None or proc.poll() is not None)
+        ):
             start_agent(req["agent"], req["args"])
         else:
             (workdir / f"{path.stem}.error").write_text(f"agent {req['agent']}: cannot {req['op']}")
 
     start("vigil", [sys.executable, "-m", "server", "--config", str(cfg)])
-    for name, args in agents.items():
-        start_agent(name, args)
+    for name, spec in agents.items():
+        start_agent(name, spec["args"])
     end = time.monotonic() + lifetime
     ready = False
     while not (workdir / "stop").exists() and time.monotonic() < end:

@@ -1,0 +1,250 @@
+"""Device agents must prove their secret: over real kernel SCTP.
+
+Every refusal must be: an ``error`` message, then an SCTP ABORT of the
+association, one log line, one ``device_refused`` audit record with the
+peer's address, and nothing registered. A restarted agent that proves its
+secret is back at once, while its old association still looks alive; one
+that cannot prove it never displaces a live device. The pure rules are
+tested with values in tests/test_devices_auth.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devicekeys import SECRET_ENV, agent_env, secret
+from panel import ROOT, Panel
+from sctpbench import Bench, Peer
+
+WRONG = bytes(32)
+
+
+def refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def assert_refused(
+    bench: Bench, peer: Peer, reply: dict[str, Any], reason: str, device: str | None
+) -> None:
+    assert reply["type"] == "error", reply
+    assert peer.aborted(), "the association was not aborted"
+    assert bench.audits == [
+        {"type": "device_refused", "device": device, "addr": "127.0.0.1", "reason": reason}
+    ]
+    live = {d.assoc for d in bench.channel._registry.devices.values() if d.online}
+    assert set(bench.channel._admission.addrs) == live  # vigil forgot the refused one
+
+
+def test_challenge_is_fresh_for_every_association(bench: Bench) -> None:
+    first, second = Peer(bench), Peer(bench)
+    assert first.first["type"] == second.first["type"] == "challenge"
+    assert len(first.first["nonce"]) == 64 and first.nonce != second.nonce
+    assert first.hello("lamp-1") == {"type": "welcome", "device": "lamp-1"}
+    assert bench.online("lamp-1") and not bench.audits
+
+
+HELLOS: dict[str, Callable[[Peer], dict[str, Any]]] = {
+    "wrong secret": lambda p: p.hello_message("lamp-1", key=WRONG),
+    "no secret": lambda p: {k: v for k, v in p.hello_message("lamp-1").items() if k != "hmac"},
+    "unknown id": lambda p: p.hello_message("stranger"),
+    "another id's secret": lambda p: p.hello_message("lamp-1", key=secret("lamp-2")),
+}
+REASONS = {
+    "wrong secret": "wrong hmac",
+    "no secret": "no hmac",
+    "unknown id": "unknown device",
+    "another id's secret": "wrong hmac",
+}
+
+
+@pytest.mark.parametrize("case", list(HELLOS))
+def test_a_hello_that_proves_nothing_is_refused(
+    bench: Bench, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    caplog.set_level(logging.INFO, "server.sctpchannel")
+    peer = Peer(bench)
+    msg = HELLOS[case](peer)
+    peer.send(msg)
+    assert_refused(bench, peer, peer.recv(), REASONS[case], msg["device"])
+    assert bench.channel.devices() == [] and not bench.device_events("online")
+    (line,) = refused_lines(caplog)  # one line
+    assert f"device {msg['device']} from 127.0.0.1 refused" in line, line
+
+
+def test_a_replayed_hello_is_refused_and_displaces_nobody(bench: Bench) -> None:
+    genuine = Peer(bench)
+    captured = genuine.hello_message("lamp-1")  # what an eavesdropper saw
+    genuine.send(captured)
+    assert genuine.recv()["type"] == "welcome"
+    assoc = bench.channel._registry.devices["lamp-1"].assoc
+
+    replay = Peer(bench)  # a later association, the captured hello verbatim
+    replay.send(captured)
+    assert_refused(bench, replay, replay.recv(), "replayed", "lamp-1")
+    assert bench.channel._registry.devices["lamp-1"].assoc == assoc  # still the genuine one
+    assert len(bench.device_events("online")) == 1 and not bench.device_events("offline")
+    r = bench.command("lamp-1", "on")  # commands still reach it
+    cmd = genuine.recv()
+    genuine.send({"type": "result", "id": cmd["id"], "ok": True})
+    bench.run_until(lambda: r)
+    assert r.status == 200
+
+    genuine.close()  # and with the genuine one gone, a replay gets nothing either
+    bench.run_until(lambda: not bench.online("lamp-1"))
+    bench.audits.clear()
+    again = Peer(bench)
+    again.send(captured)
+    assert_refused(bench, again, again.recv(), "replayed", "lamp-1")
+    assert not bench.online("lamp-1")
+
+
+def test_a_wrong_secret_does_not_displace_a_live_device(bench: Bench) -> None:
+    genuine = Peer(bench)
+    genuine.hello("lamp-1")
+    impostor = Peer(bench)
+    assert impostor.hello("lamp-1", key=WRONG)["type"] == "error"
+    assert impostor.aborted() and bench.online("lamp-1")
+    r = bench.command("lamp-1", "off")
+    assert genuine.recv()["action"] == "off"
+    assert not r  # still waiting for the genuine device's answer
+
+
+def test_a_peer_outside_control_allow_is_refused_as_it_comes_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "server.sctpchannel")
+    b = Bench(allow=(ipaddress.ip_network("10.0.0.0/8"),)).start()
+    try:
+        peer = Peer(b)  # no challenge: the error comes instead
+        assert peer.first == {
+            "type": "error",
+            "error": "this address may not connect (control.allow)",
+        }
+        assert peer.aborted()
+        assert b.audits == [
+            {"type": "device_refused", "device": None, "addr": "127.0.0.1", "reason": "not allowed"}
+        ]
+        (line,) = refused_lines(caplog)
+        assert "127.0.0.1 is not in control.allow" in line
+        assert b.channel.devices() == []
+    finally:
+        b.close()
+
+
+def test_no_hello_in_time_is_refused_at_the_deadline() -> None:
+    b = Bench(hello_timeout=0.5).start()
+    try:
+        slow = Peer(b)
+        took = b.run_until(lambda: b.audits, 3)
+        assert 0.3 < took < 1.5, took
+        assert slow.recv() == {"type": "error", "error": "no hello in time"}
+        assert slow.aborted()
+        assert b.audits[0]["reason"] == "no hello" and b.audits[0]["addr"] == "127.0.0.1"
+        quick = Peer(b)  # a hello in time is welcome, and its deadline then does nothing
+        assert quick.hello("lamp-1")["type"] == "welcome"
+        b.run_for(0.8)
+        assert b.online("lamp-1") and len(b.audits) == 1
+    finally:
+        b.close()
+
+
+def test_a_restarted_agent_is_back_at_once(bench: Bench) -> None:
+    old = bench.agent("lamp-1", "--reply-delay", "30")
+    bench.run_until(lambda: bench.online("lamp-1"), 10)
+    old_assoc = bench.channel._registry.devices["lamp-1"].assoc
+    # Stopped, the old agent's kernel still answers heartbeats: to vigil its
+    # association is alive, with a command waiting on it.
+    old.send_signal(signal.SIGSTOP)
+    pending = bench.command("lamp-1", "toggle")
+    bench.run_for(0.3)
+    assert not pending
+    try:
+        new = bench.agent("lamp-1")
+        took = bench.run_until(lambda: bench.channel._registry.devices["lamp-1"].assoc != old_assoc)
+        print(f"restarted agent back {took:.2f} s after it started")
+        assert took < 3, took
+        assert bench.online("lamp-1")
+        assert pending.status == 503 and "lost" in pending.body["error"]  # at once
+        (gone,) = bench.device_events("offline")
+        assert gone["reason"] == "replaced" and gone["device"]["online"] is False
+        assert len(bench.device_events("online")) == 2 and not bench.audits
+        r = bench.command("lamp-1", "status")  # commands go to the new agent
+        bench.run_until(lambda: r)
+        assert r.status == 200 and new.poll() is None
+    finally:
+        old.kill()
+        old.wait()
+
+
+def test_the_reference_agent_retries_with_backoff_when_refused(
+    bench: Bench, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "server.agent", "--name", "lamp-1", "--port", str(bench.port)]
+    wrong = subprocess.Popen(
+        argv, cwd=ROOT, env=agent_env("lamp-1", WRONG), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        bench.run_until(lambda: len(bench.audits) >= 3, 10)  # 0.2 + 0.4 s between tries
+        assert wrong.poll() is None and not bench.online("lamp-1")
+        assert {a["reason"] for a in bench.audits} == {"wrong hmac"}
+    finally:
+        wrong.kill()
+        _, err = wrong.communicate()
+    assert "vigil refused us: hello refused: authentication failed" in err
+    assert "reconnecting in 0.4 s" in err
+    # the right secret from a file, with none in the environment
+    path = tmp_path / "lamp-1.secret"
+    path.write_text(secret("lamp-1").hex())
+    path.chmod(0o600)
+    env = {k: v for k, v in agent_env("lamp-1").items() if k != SECRET_ENV}
+    bench.procs.append(subprocess.Popen([*argv, "--secret-file", str(path)], cwd=ROOT, env=env))
+    bench.run_until(lambda: bench.online("lamp-1"), 10)
+
+
+def test_reload_disconnects_devices_that_lost_their_right(bench: Bench) -> None:
+    a, b = Peer(bench), Peer(bench)
+    a.hello("lamp-1")
+    b.hello("lamp-2")
+    keys = tuple(k for k in bench.cfg.devices if k.id != "lamp-1")
+    bench.channel.reload(replace(bench.cfg, devices=keys))
+    assert a.recv()["type"] == "error" and a.aborted()
+    assert not bench.online("lamp-1") and bench.online("lamp-2")
+    assert Peer(bench).hello("lamp-1")["type"] == "error"  # no longer declared
+    bench.channel.reload(replace(bench.cfg, allow=(ipaddress.ip_network("10.0.0.0/8"),)))
+    assert b.recv()["type"] == "error" and b.aborted() and not bench.online("lamp-2")
+
+
+def test_add_device_then_the_printed_agent_command_over_sighup(panel: Panel) -> None:
+    """README's two commands against the real server: add-device, then the agent it prints."""
+    config = panel.vigil.config
+    add = [sys.executable, "-m", "server", "add-device", "porch", "--config", str(config)]
+    done = subprocess.run(add, cwd=ROOT, capture_output=True, text=True, check=True, timeout=30)
+    argv = shlex.split(done.stdout)
+    assert argv[argv.index("--port") + 1] == str(panel.sctp_port)
+    env = {k: v for k, v in agent_env("porch").items() if k != SECRET_ENV}
+    since = len(panel.vigil.log())
+    panel.agents.append(subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.DEVNULL))
+    panel.vigil.wait_for_log(r"device porch from 127\.0\.0\.1 refused", since, 10)  # no HUP yet
+    panel.vigil.signal(signal.SIGHUP)
+    panel.wait(lambda: panel.online("porch"))  # the agent's next try, after the reload
+
+
+def test_refusals_reach_the_audit_log_of_the_real_server(panel: Panel) -> None:
+    panel.agent("lamp-1", key=WRONG)
+    panel.wait(lambda: "refused" in panel.vigil.log())
+    _, body = panel.curl("GET", "/api/audit?limit=20")
+    refused = [r for r in body["records"] if r["type"] == "device_refused"]
+    assert refused and refused[-1]["device"] == "lamp-1" and refused[-1]["addr"] == "127.0.0.1"
+    assert refused[-1]["reason"] == "wrong hmac"
+    _, devices = panel.curl("GET", "/api/devices")
+    assert devices == []
