@@ -1,17 +1,20 @@
 """Regenerate docs/panel-desktop.png and docs/panel-phone.png (the README shows them).
 
-    sudo .venv/bin/python docs/screenshots.py
+    sudo .venv/bin/python docs/screenshots.py [--out DIR]
 
 Boots the UML test host (tests/uml/testhost.py: vigil with real SCTP and the
 reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
 ``linux.uml``), opens the panel in Debian's chromium as two people, alice on
 a 1280x800 desktop and bob on a 360x780 phone, lets them press a few buttons
-and chat, and saves what each of them sees. Run it by hand after the panel
-changes and commit the PNGs; the tests do not.
+and chat, and saves what each of them sees (in docs/, or ``--out DIR``).
+The panel is opened over HTTPS, chromium trusting the certificate vigil
+made for itself in the guest. Run it by hand after the panel changes and
+commit the PNGs; the tests do not.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -27,7 +30,7 @@ sys.path[:0] = [
     str(ROOT / "tests" / "browser"),
 ]
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from browser_support import chromium  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from support import password, write_config  # noqa: E402
 from testhost import uml_test_host  # noqa: E402
@@ -55,6 +58,9 @@ def say(page: Any, text: str) -> None:
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=DOCS, help="directory for the PNGs (docs/)")
+    out = p.parse_args().out
     sections = {
         "http": {"host": "0.0.0.0", "port": 8080},
         "auth": {"allow": ["10.213.1.0/24"]},
@@ -64,12 +70,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), sections, {"alice": "operator", "bob": "operator"})
         text = config.read_text()
-    with uml_test_host(text, agents=["lamp-1"]) as host, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        alice = open_panel(browser, host.base_url, "alice", viewport={"width": 1280, "height": 800})
+    with (
+        uml_test_host(text, agents=["lamp-1"]) as host,
+        sync_playwright() as pw,
+        chromium(pw, host.cert) as browser,
+    ):
+        desktop = {"width": 1280, "height": 800}
+        alice = open_panel(browser, host.https_url, "alice", viewport=desktop)
         bob = open_panel(
             browser,
-            host.base_url,
+            host.https_url,
             "bob",
             viewport={"width": 360, "height": 780},
             device_scale_factor=1,
@@ -87,11 +97,10 @@ def main() -> int:
         for page in (alice, bob):
             page.evaluate("document.activeElement && document.activeElement.blur()")
             page.mouse.move(0, 0)  # no hover highlight on the last button pressed
-        alice.screenshot(path=str(DOCS / "panel-desktop.png"))
-        bob.screenshot(path=str(DOCS / "panel-phone.png"), full_page=True)
-        browser.close()
+        alice.screenshot(path=str(out / "panel-desktop.png"))
+        bob.screenshot(path=str(out / "panel-phone.png"), full_page=True)
     for name in ("panel-desktop.png", "panel-phone.png"):
-        print(f"docs/{name}: {(DOCS / name).stat().st_size // 1024} KiB")
+        print(f"{out / name}: {(out / name).stat().st_size // 1024} KiB")
     return 0
 
 

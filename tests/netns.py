@@ -11,10 +11,12 @@ down on exit, even after a failure, and a namespace left behind by a killed
 run is removed first. A lock file keeps two runs (tests, bench) from using
 the one subnet at once.
 
-``python tests/netns.py client URL AUTH {idle,sse}`` is the client run in the
-namespace (stdlib only): it makes one authenticated request on a keep-alive
-connection, prints ``ready`` and then either sits idle or reads the event
-stream, printing ``event ID TYPE`` per event.
+``python tests/netns.py client URL AUTH {idle,sse} [CAFILE]`` is the client
+run in the namespace (stdlib only): it makes one authenticated request on a
+keep-alive connection, prints ``ready`` and then either sits idle or reads
+the event stream, printing ``event ID TYPE`` per event. An ``https://`` URL
+is verified against ``CAFILE`` (the test vigil's certificate), name included.
+``Namespace.run`` runs one command there to its end (curl).
 
 ``EventWatcher`` reads another user's event stream (loopback) in a thread
 and timestamps every event, to see ``presence`` leaves and measure when
@@ -32,6 +34,7 @@ import os
 import queue
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -144,10 +147,23 @@ class Namespace:
         self.procs.append(proc)
         return proc
 
-    def client(self, url: str, auth: str, mode: str, timeout: float = 5.0) -> Client:
+    def run(self, argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the namespace to its end; its output and status."""
+        return subprocess.run(
+            ["ip", "netns", "exec", NAME, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def client(
+        self, url: str, auth: str, mode: str, timeout: float = 5.0, cafile: Path | None = None
+    ) -> Client:
         """A ``client`` (see the module doc) connected and authenticated, ready."""
+        ca = [str(cafile)] if cafile is not None else []
         proc = self.popen(
-            [sys.executable, __file__, "client", url, auth, mode],
+            [sys.executable, __file__, "client", url, auth, mode, *ca],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -234,12 +250,26 @@ class Client:
 # -- reading an event stream ------------------------------------------------------
 
 
-def open_stream(
-    url: str, auth: str, last_id: str | None = None, timeout: float = 5.0
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """GET /api/events on ``url`` (``http://host:port``); raises if not 200."""
+def connect(
+    url: str, timeout: float, cafile: str | Path | None = None
+) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to ``url``; HTTPS trusts ``cafile`` (the name is checked)."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def open_stream(
+    url: str,
+    auth: str,
+    last_id: str | None = None,
+    timeout: float = 5.0,
+    cafile: str | Path | None = None,
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """GET /api/events on ``url`` (``http(s)://host:port``); raises if not 200."""
+    conn = connect(url, timeout, cafile)
     headers = {"Authorization": auth, "Accept": "text/event-stream"}
     if last_id is not None:
         headers["Last-Event-ID"] = last_id
@@ -253,8 +283,10 @@ def open_stream(
 class EventWatcher:
     """Another user's event stream, read in a thread; every event timestamped."""
 
-    def __init__(self, url: str, auth: str, last_id: str | None = None) -> None:
-        self.conn, self.resp = open_stream(url, auth, last_id)
+    def __init__(
+        self, url: str, auth: str, last_id: str | None = None, cafile: str | Path | None = None
+    ) -> None:
+        self.conn, self.resp = open_stream(url, auth, last_id, cafile=cafile)
         assert self.conn.sock is not None
         self.conn.sock.settimeout(None)  # heartbeats may be rare; close() ends the thread
         self.events: queue.Queue[Event] = queue.Queue()
@@ -326,9 +358,8 @@ def presence(kind: str, user: str, reason: str | None = None) -> Callable[[Event
 # -- the client run inside the namespace ---------------------------------------------
 
 
-def _client(url: str, auth: str, mode: str) -> int:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+def _client(url: str, auth: str, mode: str, cafile: str | None = None) -> int:
+    conn = connect(url, 10, cafile)
     path = "/api/events" if mode == "sse" else "/api/me"
     conn.request("GET", path, headers={"Authorization": auth})
     resp = conn.getresponse()
@@ -357,7 +388,7 @@ def _client(url: str, auth: str, mode: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "client" and sys.argv[4] in ("idle", "sse"):
-        sys.exit(_client(sys.argv[2], sys.argv[3], sys.argv[4]))
-    print("usage: netns.py client URL AUTH {idle,sse}", file=sys.stderr)
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "client" and sys.argv[4] in ("idle", "sse"):
+        sys.exit(_client(*sys.argv[2:]))
+    print("usage: netns.py client URL AUTH {idle,sse} [CAFILE]", file=sys.stderr)
     sys.exit(2)

@@ -1,9 +1,16 @@
 """Test support: start the real vigil process with a config written by the test.
 
 ``Vigil`` runs ``python -m server --config FILE`` on a free port (loopback by
-default), waits until it listens, and stops it with SIGTERM. ``USERS`` are the
-people every test config knows; passwords are their names reversed; ``basic``
-is the one way tests write a Basic ``Authorization`` header.
+default), waits until it listens (HTTPS too: ``https``, ``tls_port``), and
+stops it with SIGTERM. ``USERS`` are the people every test config knows;
+passwords are their names reversed; ``basic`` is the one way tests write a
+Basic ``Authorization`` header.
+
+TLS: ``Vigil.cert`` is the certificate it serves (the configured one, or the
+one it made on first run beside its config) and ``Vigil.ssl_context()``
+trusts exactly that one; ``make_certificate`` makes a pair with openssl for
+tests that configure their own; ``spki_sha256`` is what Chromium's
+``--ignore-certificate-errors-spki-list`` takes.
 
 Stdlib only at import (pytest and server.auth are imported where used), so
 that tests/wire.py and tests/netns.py can use it outside pytest too.
@@ -13,10 +20,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -65,6 +74,41 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def make_certificate(directory: Path, names: list[str], stem: str = "test") -> tuple[Path, Path]:
+    """A self-signed P-256 pair made by openssl: ``STEM.crt`` with SAN ``names``, ``STEM.key``."""
+    cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+    argv = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "2", "-subj", f"/CN={stem}", "-addext",
+        "subjectAltName=" + ",".join(names), "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, capture_output=True)
+    return cert, key
+
+
+def der_sha256(cert: Path) -> str:
+    """SHA-256 of the DER form of the PEM certificate at ``cert``, as AA:BB:… (hex upper)."""
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def spki_sha256(cert: Path) -> str:
+    """Base64 SHA-256 of the certificate's SubjectPublicKeyInfo (Chromium's SPKI pin)."""
+
+    def openssl(*args: str, data: bytes) -> bytes:
+        done = subprocess.run(["openssl", *args], input=data, capture_output=True, check=True)
+        return done.stdout
+
+    pem_key = openssl("x509", "-pubkey", "-noout", data=cert.read_bytes())
+    der = openssl("pkey", "-pubin", "-outform", "der", data=pem_key)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 def toml_value(v: Any) -> str:
@@ -124,9 +168,14 @@ class Vigil:
         self.log_path = config.parent / "vigil.log"
         import tomllib
 
-        http = tomllib.loads(config.read_text())["http"]
+        cfg = tomllib.loads(config.read_text())
+        http, tls = cfg["http"], cfg.get("tls", {})
         self.host, self.port = http["host"], http["port"]
-        self.base = f"http://{self.host}:{self.port}"
+        self.base = f"http://{url_host(self.host)}:{self.port}"
+        self.tls_port: int | None = tls.get("port", 8443) if tls.get("enabled", True) else None
+        self.https = f"https://{url_host(self.host)}:{self.tls_port}"
+        self.cert = config.parent / (tls.get("cert") or "tls.local.crt")
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [python, "-m", "server", "--config", str(config)],
@@ -143,10 +192,18 @@ class Vigil:
                 raise RuntimeError(f"vigil exited {self.proc.returncode}:\n{self.log()}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
             except OSError:
                 time.sleep(0.05)
+                continue
+            # the listeners exist before the certificate is loaded: wait until it is
+            if self.tls_port is None or "listening on https://" in self.log()[self._log_start :]:
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"vigil did not listen on {self.port}:\n{self.log()}")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this vigil's certificate and nothing else."""
+        return ssl.create_default_context(cafile=str(self.cert))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

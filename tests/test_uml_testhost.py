@@ -1,4 +1,9 @@
-"""tests/uml/testhost.py: vigil with a real SCTP device in a UML guest, curl from here."""
+"""tests/uml/testhost.py: vigil with a real SCTP device in a UML guest, curl from here.
+
+This host is not loopback to the guest's vigil: curl uses HTTPS and trusts
+the certificate vigil made in the guest (``--cacert``, its names checked);
+plain HTTP is redirected there.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ def curl(url: str, user: str = "alice", *extra: str) -> tuple[int, str]:
     return int(status or 0), text
 
 
+def plain(url: str) -> tuple[int, str]:
+    """Status and Location of alice's plain-HTTP request (the 308 comes before any 401)."""
+    cmd = ["curl", "-s", "-m", "5", "-u", f"alice:{password('alice')}", "-o", "/dev/null"]
+    cmd += ["-w", "%{http_code} %{redirect_url}", url]
+    status, _, location = subprocess.run(cmd, capture_output=True, text=True).stdout.partition(" ")
+    return int(status or 0), location
+
+
 def test_curl_reaches_vigil_and_its_device_in_the_guest(tmp_path: Path) -> None:
     require(os.geteuid() == 0 and os.path.exists("/dev/net/tun"), "a tap device needs root")
     reason = unsupported()
@@ -35,12 +48,19 @@ def test_curl_reaches_vigil_and_its_device_in_the_guest(tmp_path: Path) -> None:
     config = write_config(tmp_path, sections).read_text()
     with uml_test_host(config, agents=["lamp-1"]) as host:
         assert host.base_url.startswith("http://10.213.1.") and host.base_url.endswith(":8080")
-        status, text = curl(host.base_url + "/api/devices")
+        assert host.https_url == f"https://{host.guest_ip}:{host.tls_port}"
+        trust = ("--cacert", str(host.cert))
+        assert plain(host.base_url + "/api/devices?x=1") == (
+            308,
+            f"{host.https_url}/api/devices?x=1",
+        )
+        status, text = curl(host.https_url + "/api/devices", "alice", *trust)
         assert status == 200
         assert [(d["id"], d["online"]) for d in json.loads(text)] == [("lamp-1", True)]
         status, text = curl(
-            host.base_url + "/api/devices/lamp-1/commands",
+            host.https_url + "/api/devices/lamp-1/commands",
             "alice",
+            *trust,
             "-H",
             "Content-Type: application/json",
             "--data-binary",
@@ -48,9 +68,10 @@ def test_curl_reaches_vigil_and_its_device_in_the_guest(tmp_path: Path) -> None:
         )
         assert status == 200 and json.loads(text)["result"]["on"] is True
         host.pull()
-        assert curl(host.base_url + "/healthz", "alice", "-m", "1")[0] == 0  # no answer
+        assert curl(host.https_url + "/healthz", "alice", *trust, "-m", "1")[0] == 0  # no answer
         host.plug()
-        assert curl(host.base_url + "/healthz") == (200, "ok\n")
+        assert curl(host.https_url + "/healthz", "alice", *trust) == (200, "ok\n")
+        assert curl(host.base_url + "/healthz") == (200, "ok\n")  # answered on both
         assert "control channel listening" in host.log()
     assert not Path(f"/sys/class/net/{host.tap.name}").exists()
     assert not host.workdir.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -210,10 +211,11 @@ class Client:
 
 
 class Remote(Client):
-    """A real TCP connection to ``host:port`` (from ``source``, if given).
+    """A real TCP connection to ``host:port`` (from ``source``, if given), over TLS if ``tls``.
 
     ``keep_alive=False``: every request goes on a new connection, closed
-    after its answer (as ``httpx.get`` does).
+    after its answer (as ``httpx.get`` does). ``tls``: the client context
+    (its trust decides; the name checked is ``host``).
     """
 
     def __init__(
@@ -223,24 +225,38 @@ class Remote(Client):
         source: str | None = None,
         timeout: float = 5.0,
         keep_alive: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = (host, port)
         self.host_header = f"{host}:{port}"  # as real clients send it (Origin checks)
         self.source = (source, 0) if source else None
         self.timeout = timeout
         self.keep_alive = keep_alive
+        self.tls = tls
         self.sock: socket.socket | None = None
 
     @classmethod
-    def of(cls, server: Any, source: str | None = None, keep_alive: bool = True) -> Remote:
-        """To ``server`` (anything with ``host`` and ``port``: a ``support.Vigil``)."""
+    def of(
+        cls, server: Any, source: str | None = None, keep_alive: bool = True, secure: bool = False
+    ) -> Remote:
+        """To ``server`` (a ``support.Vigil``: ``host``, ``port``; with ``secure``:
+        ``tls_port`` and ``ssl_context()``, over HTTPS)."""
+        if secure:
+            return cls(server.host, server.tls_port, source, 5.0, keep_alive, server.ssl_context())
         return cls(server.host, server.port, source, keep_alive=keep_alive)
 
     def connect(self) -> socket.socket:
-        """The connection (opened now if there is none)."""
+        """The connection (opened now, with its TLS handshake, if there is none)."""
         if self.sock is None:
-            self.sock = socket.create_connection(self.address, self.timeout, self.source)
-            self.reader = Reader(self.sock)
+            sock = socket.create_connection(self.address, self.timeout, self.source)
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_hostname=self.address[0])
+                except BaseException:
+                    sock.close()
+                    raise
+            self.sock = sock
+            self.reader = Reader(sock)
         return self.sock
 
     def send(self, data: bytes) -> None:

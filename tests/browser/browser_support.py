@@ -1,14 +1,24 @@
-"""Helpers for the browser tests: plain HTTP beside the browser (tests/wire.py), SSE holders."""
+"""Helpers for the browser tests: requests beside the browser (tests/wire.py), SSE holders.
+
+The browser reaches vigil over HTTPS and trusts exactly one certificate:
+``trusting(cert)`` is the flag that pins its public key (Chromium's
+``--ignore-certificate-errors-spki-list``; any other certificate still
+fails). Requests beside the browser (``call``, ``EventStream``) go over
+HTTPS too, trusting the same certificate, so Origin and Host agree with
+the browser's.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from support import Vigil
+from support import Vigil, spki_sha256
 from wire import Remote
 
 # Debian's chromium, headless, with the flags this closed network needs (DESIGN.md).
@@ -23,6 +33,23 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def trusting(cert: Path) -> str:
+    """The chromium flag that trusts ``cert`` (by its public key) and no other certificate."""
+    return f"--ignore-certificate-errors-spki-list={spki_sha256(cert)}"
+
+
+@contextlib.contextmanager
+def chromium(playwright: Any, cert: Path) -> Iterator[Any]:
+    """A headless chromium (Playwright's ``playwright``) that trusts ``cert`` and no other."""
+    # Playwright gives the browser a fresh temporary profile (--user-data-dir) itself.
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, trusting(cert)])
+    try:
+        yield b
+    finally:
+        b.close()
+
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -41,8 +68,11 @@ def call(
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], Any]:
-    """One request as ``user`` (no Origin: like curl); (status, headers, JSON or text)."""
-    resp = Remote.of(vigil, keep_alive=False).request(
+    """One HTTPS request as ``user`` (no Origin: like curl); (status, headers, JSON or text).
+
+    ``vigil``: a ``support.Vigil``, or anything with ``host``, ``tls_port`` and ``ssl_context()``.
+    """
+    resp = Remote.of(vigil, keep_alive=False, secure=True).request(
         method,
         path,
         user,
@@ -59,11 +89,11 @@ def call(
 
 
 class EventStream:
-    """A held-open GET /api/events as ``user``: keeps that user online."""
+    """A held-open GET /api/events as ``user`` (HTTPS): keeps that user online."""
 
     def __init__(self, vigil: Vigil, user: str) -> None:
         self.user = user
-        self.remote = Remote.of(vigil)
+        self.remote = Remote.of(vigil, secure=True)
         head = self.remote.get("/api/events", user, headers={"Accept": "text/event-stream"})
         if head.status != 200:
             raise AssertionError(f"{user}: /api/events answered {head.status}")

@@ -12,6 +12,12 @@ host (tests/uml/testhost.py), reached over a tap network.
 ``panel(user)`` opens the control panel in a fresh browser context (its own
 cookie jar and connections: one person) that logs in with HTTP Basic as
 ``user`` and waits until the panel shows "connected".
+
+Over HTTPS: every ``vigil`` here serves one certificate made for the
+session (``browser_cert``, openssl, names localhost and 127.0.0.1), and the
+session's chromium trusts exactly that one (browser_support.trusting).
+test_devices.py launches a chromium of its own that trusts the certificate
+the UML guest's vigil made for itself (``playwright`` is shared).
 """
 
 from __future__ import annotations
@@ -20,18 +26,19 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
-from support import USERS, Vigil, password, require
+from browser_support import CHROMIUM, chromium
+from support import USERS, Vigil, make_certificate, password, require
 
 CONNECTED = "#conn[data-state=connected]"
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """One headless chromium for the whole session."""
+def playwright() -> Iterator[Any]:
+    """Playwright's sync API, once per session (it cannot be started twice at once)."""
     require(
         shutil.which(CHROMIUM) is not None or os.path.exists(CHROMIUM),
         f"chromium not found at {CHROMIUM} (apt install chromium)",
@@ -41,13 +48,29 @@ def browser() -> Iterator[Any]:
     except ImportError:
         require(False, "the playwright Python package is not installed (pip install playwright)")
         raise
-    # Playwright gives the browser a fresh temporary profile (--user-data-dir) itself.
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The certificate and key every ``vigil`` of the browser tests serves."""
+    directory = tmp_path_factory.mktemp("browser-tls")
+    return make_certificate(directory, ["DNS:localhost", "IP:127.0.0.1", "IP:::1"], "browser")
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Any, browser_cert: tuple[Path, Path]) -> Iterator[Any]:
+    """One headless chromium for the whole session, trusting ``browser_cert``."""
+    with chromium(playwright, browser_cert[0]) as b:
+        yield b
+
+
+@pytest.fixture
+def vigil(start_vigil: Callable[..., Vigil], browser_cert: tuple[Path, Path]) -> Vigil:
+    """A vigil with the default test config, serving ``browser_cert`` over HTTPS."""
+    cert, key = browser_cert
+    return start_vigil(sections={"tls": {"cert": str(cert), "key": str(key)}})
 
 
 @pytest.fixture
@@ -91,7 +114,7 @@ def panel(vigil: Vigil, contexts: Callable[..., Any]) -> Callable[..., Any]:
         assert user in USERS
         page = contexts(user, **kw).new_page()
         page.vigil_errors = PageErrors(page)
-        page.goto(vigil.base + "/")
+        page.goto(vigil.https + "/")
         page.wait_for_selector(CONNECTED)
         page.wait_for_selector("#me-user", state="visible")
         return page

@@ -28,14 +28,14 @@ def test_eleventh_user_sees_the_cap_page(
     vigil: Vigil, ten_online: list[EventStream], contexts: Callable[..., Any]
 ) -> None:
     page = contexts("user11").new_page()
-    response = page.goto(vigil.base + "/")
+    response = page.goto(vigil.https + "/")
     assert response is not None and response.status == 503
     assert int(response.headers["retry-after"]) >= 1
     expect(page.locator("h1")).to_have_text(re.compile("full", re.I))
     expect(page.locator("body")).to_contain_text("10 people are online")
     # someone already online is not affected
     ok = contexts("user01").new_page()
-    ok.goto(vigil.base + "/")
+    ok.goto(vigil.https + "/")
     expect(ok.locator("#conn")).to_have_attribute("data-state", "connected")
 
 
@@ -51,7 +51,7 @@ def serve_static_from_disk(page: Any) -> None:
             return
         route.fulfill(status=200, body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix])
 
-    page.route(re.compile(r"^http://[^/]+/(?!api/)[^/]*$"), handle)
+    page.route(re.compile(r"^https://[^/]+/(?!api/)[^/]*$"), handle)
 
 
 def test_open_panel_waits_while_full_and_gets_in_when_a_slot_frees(
@@ -61,7 +61,7 @@ def test_open_panel_waits_while_full_and_gets_in_when_a_slot_frees(
     # it shows why and retries by itself.
     page = contexts("user11").new_page()
     serve_static_from_disk(page)
-    page.goto(vigil.base + "/")
+    page.goto(vigil.https + "/")
     full = page.locator("#full")
     expect(full).to_be_visible()
     expect(page.locator("#full-text")).to_have_text(

@@ -5,15 +5,19 @@ in the same browser, opens a page on another origin that posts to vigil.
 Nothing may reach the chat. On another port of the same host (same site)
 Chromium attaches the cached credentials, so vigil itself must refuse the
 request (403, by Origin / Sec-Fetch-Site); from another site (localhost vs
-127.0.0.1) Chromium's partitioned auth cache sends none (401).
+127.0.0.1) Chromium's partitioned auth cache sends none (401). The attacking
+page is served over HTTPS too (the browser tests' certificate), so "same
+site" means the same scheme and host, as Chromium's schemeful same-site does.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +40,9 @@ fetch(target, {method: "POST", credentials: "include",
 
 
 @pytest.fixture
-def evil_server(vigil: Vigil) -> Iterator[int]:
-    """The port of a web server on 127.0.0.1 whose page attacks vigil."""
-    page = (EVIL_PAGE % {"target": vigil.base}).encode()
+def evil_server(vigil: Vigil, browser_cert: tuple[Path, Path]) -> Iterator[int]:
+    """The port of an HTTPS server on 127.0.0.1 whose page attacks vigil."""
+    page = (EVIL_PAGE % {"target": vigil.https}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -52,6 +56,9 @@ def evil_server(vigil: Vigil) -> Iterator[int]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(*browser_cert)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
@@ -86,7 +93,7 @@ def test_post_with_foreign_origin_is_refused(vigil: Vigil, headers: dict[str, st
 
 
 def test_same_origin_post_is_accepted(vigil: Vigil) -> None:
-    headers = {"Origin": vigil.base, "Sec-Fetch-Site": "same-origin"}
+    headers = {"Origin": vigil.https, "Sec-Fetch-Site": "same-origin"}
     status, _, _ = call(vigil, "POST", "/api/chat", "alice", {"text": "mine"}, headers)
     assert status == 200
     assert "mine" in chat_texts(vigil)
@@ -117,10 +124,10 @@ def test_page_on_another_origin_cannot_post(
 ) -> None:
     ctx = contexts("alice")
     panel = ctx.new_page()
-    panel.goto(vigil.base + "/")
+    panel.goto(vigil.https + "/")
     panel.wait_for_selector("#conn[data-state=connected]")
     page = ctx.new_page()
-    page.goto(f"http://{host}:{evil_server}/")
+    page.goto(f"https://{host}:{evil_server}/")
     eventually(lambda: page.evaluate("window.results.length") == 2, what="both forged fetches")
     posts = eventually(lambda: POSTS.findall(vigil.log()), what="the forged POST in the log")
     # the JSON one never left the browser (its CORS preflight failed); the simple one

@@ -12,12 +12,17 @@ inside the guest, the browser here, talking to it over a tap network.
 Each browser context is one person (tests/support.py's USERS). Needs root,
 /dev/net/tun and an x86-64 host (the harness sets up its UML kernel itself,
 tests/uml/kernel.py); without them ``require`` skips, and fails under CI=true.
+
+This host is not loopback to the guest's vigil, so everything here goes over
+HTTPS: this module's chromium (``browser``, one for the module) trusts the
+certificate that vigil made for itself in the guest, and nothing else.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import call
+from browser_support import call, chromium
 from playwright.sync_api import expect
 from support import ROOT, require, write_config
 
@@ -47,10 +52,14 @@ AGENTS = {
 
 @dataclass(frozen=True)
 class Target:
-    """Where vigil answers, for browser_support.call (plain HTTP beside the browser)."""
+    """Where vigil answers, for browser_support.call (HTTPS beside the browser)."""
 
     host: str
-    port: int
+    tls_port: int
+    cert: Path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
 
 
 def uml_config(directory: Path) -> str:
@@ -80,6 +89,13 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHost]:
         yield h
 
 
+@pytest.fixture(scope="module")
+def browser(playwright: Any, host: TestHost) -> Iterator[Any]:
+    """A chromium that trusts the certificate the guest's vigil made (not the session's)."""
+    with chromium(playwright, host.cert) as b:
+        yield b
+
+
 @pytest.fixture
 def open_panel(host: TestHost, contexts: Callable[..., Any]) -> Callable[..., Any]:
     """``open_panel(user)`` → a Page of the connected panel; ``page.dialogs`` collects alerts."""
@@ -88,7 +104,7 @@ def open_panel(host: TestHost, contexts: Callable[..., Any]) -> Callable[..., An
         page = contexts(user).new_page()
         page.dialogs = []
         page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-        page.goto(host.base_url + "/")
+        page.goto(host.https_url + "/")
         page.wait_for_selector(CONNECTED)
         expect(card(page, "lamp-1")).to_be_visible()
         return page
@@ -183,7 +199,7 @@ def test_viewer_buttons_are_disabled_with_the_reason(
         expect(b).to_be_disabled()
         expect(b).to_have_attribute("title", "viewers cannot send commands")
     # vigil refuses a viewer's command whatever the page shows
-    target = Target(host.guest_ip, host.http_port)
+    target = Target(host.guest_ip, host.tls_port, host.cert)
     status, _, body = call(target, "POST", "/api/devices/lamp-1/commands", "vera", {"action": "on"})
     assert status == 403, body
 

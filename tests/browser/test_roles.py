@@ -52,7 +52,7 @@ def stub_devices(page: Any, user: str) -> None:
 def open_stubbed(vigil: Vigil, contexts: Callable[..., Any], user: str) -> Any:
     page = contexts(user).new_page()
     stub_devices(page, user)
-    page.goto(vigil.base + "/")
+    page.goto(vigil.https + "/")
     page.wait_for_selector("#me-role:not(:empty)")
     page.wait_for_selector("#device-list .device")
     return page
@@ -108,7 +108,7 @@ def test_offline_device_buttons_are_disabled(vigil: Vigil, contexts: Callable[..
             body=sse_body([("reset", {"online": [], "devices": [off]})]),
         ),
     )
-    page.goto(vigil.base + "/")
+    page.goto(vigil.https + "/")
     expect(page.locator(".dev-status")).to_have_text("offline")
     expect(page.locator("button.cmd").first).to_be_disabled()
     expect(page.locator("button.cmd").first).to_have_attribute("title", "the device is offline")
@@ -116,7 +116,7 @@ def test_offline_device_buttons_are_disabled(vigil: Vigil, contexts: Callable[..
 
 def test_control_channel_off_is_shown(vigil: Vigil, contexts: Callable[..., Any]) -> None:
     page = contexts("alice").new_page()
-    page.goto(vigil.base + "/")
+    page.goto(vigil.https + "/")
     error = page.locator("#devices-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("control channel off")
