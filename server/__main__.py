@@ -1,4 +1,4 @@
-"""Command line: ``python -m server [run] | hash-password | check-config | add-device ID``.
+"""Command line: ``python -m server [run] | hash-password | check-config | add-device | tls-info``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
 dir or audit file) ends in one line on stderr naming the file, key or port,
@@ -13,12 +13,15 @@ import logging
 import os
 import secrets
 import shlex
+import ssl
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from server import certificate, firstrun
 from server import config as configmod
-from server import firstrun
 from server.auth import hash_password
+from server.certificate import CertificateError
 from server.control import DEVICE_ID, DEVICE_ID_RULE
 from server.devices import SECRET_BYTES
 
@@ -153,7 +156,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         return _fail(f"{e.filename or cfg.audit.path}: {e.strerror}")
     try:
+        server.bind()  # a port in use is the one line a person sees, before anything else
+        firstrun.ensure_certificate(cfg)
         server.start()
+    except (CertificateError, ssl.SSLError) as e:  # an SSLError is an OSError: first
+        server.close()
+        return _fail(f"TLS certificate: {e}")
     except OSError as e:
         where = f"{cfg.http.host}:{cfg.http.port}"
         if server.listener is not None and cfg.tls.enabled and server.tls_listener is None:
@@ -171,6 +179,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tls_info(args: argparse.Namespace) -> int:
+    """The certificate new HTTPS connections get: fingerprint, names, expiry."""
+    try:
+        cfg = configmod.load(args.config)
+        cert, _key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.path.parent)
+        if not cert.exists():
+            return _fail(f"{cert}: no certificate yet (the first `python -m server` makes one)")
+        desc = certificate.describe(cert)
+    except (configmod.ConfigError, CertificateError) as e:
+        return _fail(str(e))
+    days = desc.days_left(datetime.now(UTC))
+    print(f"certificate: {cert}")
+    print(f"SHA-256:     {desc.fingerprint}")
+    print(f"names:       {', '.join(desc.names)}")
+    print(f"expires:     {desc.not_after:%Y-%m-%d %H:%M} UTC ({days:.0f} days)")
+    if not cfg.tls.enabled:
+        print("note:        [tls] enabled = false: vigil serves no HTTPS")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path, help="config file")
@@ -184,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add.add_argument("id", help="the device's id, e.g. lamp-1")
     add.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+    info = sub.add_parser("tls-info", help="show the HTTPS certificate: fingerprint, expiry")
+    info.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
     args = parser.parse_args(argv)
     commands = {
+        "tls-info": cmd_tls_info,
         "hash-password": cmd_hash_password,
         "check-config": cmd_check_config,
         "add-device": cmd_add_device,

@@ -139,10 +139,10 @@ class Server:
         With TLS on, the certificate is loaded first (``CertificateError``,
         ``ssl.SSLError`` or ``OSError`` if it cannot be).
         """
-        http, tls = self.config.http, self.config.tls
-        self.listener = sockopts.listen(http.host, http.port)
-        if tls.enabled:
-            self.tls_listener = sockopts.listen(http.host, tls.port)
+        http = self.config.http
+        if self.listener is None:
+            self.bind()
+        if self.tls_listener is not None:
             self.tls = self._tls_context(self.config)
         self._listen(True)
         self.start_services()
@@ -153,15 +153,17 @@ class Server:
         if self.tls_listener is not None:
             log.info("listening on https://%s:%d/", http.host, self.tls_port)
 
+    def bind(self) -> None:
+        """Take the HTTP (and HTTPS) ports; OSError if one is in use."""
+        http, tls = self.config.http, self.config.tls
+        self.listener = sockopts.listen(http.host, http.port)
+        if tls.enabled:
+            self.tls_listener = sockopts.listen(http.host, tls.port)
+
     def _tls_context(self, cfg: Config) -> ssl.SSLContext:
-        """The context for new handshakes: the configured certificate, or this device's own."""
-        tls = cfg.tls
-        if tls.cert is not None and tls.key is not None:
-            cert, key = tls.cert, tls.key
-        else:
-            cert, key, created = certificate.ensure(cfg.path.parent)
-            if created:
-                log.info("made a self-signed certificate for this device: %s", cert)
+        """The context for new handshakes: the configured certificate, or this device's own
+        (made on first run by ``python -m server``, ``server.firstrun``)."""
+        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.path.parent)
         ctx = tlsmod.server_context(cert, key)
         desc = certificate.describe(cert)
         self.certificate = desc

@@ -102,17 +102,28 @@ def make(cert: Path, key: Path, names: list[str]) -> None:
         if out.returncode:
             raise CertificateError(f"openssl req failed: {out.stderr.strip()[-300:]}")
         os.chmod(tmp_key, 0o600)
+        os.chmod(tmp_cert, 0o644)  # public
         os.replace(tmp_key, key)
         os.replace(tmp_cert, cert)
 
 
-def ensure(directory: Path) -> tuple[Path, Path, bool]:
-    """This device's certificate and key in ``directory``; made if missing (created=True)."""
-    cert, key = directory / CERT_FILE, directory / KEY_FILE
+def location(cert: Path | None, key: Path | None, directory: Path) -> tuple[Path, Path]:
+    """The configured pair, or this device's own in ``directory`` (the config's)."""
+    if cert is not None and key is not None:
+        return cert, key
+    return directory / CERT_FILE, directory / KEY_FILE
+
+
+def ensure(directory: Path) -> bool:
+    """Make this device's own certificate in ``directory`` unless it exists; True if made."""
+    cert, key = location(None, None, directory)
     if cert.exists() and key.exists():
-        return cert, key, False
-    make(cert, key, subject_names())
-    return cert, key, True
+        return False
+    try:
+        make(cert, key, subject_names())
+    except OSError as e:
+        raise CertificateError(f"{directory}: cannot write a certificate: {e.strerror}") from None
+    return True
 
 
 def describe(cert: Path) -> Description:

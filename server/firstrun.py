@@ -1,4 +1,4 @@
-"""First run: no users configured → create one operator with a random password.
+"""First run: no users → one operator with a random password; no certificate → one.
 
 There is no well-known default password. The password is printed once, on
 the terminal that ran ``make run``; only its scrypt hash is written, to
@@ -13,8 +13,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from server import certificate
 from server.auth import hash_password
-from server.config import LOCAL_USERS_FILE
+from server.config import LOCAL_USERS_FILE, Config
 
 FIRST_USER = "admin"
 
@@ -41,6 +42,27 @@ vigil: first run: created an operator account (shown only this once)
   To change it:  printf %s 'NEW PASSWORD' | python -m server hash-password
   and put the printed line as `password` in that file (or add [[auth.users]]
   to config.toml), then restart vigil or send it SIGHUP.
+""",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def ensure_certificate(cfg: Config) -> None:
+    """Make this device's own TLS certificate if it has none; show its fingerprint."""
+    if not cfg.tls.enabled or cfg.tls.cert is not None:
+        return
+    if not certificate.ensure(cfg.path.parent):
+        return
+    cert, _key = certificate.location(None, None, cfg.path.parent)
+    desc = certificate.describe(cert)
+    print(
+        f"""
+vigil: made a TLS certificate for this device, {cert}
+  SHA-256 fingerprint (compare it with what the browser shows):
+    {desc.fingerprint}
+  for: {", ".join(desc.names)}
+  valid until {desc.not_after:%Y-%m-%d}; `python -m server tls-info` shows this again.
 """,
         file=sys.stderr,
         flush=True,

@@ -1,0 +1,62 @@
+"""The certificate as a person meets it: the first-run banner and ``tls-info``."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from support import ROOT, Vigil
+
+
+def fingerprint(cert: Path) -> str:
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def tls_info(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "tls-info", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_first_run_shows_the_fingerprint_and_tls_info_repeats_it(
+    start_vigil: Callable[..., Vigil],
+) -> None:
+    vigil = start_vigil()
+    cert = vigil.config.parent / "tls.local.crt"
+    key = vigil.config.parent / "tls.local.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    banner = vigil.wait_for_log("made a TLS certificate")
+    assert str(cert) in banner
+    log = vigil.log()
+    assert fingerprint(cert) in log.partition("made a TLS certificate")[2]
+    info = tls_info(vigil.config)
+    assert info.returncode == 0, info.stderr
+    assert f"SHA-256:     {fingerprint(cert)}" in info.stdout
+    assert "DNS:localhost" in info.stdout and "IP Address:127.0.0.1" in info.stdout
+    assert "(825 days)" in info.stdout or "(824 days)" in info.stdout
+    vigil.stop()
+    first = fingerprint(cert)
+    again = Vigil(vigil.config)  # a restart keeps the certificate people have accepted
+    try:
+        again.wait_for_log("listening on https")
+        assert fingerprint(cert) == first
+        assert again.log().count("made a TLS certificate") == 1  # the first run's only
+    finally:
+        again.stop()
+
+
+def test_tls_info_without_a_certificate_says_how_to_get_one(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(f'[http]\nstatic_dir = "{ROOT / "static"}"\n')
+    info = tls_info(tmp_path / "config.toml")
+    assert info.returncode == 1
+    assert info.stderr.startswith("vigil: ") and "no certificate yet" in info.stderr
+    assert info.stderr.count("\n") == 1
