@@ -244,7 +244,7 @@ def detect_kill(panel: Any) -> list[float]:
 
 
 def issued_after(t: float) -> Any:
-    return lambda ev: ev.kind == "command" and ev.at >= t and ev.data["phase"] == "issued"
+    return lambda ev: ev.type == "command" and ev.at >= t and ev.data["phase"] == "issued"
 
 
 def detect_pull(home: Path) -> tuple[list[float], list[float]]:

@@ -293,11 +293,6 @@ class Event:
     type: str
     data: Any  # JSON decoded when it is JSON, else the text
 
-    @property
-    def kind(self) -> str:
-        """``type`` under the name bench/section_control.py reads."""
-        return self.type
-
 
 class SSEParser:
     """Server-Sent Events from text lines (WHATWG §9.2.6, enough for vigil's streams).
