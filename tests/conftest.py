@@ -1,7 +1,8 @@
 """Fixtures shared by every test: vigil in this process (``make_app``, ``app``) or real processes.
 
 ``make_app`` and ``app`` are ``tests/testclient.App``s, closed after the test;
-``start_vigil`` and ``vigil`` are real processes (``tests/support.Vigil``).
+``start_vigil`` and ``vigil`` are real processes (``tests/support.Vigil``);
+``ns`` is the network namespace of tests/netns.py (root only), torn down after.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import Vigil, write_config
+from netns import Namespace, available
+from support import Vigil, require, write_config
 from testclient import App
 
 
@@ -42,6 +44,15 @@ def start_vigil(tmp_path: Path) -> Iterator[Callable[..., Vigil]]:
 def vigil(start_vigil: Callable[..., Vigil]) -> Vigil:
     """A vigil with the default test config."""
     return start_vigil()
+
+
+@pytest.fixture
+def ns() -> Iterator[Namespace]:
+    """A network namespace behind a veth pair (a cable that can be pulled), for this test."""
+    ok, why = available()
+    require(ok, why)
+    with Namespace() as namespace:
+        yield namespace
 
 
 @pytest.fixture

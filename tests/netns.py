@@ -18,6 +18,9 @@ the event stream, printing ``event ID TYPE`` per event. An ``https://`` URL
 is verified against ``CAFILE`` (the test vigil's certificate), name included.
 ``Namespace.run`` runs one command there to its end (curl).
 
+``serving_sections`` is the config of a vigil on the host's end (``HOST``,
+plain and HTTPS ports of its own) that lets the namespace in.
+
 ``EventWatcher`` reads another user's event stream (loopback) in a thread
 and timestamps every event, to see ``presence`` leaves and measure when
 they arrived; events are parsed by tests/wire.py's one SSE parser. The
@@ -46,6 +49,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file (bench)
 
+from support import free_port
 from wire import Event, sse_events
 
 NAME = "vigil-e2e"
@@ -58,6 +62,15 @@ LOCK = "/run/vigil-netns.lock"
 LOCK_WAIT = 900.0  # s to wait for another run (tests, bench) to give the subnet back
 PULL_TABLE = "vigil_pull"
 LOSS_TABLE = "vigil_loss"
+
+
+def serving_sections() -> dict[str, dict[str, Any]]:
+    """Config sections for a vigil on ``HOST`` (free ports) that the namespace may reach."""
+    return {
+        "http": {"host": HOST, "port": free_port(HOST)},
+        "tls": {"port": free_port(HOST)},
+        "auth": {"allow": ["127.0.0.0/8", SUBNET]},
+    }
 
 
 def available() -> tuple[bool, str]:

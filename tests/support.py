@@ -70,6 +70,17 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def enough_fds(want: int) -> None:
+    """Raise this process's RLIMIT_NOFILE to ``want`` (vigil, started after, inherits it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        enough = hard == resource.RLIM_INFINITY or hard >= want
+        require(enough, f"RLIMIT_NOFILE hard limit {hard} < {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -93,10 +104,15 @@ def make_certificate(directory: Path, names: list[str], stem: str = "test") -> t
     return cert, key
 
 
-def der_sha256(cert: Path) -> str:
-    """SHA-256 of the DER form of the PEM certificate at ``cert``, as AA:BB:… (hex upper)."""
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest().upper()
+def fingerprint(der: bytes) -> str:
+    """The SHA-256 of a DER certificate as people compare it: AA:BB:… (hex, upper case)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def der_sha256(cert: Path) -> str:
+    """``fingerprint`` of the PEM certificate at ``cert``."""
+    return fingerprint(ssl.PEM_cert_to_DER_cert(cert.read_text()))
 
 
 def spki_sha256(cert: Path) -> str:

@@ -9,14 +9,13 @@ unauthenticated ones, so people who are logged in keep working.
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import statistics
 import time
 from collections.abc import Callable
 
 import pytest
-from support import Vigil, require
+from support import Vigil, enough_fds
 from wire import Remote
 
 FLOOD = 1100
@@ -24,13 +23,8 @@ MAX_CONNECTIONS = 768
 
 
 @pytest.fixture(autouse=True)
-def enough_fds() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = FLOOD + 400
-    if soft < want:
-        enough = hard == resource.RLIM_INFINITY or hard >= want
-        require(enough, f"RLIMIT_NOFILE hard limit {hard} < {want}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+def fds() -> None:
+    enough_fds(FLOOD + 400)
 
 
 def ask(c: Remote) -> float:

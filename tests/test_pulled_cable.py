@@ -17,33 +17,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
-from netns import HOST, SUBNET, Client, EventWatcher, Namespace, available, presence
-from support import Vigil, basic, free_port, require
+from netns import Client, EventWatcher, Namespace, presence, serving_sections
+from support import Vigil, basic
 from wire import Remote
 
 BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
 STREAM_BOUND = 3.0  # the same for an event stream (TCP_USER_TIMEOUT 2 s): the target
 
 
-@pytest.fixture
-def ns() -> Iterator[Namespace]:
-    ok, why = available()
-    require(ok, why)
-    with Namespace() as namespace:
-        yield namespace
-
-
 def sections(**presence_cfg: object) -> dict[str, dict[str, object]]:
-    return {
-        "http": {"host": HOST, "port": free_port(HOST)},
-        "tls": {"port": free_port(HOST)},
-        "auth": {"allow": ["127.0.0.0/8", SUBNET]},
-        "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg},
-    }
+    presence = {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg}
+    return {**serving_sections(), "presence": presence}
 
 
 class Chatter:
