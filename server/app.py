@@ -382,7 +382,7 @@ class Server:
         elif match.route.public:
             return conn.user, match.handler(self.services, api.Call(req, None, match.params))
         if self.tls is not None and not (conn.secure or conn.loopback):
-            return conn.user, self._to_https(req)  # before any password crosses the wire
+            return conn.user, self._to_https(conn, req)  # before any password crosses the wire
         now = self.loop.now()
         result = self.auth.check(req.headers.get("authorization"), conn.addr, now)
         if result.verdict is not Verdict.OK:
@@ -403,12 +403,12 @@ class Server:
             return user, self._no_route(match)
         return user, match.handler(self.services, api.Call(req, user, match.params))
 
-    def _to_https(self, req: Request) -> Response:
+    def _to_https(self, conn: Connection, req: Request) -> Response:
         """308 to the same path over HTTPS (RFC 9110 §15.4.9: the method is kept)."""
-        host = req.headers.get("host", "")
+        host = req.headers.get("host") or conn.local_address
         name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
         port = "" if self.tls_port == 443 else f":{self.tls_port}"
-        location = f"https://{name or self.config.http.host}{port}{req.target}"
+        location = f"https://{name}{port}{req.target}"
         return error(308, f"use HTTPS: {location}", [("Location", location)])
 
     @staticmethod

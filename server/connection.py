@@ -174,6 +174,12 @@ class Connection:
         self.state = new
 
     @property
+    def local_address(self) -> str:
+        """The address the peer reached us at, as a Host header would name it."""
+        host = str(self.sock.getsockname()[0])
+        return f"[{host}]" if ":" in host else host
+
+    @property
     def sheddable(self) -> bool:
         """Unauthenticated and not busy: the first to go when connections run out."""
         return self.user is None and self.state in _SHEDDABLE
@@ -465,5 +471,7 @@ class Connection:
             self._detach()
             self._detach = None
         self._host.loop.unregister(self.sock)
+        if self._tls is not None and self._tls.established and not lost:
+            self._write(bytearray(self._tls.close_notify()))  # best effort, as a FIN is
         self.sock.close()
         self._host.connection_closed(self, lost)

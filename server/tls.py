@@ -18,6 +18,7 @@ rotate; a full handshake with P-256 is cheap enough for 10 people).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -89,6 +90,12 @@ class TlsSession:
 
     def pending(self) -> bytes:
         """Ciphertext to send now (handshake messages, records, alerts)."""
+        return self._out.read()
+
+    def close_notify(self) -> bytes:
+        """The alert that ends TLS cleanly (RFC 8446 §6.1), so the peer can tell it from a cut."""
+        with contextlib.suppress(ssl.SSLError):  # WantRead: the peer's reply is not awaited
+            self._obj.unwrap()
         return self._out.read()
 
     @property

@@ -330,11 +330,6 @@ def test_limits(connect: Callable[[], Remote], case: str) -> None:
     assert connect().me().status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ssl.SSLEOFError,
-    reason="server/connection.py closes a TLS connection without close_notify (RFC 8446 6.1)",
-)
 @pytest.mark.parametrize("case", ["413", "connection-close"])
 def test_the_server_ends_tls_with_close_notify(server: Vigil, case: str) -> None:
     """A close the peer can tell from a truncation: its close_notify, then FIN."""

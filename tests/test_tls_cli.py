@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import ssl
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from support import ROOT, Vigil
-
-
-def fingerprint(cert: Path) -> str:
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+from support import ROOT, Vigil, der_sha256
 
 
 def tls_info(config: Path) -> subprocess.CompletedProcess[str]:
@@ -37,18 +30,18 @@ def test_first_run_shows_the_fingerprint_and_tls_info_repeats_it(
     banner = vigil.wait_for_log("made a TLS certificate")
     assert str(cert) in banner
     log = vigil.log()
-    assert fingerprint(cert) in log.partition("made a TLS certificate")[2]
+    assert der_sha256(cert) in log.partition("made a TLS certificate")[2]
     info = tls_info(vigil.config)
     assert info.returncode == 0, info.stderr
-    assert f"SHA-256:     {fingerprint(cert)}" in info.stdout
+    assert f"SHA-256:     {der_sha256(cert)}" in info.stdout
     assert "DNS:localhost" in info.stdout and "IP Address:127.0.0.1" in info.stdout
     assert "(825 days)" in info.stdout or "(824 days)" in info.stdout
     vigil.stop()
-    first = fingerprint(cert)
+    first = der_sha256(cert)
     again = Vigil(vigil.config)  # a restart keeps the certificate people have accepted
     try:
         again.wait_for_log("listening on https")
-        assert fingerprint(cert) == first
+        assert der_sha256(cert) == first
         assert again.log().count("made a TLS certificate") == 1  # the first run's only
     finally:
         again.stop()
