@@ -66,6 +66,7 @@ from server.static import FileCache
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SECONDS = 1.5
+EXPIRY_CHECK_TICKS = 86400  # sweeps (seconds) between two checks of the certificate's expiry
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
@@ -167,16 +168,22 @@ class Server:
         ctx = tlsmod.server_context(cert, key)
         desc = certificate.describe(cert)
         self.certificate = desc
-        days = desc.days_left(datetime.now(UTC))
         log.info(
             "TLS certificate %s, SHA-256 %s, expires %s",
             cert,
             desc.fingerprint,
             desc.not_after.date(),
         )
-        if days < certificate.WARN_DAYS:
-            log.warning("TLS certificate %s expires in %.0f day(s): renew it", cert, days)
+        self._check_expiry()
         return ctx
+
+    def _check_expiry(self) -> None:
+        """A warning while the certificate has less than WARN_DAYS left (at start, daily)."""
+        if self.certificate is None:
+            return
+        days = self.certificate.days_left(datetime.now(UTC))
+        if days < certificate.WARN_DAYS:
+            log.warning("TLS certificate expires in %.0f day(s): renew it", days)
 
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
@@ -498,3 +505,5 @@ class Server:
             conn.tick(now, heartbeat)
         if self.access is not None:
             self.access.flush()
+        if self._ticks % EXPIRY_CHECK_TICKS == 0:
+            self._check_expiry()

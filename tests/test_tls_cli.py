@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from support import ROOT, Vigil, der_sha256
+from support import ROOT, Vigil, der_sha256, make_certificate
 
 
 def tls_info(config: Path) -> subprocess.CompletedProcess[str]:
@@ -53,3 +53,13 @@ def test_tls_info_without_a_certificate_says_how_to_get_one(tmp_path: Path) -> N
     assert info.returncode == 1
     assert info.stderr.startswith("vigil: ") and "no certificate yet" in info.stderr
     assert info.stderr.count("\n") == 1
+
+
+def test_a_certificate_near_its_expiry_is_warned_about(
+    start_vigil: Callable[..., Vigil], tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path, ["DNS:localhost"])  # valid for 2 days
+    vigil = start_vigil({"tls": {"cert": str(cert), "key": str(key)}})
+    line = vigil.wait_for_log("TLS certificate expires in")
+    assert "WARNING" in line and ("2 day(s)" in line or "1 day(s)" in line)
+    assert "made a TLS certificate" not in vigil.log()  # its own pair, none made
