@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from server.dates import iso_utc
+from server.jsontext import dumps
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class AuditLog:
         Raises OSError if the line cannot be written whole (disk full).
         """
         record = {"seq": self.seq + 1, "time": iso_utc(time.time()), "type": kind, **fields}
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        line = (dumps(record) + "\n").encode()
         if os.write(self._fd, line) != len(line):
             raise OSError(f"{self.path}: short write of an audit record")
         self.seq += 1

@@ -15,11 +15,12 @@ stream (WHATWG HTML, "Server-sent events", §9.2.6 for the format).
 from __future__ import annotations
 
 import itertools
-import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from server.jsontext import dumps
 
 RETRY_MS = 1000
 HEARTBEAT = b": heartbeat\n\n"
@@ -27,7 +28,7 @@ HEARTBEAT = b": heartbeat\n\n"
 
 def encode(event_id: int, kind: str, data: Any) -> bytes:
     """One SSE message: ``id``, ``event`` and a one-line JSON ``data`` field."""
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    payload = dumps(data)
     return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 

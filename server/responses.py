@@ -6,9 +6,9 @@ one exception is the user-cap page for browsers, a short HTML page.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from server.jsontext import dumps
 from server.protocol import Response
 
 CSP = (
@@ -32,7 +32,7 @@ CAP_PAGE = """<!doctype html>
 
 
 def json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    body = dumps(data).encode()
     return Response(status, [*JSON_HEADERS, *headers] if headers else JSON_HEADERS, body)
 
 
