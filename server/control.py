@@ -9,7 +9,7 @@ function that needs the clock takes it as an argument:
 - ``at``: wall-clock seconds since the epoch, only for the ``since`` that
   people read (ISO-8601 UTC).
 
-Wire format (DESIGN.md, "SCTP control protocol"): every SCTP message is one
+Wire format (README.md, "Devices"; docs/design.md, "Invariants"): every SCTP message is one
 UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes. ``decode`` turns bytes
 from a device into a ``Hello``, ``Result`` or ``Telemetry``, or returns a
 one-line error text for the ``{"type": "error"}`` reply. The association

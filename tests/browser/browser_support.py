@@ -21,7 +21,7 @@ from typing import Any
 from support import Vigil, spki_sha256
 from wire import Remote
 
-# Debian's chromium, headless, with the flags this closed network needs (DESIGN.md).
+# Debian's chromium, headless, with the flags this closed network needs (docs/design.md, "Testing").
 CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -18,7 +18,7 @@ client runs here (curl, Python, chromium)::
 ``python -m server.agent`` (``{"lamp-2": ["--label", "Lamp 2", "--reply-delay", "9"]}``);
 ``start_agent(name, *args)`` takes such arguments too.
 
-``config_text`` is a whole config.toml (the contract keys of DESIGN.md).
+``config_text`` is a whole config.toml (the keys of README.md, "Configuration").
 It must let the host in: ``[http] host = "0.0.0.0"`` (or the guest's
 address), and ``[auth] allow`` must cover ``host.host_ip`` (10.213.1.0/24;
 the default allow list has 10.0.0.0/8). Relative paths in it are relative
