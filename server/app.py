@@ -23,6 +23,10 @@ disk. The access log is written once a second by the sweep.
 Timers: a sweep once a second (each connection's ``tick``: TCP_INFO state,
 408 and idle deadlines, SSE heartbeats) and exact timers for presence grace
 expiry. Signals (flags only, acted on by the loop): TERM/INT stop, HUP reloads.
+
+systemd (``server.notify``, a no-op outside a ``Type=notify`` unit): READY=1
+at the end of ``start``, RELOADING=1 … READY=1 around ``reload``,
+STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from server.connection import Connection, Settings
 from server.dates import PerSecond
 from server.events import EventBus
 from server.loop import READ, Loop, Timer
+from server.notify import Notifier
 from server.outcomes import Outcome
 from server.presence import Change, Presence
 from server.protocol import Limits, Request, Response
@@ -88,9 +93,10 @@ def _hash_cost() -> float:
 
 
 class Server:
-    def __init__(self, cfg: Config, loop: Loop) -> None:
+    def __init__(self, cfg: Config, loop: Loop, notify: Notifier | None = None) -> None:
         self.config = cfg
         self.loop = loop
+        self.notify = notify or Notifier()
         self.settings = _settings(cfg)
         self.allow = AllowList(cfg.auth.allow)
         self.auth = Authenticator(
@@ -152,6 +158,15 @@ class Server:
         log.info("listening on http://%s:%d/", http.host, self.port)
         if self.tls_listener is not None:
             log.info("listening on https://%s:%d/", http.host, self.tls_port)
+        if self.notify.watchdog_interval is not None:
+            self.loop.call_every(self.notify.watchdog_interval, self.notify.watchdog)
+        self.notify.ready(self._status())
+
+    def _status(self) -> str:
+        """What ``systemctl status`` shows (systemd's STATUS=)."""
+        listeners = (self.listener, self.tls_listener)
+        ports = ", ".join(str(sock.getsockname()[1]) for sock in listeners if sock is not None)
+        return f"serving on port {ports}; {len(self.config.auth.users)} user(s)"
 
     def bind(self) -> None:
         """Take the HTTP (and HTTPS) ports; OSError if one is in use."""
@@ -163,7 +178,7 @@ class Server:
     def _tls_context(self, cfg: Config) -> ssl.SSLContext:
         """The context for new handshakes: the configured certificate, or this device's own
         (made on first run by ``python -m server``, ``server.firstrun``)."""
-        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.path.parent)
+        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
         ctx = tlsmod.server_context(cert, key)
         desc = certificate.describe(cert)
         self.certificate = desc
@@ -216,6 +231,7 @@ class Server:
         if self.stopping:
             return
         log.info("stopping: finishing %d connection(s)", len(self.conns))
+        self.notify.stopping()
         self.stopping = True
         self._listen(False)
         for conn in list(self.conns.values()):
@@ -248,9 +264,17 @@ class Server:
                 listener.close()
         self.control.close()
         self.audit.close()
+        self.notify.close()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new one is invalid."""
+        self.notify.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notify.ready(self._status())
+
+    def _reload(self) -> None:
         try:
             cfg = configmod.load(self.config.path)
         except ConfigError as e:
