@@ -69,6 +69,7 @@ def render(users: Sequence[User]) -> str:
 
 def save(state_dir: Path, users: Sequence[User]) -> Path:
     """Replace ``state_dir/users.local.toml`` atomically with ``users``; OSError if it fails."""
+    state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     target = state_dir / LOCAL_USERS_FILE
     data = render(users).encode()
     fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{LOCAL_USERS_FILE}.")  # mode 0600

@@ -155,11 +155,17 @@ def test_systemd_analyze_verify_catches_a_bad_unit(staged: Path, tmp_path: Path)
 
 def test_the_installed_code_reads_the_installed_config(staged: Path) -> None:
     config = staged / "etc/vigil/config.toml"
+    python = f"{LIBDIR}/venv/bin/python -P"
     done = in_namespace(
-        staged, f"{LIBDIR}/venv/bin/python -P -m server check-config --config {config}"
+        staged,
+        f"{python} -m server check-config --config {config}"
+        f" && {python} -c 'import h11, sctp, server.app; print(server.app.__file__)'",
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{config}: ok (0 user(s), 0 device(s))\n"
+    checked, module = done.stdout.splitlines()
+    assert checked == f"{config}: ok (0 user(s), 0 device(s))"
+    assert module.startswith(f"{LIBDIR}/venv/lib/python3.")  # the installed copy, not ours
+    assert module.endswith("/site-packages/server/app.py")
 
 
 def test_install_again_keeps_the_config_and_uninstall_keeps_the_data(
