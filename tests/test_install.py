@@ -13,6 +13,7 @@ the installed config.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -142,6 +143,20 @@ def test_systemd_analyze_verify_passes_without_a_warning(staged: Path) -> None:
         f"systemd-analyze verify --man=no {units}/vigil.service {units}/vigil-agent@lamp-1.service",
     )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_the_units_are_hardened(staged: Path) -> None:
+    """``systemd-analyze security`` rates each unit's exposure (0 to 10): at most 2.5 ("OK")."""
+    units = f"{staged}/{UNITS}"
+    done = in_namespace(
+        staged,
+        "systemd-analyze security --offline=yes --threshold=25 --no-pager"
+        f" {units}/vigil.service {units}/vigil-agent@.service",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    levels = re.findall(r"Overall exposure level for (\S+): ([\d.]+) ", done.stdout)
+    assert [name for name, _ in levels] == ["vigil.service", "vigil-agent@i.service"]
+    assert all(float(level) <= 2.5 for _, level in levels), levels
 
 
 def test_systemd_analyze_verify_catches_a_bad_unit(staged: Path, tmp_path: Path) -> None:
