@@ -109,7 +109,8 @@ install:
 	@echo "vigil: installed. Next: sudo vigil user add NAME; sudo systemctl enable --now vigil"
 
 uninstall:
-	$(if $(DESTDIR),,systemctl disable --now vigil 'vigil-agent@*' 2>/dev/null || true)
+	$(if $(DESTDIR),,systemctl disable --now vigil || true)
+	$(if $(DESTDIR),,systemctl stop 'vigil-agent@*' || true)
 	rm -rf $(DESTDIR)$(LIBDIR)
 	rm -f $(DESTDIR)$(BINDIR)/vigil $(DESTDIR)$(MODULESDIR)/vigil.conf \
 		$(DESTDIR)$(UNITDIR)/vigil.service $(DESTDIR)$(UNITDIR)/vigil-agent@.service \
