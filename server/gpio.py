@@ -333,7 +333,12 @@ def serve_mock_pins(path: Path) -> socketserver.UnixStreamServer:
             return f"error: {' '.join(words[1:])!r} is not high or low"
         return str(int(pin.state))
 
-    server = socketserver.UnixStreamServer(str(path), Handler)
+    if path.is_socket():  # left by an earlier run
+        path.unlink()
+    try:
+        server = socketserver.UnixStreamServer(str(path), Handler)
+    except OSError as e:
+        raise ValueError(f"--mock-control {path}: {e.strerror}") from None
     threading.Thread(target=server.serve_forever, name="mock-pins", daemon=True).start()
     log.warning("serving gpiozero's MOCK pins on %s (tests only)", path)
     return server

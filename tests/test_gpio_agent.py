@@ -270,6 +270,15 @@ def test_mock_control_reads_and_drives_pins(
         mock.close()
         server.shutdown()
         server.server_close()
+    # an agent started again finds the socket of the last run, and takes its place
+    again = serve_mock_pins(tmp_path / "pins.sock")
+    mock = MockPins(tmp_path / "pins.sock")
+    assert mock.state(17) == 1
+    mock.close()
+    again.shutdown()
+    again.server_close()
+    with pytest.raises(ValueError, match=r"--mock-control .*/nope/s: No such file or directory"):
+        serve_mock_pins(tmp_path / "nope" / "s")
 
 
 def agent(tmp_path: Path, *extra: str, mock: bool = True) -> subprocess.CompletedProcess[str]:
