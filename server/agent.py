@@ -10,7 +10,7 @@ every user sees in ``ps``.
 
 The agent drives one ``Hardware``: the simulated ``Lamp``, or with ``--gpio``
 the pins of a config file (``server.gpio.Pins``, README "GPIO"). For other
-hardware, write a third class with the same five members. The protocol
+hardware, write a third class with the members of ``Hardware``. The protocol
 (README, "Devices") in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
@@ -49,7 +49,6 @@ import sctp
 from server.config import read_secret_file
 from server.control import PPID_JSON, Stream
 from server.devices import parse_secret, proof
-from server.gpio import Pins, load_config, serve_mock_pins
 from server.sctpchannel import tune_peer
 from server.sockopts import family_of
 
@@ -358,11 +357,13 @@ def hardware_of(args: argparse.Namespace) -> Hardware:
         if args.mock_control is not None:
             raise ValueError("--mock-control needs --gpio CONFIG")
         return Lamp(1.0 if args.interval is None else args.interval)
+    from server import gpio  # only here: the lamp needs no gpiozero (its import takes ~50 ms)
+
     if args.interval is not None:
         raise ValueError("--interval is for the lamp: GPIO inputs are sent when they change")
-    pins = Pins(load_config(args.gpio), str(args.gpio))
+    pins = gpio.Pins(gpio.load_config(args.gpio), str(args.gpio))
     if args.mock_control is not None:
-        serve_mock_pins(args.mock_control)
+        gpio.serve_mock_pins(args.mock_control)
     return pins
 
 

@@ -229,7 +229,7 @@ class Pins:
                     f"no GPIO here: gpiozero has no pin factory ({tried}); on a Pi "
                     "`pip install lgpio` (README, GPIO); for tests GPIOZERO_PIN_FACTORY=mock"
                 ) from None
-            except GPIOZeroError as e:
+            except Exception as e:  # gpiozero's errors, and its pin library's ("GPIO busy")
                 raise ValueError(f"{source}: {spec.describe()}: pin {spec.pin!r}: {e}") from None
         for w in caught:
             if issubclass(w.category, PinFactoryFallback):
