@@ -83,7 +83,7 @@ install:
 	$(if $(DESTDIR),grep -rlF '$(DESTDIR)' $(IVENV)/bin $(IVENV)/pyvenv.cfg \
 		| xargs -r sed -i 's|$(DESTDIR)||g')
 	cd static && find . -type f -exec install -D -m 0644 {} $(DESTDIR)$(LIBDIR)/static/{} \;
-	install -m 0644 README.md $(DESTDIR)$(LIBDIR)/README.md
+	install -m 0644 README.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MODULESDIR)
 	$(SUBST) dist/vigil.in > $(DESTDIR)$(BINDIR)/vigil && chmod 0755 $(DESTDIR)$(BINDIR)/vigil
 	for unit in vigil.service vigil-agent@.service; do \
@@ -95,8 +95,8 @@ install:
 	$(if $(DESTDIR),,getent passwd vigil-agent >/dev/null || useradd --system --user-group \
 		--home-dir / --no-create-home --shell /usr/sbin/nologin vigil-agent)
 	$(if $(DESTDIR),,! getent group gpio >/dev/null || usermod -a -G gpio vigil-agent)
-	install -d -m 0750 $(AS_ROOT_VIGIL) $(DESTDIR)$(SYSCONFDIR)
-	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/agents
+	install -d -m 0751 $(AS_ROOT_VIGIL) $(DESTDIR)$(SYSCONFDIR)
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/agents
 	test -e $(DESTDIR)$(SYSCONFDIR)/config.toml || { \
 		sed -e 's|^static_dir = "static" |static_dir = "$(LIBDIR)/static"|' \
 		    -e 's|^path = "var/audit.jsonl" |path = "audit.jsonl"|' \

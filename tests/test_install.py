@@ -60,12 +60,13 @@ def test_what_lands_where_with_which_modes(staged: Path) -> None:
         f"{UNITS}/vigil.service": 0o644,
         f"{UNITS}/vigil-agent@.service": 0o644,
         "etc/modules-load.d/vigil.conf": 0o644,
-        "etc/vigil": 0o750,
-        "etc/vigil/config.toml": 0o640,
-        "etc/vigil/agents": 0o700,  # device secrets, read by systemd (LoadCredential)
+        "etc/vigil": 0o751,  # agents may pass through to agents/, not list it
+        "etc/vigil/config.toml": 0o640,  # root:vigil
+        "etc/vigil/agents": 0o755,  # NAME.secret root's 0600 (LoadCredential), NAME.toml
         "var/lib/vigil": 0o750,
         f"{LIBDIR[1:]}/static/index.html": 0o644,
         f"{LIBDIR[1:]}/README.md": 0o644,
+        f"{LIBDIR[1:]}/gpio-example.toml": 0o644,
     }
     assert {p: mode(staged / p) for p in expected} == expected
     assert (staged / LIBDIR[1:] / "venv/bin/python").resolve() == Path("/usr/bin/python3").resolve()
