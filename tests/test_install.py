@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -227,6 +228,17 @@ def test_everything_written_at_run_time_goes_to_the_state_dir(tmp_path: Path) ->
         )
         assert mode(state) == 0o750  # made by vigil
         assert (state / PID_FILE).read_text() == f"{vigil.proc.pid}\n"
+        second = subprocess.run(
+            [sys.executable, "-m", "server", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (second.returncode, second.stderr) == (
+            1,
+            f"vigil: {state / PID_FILE}: another vigil runs on this state dir\n",
+        )
     finally:
         assert vigil.stop() == 0
     assert PID_FILE not in os.listdir(state)
