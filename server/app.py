@@ -54,6 +54,7 @@ from server.connection import Connection, Settings
 from server.dates import PerSecond
 from server.events import EventBus
 from server.loop import READ, Loop, Timer
+from server.mqtt import Bridge
 from server.outcomes import Outcome
 from server.presence import Change, Presence
 from server.protocol import Limits, Request, Response
@@ -131,6 +132,8 @@ class Server:
         self._ticks = 0
         self._pending_output: list[Connection] = []
         loop.at_end_of_pass(self.end_of_pass)
+        # MQTT: after end_of_pass, so the fleet hears of nothing before it is on disk
+        self.mqtt = Bridge(loop, cfg.mqtt, cfg.presence, self.services)
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
@@ -187,6 +190,7 @@ class Server:
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
         self.control.start()
+        self.mqtt.start()
         self.loop.call_every(1.0, self.sweep)
 
     @property
@@ -238,6 +242,8 @@ class Server:
             conn.close(lost=False)
         for change in self.presence.end_all():
             self._announce(change)
+        self.end_of_pass()  # the leaves on disk before the fleet hears of them
+        self.mqtt.close()
         self.loop.stop()
 
     def close(self) -> None:
@@ -247,6 +253,7 @@ class Server:
             if listener is not None:
                 listener.close()
         self.control.close()
+        self.mqtt.close()
         self.audit.close()
 
     def reload(self) -> None:
@@ -263,6 +270,7 @@ class Server:
         self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
+        self.mqtt.reload(cfg.mqtt, cfg.presence)
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:
