@@ -226,13 +226,16 @@ class Fleet:
         return out
 
     # -- commands from the broker ---------------------------------------------
-    def command(self, topic: str, payload: bytes, retained: bool) -> Command | Rejection:
-        """A command message read: valid, or the error to publish back (nothing happens).
+    def command(self, topic: str, payload: bytes, retained: bool) -> Command | Rejection | None:
+        """A command message read: valid, or the error to publish back (nothing happens);
+        None for an empty one (what clears a retained message: no command, no answer).
 
         ``{"action": str, "args": {…} (optional), "id": str|number, "user": str}``
         on ``devices/<id>/command``; ``user`` must be in ``command_users``.
         A retained command is refused: it would run again at every reconnect.
         """
+        if not payload:
+            return None
         dev_id = self.topics.device_of_command(topic)
         if dev_id is None:
             return self.rejection(None, None, 400, f"not a command topic: {topic}")

@@ -417,6 +417,8 @@ class Bridge:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         read = self._fleet.command(msg.topic, bytes(msg.payload), bool(msg.retain))
+        if read is None:
+            return
         if isinstance(read, Rejection):
             log.info("mqtt: command refused on %s: %s", msg.topic, read.message.payload[:200])
             self._send(read.message)

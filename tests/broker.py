@@ -103,13 +103,14 @@ class Broker:
 
     def start(self, timeout: float = 5.0) -> None:
         """Start (again, after ``kill``) and wait until it accepts connections."""
+        since = len(self.log())
         self.proc = subprocess.Popen(
             ["mosquitto", "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while f"Opening ipv4 listen socket on port {self.port}" not in self.log():
+        while f"Opening ipv4 listen socket on port {self.port}" not in self.log()[since:]:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not start:\n{self.log()[-2000:]}")
             time.sleep(0.02)

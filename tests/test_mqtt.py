@@ -125,9 +125,14 @@ def test_wrong_password_is_said_once_and_retried(
 def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
     broker: Broker, start_vigil: Callable[..., Vigil]
 ) -> None:
-    vigil = start_vigil(broker.mqtt_sections(commands=True, command_users=["node-red"]))
-    vigil.wait_for_log("mqtt: connected")
     topic = "vigil/site-a/devices/lamp-1/command"
+    # retained: the broker would hand it to vigil again at every reconnect
+    broker.publish(topic, '{"id": "r1", "action": "on", "user": "node-red"}', "-r")
+    with broker.subscribe("vigil/site-a/devices/+/result") as sub:
+        vigil = start_vigil(broker.mqtt_sections(commands=True, command_users=["node-red"]))
+        body = sub.expect("vigil/site-a/devices/lamp-1/result").json()
+        assert (body["id"], body["status"]) == ("r1", 400) and "retained" in body["error"]
+    broker.publish(topic, "", "-r")  # clear it
     cases = [
         ("not json", None, 400, "not UTF-8 JSON"),
         ('{"action": "on", "user": "node-red"}', None, 400, "needs an id"),
@@ -146,10 +151,6 @@ def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
             body = msg.json()
             assert (body["id"], body["status"], body["ok"]) == (cid, status, False), body
             assert words in body["error"], body
-        broker.publish(topic, '{"id": "r1", "action": "on", "user": "node-red"}', "-r")
-        body = sub.expect("vigil/site-a/devices/lamp-1/result").json()
-        assert (body["id"], body["status"]) == ("r1", 400) and "retained" in body["error"]
-        broker.publish(topic, "", "-r")  # clear it
     records = (vigil.config.parent / "audit.jsonl").read_text()
     assert '"user":"mqtt:node-red"' in records  # only a4 reached the command path
     assert "mallory" not in records
