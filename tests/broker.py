@@ -15,7 +15,9 @@ Users (``USERS``; passwords are the names reversed, as in tests/support.py):
 ``Subscriber`` is ``mosquitto_sub -v`` as ``fleet``, read line by line
 (``expect``: the first message matching a topic pattern and a predicate);
 ``publish`` is one ``mosquitto_pub``. ``mqtt_sections`` is the ``[mqtt]``
-of a vigil config that talks to this broker.
+of a vigil config that talks to this broker (also before it exists: the
+UML test host's vigil is configured before the tap, and so the broker's
+address, is there).
 """
 
 from __future__ import annotations
@@ -70,12 +72,13 @@ class Broker:
         directory: Path,
         host: str = "127.0.0.1",
         tls: tuple[Path, Path] | None = None,
+        port: int | None = None,
     ) -> None:
         require_mosquitto()
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.tls = tls
         self.log_path = directory / "mosquitto.log"
         passwd = directory / "passwd"
@@ -150,22 +153,31 @@ class Broker:
         return Subscriber(self, topics)
 
     def mqtt_sections(self, **extra: Any) -> dict[str, dict[str, Any]]:
-        """``[mqtt]`` for a vigil of site ``extra['site']`` (default "site-a") on this broker."""
-        pw_file = self.dir / "vigil.password"
-        pw_file.write_text(password("vigil") + "\n")
-        pw_file.chmod(0o600)
-        mqtt = {
-            "enabled": True,
-            "host": self.host,
-            "port": self.port,
-            "username": "vigil",
-            "password_file": str(pw_file),
-            "site": "site-a",
-            "connect_timeout": 2,
-        }
-        if self.tls is not None:
-            mqtt |= {"tls": True, "ca_file": str(self.tls[0])}
-        return {"mqtt": mqtt | extra}
+        """``[mqtt]`` for a vigil on this broker (``extra``: more keys; site "site-a")."""
+        keys: dict[str, Any] = {"host": self.host, "port": self.port} | extra
+        return mqtt_sections(self.dir, tls=self.tls, **keys)
+
+
+def mqtt_sections(
+    directory: Path, host: str, port: int, tls: tuple[Path, Path] | None = None, **extra: Any
+) -> dict[str, dict[str, Any]]:
+    """``[mqtt]`` of a vigil that logs in as ``vigil`` (password file in ``directory``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pw_file = directory / "vigil.password"
+    pw_file.write_text(password("vigil") + "\n")
+    pw_file.chmod(0o600)
+    mqtt = {
+        "enabled": True,
+        "host": host,
+        "port": port,
+        "username": "vigil",
+        "password_file": str(pw_file),
+        "site": "site-a",
+        "connect_timeout": 2,
+    }
+    if tls is not None:
+        mqtt |= {"tls": True, "ca_file": str(tls[0])}
+    return {"mqtt": mqtt | extra}
 
 
 class Subscriber:
@@ -204,12 +216,13 @@ class Subscriber:
         check: Callable[[Message], bool] = lambda _m: True,
         timeout: float = 10.0,
     ) -> Message:
-        """The next message whose topic matches the regex ``topic`` and passes ``check``."""
+        """The first message not yet expected whose topic matches the regex ``topic`` and
+        that passes ``check`` (the others stay for later calls)."""
         deadline = time.monotonic() + timeout
         while True:
-            while self._pending:
-                msg = self._pending.pop(0)
+            for i, msg in enumerate(self._pending):
                 if re.fullmatch(topic, msg.topic) and check(msg):
+                    del self._pending[i]
                     return msg
             if time.monotonic() > deadline:
                 got = "\n".join(f"{m.topic} {m.payload[:200]}" for m in self.seen[-30:])
