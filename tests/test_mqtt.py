@@ -221,3 +221,17 @@ def test_http_answers_while_the_broker_is_unreachable(
         subprocess.run(["nft", "delete", "table", "inet", table], check=True)
     with broker.subscribe("vigil/site-a/status") as sub:
         assert online(sub.expect("vigil/site-a/status", timeout=8))
+
+
+def test_sighup_with_a_new_site_reconnects(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    vigil = start_vigil(broker.mqtt_sections(site="old"))
+    vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/+/status") as sub:
+        assert online(sub.expect("vigil/old/status"))
+        text = vigil.config.read_text().replace('site = "old"', 'site = "new"')
+        vigil.config.write_text(text)
+        vigil.signal(signal.SIGHUP)
+        assert sub.expect("vigil/old/status").payload == "offline"
+        assert online(sub.expect("vigil/new/status"))

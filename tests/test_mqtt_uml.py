@@ -75,11 +75,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             commands=True,
             command_users=["node-red", "homeassistant"],
             homeassistant=True,
+            queue=10,  # so that a broker away for seconds loses telemetry
         ),
     }
     config = write_config(directory, sections).read_text()
     with (
-        uml_test_host(config, agents=["lamp-1"]) as host,
+        uml_test_host(config, agents={"lamp-1": ["--interval", "0.2"]}) as host,
         Broker(directory / "broker", host=host.host_ip, port=port) as broker,
     ):
         yield Site(host, broker)
@@ -169,3 +170,26 @@ def test_a_device_someone_holds_is_refused_back_to_the_fleet(site: Site) -> None
     finally:
         with site.person() as alice:
             assert alice.request("DELETE", "/api/devices/lamp-1/lease").status == 200
+
+
+def test_broker_away_telemetry_dropped_oldest_first_state_published_again(site: Site) -> None:
+    with site.subscribe(STATE) as sub:
+        sub.expect(STATE)  # connected
+    since = len(site.host.log())
+    site.broker.kill()
+    deadline = time.monotonic() + 10
+    while "mqtt: broker lost" not in site.host.log()[since:]:
+        assert time.monotonic() < deadline, site.host.log()[since:]
+        time.sleep(0.1)
+    time.sleep(4)  # 5 readings a second: about 20, for a queue of 10
+    site.broker.start()  # nothing retained: what comes was published again
+    with site.subscribe(f"{PREFIX}/#") as sub:
+        assert sub.expect(f"{PREFIX}/status", timeout=10).payload == "online"
+        assert sub.expect(STATE).json()["online"] is True
+        sub.expect(f"{PREFIX}/devices/lamp-1/telemetry")
+    deadline = time.monotonic() + 5
+    while not (line := [x for x in site.host.log()[since:].splitlines() if "dropped while" in x]):
+        assert time.monotonic() < deadline, site.host.log()[since:]
+        time.sleep(0.1)
+    dropped = int(line[0].split("dropped while away: ")[1].split()[0])
+    assert dropped >= 5, line  # the oldest ones; the newest 10 went out
