@@ -10,7 +10,7 @@ BUILD_DEBS := libsctp-dev python3-dev gcc
 # and packet loss, a real browser, curl.
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
 	procps mosquitto mosquitto-clients
-BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod
+BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
 .PHONY: run test lint check bench deps test-deps uml-kernel clean
 
