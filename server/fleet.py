@@ -15,8 +15,8 @@ Topics, under ``topic_prefix`` (default ``vigil/<site>``; README, "MQTT"):
 - ``devices/<id>/state``: the device as ``GET /api/devices`` shows it
   (``online``, ``lease``, …) plus ``telemetry``, its last reading; retained;
 - ``devices/<id>/telemetry``: each coalesced reading (at most 5 a second);
-- ``activity``: every command's outcome (the ``command`` event of its result
-  or failure: who, what, status, result or error, latency);
+- ``activity``: every command, as its ``command`` audit record (who, what,
+  status, result or error, latency; refusals too);
 - ``devices/<id>/command`` (in, with ``commands = true``) and
   ``devices/<id>/result`` (out): see ``Fleet.command``.
 
@@ -131,17 +131,22 @@ class Fleet:
         return out
 
     def on_event(self, kind: str, data: Any) -> list[Message]:
-        """The messages one event-bus event makes (chat stays among the people on the panel)."""
+        """The messages one event-bus event makes (chat stays among the people on the panel;
+        commands are ``activity`` from their audit records: ``on_record``)."""
         if kind == "presence":
             self.online = data["online"]
             return [self._presence()]
         if kind == "device":
             return self._device_event(data)
-        if kind == "command" and data.get("phase") in ("result", "failed"):
-            return [Message(self.topics.activity, _json(data), kind="activity")]
         if kind == "reset":
             return self.snapshot(data["online"], data["devices"])[1:]
         return []
+
+    def on_record(self, record: dict[str, Any]) -> list[Message]:
+        """``activity`` for each ``command`` audit record (refusals too), as it is written."""
+        if record.get("type") != "command":
+            return []
+        return [Message(self.topics.activity, _json(record), kind="activity")]
 
     def _device_event(self, data: dict[str, Any]) -> list[Message]:
         dev = data["device"]

@@ -1,10 +1,11 @@
 """The MQTT fleet bridge: one paho-mqtt client inside the vigil loop.
 
-Strategy: the shell around ``server.fleet``. Events from the bus become
-messages (``Fleet.on_event``) that wait in a bounded ``Outbox`` and go to
-the broker at the end of the loop pass, after the audit log's fsync (this
-bridge's end-of-pass hook is added after the server's), so the fleet, like
-a browser, never hears of an action before it is on disk. Commands the
+Strategy: the shell around ``server.fleet``. Events from the bus and
+``command`` audit records become messages (``Fleet.on_event``,
+``on_record``) that wait in a bounded ``Outbox`` and go to the broker at
+the end of the loop pass, after the audit log's fsync (this bridge's
+end-of-pass hook is added after the server's), so the fleet, like a
+browser, never hears of an action before it is on disk. Commands the
 broker delivers go through ``api.issue_command`` as ``mqtt:<user>``, the
 same path as a browser's (roles, leases, audit), with ``take=False``; the
 answer is published to ``devices/<id>/result``.
@@ -117,6 +118,7 @@ class Bridge:
             return
         self._running = True
         self._unsubscribe = self._svc.events.subscribe(self._deliver)
+        self._svc.audit.watchers.append(self._on_record)
         log.info(
             "mqtt: bridging to %s:%d%s as site %r (topics %s/…, commands %s)",
             self.cfg.host,
@@ -135,6 +137,7 @@ class Bridge:
         self._running = False
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self._svc.audit.watchers.remove(self._on_record)
         client = self._client
         if client is not None and self.connected:
             self.flush()
@@ -163,6 +166,10 @@ class Bridge:
     # -- events in, messages out -------------------------------------------
     def _deliver(self, event: Event) -> None:
         for msg in self._fleet.on_event(event.type, event.data):
+            self._outbox.put(msg)
+
+    def _on_record(self, record: dict[str, Any]) -> None:
+        for msg in self._fleet.on_record(record):
             self._outbox.put(msg)
 
     def _send(self, msg: Message) -> None:

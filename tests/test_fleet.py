@@ -101,13 +101,12 @@ def test_events_to_messages() -> None:
     body = json.loads(state.payload)
     assert body["lease"]["holder"] == "bob" and body["telemetry"] == {"temperature": 21.5}
     command = {"id": "c1", "device": "lamp-1", "action": "on", "user": "bob", "phase": "issued"}
-    assert fleet.on_event("command", command) == []
-    done = {**command, "phase": "result", "ok": True, "status": 200, "latency_ms": 3}
-    [act] = fleet.on_event("command", done)
+    assert fleet.on_event("command", command) == []  # activity comes from the audit record
+    record = {"seq": 7, "type": "command", "user": "bob", "status": 409, "latency_ms": 0.1}
+    [act] = fleet.on_record(record)
     assert (act.topic, act.retain, act.kind) == ("vigil/barn/activity", False, "activity")
-    assert json.loads(act.payload) == done
-    failed = {**command, "phase": "failed", "ok": False, "error": "gone", "status": 503}
-    assert topics(fleet.on_event("command", failed)) == ["vigil/barn/activity"]
+    assert json.loads(act.payload) == record
+    assert fleet.on_record({"seq": 8, "type": "login", "user": "bob"}) == []
     assert fleet.on_event("chat", {"user": "bob", "text": "hi"}) == []
     reset = fleet.on_event("reset", {"online": [ALICE], "devices": [LAMP]})
     assert topics(reset) == ["vigil/barn/presence", "vigil/barn/devices/lamp-1/state"]

@@ -167,6 +167,12 @@ def test_a_device_someone_holds_is_refused_back_to_the_fleet(site: Site) -> None
             result = sub.expect(RESULT).json()
             assert (result["id"], result["status"], result["ok"]) == (42, 409, False)
             assert result["holder"] == "alice" and "held by alice" in result["error"]
+        with site.subscribe(f"{PREFIX}/activity") as sub:  # refusals are activity too
+            time.sleep(0.2)
+            assert site.post("bob", "/api/devices/lamp-1/commands", {"action": "on"}).status == 409
+            act = sub.expect(f"{PREFIX}/activity").json()
+            assert (act["user"], act["status"], act["ok"]) == ("bob", 409, False)
+            assert "held by alice" in act["error"]
     finally:
         with site.person() as alice:
             assert alice.request("DELETE", "/api/devices/lamp-1/lease").status == 200
