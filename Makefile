@@ -9,8 +9,8 @@ BUILD_DEBS := libsctp-dev python3-dev gcc
 # kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
 # and packet loss, a real browser, curl, systemd-analyze (the unit files).
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
-	procps systemd python3-venv
-BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod
+	procps systemd python3-venv mosquitto mosquitto-clients
+BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
 .PHONY: run test lint check bench deps test-deps uml-kernel clean
 

@@ -57,8 +57,12 @@ class Vigil:
         backend: str = "select",
         access_log: bool = False,
         profile: Path | None = None,
+        sections: dict[str, dict[str, object]] | None = None,
     ) -> Server:
         """Return a not yet started vigil Server with its own config dir.
+
+        ``sections``: more config sections (not [http], [auth], [control],
+        [audit], [tls]), e.g. ``{"mqtt": {...}}``.
 
         With ``profile``, vigil runs under cProfile, which writes that file
         when vigil exits (on SIGTERM, when the Server stops).
@@ -83,6 +87,8 @@ class Vigil:
         config += ["", "[audit]", f"path = {_toml(str(home / 'audit.jsonl'))}"]
         tls_port = free_port()
         config += ["", "[tls]", f"port = {tls_port}", ""]
+        for name, values in (sections or {}).items():
+            config += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
         path = home / "config.toml"
         path.write_text("\n".join(config))
         argv = [self.bench.python, "-m", "server", "--config", str(path)]

@@ -63,6 +63,7 @@ from server.events import EventBus
 from server.leases import Change as LeaseChange
 from server.leases import End, Leases
 from server.loop import READ, Loop, Timer
+from server.mqtt import Bridge
 from server.notify import Notifier
 from server.outcomes import Outcome
 from server.presence import Change, Presence
@@ -148,6 +149,8 @@ class Server:
         self._ticks = 0
         self._pending_output: list[Connection] = []
         loop.at_end_of_pass(self.end_of_pass)
+        # MQTT: after end_of_pass, so the fleet hears of nothing before it is on disk
+        self.mqtt = Bridge(loop, cfg.mqtt, cfg.presence, self.services)
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
@@ -213,6 +216,7 @@ class Server:
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
         self.control.start()
+        self.mqtt.start()
         self.loop.call_every(1.0, self.sweep)
 
     @property
@@ -265,6 +269,8 @@ class Server:
             conn.close(lost=False)
         for change in self.presence.end_all():
             self._announce(change)
+        self.end_of_pass()  # the leaves on disk before the fleet hears of them
+        self.mqtt.close()
         self.loop.stop()
 
     def close(self) -> None:
@@ -274,6 +280,7 @@ class Server:
             if listener is not None:
                 listener.close()
         self.control.close()
+        self.mqtt.close()
         self.audit.close()
         self.notify.close()
 
@@ -299,6 +306,7 @@ class Server:
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
         self.leases.idle = cfg.control.lease_idle
+        self.mqtt.reload(cfg.mqtt, cfg.presence)
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:

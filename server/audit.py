@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class AuditLog:
         self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
         self.seq = 0
         self.dirty = False  # lines written since the last fsync
+        # called with each record as it is written (the MQTT bridge's activity)
+        self.watchers: list[Callable[[dict[str, Any]], None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         self._load()
@@ -91,6 +94,8 @@ class AuditLog:
         self.seq += 1
         self.dirty = True
         self._remember(record)
+        for watch in self.watchers:
+            watch(record)
         return record
 
     def sync(self) -> None:

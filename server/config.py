@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
@@ -131,6 +132,30 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """[mqtt]: the fleet bridge (server.mqtt); ``site`` and ``topic_prefix`` are resolved."""
+
+    enabled: bool
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None  # None: the system's CAs
+    username: str
+    password: str = field(repr=False)  # from password_file; never in config.toml
+    site: str = ""
+    topic_prefix: str = ""
+    client_id: str = ""
+    keepalive: int = 15
+    connect_timeout: float = 5.0
+    queue: int = 1000
+    commands: bool = False
+    command_users: tuple[str, ...] = ()
+    homeassistant: bool = False
+    discovery_prefix: str = "homeassistant"
+    publish_addresses: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     http: HttpConfig
@@ -140,6 +165,7 @@ class Config:
     audit: AuditConfig
     tls: TlsConfig
     state: StateConfig
+    mqtt: MqttConfig
 
 
 # -- checks: each takes the raw TOML value and returns the typed one -------
@@ -206,6 +232,25 @@ def _networks(v: Any) -> tuple[Network, ...]:
         raise ValueError(f"bad CIDR range: {e}") from None
 
 
+def _topic_word(v: Any) -> str:
+    """One MQTT topic level (or empty for the default): no '/', '+', '#'."""
+    if not isinstance(v, str) or any(c in v for c in "/+#") or not v.isprintable():
+        raise ValueError("must be printable text without '/', '+' or '#'")
+    return v
+
+
+def _topic_prefix(v: Any) -> str:
+    if not isinstance(v, str) or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+        raise ValueError("must be a topic without '+', '#' or a leading or trailing '/'")
+    return v
+
+
+def _names(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(n, str) and n and ":" not in n for n in v):
+        raise ValueError('must be a list of names without ":", e.g. ["node-red"]')
+    return tuple(v)
+
+
 _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
     "http": {
         "host": ("0.0.0.0", _str),
@@ -269,6 +314,26 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
     "state": {
         "dir": (".", _str),  # relative to the config file
     },
+    "mqtt": {
+        "enabled": (False, _bool),
+        "host": ("127.0.0.1", _str),
+        "port": (1883, _int(1, 65535)),
+        "tls": (False, _bool),
+        "ca_file": ("", _path_or_empty),  # empty: the system's CAs
+        "username": ("", _topic_word),
+        "password_file": ("", _path_or_empty),  # the password, mode 0600
+        "site": ("", _topic_word),  # empty: this host's name
+        "topic_prefix": ("", _topic_prefix),  # empty: vigil/<site>
+        "client_id": ("", _topic_word),  # empty: vigil-<site>
+        "keepalive": (15, _int(5, 3600)),
+        "connect_timeout": (5.0, _num(0.1, 60)),
+        "queue": (1000, _int(10, 100000)),  # messages kept while the broker is away
+        "commands": (False, _bool),
+        "command_users": ([], _names),
+        "homeassistant": (False, _bool),
+        "discovery_prefix": ("homeassistant", _topic_prefix),
+        "publish_addresses": (False, _bool),
+    },
 }
 
 
@@ -328,16 +393,22 @@ def local_users(state_dir: Path) -> list[User]:
     return _users(str(local), _read_toml(local).get("users", []))
 
 
-def read_secret_file(path: Path) -> bytes:
-    """The secret in ``path`` (hex); ValueError if unreadable, too short or readable by others."""
+def _read_private(path: Path) -> str:
+    """The start of ``path``; ValueError if unreadable or readable by others."""
     try:
         with path.open("rb") as f:
             mode = os.fstat(f.fileno()).st_mode
-            text = f.read(4096).decode("ascii", "replace")
+            text = f.read(4096).decode("utf-8", "replace")
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"{path}: other users may read it (chmod 600 {path})")
+    return text
+
+
+def read_secret_file(path: Path) -> bytes:
+    """The secret in ``path`` (hex); ValueError if unreadable, too short or readable by others."""
+    text = _read_private(path)
     try:
         return parse_secret(text)
     except ValueError as e:
@@ -361,6 +432,35 @@ def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
             raise ConfigError(f"{at} ({dev_id}): secret_file {e}") from None
         devices.append(DeviceKey(dev_id, secret))
     return devices
+
+
+def _mqtt(where: str, sec: dict[str, Any], base: Path) -> MqttConfig:
+    """[mqtt] with its defaults resolved and the password read from its file."""
+    pw_file = sec.pop("password_file")
+    password = ""
+    if pw_file:
+        try:
+            password = _read_private(base / pw_file).partition("\n")[0].strip()
+        except ValueError as e:
+            raise ConfigError(f"{where}: [mqtt] password_file {e}") from None
+        if not password:
+            raise ConfigError(f"{where}: [mqtt] password_file {base / pw_file} is empty")
+    if pw_file and not sec["username"]:
+        raise ConfigError(f"{where}: [mqtt] password_file needs a username")
+    site = sec["site"] or socket.gethostname().partition(".")[0]
+    if sec["homeassistant"] and not sec["discovery_prefix"]:
+        raise ConfigError(f"{where}: [mqtt] discovery_prefix must not be empty")
+    ca = sec.pop("ca_file")
+    return MqttConfig(
+        **sec
+        | {
+            "ca_file": base / ca if ca else None,
+            "password": password,
+            "site": site,
+            "topic_prefix": sec["topic_prefix"] or f"vigil/{site}",
+            "client_id": sec["client_id"] or f"vigil-{site}",
+        }
+    )
 
 
 def _repeated(names: Iterable[str]) -> str | None:
@@ -426,4 +526,5 @@ def load(path: str | Path) -> Config:
         audit=AuditConfig(**sec["audit"]),
         tls=TlsConfig(**sec["tls"]),
         state=StateConfig(**sec["state"]),
+        mqtt=_mqtt(where, sec["mqtt"], base),
     )

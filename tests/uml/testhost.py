@@ -19,6 +19,8 @@ client runs here (curl, Python, chromium)::
 ``start_agent(name, *args)`` takes such arguments too.
 
 ``config_text`` is a whole config.toml (the keys of README.md, "Configuration").
+``HOST_IP`` in it becomes this host's address on the tap before the guest boots
+(a service here that vigil in the guest uses, e.g. an MQTT broker).
 It must let the host in: ``[http] host = "0.0.0.0"`` (or the guest's
 address), and ``[auth] allow`` must cover ``host.host_ip`` (10.213.1.0/24;
 the default allow list has 10.0.0.0/8). Relative paths in it are relative
@@ -145,6 +147,7 @@ class TestHost:
 
 
 WELCOMED = "welcomed by vigil"
+HOST_IP = "@HOST_IP@"  # in config_text: this host's tap address
 
 
 def _ports(config_text: str) -> tuple[int, int]:
@@ -195,6 +198,7 @@ def uml_test_host(
     guest: Guest | None = None
     try:
         with Tap() as tap:
+            (workdir / "config.toml").write_text(config_text.replace(HOST_IP, tap.host_ip))
             try:
                 guest = Guest(argv, ROOT, tap=tap, echo=echo)
                 host = TestHost(

@@ -1,0 +1,237 @@
+"""The MQTT fleet bridge against Debian's Mosquitto (tests/broker.py), vigil as a process.
+
+What needs no device: status and its last will, presence, two sites on one
+broker, TLS, refused commands, and HTTP while the broker is dead or
+unreachable. Devices (state, telemetry, Home Assistant, commands reaching
+an agent over real SCTP) are in tests/test_mqtt_uml.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from broker import Broker
+from support import Vigil, make_certificate, require
+from wire import Remote
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+def online(msg: object) -> bool:
+    return getattr(msg, "payload", None) == "online"
+
+
+def test_status_is_retained_online_and_offline_after_a_clean_stop(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    vigil = start_vigil(broker.mqtt_sections())
+    vigil.wait_for_log(r"mqtt: connected to 127\.0\.0\.1")
+    with broker.subscribe("vigil/site-a/#") as sub:  # subscribed after: retained only
+        msg = sub.expect("vigil/site-a/status")
+        assert (msg.payload, msg.retained) == ("online", True)
+        presence = sub.expect("vigil/site-a/presence")
+        assert presence.retained and presence.json() == {"count": 0, "users": []}
+        with Remote.of(vigil) as alice:
+            assert alice.me().status == 200
+            joined = sub.expect("vigil/site-a/presence", lambda m: m.json()["count"] == 1)
+            [entry] = joined.json()["users"]
+            assert entry["user"] == "alice" and "addr" not in entry  # no addresses unless asked
+        vigil.stop()
+        msg = sub.expect("vigil/site-a/status")
+        assert msg.payload == "offline"
+        left = sub.drain(0.3) + sub.seen
+        assert any(m.topic.endswith("presence") and m.json()["count"] == 0 for m in left)
+    with broker.subscribe("vigil/site-a/status") as sub:
+        assert sub.expect("vigil/site-a/status").payload == "offline"  # retained
+
+
+def test_kill_9_leaves_the_last_will(broker: Broker, start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(broker.mqtt_sections(keepalive=5))
+    vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/+/status") as sub:
+        assert online(sub.expect("vigil/site-a/status"))
+        vigil.proc.send_signal(signal.SIGKILL)
+        vigil.proc.wait()
+        started = time.monotonic()
+        msg = sub.expect("vigil/site-a/status", timeout=5)
+        assert msg.payload == "offline"
+        assert time.monotonic() - started < 2  # the kernel closed the socket: the will at once
+
+
+def test_addresses_only_when_configured(broker: Broker, start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(broker.mqtt_sections(publish_addresses=True))
+    vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/site-a/presence") as sub, Remote.of(vigil) as alice:
+        alice.me()
+        msg = sub.expect("vigil/site-a/presence", lambda m: m.json()["count"] == 1)
+        assert msg.json()["users"][0]["addr"] == "127.0.0.1"
+
+
+def test_two_sites_on_one_broker(broker: Broker, start_vigil: Callable[..., Vigil]) -> None:
+    first = start_vigil(broker.mqtt_sections(site="barn"))
+    second = start_vigil(broker.mqtt_sections(site="lab"))
+    for vigil in (first, second):
+        vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/+/status") as sub:
+        got = {sub.expect("vigil/[^/]+/status").topic for _ in range(2)}
+        assert got == {"vigil/barn/status", "vigil/lab/status"}
+        second.stop()
+        assert sub.expect("vigil/lab/status").payload == "offline"
+
+
+def test_tls_to_the_broker(tmp_path: Path, start_vigil: Callable[..., Vigil]) -> None:
+    cert, key = make_certificate(tmp_path, ["IP:127.0.0.1", "DNS:localhost"], "broker")
+    with Broker(tmp_path / "broker", tls=(cert, key)) as broker:
+        vigil = start_vigil(broker.mqtt_sections())
+        vigil.wait_for_log(r"mqtt: connected to 127\.0\.0\.1:\d+")
+        with broker.subscribe("vigil/site-a/status") as sub:
+            assert online(sub.expect("vigil/site-a/status"))
+        # a host name too: resolved by getent, checked against the certificate
+        named = start_vigil(broker.mqtt_sections(site="named", host="localhost"))
+        named.wait_for_log("mqtt: connected to localhost")
+        # a CA that did not sign the broker's certificate: refused, and said so
+        other, _ = make_certificate(tmp_path, ["IP:127.0.0.1"], "other")
+        wrong = start_vigil(broker.mqtt_sections(site="wrong", ca_file=str(other)))
+        wrong.wait_for_log(r"mqtt: broker unreachable: TLS with 127\.0\.0\.1: CERTIFICATE_VERIFY")
+        with Remote.of(wrong) as alice:
+            assert alice.me().status == 200
+
+
+def test_wrong_password_is_said_once_and_retried(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    sections = broker.mqtt_sections()
+    Path(sections["mqtt"]["password_file"]).write_text("not-the-password\n")
+    vigil = start_vigil(sections)
+    vigil.wait_for_log("mqtt: broker unreachable: the broker refused the connection: Not autho")
+    time.sleep(1.5)  # several attempts (backoff from 0.25 s) ...
+    assert broker.log().count("disconnected, not authorised") >= 2
+    assert vigil.log().count("refused the connection") == 1  # ... one log line
+    with Remote.of(vigil) as alice:
+        assert alice.me().status == 200
+
+
+def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    topic = "vigil/site-a/devices/lamp-1/command"
+    # retained: the broker would hand it to vigil again at every reconnect
+    broker.publish(topic, '{"id": "r1", "action": "on", "user": "node-red"}', "-r")
+    with broker.subscribe("vigil/site-a/devices/+/result") as sub:
+        vigil = start_vigil(broker.mqtt_sections(commands=True, command_users=["node-red"]))
+        body = sub.expect("vigil/site-a/devices/lamp-1/result").json()
+        assert (body["id"], body["status"]) == ("r1", 400) and "retained" in body["error"]
+    broker.publish(topic, "", "-r")  # clear it
+    cases = [
+        ("not json", None, 400, "not UTF-8 JSON"),
+        ('{"action": "on", "user": "node-red"}', None, 400, "needs an id"),
+        ('{"id": "a1", "user": "node-red"}', "a1", 400, "the message must be"),
+        ('{"id": 7, "action": "on", "args": [], "user": "node-red"}', 7, 400, "must be"),
+        ('{"id": "a2", "action": "on"}', "a2", 400, "names its user"),
+        ('{"id": "a3", "action": "on", "user": "mallory"}', "a3", 403, "'mallory' may not"),
+        # a device that does not exist here (control channel off): the command path says so
+        ('{"id": "a4", "action": "on", "user": "node-red"}', "a4", 503, "control channel off"),
+    ]
+    with broker.subscribe("vigil/site-a/devices/+/result") as sub:
+        time.sleep(0.2)
+        for payload, cid, status, words in cases:
+            broker.publish(topic, payload)
+            msg = sub.expect("vigil/site-a/devices/lamp-1/result")
+            body = msg.json()
+            assert (body["id"], body["status"], body["ok"]) == (cid, status, False), body
+            assert words in body["error"], body
+    records = (vigil.config.parent / "audit.jsonl").read_text()
+    assert '"user":"mqtt:node-red"' in records  # only a4 reached the command path
+    assert "mallory" not in records
+
+
+def test_commands_off_by_default(broker: Broker, start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(broker.mqtt_sections(command_users=["node-red"]))
+    vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/site-a/#") as sub:
+        sub.expect("vigil/site-a/status")
+        broker.publish(
+            "vigil/site-a/devices/lamp-1/command",
+            {"id": "x", "action": "on", "user": "node-red"},
+        )
+        assert not [m for m in sub.drain(1.0) if m.topic.endswith("/result")]
+
+
+def latencies(vigil: Vigil, seconds: float) -> list[float]:
+    """Seconds each authenticated request took, one after another for ``seconds``."""
+    out = []
+    end = time.monotonic() + seconds
+    with Remote.of(vigil) as alice:
+        while time.monotonic() < end:
+            started = time.monotonic()
+            assert alice.me().status == 200
+            out.append(time.monotonic() - started)
+            time.sleep(0.01)
+    return out
+
+
+def test_http_answers_while_the_broker_is_dead_and_vigil_comes_back(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    vigil = start_vigil(broker.mqtt_sections())
+    vigil.wait_for_log("mqtt: connected")
+    broker.kill()
+    vigil.wait_for_log("mqtt: broker lost")
+    slow = latencies(vigil, 3.0)  # connection refused, again and again, with backoff
+    assert len(slow) > 50 and max(slow) < 1.0, max(slow)
+    since = len(vigil.log())
+    broker.start()  # nothing retained: what the subscriber sees was published again
+    with broker.subscribe("vigil/site-a/#") as sub:
+        assert online(sub.expect("vigil/site-a/status", timeout=8))
+        sub.expect("vigil/site-a/presence")
+    vigil.wait_for_log("mqtt: connected", since=since)
+
+
+def test_http_answers_while_the_broker_is_unreachable(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    """SYNs dropped (nftables on loopback): every connect waits out connect_timeout."""
+    require(os.geteuid() == 0 and shutil.which("nft") is not None, "nftables needs root")
+    table = f"vigil_mqtt_{broker.port}"
+    rules = (
+        f"table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n"
+        f"  tcp dport {broker.port} tcp flags & (syn | ack) == syn drop\n }}\n}}\n"
+    )
+    vigil = start_vigil(broker.mqtt_sections(connect_timeout=1))
+    vigil.wait_for_log("mqtt: connected")
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+    try:
+        broker.kill()
+        broker.start()  # listening, but nothing reaches it
+        vigil.wait_for_log(r"mqtt: broker unreachable: no answer from .* within 1 s", timeout=8)
+        slow = latencies(vigil, 3.0)
+        assert len(slow) > 50 and max(slow) < 1.0, max(slow)
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+    with broker.subscribe("vigil/site-a/status") as sub:
+        assert online(sub.expect("vigil/site-a/status", timeout=8))
+
+
+def test_sighup_with_a_new_site_reconnects(
+    broker: Broker, start_vigil: Callable[..., Vigil]
+) -> None:
+    vigil = start_vigil(broker.mqtt_sections(site="old"))
+    vigil.wait_for_log("mqtt: connected")
+    with broker.subscribe("vigil/+/status") as sub:
+        assert online(sub.expect("vigil/old/status"))
+        text = vigil.config.read_text().replace('site = "old"', 'site = "new"')
+        vigil.config.write_text(text)
+        vigil.signal(signal.SIGHUP)
+        assert sub.expect("vigil/old/status").payload == "offline"
+        assert online(sub.expect("vigil/new/status"))
