@@ -1,10 +1,10 @@
 """A pulled cable between vigil and a device: no ABORT, no FIN, only SCTP's timers.
 
 The agent runs in a network namespace behind a veth pair (tests/uml/guestnet.py);
-pulling its end is a cable pulled at the device. The heartbeat and RTO
-tuning (server/sctpchannel.py, whose header has the arithmetic) should take
-the device offline in about 1.5 .. 3.3 s; the bound here is loose (5 s),
-the bench (bench/section_control.py) reports the figures.
+pulling its end is a cable pulled at the device. The shipped heartbeat and
+RTO tuning (server/sctpchannel.py, whose header has the arithmetic) takes
+the device offline within 1.25 .. 2.7 s; the bound here is loose (5 s), the
+bench (bench/section_control.py) reports the figures.
 """
 
 from __future__ import annotations
