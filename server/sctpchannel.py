@@ -45,11 +45,11 @@ and ``sctp_generate_heartbeat_event``; default pf_enable = 1, pf_retrans = 0):
 
 So with H = 400 ms and N = 4: pull -> offline at most 2 x 550 + 4 x 400 =
 2.7 s, at least 0.45 + 0.8 = 1.25 s (less when a heartbeat sent just before
-the pull was lost). Measured in UML over a veth pair, 30 pulls:
-median 1.95 s, p95 2.28 s, max 2.39 s (``make bench``, section control).
-The first round's H = 1000, N = 2, RTO 100 .. 400 ms allowed 3.3 s
-(measured max 3.21 s); the kernel's defaults (RTO 1000 .. 60000 ms, N = 10)
-take minutes. (With HZ = 100, as in UML, a timer longer than 630 ms may
+the pull was lost). Measured in UML over a veth pair, 30 pulls (``make
+bench``, section control): median 1.97 s, p95 2.36 s, max 2.49 s. The
+first round's H = 1000, N = 2, RTO 100 .. 400 ms allowed 3.3 s (the same
+bench: median 2.49 s, max 3.06 s); the kernel's defaults (RTO
+1000 .. 60000 ms, N = 10) take minutes. (With HZ = 100, as in UML, a timer longer than 630 ms may
 fire up to 80 ms late; H + 1.5 R = 550 ms stays below.)
 
 False offlines: an association is declared dead only after N + 1 timeouts
@@ -57,8 +57,8 @@ in a row with no SACK or heartbeat ACK between them. At 5 % random loss
 each way a round trip fails with p = 0.0975, so N + 1 = 5 in a row happens
 with p^5 = 9e-6 per heartbeat or message, about once in 7 hours of such
 loss per device (the reference agent: heartbeats both ways and a reading a
-second), where N = 2 (p^3 = 9e-4) failed every few minutes (measured in
-UML: 2 false offlines in 10 minutes of association time, none now). The delayed SACK
+second), where N = 2 (p^3 = 9e-4) failed every few minutes (the bench, 6
+minutes of association time at 5 % loss: 2 false offlines then, none now). The delayed SACK
 is off (SPP_SACKDELAY_DISABLE) because the kernel's 200 ms SACK delay is
 longer than RTO_MIN: every message was sent twice, each spurious
 retransmission counted as an error and put the path into the
