@@ -48,9 +48,9 @@ So with H = 400 ms and N = 4: pull -> offline at most 2 x 550 + 4 x 400 =
 the pull was lost). Measured in UML over a veth pair, 30 pulls (``make
 bench``, section control): median 1.97 s, p95 2.36 s, max 2.49 s. The
 first round's H = 1000, N = 2, RTO 100 .. 400 ms allowed 3.3 s (the same
-bench: median 2.49 s, max 3.06 s); the kernel's defaults (RTO
-1000 .. 60000 ms, N = 10) take minutes. (With HZ = 100, as in UML, a timer longer than 630 ms may
-fire up to 80 ms late; H + 1.5 R = 550 ms stays below.)
+bench: median 2.49 s, max 3.06 s); the kernel's defaults (heartbeat 30 s,
+RTO 1 .. 60 s, N = 10) take minutes. With HZ = 100, as in UML, a timer
+longer than 630 ms may fire up to 80 ms late; H + 1.5 R = 550 ms does not.
 
 False offlines: an association is declared dead only after N + 1 timeouts
 in a row with no SACK or heartbeat ACK between them. At 5 % random loss
@@ -58,9 +58,9 @@ each way a round trip fails with p = 0.0975, so N + 1 = 5 in a row happens
 with p^5 = 9e-6 per heartbeat or message, about once in 7 hours of such
 loss per device (the reference agent: heartbeats both ways and a reading a
 second), where N = 2 (p^3 = 9e-4) failed every few minutes (the bench, 6
-minutes of association time at 5 % loss: 2 false offlines then, none now). The delayed SACK
-is off (SPP_SACKDELAY_DISABLE) because the kernel's 200 ms SACK delay is
-longer than RTO_MIN: every message was sent twice, each spurious
+minutes of association time at 5 % loss: 2 false offlines then, none now).
+The delayed SACK is off (SPP_SACKDELAY_DISABLE) because the kernel's 200 ms
+SACK delay is longer than RTO_MIN: every message was sent twice, each spurious
 retransmission counted as an error and put the path into the
 potentially-failed state, so a single further loss came close to taking a
 device offline. With SACKs at once, RTT samples are the network's own and
@@ -125,7 +125,7 @@ AssocChange = sctp.assoc_change
 LOST_STATES = frozenset({AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP})
 
 # Retransmission timeout bounds (SCTP_RTOINFO, ms); the kernel's defaults
-# (3000, 1000, 60000) would take minutes to notice a pulled cable. RTO_MAX
+# (3000, 1000, 60000) would take about 10 s to notice a pulled cable. RTO_MAX
 # bounds the potentially-failed heartbeats to [200, 400] ms (module header).
 RTO_INITIAL_MS = 400  # before the first round trip is measured; also INIT's timer
 RTO_MIN_MS = 100
