@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 BUILD_DEBS := libsctp-dev python3-dev gcc
 # ... and what the tests drive: modprobe (also in the User-Mode Linux guest, whose
 # kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
-# and packet loss, a real browser, curl.
+# and packet loss, a real browser, curl, systemd-analyze (the unit files).
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
-	procps
+	procps systemd python3-venv
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod
 
 .PHONY: run test lint check bench deps test-deps uml-kernel clean
@@ -51,3 +51,70 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# -- vigil as a system service: make install | make uninstall [PURGE=1] (as root) ----------
+# DESTDIR: install into a staging root (packagers, tests): no users are made and nothing
+# is started or reloaded. Code and its own venv in $(LIBDIR), the command `vigil` in
+# $(BINDIR), units in $(UNITDIR), config in $(SYSCONFDIR) (never overwritten), state in
+# $(STATEDIR). uninstall keeps config, state and the users unless PURGE=1. The venv is
+# the system's Python's (a service cannot use one in a home directory: ProtectHome).
+INSTALL_PYTHON ?= /usr/bin/python3
+INSTALL_DEBS := $(BUILD_DEBS) python3-venv
+PREFIX ?= /usr/local
+LIBDIR := $(PREFIX)/lib/vigil
+BINDIR := $(PREFIX)/bin
+SYSCONFDIR := /etc/vigil
+STATEDIR := /var/lib/vigil
+UNITDIR := /etc/systemd/system
+MODULESDIR := /etc/modules-load.d
+SUBST := sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+AS_ROOT_VIGIL := $(if $(DESTDIR),,-o root -g vigil)
+AS_VIGIL := $(if $(DESTDIR),,-o vigil -g vigil)
+IVENV := $(DESTDIR)$(LIBDIR)/venv
+
+.PHONY: install uninstall
+
+install:
+	@tools/ensure-debs.sh $(INSTALL_DEBS)
+	rm -rf $(DESTDIR)$(LIBDIR)
+	$(INSTALL_PYTHON) -m venv $(IVENV)
+	$(IVENV)/bin/python -m pip install -q --no-compile $(CURDIR)
+	$(IVENV)/bin/python -m compileall -q -f $(if $(DESTDIR),-s $(DESTDIR) -p /) $(IVENV)/lib
+	$(if $(DESTDIR),grep -rlF '$(DESTDIR)' $(IVENV)/bin $(IVENV)/pyvenv.cfg \
+		| xargs -r sed -i 's|$(DESTDIR)||g')
+	cd static && find . -type f -exec install -D -m 0644 {} $(DESTDIR)$(LIBDIR)/static/{} \;
+	install -m 0644 README.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MODULESDIR)
+	$(SUBST) dist/vigil.in > $(DESTDIR)$(BINDIR)/vigil && chmod 0755 $(DESTDIR)$(BINDIR)/vigil
+	for unit in vigil.service vigil-agent@.service; do \
+		$(SUBST) dist/systemd/$$unit.in > $(DESTDIR)$(UNITDIR)/$$unit && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit || exit 1; done
+	install -m 0644 dist/modules-load.conf $(DESTDIR)$(MODULESDIR)/vigil.conf
+	$(if $(DESTDIR),,getent passwd vigil >/dev/null || useradd --system --user-group \
+		--home-dir $(STATEDIR) --no-create-home --shell /usr/sbin/nologin vigil)
+	$(if $(DESTDIR),,getent passwd vigil-agent >/dev/null || useradd --system --user-group \
+		--home-dir / --no-create-home --shell /usr/sbin/nologin vigil-agent)
+	$(if $(DESTDIR),,! getent group gpio >/dev/null || usermod -a -G gpio vigil-agent)
+	install -d -m 0751 $(AS_ROOT_VIGIL) $(DESTDIR)$(SYSCONFDIR)
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/agents
+	test -e $(DESTDIR)$(SYSCONFDIR)/config.toml || { \
+		sed -e 's|^static_dir = "static" |static_dir = "$(LIBDIR)/static"|' \
+		    -e 's|^path = "var/audit.jsonl" |path = "audit.jsonl"|' \
+		    -e 's|^dir = "\." |dir = "$(STATEDIR)"|' config.toml > $(DESTDIR)$(SYSCONFDIR)/.new && \
+		install -m 0640 $(AS_ROOT_VIGIL) $(DESTDIR)$(SYSCONFDIR)/.new \
+		    $(DESTDIR)$(SYSCONFDIR)/config.toml && rm $(DESTDIR)$(SYSCONFDIR)/.new; }
+	install -d -m 0750 $(AS_VIGIL) $(DESTDIR)$(STATEDIR)
+	$(if $(DESTDIR),,systemctl daemon-reload && systemctl try-restart vigil)
+	$(if $(DESTDIR),,modprobe sctp || echo "vigil: no SCTP in this kernel: no device agents")
+	@echo "vigil: installed. Next: sudo vigil user add NAME; sudo systemctl enable --now vigil"
+
+uninstall:
+	$(if $(DESTDIR),,systemctl disable --now vigil || true)
+	$(if $(DESTDIR),,systemctl stop 'vigil-agent@*' || true)
+	rm -rf $(DESTDIR)$(LIBDIR)
+	rm -f $(DESTDIR)$(BINDIR)/vigil $(DESTDIR)$(MODULESDIR)/vigil.conf \
+		$(DESTDIR)$(UNITDIR)/vigil.service $(DESTDIR)$(UNITDIR)/vigil-agent@.service \
+		$(DESTDIR)$(UNITDIR)/*.wants/vigil-agent@*.service
+	$(if $(PURGE),rm -rf $(DESTDIR)$(SYSCONFDIR) $(DESTDIR)$(STATEDIR))
+	$(if $(DESTDIR)$(if $(PURGE),,x),,userdel vigil; userdel vigil-agent; true)
+	$(if $(DESTDIR),,systemctl daemon-reload)

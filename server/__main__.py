@@ -1,4 +1,5 @@
-"""Command line: ``python -m server [run] | hash-password | check-config | add-device | tls-info``.
+"""Command line: ``python -m server [run] | user … | hash-password | check-config | add-device |
+tls-info``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
 dir or audit file) ends in one line on stderr naming the file, key or port,
@@ -13,17 +14,20 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
-from server import certificate, firstrun
+from server import certificate, firstrun, pidfile, users
 from server import config as configmod
 from server.auth import hash_password
 from server.certificate import CertificateError
 from server.control import DEVICE_ID, DEVICE_ID_RULE
 from server.devices import SECRET_BYTES
+from server.notify import Notifier
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -48,9 +52,47 @@ def _fixed_mmap_threshold() -> None:
         pass
 
 
+# -- logging: on a terminal with the time; under journald with a priority instead
+
+
+def _on_journal() -> bool:
+    """stderr is journald's stream: ``$JOURNAL_STREAM`` is its ``device:inode`` (systemd.exec)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class JournalFormatter(logging.Formatter):
+    """Each line starts ``<N>``, its syslog priority (journald reads it, sd-daemon(3)),
+    and has no time of its own: the journal stamps every line. A traceback's lines
+    all carry the record's priority."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.PRIORITY.get(record.levelno, 2)  # above ERROR: CRITICAL, <2>
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if _on_journal():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     access = logging.StreamHandler(sys.stderr)
     access.setFormatter(logging.Formatter("%(message)s"))
@@ -59,15 +101,24 @@ def _setup_logging() -> None:
     access_log.propagate = False
 
 
-def cmd_hash_password(_args: argparse.Namespace) -> int:
+def _read_password() -> str:
+    """A password from the terminal (asked twice) or one line of stdin; ValueError if none."""
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
-            return _fail("the passwords differ")
+            raise ValueError("the passwords differ")
     else:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     if not password:
-        return _fail("empty password")
+        raise ValueError("empty password")
+    return password
+
+
+def cmd_hash_password(_args: argparse.Namespace) -> int:
+    try:
+        password = _read_password()
+    except ValueError as e:
+        return _fail(str(e))
     print(hash_password(password))
     return 0
 
@@ -105,7 +156,7 @@ def cmd_add_device(args: argparse.Namespace) -> int:
             f"{configmod.LOCAL_DEVICES_FILE}); for a new secret remove it there and its "
             "secret file, then add it again"
         )
-    base = cfg.path.parent
+    base = cfg.state.dir
     rel = f"{configmod.LOCAL_SECRETS_DIR}/{dev_id}.secret"
     try:
         (base / configmod.LOCAL_SECRETS_DIR).mkdir(mode=0o700, exist_ok=True)
@@ -136,13 +187,28 @@ def cmd_add_device(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Serve until stopped, holding the state dir's pid file (server.pidfile) meanwhile."""
+    try:
+        cfg = configmod.load(args.config)
+        cfg.state.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        pid_fd = pidfile.hold(cfg.state.dir)
+    except (configmod.ConfigError, pidfile.AlreadyRunning) as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"{e.filename}: {e.strerror}")
+    try:
+        return _serve(args, cfg)
+    finally:
+        pidfile.release(cfg.state.dir, pid_fd)
+
+
+def _serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from server.app import Server
     from server.loop import Loop
 
     try:
-        cfg = configmod.load(args.config)
         if not cfg.auth.users:
-            firstrun.create_operator(cfg.path)
+            firstrun.create_operator(cfg.state.dir)
             cfg = configmod.load(args.config)
     except configmod.ConfigError as e:
         return _fail(str(e))
@@ -152,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _fixed_mmap_threshold()
     loop = Loop(cfg.http.backend)
     try:
-        server = Server(cfg, loop)
+        server = Server(cfg, loop, Notifier.from_environ())
     except OSError as e:
         return _fail(f"{e.filename or cfg.audit.path}: {e.strerror}")
     try:
@@ -179,11 +245,89 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- people: python -m server user add|passwd|del|list (server.users writes the file)
+
+
+def _tell_server(state_dir: Path) -> str:
+    """SIGHUP to the vigil running on ``state_dir``; what was done, for the person."""
+    pid = pidfile.running(state_dir)
+    if pid is None:
+        return "vigil is not running (on this state dir): it reads the users when it starts"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return "vigil is not running (on this state dir): it reads the users when it starts"
+    except PermissionError:
+        return (
+            f"vigil runs as pid {pid}, which this user may not signal: to apply the change now,"
+            f" sudo systemctl reload vigil (or sudo kill -HUP {pid})"
+        )
+    return f"told vigil (pid {pid}) to reload (SIGHUP): the change applies now"
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """``user list``, or add, passwd, del one person in the state dir's users.local.toml."""
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        return _fail(str(e))
+    state = cfg.state.dir
+    local = configmod.local_users(state)
+    roles = {u.name: u.role for u in local}
+    if args.action == "list":
+        for u in cfg.auth.users:
+            where = configmod.LOCAL_USERS_FILE if u.name in roles else cfg.path.name
+            print(f"{u.name:<20} {u.role:<9} {where}")
+        return 0
+    name = args.name
+    problem = users.name_problem(name)
+    if problem:
+        return _fail(f"{name!r}: {problem}")
+    if name not in roles and any(u.name == name for u in cfg.auth.users):
+        return _fail(
+            f"{name!r} is declared in {cfg.path} ([[auth.users]]): change it there"
+            " (python -m server hash-password makes a password's hash), then reload vigil"
+        )
+    if args.action == "add" and name in roles:
+        return _fail(f"{name!r} exists already (user passwd {name} sets a new password)")
+    if args.action != "add" and name not in roles:
+        return _fail(f"no user {name!r} (user list shows who there is)")
+    if args.action == "del":
+        if len(cfg.auth.users) == 1:
+            return _fail(f"{name!r} is the only user: add another one first")
+        new = [u for u in local if u.name != name]
+        done = f"user {name} removed (logged out at the reload)"
+    else:
+        try:
+            password = _read_password()
+        except ValueError as e:
+            return _fail(str(e))
+        weak = users.weakness(name, password)
+        if weak:
+            return _fail(f"password refused: {weak}")
+        role = args.role if args.action == "add" else roles[name]
+        user = configmod.User(name, hash_password(password), role)
+        new = [user if u.name == name else u for u in local]
+        if args.action == "add":
+            new.append(user)
+            done = f"user {name} added ({role})"
+        else:
+            done = f"user {name}: new password set"
+    try:
+        target = users.save(state, new)
+    except OSError as e:
+        path = state / configmod.LOCAL_USERS_FILE
+        return _fail(f"{path}: cannot write ({e.strerror or e}); it is unchanged")
+    print(f"vigil: {done}: {target}")
+    print(f"vigil: {_tell_server(state)}")
+    return 0
+
+
 def cmd_tls_info(args: argparse.Namespace) -> int:
     """The certificate new HTTPS connections get: fingerprint, names, expiry."""
     try:
         cfg = configmod.load(args.config)
-        cert, _key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.path.parent)
+        cert, _key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
         if not cert.exists():
             return _fail(f"{cert}: no certificate yet (the first `python -m server` makes one)")
         desc = certificate.describe(cert)
@@ -197,6 +341,26 @@ def cmd_tls_info(args: argparse.Namespace) -> int:
     if not cfg.tls.enabled:
         print("note:        [tls] enabled = false: vigil serves no HTTPS")
     return 0
+
+
+def _user_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    user = sub.add_parser(
+        "user",
+        help="add, change or remove a person (users.local.toml in the state dir)",
+        description=f"Passwords come from a prompt (asked twice) or one line of stdin; "
+        f"at least {users.MIN_LENGTH} characters, not containing the user name. "
+        "A running vigil is told to reload.",
+    )
+    user.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="a new person (password from a prompt or stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=configmod.ROLES, default="operator")
+    actions.add_parser("passwd", help="a new password for a person").add_argument("name")
+    actions.add_parser("del", help="remove a person (logged out at once)").add_argument("name")
+    actions.add_parser("list", help="everyone who may log in, with role and file")
+    for p in actions.choices.values():
+        p.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
     info = sub.add_parser("tls-info", help="show the HTTPS certificate: fingerprint, expiry")
     info.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+    _user_parser(sub)
     args = parser.parse_args(argv)
     commands = {
         "tls-info": cmd_tls_info,
         "hash-password": cmd_hash_password,
         "check-config": cmd_check_config,
         "add-device": cmd_add_device,
+        "user": cmd_user,
     }
     return commands.get(args.command, cmd_run)(args)
 

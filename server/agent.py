@@ -1,14 +1,17 @@
-"""Reference device agent: a simulated lamp with a thermometer.
+"""Reference device agent: a simulated lamp with a thermometer, or real GPIO pins.
 
     python -m server.agent --name lamp-1 --secret-file FILE [--host 127.0.0.1] [--port 9900]
     VIGIL_DEVICE_SECRET=<hex> python -m server.agent --name lamp-1 ...
+    python -m server.agent --name porch --secret-file FILE --gpio gpio.toml   (server/gpio.py)
 
 The secret is the one ``python -m server add-device lamp-1`` made on vigil's
 host (it prints this command line); never on the command line itself, which
 every user sees in ``ps``.
 
-Copy this file to connect real hardware: replace ``Lamp`` with your device.
-The protocol (README, "Devices") in short:
+The agent drives one ``Hardware``: the simulated ``Lamp``, or with ``--gpio``
+the pins of a config file (``server.gpio.Pins``, README "GPIO"). For other
+hardware, write a third class with the members of ``Hardware``. The protocol
+(README, "Devices") in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
 - stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
@@ -22,7 +25,8 @@ The protocol (README, "Devices") in short:
 
 When the association is lost (vigil restarts, the cable is pulled) or vigil
 refuses us, we connect again, waiting 0.2 s, 0.4 s, ... up to 5 s between
-attempts. Everything runs in one select() loop: no threads.
+attempts. Everything runs in one select() loop; hardware that reports from
+threads of its own (gpiozero's) hands its changes to the loop through a pipe.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import math
 import os
 import random
 import select
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sctp
 
@@ -54,12 +59,37 @@ CHALLENGE_WAIT = 10.0  # seconds to wait for vigil's challenge
 SECRET_ENV = "VIGIL_DEVICE_SECRET"
 
 
+class Hardware(Protocol):
+    """What the agent drives: what it announces, does, and reports."""
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The actions of the hello (one button each in the panel)."""
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between two ``reading()``s sent as telemetry; None: only the first."""
+
+    def run(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Do ``action``; return the result or raise ValueError for the error text."""
+
+    def reading(self) -> dict[str, Any]:
+        """The telemetry now: sent once welcomed, then every ``interval``."""
+
+    def fileno(self) -> int | None:
+        """A file descriptor readable when ``changes()`` has readings; None if never."""
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Readings to send at once, oldest first (after ``fileno()`` was readable)."""
+
+
 class Lamp:
     """The simulated hardware: a lamp and a thermometer next to it."""
 
     commands = ("on", "off", "toggle", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
         self.on = False
 
     def run(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +102,16 @@ class Lamp:
             self.on = not self.on
         elif action != "status":
             raise ValueError(f"unknown action {action!r}")
+        return self.reading()
+
+    def reading(self) -> dict[str, Any]:
         return {"on": self.on, "temperature": self.temperature()}
+
+    def fileno(self) -> None:
+        return None  # it changes only when told to
+
+    def changes(self) -> list[dict[str, Any]]:
+        return []
 
     def temperature(self) -> float:
         # A room that warms up while the lamp is on, plus some sensor noise.
@@ -83,10 +122,10 @@ class Lamp:
 class Agent:
     """One connection to vigil at a time; ``session()`` returns when it is lost."""
 
-    def __init__(self, args: argparse.Namespace, secret: bytes) -> None:
+    def __init__(self, args: argparse.Namespace, secret: bytes, hardware: Hardware) -> None:
         self.args = args
         self.secret = secret
-        self.lamp = Lamp()
+        self.hardware = hardware
         self.sock: Any = None
         self.replies: list[tuple[float, dict[str, Any]]] = []  # (due, result), --reply-delay
 
@@ -158,37 +197,46 @@ class Agent:
         nonce = self.challenge()
         if nonce is None:
             return False
+        hw = self.hardware
         self.send(
             {
                 "type": "hello",
                 "device": self.args.name,
                 "name": self.args.label,
-                "commands": list(Lamp.commands),
+                "commands": list(hw.commands),
                 "hmac": proof(self.secret, nonce, self.args.name),
             }
         )
         welcomed = False
-        next_reading = time.monotonic()
+        next_reading = math.inf  # the first reading goes once welcomed
+        watched = [self.sock] if hw.fileno() is None else [self.sock, hw.fileno()]
         while True:
-            now = time.monotonic()
             due = min([next_reading] + [d for d, _ in self.replies])
-            readable, _, _ = select.select([self.sock], [], [], max(0.0, due - now))
-            if readable:
+            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            readable, _, _ = select.select(watched, [], [], wait)
+            if self.sock in readable:
                 msg = self.receive()
                 if msg is None:
                     return welcomed
                 if msg.get("type") == "error" and not welcomed:
                     self.refused(msg)
                     return False
-                welcomed |= self.handle(msg)
+                if self.handle(msg) and not welcomed:
+                    welcomed, next_reading = True, time.monotonic()
+            if hw.fileno() in readable:
+                for reading in hw.changes():  # before the welcome: the first reading has it
+                    if welcomed:
+                        self.telemetry(reading)
             now = time.monotonic()
             for reply in [r for r in self.replies if r[0] <= now]:
                 self.replies.remove(reply)
                 self.send(reply[1])
-            if welcomed and now >= next_reading:
-                reading = {"temperature": self.lamp.temperature(), "on": self.lamp.on}
-                self.send({"type": "telemetry", "data": reading}, Stream.TELEMETRY)
-                next_reading = now + self.args.interval
+            if now >= next_reading:
+                self.telemetry(hw.reading())
+                next_reading = math.inf if hw.interval is None else now + hw.interval
+
+    def telemetry(self, reading: dict[str, Any]) -> None:
+        self.send({"type": "telemetry", "data": reading}, Stream.TELEMETRY)
 
     def handle(self, msg: dict[str, Any]) -> bool:
         """Act on one message from vigil; return True for a welcome."""
@@ -207,7 +255,8 @@ class Agent:
                 msg.get("args"),
             )
             try:
-                result = {"ok": True, "result": self.lamp.run(msg["action"], msg.get("args", {}))}
+                action, args = msg["action"], msg.get("args", {})
+                result = {"ok": True, "result": self.hardware.run(action, args)}
             except ValueError as e:
                 result = {"ok": False, "error": str(e)}
             reply = {"type": "result", "id": msg["id"], **result}
@@ -259,10 +308,23 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help=f"file with this device's secret (mode 0600); else ${SECRET_ENV} holds it",
     )
-    p.add_argument("--label", help="display name (default: Lamp NAME)")
+    p.add_argument("--label", help="display name (default: Lamp NAME, or GPIO NAME)")
     p.add_argument("--host", default="127.0.0.1", help="vigil's address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9900, help="vigil's SCTP port (default 9900)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    p.add_argument(
+        "--gpio",
+        type=Path,
+        metavar="CONFIG",
+        help="drive the GPIO pins of this TOML file instead of the simulated lamp (README, GPIO)",
+    )
+    p.add_argument(
+        "--mock-control",
+        type=Path,
+        metavar="SOCKET",
+        help="tests only, with GPIOZERO_PIN_FACTORY=mock: read and drive the mock pins "
+        "on this unix socket (server.gpio.serve_mock_pins)",
+    )
+    p.add_argument("--interval", type=float, help="seconds between the lamp's readings (1)")
     p.add_argument(
         "--reply-delay",
         type=float,
@@ -270,22 +332,41 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait before answering a command (to test timeouts)",
     )
     args = p.parse_args(argv)
-    args.label = args.label or f"Lamp {args.name}"
-    try:
-        secret = secret_of(args)
-    except ValueError as e:
-        print(f"agent {args.name}: {e}", file=sys.stderr)
-        return 2
+    args.label = args.label or f"{'Lamp' if args.gpio is None else 'GPIO'} {args.name}"
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s agent " + args.name + ": %(message)s",
     )
     try:
-        Agent(args, secret).run()
+        secret = secret_of(args)
+        hardware = hardware_of(args)
+    except ValueError as e:
+        print(f"agent {args.name}: {e}", file=sys.stderr)
+        return 2
+    # SIGTERM (systemctl stop) ends like Ctrl-C: gpiozero's exit handler releases the pins
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        Agent(args, secret, hardware).run()
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def hardware_of(args: argparse.Namespace) -> Hardware:
+    """The simulated lamp, or the pins of ``--gpio CONFIG``; ValueError for what is wrong."""
+    if args.gpio is None:
+        if args.mock_control is not None:
+            raise ValueError("--mock-control needs --gpio CONFIG")
+        return Lamp(1.0 if args.interval is None else args.interval)
+    from server import gpio  # only here: the lamp needs no gpiozero (its import takes ~50 ms)
+
+    if args.interval is not None:
+        raise ValueError("--interval is for the lamp: GPIO inputs are sent when they change")
+    pins = gpio.Pins(gpio.load_config(args.gpio), str(args.gpio))
+    if args.mock_control is not None:
+        gpio.serve_mock_pins(args.mock_control)
+    return pins
 
 
 if __name__ == "__main__":

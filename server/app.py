@@ -12,9 +12,12 @@ outcome; it never writes a connection's fields.
 Who owns what:
 - connections (``conns``): this module adds and drops them; each
   connection owns its own state (``server.connection``).
-- presence, the event bus, the audit log, the control channel, the static
-  file cache: this module creates them and hands handlers a ``Services``
-  view; presence changes are announced only here (``_announce``).
+- presence, leases, the event bus, the audit log, the control channel, the
+  static file cache: this module creates them and hands handlers a
+  ``Services`` view; presence and lease changes are announced only here
+  (``_announce``, ``announce_leases``). Leases end here when their holder
+  leaves, their device goes offline (``_control_event``) or they idle (the
+  sweep).
 
 End of every loop pass (``end_of_pass``): the audit log's fsync, then every
 connection with output writes it: nothing is acknowledged before it is on
@@ -23,6 +26,10 @@ disk. The access log is written once a second by the sweep.
 Timers: a sweep once a second (each connection's ``tick``: TCP_INFO state,
 408 and idle deadlines, SSE heartbeats) and exact timers for presence grace
 expiry. Signals (flags only, acted on by the loop): TERM/INT stop, HUP reloads.
+
+systemd (``server.notify``, a no-op outside a ``Type=notify`` unit): READY=1
+at the end of ``start``, RELOADING=1 … READY=1 around ``reload``,
+STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 
-from server import api, certificate, sockopts
+from server import api, certificate, presence, sockopts
 from server import config as configmod
 from server import tls as tlsmod
 from server.accesslog import AccessLog
@@ -53,7 +60,10 @@ from server.config import Config, ConfigError, User
 from server.connection import Connection, Settings
 from server.dates import PerSecond
 from server.events import EventBus
+from server.leases import Change as LeaseChange
+from server.leases import End, Leases
 from server.loop import READ, Loop, Timer
+from server.notify import Notifier
 from server.outcomes import Outcome
 from server.presence import Change, Presence
 from server.protocol import Limits, Request, Response
@@ -67,6 +77,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 1.5
 EXPIRY_CHECK_TICKS = 86400  # sweeps (seconds) between two checks of the certificate's expiry
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# Why a holder's leases end when they leave (presence's reason; else "left").
+LEASE_ENDS = {presence.LOST: End.LOST, presence.SHUTDOWN: End.SHUTDOWN}
 
 
 def _settings(cfg: Config) -> Settings:
@@ -88,9 +100,10 @@ def _hash_cost() -> float:
 
 
 class Server:
-    def __init__(self, cfg: Config, loop: Loop) -> None:
+    def __init__(self, cfg: Config, loop: Loop, notify: Notifier | None = None) -> None:
         self.config = cfg
         self.loop = loop
+        self.notify = notify or Notifier()
         self.settings = _settings(cfg)
         self.allow = AllowList(cfg.auth.allow)
         self.auth = Authenticator(
@@ -107,14 +120,18 @@ class Server:
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.events = EventBus(first_id=int(time.time() * 1000))
         self.audit = AuditLog(cfg.audit.path)
-        self.control = ControlChannel(loop, cfg.control, self.events.publish, self.audit.append)
+        self.leases = Leases(cfg.control.lease_idle)
+        self.control = ControlChannel(loop, cfg.control, self._control_event, self.audit.append)
         self.services = api.Services(
             self.presence,
             self.events,
             self.control,
             self.audit,
             FileCache(cfg.http.static_dir),
+            self.leases,
+            self.announce_leases,
             loop.now,
+            time.time,
         )
         self.access = AccessLog() if cfg.http.access_log else None
         self.conns: dict[int, Connection] = {}
@@ -152,6 +169,15 @@ class Server:
         log.info("listening on http://%s:%d/", http.host, self.port)
         if self.tls_listener is not None:
             log.info("listening on https://%s:%d/", http.host, self.tls_port)
+        if self.notify.watchdog_interval is not None:
+            self.loop.call_every(self.notify.watchdog_interval, self.notify.watchdog)
+        self.notify.ready(self._status())
+
+    def _status(self) -> str:
+        """What ``systemctl status`` shows (systemd's STATUS=)."""
+        listeners = (self.listener, self.tls_listener)
+        ports = ", ".join(str(sock.getsockname()[1]) for sock in listeners if sock is not None)
+        return f"serving on port {ports}; {len(self.config.auth.users)} user(s)"
 
     def bind(self) -> None:
         """Take the HTTP (and HTTPS) ports; OSError if one is in use."""
@@ -163,7 +189,7 @@ class Server:
     def _tls_context(self, cfg: Config) -> ssl.SSLContext:
         """The context for new handshakes: the configured certificate, or this device's own
         (made on first run by ``python -m server``, ``server.firstrun``)."""
-        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.path.parent)
+        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
         ctx = tlsmod.server_context(cert, key)
         desc = certificate.describe(cert)
         self.certificate = desc
@@ -216,6 +242,7 @@ class Server:
         if self.stopping:
             return
         log.info("stopping: finishing %d connection(s)", len(self.conns))
+        self.notify.stopping()
         self.stopping = True
         self._listen(False)
         for conn in list(self.conns.values()):
@@ -248,9 +275,17 @@ class Server:
                 listener.close()
         self.control.close()
         self.audit.close()
+        self.notify.close()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new one is invalid."""
+        self.notify.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notify.ready(self._status())
+
+    def _reload(self) -> None:
         try:
             cfg = configmod.load(self.config.path)
         except ConfigError as e:
@@ -263,6 +298,7 @@ class Server:
         self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
+        self.leases.idle = cfg.control.lease_idle
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:
@@ -479,6 +515,50 @@ class Server:
                 "online": self.presence.online(),
             },
         )
+        if change.kind == "leave":
+            end = LEASE_ENDS.get(change.reason or presence.CLOSED, End.LEFT)
+            self.announce_leases(self.leases.end_holder(change.user, end))
+
+    # -- leases and the devices' events ------------------------------------
+    def announce_leases(self, changes: list[LeaseChange]) -> None:
+        """Audit and broadcast lease starts and ends (the ``device`` shows the lease after them)."""
+        for change in changes:
+            lease = change.lease
+            extra = {} if change.by is None else {"by": change.by}
+            self.audit.append(
+                "lease",
+                change=change.kind,
+                device=lease.device,
+                user=lease.holder,
+                reason=change.reason,
+                **extra,
+            )
+            ended = "" if change.reason is None else f": {change.reason}"
+            log.info("lease of %s by %s %s%s", lease.device, lease.holder, change.kind, ended)
+            device = self.control.device(lease.device)
+            assert device is not None  # leases are taken on known devices, which stay known
+            self.events.publish(
+                "device",
+                {
+                    "kind": "lease",
+                    "change": change.kind,
+                    "device": self.leases.annotate(device.as_json()),
+                    "holder": lease.holder,
+                    "reason": change.reason,
+                    **extra,
+                },
+            )
+
+    def _control_event(self, kind: str, data: dict[str, object]) -> None:
+        """An event of the control channel: devices carry their lease; offline ends it."""
+        if kind != "device":
+            self.events.publish(kind, data)
+            return
+        device = data["device"]
+        assert isinstance(device, dict)
+        self.events.publish(kind, {**data, "device": self.leases.annotate(device)})
+        if data["kind"] == "offline":
+            self.announce_leases(self.leases.end_device(device["id"], End.OFFLINE))
 
     def _schedule_expiry(self) -> None:
         when = self.presence.next_expiry()
@@ -502,6 +582,7 @@ class Server:
         heartbeat = self._ticks % max(1, round(self.config.http.sse_heartbeat)) == 0
         for conn in list(self.conns.values()):
             conn.tick(now, heartbeat)
+        self.announce_leases(self.leases.expire(now))
         if self.access is not None:
             self.access.flush()
         if self._ticks % EXPIRY_CHECK_TICKS == 0:

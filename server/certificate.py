@@ -6,9 +6,10 @@ browsers accept) whose subjectAltName lists the host name, ``<host>.local``
 (mDNS), ``localhost``, every address the device has at that moment,
 127.0.0.1 and ::1. It is made by the ``openssl`` command, which every
 Debian and Raspberry Pi OS has (nothing to compile on a Pi), and stored
-next to the config: ``tls.local.crt`` and ``tls.local.key`` (mode 0600,
-git-ignored). A person's own certificate (a local CA, ACME by another tool)
-is two paths in the config instead.
+in the state dir (``[state] dir``; next to the config in a git clone):
+``tls.local.crt`` and ``tls.local.key`` (mode 0600, git-ignored). A
+person's own certificate (a local CA, ACME by another tool) is two paths
+in the config instead.
 
 ``describe`` gives what a person compares with the browser's certificate
 viewer: the SHA-256 fingerprint of the certificate, its subject names and

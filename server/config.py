@@ -13,6 +13,13 @@ schema. Devices likewise come from ``[[control.devices]]`` and from
 names a ``secret_file`` whose secret is read here, so a missing, short or
 exposed secret is a config error like any other. Relative paths are
 resolved against the config file's directory.
+
+What vigil writes while it runs (``users.local.toml``, ``devices.local.toml``
+and ``devices.local/``, its own certificate ``tls.local.*``, the pid file,
+a relative ``[audit] path``) lives in ``[state] dir`` (``"."``: beside the
+config, as in a git clone; an installed vigil keeps its config in
+/etc/vigil, read-only under ``ProtectSystem=strict``, and this in
+/var/lib/vigil). Paths in ``devices.local.toml`` are relative to it.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ class ControlConfig:
     hello_timeout: float = field(default=5.0, compare=False)
     allow: tuple[Network, ...] = field(default=(), compare=False)
     devices: tuple[DeviceKey, ...] = field(default=(), compare=False)
+    lease_idle: float = field(default=120.0, compare=False)  # server.leases
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,11 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    dir: Path  # where vigil writes at run time (absolute)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     http: HttpConfig
@@ -126,6 +139,7 @@ class Config:
     control: ControlConfig
     audit: AuditConfig
     tls: TlsConfig
+    state: StateConfig
 
 
 # -- checks: each takes the raw TOML value and returns the typed one -------
@@ -242,6 +256,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "command_timeout": (5.0, _num(0.1, 3600)),
         # seconds from vigil's challenge to the device's hello (server.devices)
         "hello_timeout": (5.0, _num(0.1, 60)),
+        # seconds a device's lease lasts without a command from its holder (server.leases)
+        "lease_idle": (120.0, _num(1, 86400)),
         "allow": (["127.0.0.0/8", "::1/128"], _networks),
         "devices": ([], lambda v: v),  # checked by _devices
     },
@@ -253,7 +269,10 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "handshake_timeout": (5.0, _num(0.1, 60)),
     },
     "audit": {
-        "path": ("var/audit.jsonl", _str),
+        "path": ("var/audit.jsonl", _str),  # relative to [state] dir
+    },
+    "state": {
+        "dir": (".", _str),  # relative to the config file
     },
 }
 
@@ -304,6 +323,14 @@ def _users(where: str, raw: Any) -> list[User]:
             raise ConfigError(f"{at} ({name}): role must be operator or viewer")
         users.append(User(name, password, role))
     return users
+
+
+def local_users(state_dir: Path) -> list[User]:
+    """The users of ``users.local.toml`` in ``state_dir`` (none if it does not exist)."""
+    local = state_dir / LOCAL_USERS_FILE
+    if not local.exists():
+        return []
+    return _users(str(local), _read_toml(local).get("users", []))
 
 
 def read_secret_file(path: Path) -> bytes:
@@ -369,25 +396,23 @@ def load(path: str | Path) -> Config:
     if unknown:
         raise ConfigError(f"{where}: unknown section [{unknown[0]}]")
     sec = {name: _section(where, name, raw.get(name, {})) for name in _SCHEMA}
-    users = _users(where, sec["auth"]["users"])
-    local = path.parent / LOCAL_USERS_FILE
-    if local.exists():
-        users += _users(str(local), _read_toml(local).get("users", []))
+    base = path.parent
+    state = sec["state"]["dir"] = (base / sec["state"]["dir"]).resolve()
+    users = _users(where, sec["auth"]["users"]) + local_users(state)
     twice = _repeated(u.name for u in users)
     if twice:
         raise ConfigError(f"{where}: user {twice!r} is defined twice")
-    base = path.parent
     sec["http"]["static_dir"] = (base / sec["http"]["static_dir"]).resolve()
     if not sec["http"]["static_dir"].is_dir():
         raise ConfigError(
             f"{where}: [http] static_dir: {sec['http']['static_dir']} is not a directory"
         )
     sec["auth"]["users"] = tuple(users)
-    sec["audit"]["path"] = base / sec["audit"]["path"]
+    sec["audit"]["path"] = state / sec["audit"]["path"]
     devices = _devices(where, "control.devices", sec["control"]["devices"], base)
-    local = base / LOCAL_DEVICES_FILE
+    local = state / LOCAL_DEVICES_FILE
     if local.exists():
-        devices += _devices(str(local), "devices", _read_toml(local).get("devices", []), base)
+        devices += _devices(str(local), "devices", _read_toml(local).get("devices", []), state)
     twice = _repeated(d.id for d in devices)
     if twice:
         raise ConfigError(f"{where}: device {twice!r} is declared twice")
@@ -405,4 +430,5 @@ def load(path: str | Path) -> Config:
         control=ControlConfig(**sec["control"]),
         audit=AuditConfig(**sec["audit"]),
         tls=TlsConfig(**sec["tls"]),
+        state=StateConfig(**sec["state"]),
     )

@@ -2,46 +2,36 @@
 
 There is no well-known default password. The password is printed once, on
 the terminal that ran ``make run``; only its scrypt hash is written, to
-``users.local.toml`` next to the config (git-ignored, mode 0600), which the
-config loader reads alongside ``[[auth.users]]``.
+``users.local.toml`` in the state dir (``[state] dir``: next to the config
+in a git clone, git-ignored; mode 0600), which the config loader reads
+alongside ``[[auth.users]]``.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from pathlib import Path
 
-from server import certificate
+from server import certificate, users
 from server.auth import hash_password
-from server.config import LOCAL_USERS_FILE, Config
+from server.config import Config, User
 
 FIRST_USER = "admin"
 
 
-def create_operator(config_path: Path) -> None:
-    """Write users.local.toml beside ``config_path`` and tell the person at the terminal."""
+def create_operator(state_dir: Path) -> None:
+    """Write users.local.toml in ``state_dir`` and tell the person at the terminal."""
     password = secrets.token_urlsafe(12)
-    target = config_path.parent / LOCAL_USERS_FILE
-    text = (
-        "# Created by vigil on first run. Passwords are scrypt hashes from\n"
-        "# `python -m server hash-password`; send SIGHUP or restart after editing.\n"
-        f'[[users]]\nname = "{FIRST_USER}"\npassword = "{hash_password(password)}"\n'
-        'role = "operator"\n'
-    )
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    target = users.save(state_dir, [User(FIRST_USER, hash_password(password), "operator")])
     print(
         f"""
 vigil: first run: created an operator account (shown only this once)
     user:      {FIRST_USER}
     password:  {password}
   Only its hash is stored, in {target}.
-  To change it:  printf %s 'NEW PASSWORD' | python -m server hash-password
-  and put the printed line as `password` in that file (or add [[auth.users]]
-  to config.toml), then restart vigil or send it SIGHUP.
+  To change it:  python -m server user passwd {FIRST_USER}
+  (more people: python -m server user add NAME [--role viewer]).
 """,
         file=sys.stderr,
         flush=True,
@@ -52,9 +42,9 @@ def ensure_certificate(cfg: Config) -> None:
     """Make this device's own TLS certificate if it has none; show its fingerprint."""
     if not cfg.tls.enabled or cfg.tls.cert is not None:
         return
-    if not certificate.ensure(cfg.path.parent):
+    if not certificate.ensure(cfg.state.dir):
         return
-    cert, _key = certificate.location(None, None, cfg.path.parent)
+    cert, _key = certificate.location(None, None, cfg.state.dir)
     desc = certificate.describe(cert)
     print(
         f"""

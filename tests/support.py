@@ -179,7 +179,9 @@ def write_config(
 class Vigil:
     """A running vigil process."""
 
-    def __init__(self, config: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self, config: Path, python: str = sys.executable, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.log_path = config.parent / "vigil.log"
         import tomllib
@@ -198,6 +200,7 @@ class Vigil:
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self.wait_listening()
 
