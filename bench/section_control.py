@@ -8,9 +8,10 @@ the figures back. Inside the guest everything shares UML's one virtual CPU
 and every syscall is trapped, so the figures are an upper bound.
 
 - round trip: 10 operators (user01..user10), one keep-alive connection
-  each (wrk -t10 -c10), POST /api/devices/lamp-1/commands {"action":
-  "toggle"} → vigil → SCTP → the reference agent → result → HTTP 200;
-  p50 / p99 of wrk's latencies.
+  each (wrk -t10 -c10), each commanding a device of their own (desk-01..,
+  since a device's lease lets one operator at a time through): POST
+  /api/devices/desk-NN/commands {"action": "toggle"} → vigil → SCTP → the
+  reference agent → result → HTTP 200; p50 / p99 of wrk's latencies.
 - detection: the agent is killed with SIGKILL (its kernel sends ABORT), or
   its cable is pulled (network namespace + veth, tests/uml/guestnet.py; no
   packet at all); time until a second user's ``/api/events`` stream shows
@@ -52,6 +53,7 @@ from bench.harness import REPO, Bench, BenchError, progress, section
 from bench.report import Check
 
 OPERATORS = [f"user{i:02d}" for i in range(1, 11)]
+DESKS = [f"desk-{i:02d}" for i in range(1, 11)]  # one device per operator (leases)
 KILLS = 5  # agents killed with SIGKILL
 PULLS = 30  # cables pulled
 PULL_SLOTS = 6  # agents whose cables are pulled in parallel (one namespace each)
@@ -62,7 +64,8 @@ ROUND_TRIP_P50_MS, ROUND_TRIP_P99_MS = 2.0, 10.0  # targets natively
 DETECTION_S = 3.0
 
 WRK_LUA = """
--- POST a command; each thread (one connection) is another operator.
+-- POST a command; each thread (one connection) is another operator with a
+-- device of their own: args are (credentials, device) pairs.
 local count = 0
 function setup(thread)
   count = count + 1
@@ -72,7 +75,8 @@ function init(args)
   wrk.method = "POST"
   wrk.body = '{"action": "toggle"}'
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Basic " .. args[idx]
+  wrk.headers["Authorization"] = "Basic " .. args[2 * idx - 1]
+  wrk.path = "/api/devices/" .. args[2 * idx] .. "/commands"
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -124,7 +128,7 @@ def control(bench: Bench) -> None:
 def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
     table = bench.table(
         f"Command round trip, {where}: POST → vigil → agent → 200, one keep-alive "
-        "connection per operator (wrk -tN -cN)",
+        "connection and one device per operator (wrk -tN -cN)",
         {
             "ops": "operators",
             "req_s": "commands/s",
@@ -194,7 +198,7 @@ def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
     else:
         bench.report.notes.append(
             f"Round trip with 10 operators measured inside UML (p50 {p50:.2f} ms, p99 "
-            f"{p99:.2f} ms; one virtual CPU shared by vigil, agent and wrk); the targets "
+            f"{p99:.2f} ms; one virtual CPU shared by vigil, the agents and wrk); the targets "
             f"(p50 ≤ {ROUND_TRIP_P50_MS:g} ms, p99 ≤ {ROUND_TRIP_P99_MS:g} ms) are for a native "
             "kernel: natively on a Pi expect lower."
         )
@@ -226,8 +230,9 @@ def measure(out: Path, duration: int, warmup: int) -> None:
         (home / "rt").mkdir()
         panel = Panel(home / "rt", 5, "0.0.0.0", auth={"max_users": 12})
         try:
-            panel.agent("lamp-1")
-            panel.wait(lambda: panel.online("lamp-1"))
+            for desk in DESKS:
+                panel.agent(desk)
+            panel.wait(lambda: all(panel.online(desk) for desk in DESKS), 30)
             tokens = [base64.b64encode(f"{u}:{password(u)}".encode()).decode() for u in OPERATORS]
             results["round_trip"] = round_trip(panel, home, tokens, duration, warmup)
             results["kill"] = detect_kill(panel)
@@ -251,19 +256,20 @@ def round_trip(
 ) -> dict[str, Any]:
     lua = home / "command.lua"
     lua.write_text(WRK_LUA)
-    url = f"{panel.vigil.base}/api/devices/lamp-1/commands"
+    url = f"{panel.vigil.base}/"  # the script sets each operator's path
 
     def wrk(seconds: int, conns: int = 10) -> dict[str, Any]:
         argv = ["wrk", f"-t{conns}", f"-c{conns}", f"-d{seconds}s", "-s", str(lua), url, "--"]
-        argv += tokens[:conns]
+        for token, desk in zip(tokens[:conns], DESKS, strict=False):
+            argv += [token, desk]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         for line in done.stdout.splitlines():
             if line.startswith("BENCH "):
                 return dict(json.loads(line.removeprefix("BENCH ")))
         raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
 
-    for user in OPERATORS:  # each pays the slow password hash once, before the clock runs
-        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", user, {"action": "on"})
+    for user, desk in zip(OPERATORS, DESKS, strict=True):  # each pays the slow hash once
+        status, body = panel.curl("POST", f"/api/devices/{desk}/commands", user, {"action": "on"})
         assert status == 200, (user, status, body)
     if warmup:
         wrk(warmup)
