@@ -45,10 +45,11 @@ and ``sctp_generate_heartbeat_event``; default pf_enable = 1, pf_retrans = 0):
 
 So with H = 400 ms and N = 4: pull -> offline at most 2 x 550 + 4 x 400 =
 2.7 s, at least 0.45 + 0.8 = 1.25 s (less when a heartbeat sent just before
-the pull was lost). Measured in UML over a veth pair, 30 pulls (``make
-bench``, section control): median 1.97 s, p95 2.36 s, max 2.49 s. The
-first round's H = 1000, N = 2, RTO 100 .. 400 ms allowed 3.3 s (the same
-bench: median 2.49 s, max 3.06 s); the kernel's defaults (heartbeat 30 s,
+the pull was lost). Measured in UML over a veth pair (``make bench``,
+section control, two runs of 30 pulls): median 1.97 / 2.13 s, max
+2.49 / 2.44 s. The first round's H = 1000, N = 2, RTO 100 .. 400 ms
+allowed 3.3 s, more after a command (the same bench: max 3.06 / 3.49 s,
+the delayed SACK having raised R); the kernel's defaults (heartbeat 30 s,
 RTO 1 .. 60 s, N = 10) take minutes. With HZ = 100, as in UML, a timer
 longer than 630 ms may fire up to 80 ms late; H + 1.5 R = 550 ms does not.
 
@@ -58,7 +59,8 @@ each way a round trip fails with p = 0.0975, so N + 1 = 5 in a row happens
 with p^5 = 9e-6 per heartbeat or message, about once in 7 hours of such
 loss per device (the reference agent: heartbeats both ways and a reading a
 second), where N = 2 (p^3 = 9e-4) failed every few minutes (the bench, 6
-minutes of association time at 5 % loss: 2 false offlines then, none now).
+minutes of association time at 5 % loss: 2 and 4 false offlines then, none
+now).
 The delayed SACK is off (SPP_SACKDELAY_DISABLE) because the kernel's 200 ms
 SACK delay is longer than RTO_MIN: every message was sent twice, each spurious
 retransmission counted as an error and put the path into the
