@@ -8,13 +8,22 @@ the figures back. Inside the guest everything shares UML's one virtual CPU
 and every syscall is trapped, so the figures are an upper bound.
 
 - round trip: 10 operators (user01..user10), one keep-alive connection
-  each (wrk -t10 -c10), POST /api/devices/lamp-1/commands {"action":
-  "toggle"} → vigil → SCTP → the reference agent → result → HTTP 200;
-  p50 / p99 of wrk's latencies.
+  each (wrk -t10 -c10), each commanding a device of their own (desk-01..,
+  since a device's lease lets one operator at a time through): POST
+  /api/devices/desk-NN/commands {"action": "toggle"} → vigil → SCTP → the
+  reference agent → result → HTTP 200; p50 / p99 of wrk's latencies.
 - detection: the agent is killed with SIGKILL (its kernel sends ABORT), or
   its cable is pulled (network namespace + veth, tests/uml/guestnet.py; no
   packet at all); time until a second user's ``/api/events`` stream shows
   ``device … offline``, and (cable) until a pending command gets its 503.
+  ``PULLS`` cables in all, ``PULL_SLOTS`` agents in namespaces of their own
+  at once, each pulled 0.3 .. 1.3 s after its command went out (any phase
+  of the heartbeat).
+- false offlines: ``LOSS_AGENTS`` agents behind one cable that drops
+  ``LOSS_PERCENT`` % of the packets each way at random (tc netem) for
+  ``LOSS_SECONDS``, a command a second among them; every ``offline`` of
+  theirs is a false one. The shipped [control] timers must catch every
+  pulled cable within ``DETECTION_S`` and lose none of these.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ if __package__ in (None, ""):
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import random
@@ -36,18 +46,26 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Generator
 from typing import Any
 
 from bench.harness import REPO, Bench, BenchError, progress, section
 from bench.report import Check
 
 OPERATORS = [f"user{i:02d}" for i in range(1, 11)]
-ROUNDS = 5  # detections of each kind
+DESKS = [f"desk-{i:02d}" for i in range(1, 11)]  # one device per operator (leases)
+KILLS = 5  # agents killed with SIGKILL
+PULLS = 30  # cables pulled
+PULL_SLOTS = 6  # agents whose cables are pulled in parallel (one namespace each)
+LOSS_PERCENT = 5
+LOSS_AGENTS = 10
+LOSS_SECONDS = 36  # x LOSS_AGENTS: 6 minutes of association time at LOSS_PERCENT loss
 ROUND_TRIP_P50_MS, ROUND_TRIP_P99_MS = 2.0, 10.0  # targets natively
 DETECTION_S = 3.0
 
 WRK_LUA = """
--- POST a command; each thread (one connection) is another operator.
+-- POST a command; each thread (one connection) is another operator with a
+-- device of their own: args are (credentials, device) pairs.
 local count = 0
 function setup(thread)
   count = count + 1
@@ -57,7 +75,8 @@ function init(args)
   wrk.method = "POST"
   wrk.body = '{"action": "toggle"}'
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Basic " .. args[idx]
+  wrk.headers["Authorization"] = "Basic " .. args[2 * idx - 1]
+  wrk.path = "/api/devices/" .. args[2 * idx] .. "/commands"
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -93,7 +112,7 @@ def control(bench: Bench) -> None:
         status = subprocess.run(argv, cwd=REPO, check=False).returncode
     else:
         where = "inside UML (no SCTP in this kernel); natively on a Pi expect lower"
-        progress(f"control: measuring {where}, ~{bench.duration + 75} s")
+        progress(f"control: measuring {where}, ~{2 * bench.duration + 130} s")
         sys.path.insert(0, str(REPO / "tests" / "uml"))
         from harness import UmlError, run
 
@@ -109,7 +128,7 @@ def control(bench: Bench) -> None:
 def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
     table = bench.table(
         f"Command round trip, {where}: POST → vigil → agent → 200, one keep-alive "
-        "connection per operator (wrk -tN -cN)",
+        "connection and one device per operator (wrk -tN -cN)",
         {
             "ops": "operators",
             "req_s": "commands/s",
@@ -130,27 +149,45 @@ def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
         )
     rt = r["round_trip"]["10"]
     det = bench.table(
-        f"Dead-agent detection, {where}: seconds to the offline event ({ROUNDS} rounds each)",
-        {"how": "how", "median": "median s", "max": "max s", "all": "all"},
+        f"Dead-agent detection, {where}: seconds to the offline event",
+        {"how": "how", "n": "n", "median": "median s", "p95": "p95 s", "max": "max s"},
     )
-    for key, how in (("kill", "kill -9 of the agent"), ("pull", "cable pulled (veth down)")):
-        times = r.get(key) or []
+    rows = (
+        ("kill", "kill -9 of the agent"),
+        ("pull", "cable pulled (veth down)"),
+        ("pull_503", "cable pulled: pending command's 503"),
+    )
+    for key, how in rows:
+        times = sorted(r.get(key) or [])
         det.rows.append(
             {
-                "how": how,
+                "how": how if times else f"{how}: {r.get(key.partition('_')[0] + '_error')}",
+                "n": len(times),
                 "median": round(statistics.median(times), 2) if times else None,
-                "max": round(max(times), 2) if times else None,
-                "all": " ".join(f"{t:.2f}" for t in times) or r.get(f"{key}_error"),
+                "p95": round(times[round(0.95 * (len(times) - 1))], 2) if times else None,
+                "max": round(times[-1], 2) if times else None,
             }
         )
-    if r.get("pull_503"):
-        t = r["pull_503"]
-        det.rows.append(
+    loss = r.get("loss")
+    if loss:
+        lossy = bench.table(
+            f"False offlines, {where}: {LOSS_AGENTS} agents behind one cable dropping "
+            f"{LOSS_PERCENT} % of the packets each way at random, a command a second",
             {
-                "how": "cable pulled: pending command's 503",
-                "median": round(statistics.median(t), 2),
-                "max": round(max(t), 2),
-                "all": " ".join(f"{x:.2f}" for x in t),
+                "assoc_s": "association s",
+                "drop": "dropped (to agent / from agent)",
+                "false": "false offlines",
+                "commands": "commands 200 / sent",
+            },
+        )
+        lossy.rows.append(
+            {
+                "assoc_s": round(loss["assoc_s"]),
+                "drop": " / ".join(
+                    f"{100 * d / max(n, 1):.1f} % of {n}" for n, d in loss["dropped"]
+                ),
+                "false": " ".join(f"{t:.1f}" for t in loss["false"]) or "0",
+                "commands": f"{loss['commands_ok']} / {loss['commands']}",
             }
         )
     native = where.startswith("natively")
@@ -161,7 +198,7 @@ def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
     else:
         bench.report.notes.append(
             f"Round trip with 10 operators measured inside UML (p50 {p50:.2f} ms, p99 "
-            f"{p99:.2f} ms; one virtual CPU shared by vigil, agent and wrk); the targets "
+            f"{p99:.2f} ms; one virtual CPU shared by vigil, the agents and wrk); the targets "
             f"(p50 ≤ {ROUND_TRIP_P50_MS:g} ms, p99 ≤ {ROUND_TRIP_P99_MS:g} ms) are for a native "
             "kernel: natively on a Pi expect lower."
         )
@@ -170,6 +207,10 @@ def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
         bench.report.checks.append(
             Check(f"detection, {name} (max)", max(times) if times else None, "≤", DETECTION_S, " s")
         )
+    false = len(loss["false"]) if loss else None
+    bench.report.checks.append(Check(f"false offlines at {LOSS_PERCENT} % loss", false, "≤", 0))
+    if not loss:
+        bench.report.notes.append(f"False offlines not measured: {r.get('loss_error')}")
     if rt["errors"]["status"]:
         bench.report.notes.append(f"{rt['errors']['status']} commands were not answered 200.")
 
@@ -189,8 +230,9 @@ def measure(out: Path, duration: int, warmup: int) -> None:
         (home / "rt").mkdir()
         panel = Panel(home / "rt", 5, "0.0.0.0", auth={"max_users": 12})
         try:
-            panel.agent("lamp-1")
-            panel.wait(lambda: panel.online("lamp-1"))
+            for desk in DESKS:
+                panel.agent(desk)
+            panel.wait(lambda: all(panel.online(desk) for desk in DESKS), 30)
             tokens = [base64.b64encode(f"{u}:{password(u)}".encode()).decode() for u in OPERATORS]
             results["round_trip"] = round_trip(panel, home, tokens, duration, warmup)
             results["kill"] = detect_kill(panel)
@@ -201,6 +243,11 @@ def measure(out: Path, duration: int, warmup: int) -> None:
             results["pull"], results["pull_503"] = detect_pull(home / "pull")
         except (OSError, AssertionError) as e:
             results["pull_error"] = f"not measured: {e}"
+        (home / "loss").mkdir()
+        try:
+            results["loss"] = false_offlines(home / "loss")
+        except (OSError, AssertionError) as e:
+            results["loss_error"] = f"not measured: {e}"
     out.write_text(json.dumps(results))
 
 
@@ -209,19 +256,20 @@ def round_trip(
 ) -> dict[str, Any]:
     lua = home / "command.lua"
     lua.write_text(WRK_LUA)
-    url = f"{panel.vigil.base}/api/devices/lamp-1/commands"
+    url = f"{panel.vigil.base}/"  # the script sets each operator's path
 
     def wrk(seconds: int, conns: int = 10) -> dict[str, Any]:
         argv = ["wrk", f"-t{conns}", f"-c{conns}", f"-d{seconds}s", "-s", str(lua), url, "--"]
-        argv += tokens[:conns]
+        for token, desk in zip(tokens[:conns], DESKS, strict=False):
+            argv += [token, desk]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         for line in done.stdout.splitlines():
             if line.startswith("BENCH "):
                 return dict(json.loads(line.removeprefix("BENCH ")))
         raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
 
-    for user in OPERATORS:  # each pays the slow password hash once, before the clock runs
-        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", user, {"action": "on"})
+    for user, desk in zip(OPERATORS, DESKS, strict=True):  # each pays the slow hash once
+        status, body = panel.curl("POST", f"/api/devices/{desk}/commands", user, {"action": "on"})
         assert status == 200, (user, status, body)
     if warmup:
         wrk(warmup)
@@ -231,7 +279,7 @@ def round_trip(
 def detect_kill(panel: Any) -> list[float]:
     took = []
     with panel.events("alice") as events:
-        for i in range(ROUNDS):
+        for i in range(KILLS):
             agent = panel.agent(f"victim-{i}")
             events.wait_for(events.device("online", f"victim-{i}"))
             time.sleep(random.uniform(0.3, 1.3))  # any phase of the heartbeat
@@ -243,8 +291,69 @@ def detect_kill(panel: Any) -> list[float]:
     return took
 
 
-def issued_after(t: float) -> Any:
-    return lambda ev: ev.type == "command" and ev.at >= t and ev.data["phase"] == "issued"
+Match = Callable[[Any], bool]
+
+
+def found(events: Any, match: Match) -> Any:
+    """The first event so far for which ``match`` holds, or None (never waits)."""
+    return next((ev for ev in list(events.received) if match(ev)), None)
+
+
+def until(cond: Callable[[], Any], timeout: float = 30) -> Generator[None, None, Any]:
+    """Yield until ``cond()`` is true; return its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        yield
+    return value
+
+
+def interleave(tasks: list[Generator[None, None, Any]]) -> None:
+    """Run generator tasks side by side until all are done (one pass every 5 ms)."""
+    while tasks:
+        for task in list(tasks):
+            try:
+                next(task)
+            except StopIteration:
+                tasks.remove(task)
+        time.sleep(0.005)
+
+
+def issued(device: str, after: float) -> Match:
+    return lambda ev: (
+        ev.type == "command"
+        and ev.at >= after
+        and ev.data["phase"] == "issued"
+        and ev.data["device"] == device
+    )
+
+
+def pull_rounds(
+    panel: Any, events: Any, net: Any, name: str, rounds: int, out: list[tuple[float, float]]
+) -> Generator[None, None, None]:
+    for _ in range(rounds):
+        out.append((yield from pull_once(panel, events, net, name)))
+
+
+def pull_once(panel: Any, events: Any, net: Any, name: str) -> Generator[None, None, Any]:
+    """Connect an agent behind ``net``, give it a command, pull its cable: (offline, 503) s."""
+    begun = time.monotonic()
+    agent = panel.agent(name, "--reply-delay", "120", host=net.vigil_ip, wrap=net.wrap(()))
+    yield from until(lambda: found(events, events.device("online", name, begun)))
+    pending = panel.post_later(name, "toggle")  # stays pending: the agent takes 120 s
+    yield from until(lambda: found(events, issued(name, begun)))
+    resume = time.monotonic() + random.uniform(0.3, 1.3)  # any phase of the heartbeat
+    yield from until(lambda: time.monotonic() >= resume)
+    start = time.monotonic()
+    net.pull()
+    ev = yield from until(lambda: found(events, events.device("offline", name, start)))
+    yield from until(lambda: pending.proc.poll() is not None)
+    answered, status, _ = pending.result()
+    assert status == 503, status
+    agent.kill()
+    agent.wait()
+    net.plug()
+    return ev.at - start, answered - start
 
 
 def detect_pull(home: Path) -> tuple[list[float], list[float]]:
@@ -253,32 +362,82 @@ def detect_pull(home: Path) -> tuple[list[float], list[float]]:
 
     if os.geteuid() != 0:
         raise OSError("network namespaces need root")
-    offline, failed = [], []
-    slow = ("lamp-1", "--reply-delay", "120")  # commands stay pending
-    with AgentNet("vigil-bench-agent", slot=2) as net:
+    took: list[tuple[float, float]] = []
+    with contextlib.ExitStack() as stack:
+        nets = [
+            stack.enter_context(AgentNet(f"vigil-bench-cable{k}", slot=2 + k))
+            for k in range(PULL_SLOTS)
+        ]
         panel = Panel(home, command_timeout=60, control_host="0.0.0.0")
+        stack.callback(panel.close)
+        names = [f"cable-{k}" for k in range(PULL_SLOTS)]
+        for name in names:
+            panel.declare(name)
+        events = stack.enter_context(panel.events("alice"))
+        rounds = PULLS // PULL_SLOTS
+        interleave(
+            [
+                pull_rounds(panel, events, n, name, rounds, took)
+                for n, name in zip(nets, names, strict=True)
+            ]
+        )
+    return [t for t, _ in took], [t for _, t in took]
+
+
+def false_offlines(home: Path) -> dict[str, Any]:
+    """``LOSS_AGENTS`` agents behind one lossy cable: their offline events, association time."""
+    from guestnet import AgentNet
+    from panel import Panel
+
+    if os.geteuid() != 0:
+        raise OSError("network namespaces need root")
+    names = [f"lossy-{i}" for i in range(LOSS_AGENTS)]
+    with AgentNet("vigil-bench-lossy", slot=2 + PULL_SLOTS) as net:
+        panel = Panel(home, control_host="0.0.0.0")
         try:
+            for name in names:
+                panel.declare(name)
             with panel.events("alice") as events:
-                for _ in range(ROUNDS):
-                    begun = time.monotonic()
-                    agent = panel.agent(*slow, host=net.vigil_ip, wrap=net.wrap(()))
-                    events.wait_for(events.device("online", "lamp-1", begun))
-                    pending = panel.post_later("lamp-1", "toggle")
-                    events.wait_for(issued_after(begun))
-                    time.sleep(random.uniform(0.3, 1.3))
-                    start = time.monotonic()
-                    net.pull()
-                    ev = events.wait_for(events.device("offline", "lamp-1", start), 30)
-                    answered, status, _ = pending.result(30)
-                    assert status == 503, status
-                    offline.append(ev.at - start)
-                    failed.append(answered - start)
-                    agent.kill()
-                    agent.wait()
-                    net.plug()
+                for name in names:
+                    panel.agent(name, host=net.vigil_ip, wrap=net.wrap(()))
+                for name in names:
+                    events.wait_for(events.device("online", name), 30)
+                net.loss(LOSS_PERCENT)
+                start = time.monotonic()
+                progress(
+                    f"control: {LOSS_AGENTS} agents at {LOSS_PERCENT} % loss, {LOSS_SECONDS} s"
+                )
+                sent = []
+                for i in range(LOSS_SECONDS):
+                    sent.append(panel.post_later(names[i % LOSS_AGENTS], "toggle"))
+                    time.sleep(max(0.0, start + i + 1 - time.monotonic()))
+                end = time.monotonic()
+                dropped = net.dropped()
+                statuses = [p.result(30)[1] for p in sent]
+                seen = [ev for ev in list(events.received) if ev.type == "device"]
         finally:
             panel.close()
-    return offline, failed
+    false, down = [], 0.0
+    for name in names:
+        lost_at = None
+        for ev in seen:
+            if ev.data["device"]["id"] != name or not start <= ev.at <= end:
+                continue
+            if ev.data["kind"] == "offline":
+                false.append(round(ev.at - start, 2))
+                lost_at = ev.at
+            elif ev.data["kind"] == "online" and lost_at is not None:  # the agent is back
+                down += ev.at - lost_at
+                lost_at = None
+        if lost_at is not None:
+            down += end - lost_at
+    return {
+        "false": sorted(false),
+        "assoc_s": LOSS_AGENTS * (end - start) - down,
+        "dropped": dropped,
+        "commands": len(statuses),
+        "commands_ok": statuses.count(200),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

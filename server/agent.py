@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 import sctp
 
-from server.config import read_secret_file
+from server.config import HEARTBEAT_MS, PATH_MAX_RETRANS, read_secret_file
 from server.control import PPID_JSON, Stream
 from server.devices import parse_secret, proof
 from server.sctpchannel import tune_peer
@@ -138,10 +138,12 @@ class Agent:
     def connect(self) -> None:
         family = family_of(self.args.host)
         sock = sctp.sctpsocket_tcp(family)
-        # Notice a dead vigil in seconds, as vigil notices us: heartbeat every
-        # second, give up after 2 unanswered retransmissions. (In C:
-        # setsockopt SCTP_PEER_ADDR_PARAMS with SPP_HB_ENABLE, SCTP_ASSOCINFO.)
-        tune_peer(sock, family, heartbeat_ms=1000, max_retrans=2)
+        # Notice a dead vigil in seconds, as vigil notices us, with vigil's
+        # default timers: heartbeat every 400 ms, give up after 4 unanswered
+        # retransmissions, SACK at once. (In C: setsockopt
+        # SCTP_PEER_ADDR_PARAMS with SPP_HB_ENABLE | SPP_SACKDELAY_DISABLE,
+        # SCTP_RTOINFO 100 .. 200 ms, SCTP_ASSOCINFO.)
+        tune_peer(sock, family, HEARTBEAT_MS, PATH_MAX_RETRANS)
         sock.settimeout(5)
         try:
             sock.connect((self.args.host, self.args.port))

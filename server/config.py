@@ -232,6 +232,12 @@ def _networks(v: Any) -> tuple[Network, ...]:
         raise ValueError(f"bad CIDR range: {e}") from None
 
 
+# Dead-device detection of the control channel (server/sctpchannel.py's
+# header has the arithmetic); the reference agent uses the same values.
+HEARTBEAT_MS = 400
+PATH_MAX_RETRANS = 4
+
+
 def _topic_word(v: Any) -> str:
     """One MQTT topic level (or empty for the default): no '/', '+', '#'."""
     if not isinstance(v, str) or any(c in v for c in "/+#") or not v.isprintable():
@@ -291,8 +297,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "host": ("0.0.0.0", _str),
         "port": (9900, _int(0, 65535)),
         "streams": (5, _int(2, 65535)),
-        "heartbeat_ms": (1000, _int(10, 600000)),
-        "path_max_retrans": (2, _int(1, 100)),
+        "heartbeat_ms": (HEARTBEAT_MS, _int(10, 600000)),
+        "path_max_retrans": (PATH_MAX_RETRANS, _int(1, 100)),
         "command_timeout": (5.0, _num(0.1, 3600)),
         # seconds from vigil's challenge to the device's hello (server.devices)
         "hello_timeout": (5.0, _num(0.1, 60)),

@@ -17,36 +17,61 @@ SCTP_SNDRCV control message naming the association id, because pysctp's
 address would set up a new association if the old one were gone.
 
 Dead devices are noticed by SCTP itself: heartbeats every
-``heartbeat_ms`` (H), ``path_max_retrans`` retransmissions (also the
-association limit, SCTP_ASSOCINFO's asocmaxrxt) and a retransmission
-timeout bounded to ``RTO_MIN_MS``..``RTO_MAX_MS`` (SCTP_RTOINFO) are set as
-the socket's defaults before ``listen()``, so every association gets them
-(``tune_peer``; the reference agent uses it too). A lost association takes
-its device offline and fails its pending commands with 503 at once, not
-after the timeout. A ``kill -9`` of the agent is reported by its kernel
-(ABORT) at once; a pulled cable is found by the timers, and this is the
-arithmetic (Linux 6.1, net/sctp/sm_sideeffect.c, default pf_retrans = 0):
+``heartbeat_ms`` (H), ``path_max_retrans`` (N) retransmissions (also the
+association limit, SCTP_ASSOCINFO's asocmaxrxt), a retransmission timeout
+bounded to ``RTO_MIN_MS``..``RTO_MAX_MS`` (SCTP_RTOINFO) and no delayed
+SACK are set as the socket's defaults before ``listen()``, so every
+association gets them (``tune_peer``; the reference agent uses it too). A
+lost association takes its device offline and fails its pending commands
+with 503 at once, not after the timeout. A ``kill -9`` of the agent is
+reported by its kernel (ABORT) at once; a pulled cable is found by the
+timers, and this is the arithmetic (Linux 7.2, net/sctp/transport.c
+``sctp_transport_timeout``, sm_sideeffect.c ``sctp_do_8_2_transport_strike``
+and ``sctp_generate_heartbeat_event``; default pf_enable = 1, pf_retrans = 0):
 
-- on a LAN the RTO sits at its minimum, R = ``RTO_MIN_MS`` = 100 ms; an idle
-  path's heartbeat timer fires every H + R/2 + rand(R);
+- on a LAN the RTO sits at its minimum, R = ``RTO_MIN_MS`` = 100 ms, as
+  long as the peer does not delay its SACKs (see below); an idle path's
+  heartbeat timer fires H + R/2 + rand(R) after its last heartbeat (or
+  DATA) went out;
 - T1, the first heartbeat after the pull, goes out 0 .. H + 1.5 R later;
   it is not yet an error (only a heartbeat still unanswered at the next
   expiry counts);
-- T2 = T1 + H + [0.5, 1.5] R: error 1, RTO doubles to 2R, and the path
-  enters "potentially failed" state, where heartbeats go every RTO, without H:
-  max(RTO/2, 200 ms) + rand(RTO);
-- T3 = T2 + [200, 400] ms: error 2, RTO 4R (``RTO_MAX_MS`` caps it at 400);
-- T4 = T3 + [200, 600] ms: errors = asocmaxrxt = 2, COMM_LOST, offline.
+- T2 = T1 + H + [0.5, 1.5] R: error 1, RTO doubles to 2R (``RTO_MAX_MS`` =
+  200 caps it there), and the path is "potentially failed": heartbeats go
+  every max(RTO/2, 200 ms) + rand(RTO), without H, so every
+  [200, 400] ms;
+- T3 .. T(N+1): errors 2 .. N, each [200, 400] ms after the one before;
+- T(N+2): the error count is asocmaxrxt = N: COMM_LOST, offline.
 
-So with H = 1000 ms and 2 retransmissions: T1 -> T4 is 1.45 .. 2.15 s, and
-pull -> offline at most 3.3 s (less when a heartbeat sent just before the
-pull was lost). Measured in UML over a veth pair: 1.4 .. 2.9 s, median
-2.5 s; with the kernel's defaults (RTO 1000 .. 60000 ms) it is 9 .. 11 s.
-A command sent into the dead link fails sooner: its data's retransmission
-timer gives up after R + 2R + 4R = 0.7 s. The price of the low RTO bound:
-on a path whose round trip exceeds ~100 ms, SCTP retransmits early (more
-packets, never a false "offline": that still takes three unanswered
-timeouts in a row); raise ``RTO_MIN_MS`` for such links.
+So with H = 400 ms and N = 4: pull -> offline at most 2 x 550 + 4 x 400 =
+2.7 s, at least 0.45 + 0.8 = 1.25 s (less when a heartbeat sent just before
+the pull was lost). Measured in UML over a veth pair (``make bench``,
+section control, two runs of 30 pulls): median 1.97 / 2.13 s, max
+2.49 / 2.44 s. The first round's H = 1000, N = 2, RTO 100 .. 400 ms
+allowed 3.3 s, more after a command (the same bench: max 3.06 / 3.49 s,
+the delayed SACK having raised R); the kernel's defaults (heartbeat 30 s,
+RTO 1 .. 60 s, N = 10) take minutes. With HZ = 100, as in UML, a timer
+longer than 630 ms may fire up to 80 ms late; H + 1.5 R = 550 ms does not.
+
+False offlines: an association is declared dead only after N + 1 timeouts
+in a row with no SACK or heartbeat ACK between them. At 5 % random loss
+each way a round trip fails with p = 0.0975, so N + 1 = 5 in a row happens
+with p^5 = 9e-6 per heartbeat or message, about once in 7 hours of such
+loss per device (the reference agent: heartbeats both ways and a reading a
+second), where N = 2 (p^3 = 9e-4) failed every few minutes (the bench, 6
+minutes of association time at 5 % loss: 2 and 4 false offlines then, none
+now).
+The delayed SACK is off (SPP_SACKDELAY_DISABLE) because the kernel's 200 ms
+SACK delay is longer than RTO_MIN: every message was sent twice, each spurious
+retransmission counted as an error and put the path into the
+potentially-failed state, so a single further loss came close to taking a
+device offline. With SACKs at once, RTT samples are the network's own and
+R stays at its minimum, which the arithmetic above assumes. A command sent
+into a dead link fails sooner: its data's retransmission timer gives up
+after R + 4 x 2R = 0.9 s. The price of the low RTO bounds: on a path whose
+round trip exceeds ~100 ms, SCTP retransmits early (more packets), and one
+with round trips near a second would lose associations; raise
+``RTO_MIN_MS``/``RTO_MAX_MS`` and ``heartbeat_ms`` for such links.
 
 Payload protocol ids (PPID) are 32-bit values the kernel passes through
 untouched, so they travel in network byte order: ``htonl`` when sending,
@@ -102,14 +127,16 @@ AssocChange = sctp.assoc_change
 LOST_STATES = frozenset({AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP})
 
 # Retransmission timeout bounds (SCTP_RTOINFO, ms); the kernel's defaults
-# (3000, 1000, 60000) would take 9 .. 11 s to notice a pulled cable.
+# (3000, 1000, 60000) would take about 10 s to notice a pulled cable. RTO_MAX
+# bounds the potentially-failed heartbeats to [200, 400] ms (module header).
 RTO_INITIAL_MS = 400  # before the first round trip is measured; also INIT's timer
 RTO_MIN_MS = 100
-RTO_MAX_MS = 400
+RTO_MAX_MS = 200
 
 SCTP_NODELAY = 3  # socket options, <linux/sctp.h>
 SCTP_PEER_ADDR_PARAMS = 9
 SPP_HB_ENABLE = 1
+SPP_SACKDELAY_DISABLE = 1 << 6  # SACK every packet at once
 # struct sctp_paddrparams (packed, aligned 4): assoc_id, address (a
 # sockaddr_storage), hbinterval, pathmaxrxt, pathmtu, sackdelay, flags,
 # ipv6_flowlabel, dscp
@@ -121,13 +148,15 @@ def tune_peer(sock: Any, family: int, heartbeat_ms: int, max_retrans: int) -> No
 
     Heartbeat every ``heartbeat_ms``; a path fails after ``max_retrans``
     unanswered retransmissions and so does the association; the RTO stays
-    within ``RTO_MIN_MS``..``RTO_MAX_MS`` (the module header has the
-    arithmetic); Nagle is off (SCTP_NODELAY). The heartbeat is set with a raw
-    setsockopt because pysctp's wheels are built without SCTP_DRAFT10_LEVEL
-    and drop spp_flags, without which the kernel ignores spp_hbinterval.
+    within ``RTO_MIN_MS``..``RTO_MAX_MS``; SACKs are not delayed (the module
+    header has the arithmetic and why); Nagle is off (SCTP_NODELAY). The
+    heartbeat is set with a raw setsockopt because pysctp's wheels are built
+    without SCTP_DRAFT10_LEVEL and drop spp_flags, without which the kernel
+    ignores spp_hbinterval.
     """
     wildcard = struct.pack("=H", family)  # any address, port 0: the socket's default
-    params = PADDRPARAMS.pack(0, wildcard, heartbeat_ms, max_retrans, 0, 0, SPP_HB_ENABLE, 0, 0)
+    flags = SPP_HB_ENABLE | SPP_SACKDELAY_DISABLE
+    params = PADDRPARAMS.pack(0, wildcard, heartbeat_ms, max_retrans, 0, 0, flags, 0, 0)
     sock.setsockopt(socket.IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, params)
     # No Nagle: a command or result must not wait for the SACK of the previous
     # message (delayed 200 ms), which measured as a 200 ms p99 round trip.

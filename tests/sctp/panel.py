@@ -53,8 +53,6 @@ class Panel:
             "enabled": True,
             "host": control_host,
             "port": self.sctp_port,
-            "heartbeat_ms": 1000,
-            "path_max_retrans": 2,
             "command_timeout": command_timeout,
             "allow": ["127.0.0.0/8", "::1/128", "10.213.0.0/24"],  # guestnet's namespaces
         }

@@ -36,7 +36,7 @@ class Bench:
     """A Loop, a ControlChannel on 127.0.0.1 (free port) and what it published."""
 
     def __init__(self, **cfg: Any) -> None:
-        from server.config import ControlConfig
+        from server.config import HEARTBEAT_MS, PATH_MAX_RETRANS, ControlConfig
         from server.devices import DeviceKey
         from server.loop import Loop
         from server.sctpchannel import ControlChannel
@@ -46,8 +46,8 @@ class Bench:
             "host": "127.0.0.1",
             "port": 0,
             "streams": 5,
-            "heartbeat_ms": 1000,
-            "path_max_retrans": 2,
+            "heartbeat_ms": HEARTBEAT_MS,  # the shipped defaults
+            "path_max_retrans": PATH_MAX_RETRANS,
             "command_timeout": 5.0,
             "hello_timeout": 5.0,
             "allow": LOOPBACK,

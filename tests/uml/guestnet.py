@@ -13,12 +13,16 @@ uses 10.213.0.4k+1 / 4k+2 (/30), addresses no one else uses.
 
 ``pull()`` sets the agent's end down, as if the device's cable were pulled:
 vigil's side stays up and its packets vanish into the dead veth.
+``loss(percent)`` drops that share of the packets each way at random
+(``tc netem`` on both ends: the UML kernel has no nftables ip/inet tables);
+``dropped()`` says how many were sent and dropped.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 
@@ -31,15 +35,22 @@ def _ip(*args: str) -> None:
         raise OSError(f"ip {' '.join(args)}: {out.stderr.strip()}")
 
 
-def load_veth() -> None:
-    """``modprobe veth``; in a UML guest from its kernel's module tree (init.sh).
+def load(module: str) -> None:
+    """``modprobe MODULE``; in a UML guest from its kernel's module tree (init.sh).
 
-    A kernel with veth built in may have no module tree at all, so a failure
-    here is not one: without veth, ``ip link add`` says so.
+    A kernel with the module built in may have no module tree at all, so a
+    failure here is not one: without it, ``ip``/``tc`` say so.
     """
     modules = os.environ.get("VIGIL_UML_MODULES")
-    cmd = ["modprobe", *(["-d", modules] if modules else []), "veth"]
+    cmd = ["modprobe", *(["-d", modules] if modules else []), module]
     subprocess.run(cmd, capture_output=True, check=False)
+
+
+def _tc(*args: str) -> str:
+    out = subprocess.run(["tc", *args], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise OSError(f"tc {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
 
 
 class AgentNet:
@@ -54,7 +65,7 @@ class AgentNet:
         self.agent_ip = str(ipaddress.IPv4Address(base + 2))
 
     def __enter__(self) -> AgentNet:
-        load_veth()
+        load("veth")
         _ip("netns", "add", self.name)
         try:
             _ip("link", "add", self.host_dev, "type", "veth", "peer", "name", self.agent_dev)
@@ -83,3 +94,25 @@ class AgentNet:
 
     def plug(self) -> None:
         _ip("-n", self.name, "link", "set", self.agent_dev, "up")
+
+    def loss(self, percent: float) -> None:
+        """Drop ``percent`` % of the packets at random, each way."""
+        load("sch_netem")
+        for ns in ((), ("-n", self.name)):
+            dev = self.agent_dev if ns else self.host_dev
+            _tc(*ns, "qdisc", "replace", "dev", dev, "root", "netem", "loss", f"{percent}%")
+
+    def dropped(self) -> list[tuple[int, int]]:
+        """(packets offered, packets dropped) by ``loss``: vigil -> agent, then agent -> vigil."""
+        counts = []
+        for ns in ((), ("-n", self.name)):
+            dev = self.agent_dev if ns else self.host_dev
+            m = re.search(
+                r"Sent \d+ bytes (\d+) pkt \(dropped (\d+)",
+                _tc(*ns, "-s", "qdisc", "show", "dev", dev),
+            )
+            if m is None:
+                raise OSError(f"tc -s qdisc show dev {dev}: no counters")
+            sent, dropped = int(m[1]), int(m[2])
+            counts.append((sent + dropped, dropped))
+        return counts
