@@ -185,8 +185,10 @@ def test_device_going_offline_is_shown_and_fails_its_pending_command(
 
 def points(page: Any, device: str, metric: str) -> int:
     """How many points the chart of ``metric`` on ``device``'s card shows."""
-    dd = card(page, device).locator(".telemetry dt", has_text=metric).locator(
-        "xpath=following-sibling::dd[1]"
+    dd = (
+        card(page, device)
+        .locator(".telemetry dt", has_text=metric)
+        .locator("xpath=following-sibling::dd[1]")
     )
     return int(dd.locator(".chart").get_attribute("data-points") or 0)
 

@@ -74,7 +74,9 @@ def require_test_host() -> None:
 
 
 @pytest.fixture(scope="module")
-def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHost]:
+def host(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestHost]:
     require_test_host()
     text = uml_config(tmp_path_factory.mktemp("uml"), getattr(request.module, "CONTROL", None))
     with uml_test_host(text, request.module.AGENTS) as h:
