@@ -6,6 +6,11 @@ hands out) and returns a ``Response``, a ``Stream`` (``/api/events``) or a
 ``Deferred`` (a command, answered when the device replies). It never
 touches a socket or a connection.
 
+Commands have one path whoever sends them (``Command``: a browser or
+curl through ``post_command``, the MQTT bridge): the role, the device's
+lease (``server.leases``: another holder means 409, a free device is taken
+for its sender), the control channel, one audit record.
+
 Handlers are reached after the gate in ``Server.handle`` (authentication,
 presence, the cross-site checks), except routes marked ``public``
 (``/healthz``, allow-list only). Paths under /api/ that are not in the table
@@ -24,6 +29,7 @@ from server import static
 from server.audit import AuditLog, chat_message
 from server.config import User
 from server.events import EventBus, preamble
+from server.leases import Change, Held, Leases
 from server.outcomes import Deferred, Outcome, Push, Stream
 from server.presence import Presence
 from server.protocol import Request, Response
@@ -50,7 +56,10 @@ class Services:
     control: ControlChannel
     audit: AuditLog
     files: FileCache
+    leases: Leases
+    announce_leases: Callable[[list[Change]], None]  # the server's (audit, log, event)
     now: Callable[[], float]  # the loop's monotonic clock
+    wall: Callable[[], float]  # epoch seconds, for the ``since`` people read
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,11 @@ class Call:
     def who(self) -> User:
         assert self.user is not None, "an authenticated route"
         return self.user
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (no percent-decoding: values here are numbers)."""
+        return dict(p.partition("=")[::2] for p in self.request.query.split("&") if p)
 
 
 Handler = Callable[[Services, Call], Outcome]
@@ -104,12 +118,23 @@ def users(svc: Services, call: Call) -> Response:
 
 def state(svc: Services) -> dict[str, Any]:
     """What a ``reset`` event carries: everything a panel shows."""
-    return {"online": svc.presence.online(), "devices": svc.control.devices()}
+    return {
+        "online": svc.presence.online(),
+        "devices": [svc.leases.annotate(d) for d in svc.control.devices()],
+        "control_off": svc.control.off_message,
+    }
 
 
 def events(svc: Services, call: Call) -> Stream:
-    """Server-Sent Events: resume after Last-Event-ID, else start with a reset."""
-    last = call.request.headers.get("last-event-id", "").strip()
+    """Server-Sent Events: resume after Last-Event-ID (or ?last_event_id=), else a reset.
+
+    The query parameter is for a new EventSource that continues another's
+    stream (the panel's tab that takes over as leader), which cannot set
+    the header.
+    """
+    last = call.request.headers.get("last-event-id", "").strip() or call.query.get(
+        "last_event_id", ""
+    )
 
     def open_stream(push: Push) -> Callable[[], None]:
         bus = svc.events
@@ -127,44 +152,153 @@ def devices(svc: Services, call: Call) -> Response:
     off = svc.control.off_message
     if off is not None:
         return json_response(503, {"error": off, "devices": []})
-    return json_response(200, svc.control.devices())
+    return json_response(200, [svc.leases.annotate(d) for d in svc.control.devices()])
+
+
+def telemetry(svc: Services, call: Call) -> Response:
+    """The last minutes of a device's numeric telemetry (``control.History``)."""
+    device = call.params["id"]
+    history = svc.control.telemetry(device)
+    if history is None:
+        return error(404, f"unknown device {device!r}")
+    return json_response(200, history)
+
+
+def _viewer(user: User, what: str) -> str | None:
+    """The 403 text if ``user`` is a viewer, who cannot do ``what``."""
+    return None if user.role == "operator" else f"{user.name} is a viewer: viewers cannot {what}"
+
+
+Answer = tuple[int, dict[str, Any]]  # HTTP status and JSON body
+
+
+class Command:
+    """One command, whoever sends it: ``start`` issues it, ``settle`` records its answer.
+
+    ``start(done)``: refused (403) for viewers; refused as the control
+    channel would (404, 503, 400: unknown device, offline, unknown action);
+    409 with the holder while someone else holds the device; else a free
+    device is leased to the sender first when ``take`` (a person's command;
+    a channel without presence only checks), and the command goes out.
+    ``done(answer)`` comes exactly once, perhaps at once.
+    ``settle(answer)`` appends the ``command`` audit record and returns the
+    answer to give; HTTP calls it inside the connection's error boundary
+    (``Deferred.finish``), so a record that cannot be written is a 500.
+    """
+
+    def __init__(
+        self,
+        svc: Services,
+        user: User,
+        device: str,
+        action: str,
+        args: dict[str, Any],
+        *,
+        take: bool = True,
+    ) -> None:
+        self.svc, self.user, self.device, self.action, self.args = svc, user, device, action, args
+        self.take = take
+        self.started = svc.now()
+
+    def start(self, done: Callable[[Answer], None]) -> None:
+        svc, user, device = self.svc, self.user, self.device
+        refused = _viewer(user, "send commands")
+        if refused is not None:
+            done((403, {"error": refused}))
+            return
+        refusal = svc.control.unavailable(device, self.action)
+        if refusal is not None:
+            done((refusal.status, {"error": refusal.error}))
+            return
+        if self.take:
+            lease = svc.leases.take(device, user.name, self.started, svc.wall())
+        else:
+            lease = svc.leases.check(device, user.name) or []
+        if isinstance(lease, Held):
+            done((409, lease.body()))
+            return
+        svc.announce_leases(lease)
+        svc.control.command(device, self.action, self.args, user.name, lambda *a: done(a))
+
+    def settle(self, answer: Answer) -> Answer:
+        status, result = answer
+        self.svc.audit.append(
+            "command",
+            id=result.get("id"),
+            user=self.user.name,
+            device=self.device,
+            action=self.action,
+            args=self.args,
+            status=status,
+            ok=bool(result.get("ok")),
+            result=result.get("result"),
+            error=result.get("error"),
+            latency_ms=round((self.svc.now() - self.started) * 1000, 1),
+        )
+        return answer
+
+
+def issue_command(
+    svc: Services,
+    user: User,
+    device: str,
+    action: str,
+    args: dict[str, Any],
+    done: Callable[[int, dict[str, Any]], None],
+    *,
+    take: bool = True,
+) -> None:
+    """A ``Command`` for a channel without a connection (MQTT): started, then settled."""
+    command = Command(svc, user, device, action, args, take=take)
+    command.start(lambda answer: done(*command.settle(answer)))
 
 
 def post_command(svc: Services, call: Call) -> Outcome:
     """Send a command to device ``{id}``; the answer comes with its result (or an error)."""
-    user = call.who
-    if user.role != "operator":
-        return error(403, f"{user.name} is a viewer: viewers cannot send commands")
     body = json_body(call.request)
     if isinstance(body, Response):
         return body
     action, args = body.get("action"), body.get("args", {})
     if not isinstance(action, str) or not action or not isinstance(args, dict):
         return error(400, 'the body must be {"action": "<name>", "args": {…}}')
+    command = Command(svc, call.who, call.params["id"], action, args)
+    return Deferred(command.start, lambda answer: json_response(*command.settle(answer)))
+
+
+def take_lease(svc: Services, call: Call) -> Response:
+    """Hold device ``{id}`` (``{"take_over": true}``: even if someone else does)."""
+    refused = _viewer(call.who, "hold a device")
+    if refused is not None:
+        return error(403, refused)
+    body = json_body(call.request) if call.request.body else {}
+    if isinstance(body, Response):
+        return body
+    take_over = body.get("take_over", False)
+    if not isinstance(take_over, bool):
+        return error(400, 'take_over must be true or false: {"take_over": true}')
     device = call.params["id"]
-    started = svc.now()
+    refusal = svc.control.unavailable(device)
+    if refusal is not None:
+        return error(refusal.status, refusal.error)
+    changes = svc.leases.take(device, call.who.name, svc.now(), svc.wall(), take_over)
+    if isinstance(changes, Held):
+        return json_response(409, changes.body())
+    svc.announce_leases(changes)
+    lease = svc.leases.of(device)
+    assert lease is not None
+    return json_response(200, {"device": device, "lease": lease.as_json()})
 
-    def start(done: Callable[[tuple[int, dict[str, Any]]], None]) -> None:
-        svc.control.command(device, action, args, user.name, lambda *answer: done(answer))
 
-    def finish(answer: tuple[int, dict[str, Any]]) -> Response:
-        status, result = answer
-        svc.audit.append(
-            "command",
-            id=result.get("id"),
-            user=user.name,
-            device=device,
-            action=action,
-            args=args,
-            status=status,
-            ok=bool(result.get("ok")),
-            result=result.get("result"),
-            error=result.get("error"),
-            latency_ms=round((svc.now() - started) * 1000, 1),
-        )
-        return json_response(status, result)
-
-    return Deferred(start, finish)
+def release_lease(svc: Services, call: Call) -> Response:
+    """Let go of device ``{id}``; 409 if someone else holds it."""
+    device = call.params["id"]
+    if svc.control.device(device) is None:
+        return error(404, f"unknown device {device!r}")
+    changes = svc.leases.release(device, call.who.name)
+    if isinstance(changes, Held):
+        return json_response(409, changes.body())
+    svc.announce_leases(changes)
+    return json_response(200, {"device": device, "lease": None})
 
 
 def chat_history(svc: Services, call: Call) -> Response:
@@ -187,8 +321,7 @@ def chat_post(svc: Services, call: Call) -> Response:
 
 
 def audit(svc: Services, call: Call) -> Response:
-    params = dict(p.partition("=")[::2] for p in call.request.query.split("&") if p)
-    raw = params.get("limit", "50")
+    raw = call.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         return error(400, "limit must be a whole number from 1 to 1000")
     return json_response(200, {"records": svc.audit.newest(int(raw))})
@@ -213,6 +346,8 @@ ROUTER: Router[Handler] = Router(
         Route("/api/events", {"GET": events}),
         Route("/api/devices", {"GET": devices}),
         Route("/api/devices/{id}/commands", {"POST": post_command}),
+        Route("/api/devices/{id}/lease", {"POST": take_lease, "DELETE": release_lease}),
+        Route("/api/devices/{id}/telemetry", {"GET": telemetry}),
         Route("/api/chat", {"GET": chat_history, "POST": chat_post}),
         Route("/api/audit", {"GET": audit}),
     ],

@@ -12,9 +12,12 @@ outcome; it never writes a connection's fields.
 Who owns what:
 - connections (``conns``): this module adds and drops them; each
   connection owns its own state (``server.connection``).
-- presence, the event bus, the audit log, the control channel, the static
-  file cache: this module creates them and hands handlers a ``Services``
-  view; presence changes are announced only here (``_announce``).
+- presence, leases, the event bus, the audit log, the control channel, the
+  static file cache: this module creates them and hands handlers a
+  ``Services`` view; presence and lease changes are announced only here
+  (``_announce``, ``announce_leases``). Leases end here when their holder
+  leaves, their device goes offline (``_control_event``) or they idle (the
+  sweep).
 
 End of every loop pass (``end_of_pass``): the audit log's fsync, then every
 connection with output writes it: nothing is acknowledged before it is on
@@ -35,7 +38,7 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 
-from server import api, certificate, sockopts
+from server import api, certificate, presence, sockopts
 from server import config as configmod
 from server import tls as tlsmod
 from server.accesslog import AccessLog
@@ -53,6 +56,8 @@ from server.config import Config, ConfigError, User
 from server.connection import Connection, Settings
 from server.dates import PerSecond
 from server.events import EventBus
+from server.leases import Change as LeaseChange
+from server.leases import End, Leases
 from server.loop import READ, Loop, Timer
 from server.outcomes import Outcome
 from server.presence import Change, Presence
@@ -67,6 +72,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 1.5
 EXPIRY_CHECK_TICKS = 86400  # sweeps (seconds) between two checks of the certificate's expiry
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# Why a holder's leases end when they leave (presence's reason; else "left").
+LEASE_ENDS = {presence.LOST: End.LOST, presence.SHUTDOWN: End.SHUTDOWN}
 
 
 def _settings(cfg: Config) -> Settings:
@@ -107,14 +114,18 @@ class Server:
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.events = EventBus(first_id=int(time.time() * 1000))
         self.audit = AuditLog(cfg.audit.path)
-        self.control = ControlChannel(loop, cfg.control, self.events.publish, self.audit.append)
+        self.leases = Leases(cfg.control.lease_idle)
+        self.control = ControlChannel(loop, cfg.control, self._control_event, self.audit.append)
         self.services = api.Services(
             self.presence,
             self.events,
             self.control,
             self.audit,
             FileCache(cfg.http.static_dir),
+            self.leases,
+            self.announce_leases,
             loop.now,
+            time.time,
         )
         self.access = AccessLog() if cfg.http.access_log else None
         self.conns: dict[int, Connection] = {}
@@ -263,6 +274,7 @@ class Server:
         self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
+        self.leases.idle = cfg.control.lease_idle
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:
@@ -479,6 +491,50 @@ class Server:
                 "online": self.presence.online(),
             },
         )
+        if change.kind == "leave":
+            end = LEASE_ENDS.get(change.reason or presence.CLOSED, End.LEFT)
+            self.announce_leases(self.leases.end_holder(change.user, end))
+
+    # -- leases and the devices' events ------------------------------------
+    def announce_leases(self, changes: list[LeaseChange]) -> None:
+        """Audit and broadcast lease starts and ends (the ``device`` shows the lease after them)."""
+        for change in changes:
+            lease = change.lease
+            extra = {} if change.by is None else {"by": change.by}
+            self.audit.append(
+                "lease",
+                change=change.kind,
+                device=lease.device,
+                user=lease.holder,
+                reason=change.reason,
+                **extra,
+            )
+            ended = "" if change.reason is None else f": {change.reason}"
+            log.info("lease of %s by %s %s%s", lease.device, lease.holder, change.kind, ended)
+            device = self.control.device(lease.device)
+            assert device is not None  # leases are taken on known devices, which stay known
+            self.events.publish(
+                "device",
+                {
+                    "kind": "lease",
+                    "change": change.kind,
+                    "device": self.leases.annotate(device.as_json()),
+                    "holder": lease.holder,
+                    "reason": change.reason,
+                    **extra,
+                },
+            )
+
+    def _control_event(self, kind: str, data: dict[str, object]) -> None:
+        """An event of the control channel: devices carry their lease; offline ends it."""
+        if kind != "device":
+            self.events.publish(kind, data)
+            return
+        device = data["device"]
+        assert isinstance(device, dict)
+        self.events.publish(kind, {**data, "device": self.leases.annotate(device)})
+        if data["kind"] == "offline":
+            self.announce_leases(self.leases.end_device(device["id"], End.OFFLINE))
 
     def _schedule_expiry(self) -> None:
         when = self.presence.next_expiry()
@@ -502,6 +558,7 @@ class Server:
         heartbeat = self._ticks % max(1, round(self.config.http.sse_heartbeat)) == 0
         for conn in list(self.conns.values()):
             conn.tick(now, heartbeat)
+        self.announce_leases(self.leases.expire(now))
         if self.access is not None:
             self.access.flush()
         if self._ticks % EXPIRY_CHECK_TICKS == 0:

@@ -101,6 +101,7 @@ class ControlConfig:
     hello_timeout: float = field(default=5.0, compare=False)
     allow: tuple[Network, ...] = field(default=(), compare=False)
     devices: tuple[DeviceKey, ...] = field(default=(), compare=False)
+    lease_idle: float = field(default=120.0, compare=False)  # server.leases
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "command_timeout": (5.0, _num(0.1, 3600)),
         # seconds from vigil's challenge to the device's hello (server.devices)
         "hello_timeout": (5.0, _num(0.1, 60)),
+        # seconds a device's lease lasts without a command from its holder (server.leases)
+        "lease_idle": (120.0, _num(1, 86400)),
         "allow": (["127.0.0.0/8", "::1/128"], _networks),
         "devices": ([], lambda v: v),  # checked by _devices
     },

@@ -33,8 +33,10 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import re
 import secrets
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +48,9 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
 DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
 MAX_NAME = 100
 MAX_COMMANDS = 64
+HISTORY_SECONDS = 300  # telemetry history kept per device and metric ...
+HISTORY_STEP = 1.0  # ... at most one point a second ...
+HISTORY_METRICS = 32  # ... for at most this many numeric fields of a device
 
 # Payload protocol identifiers accepted on receive: 0 (unspecified, what most
 # tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
@@ -309,18 +314,25 @@ class Registry:
             del self.pending[p.id]
         return dev, lost
 
-    def issue(
-        self, device: str, action: str, args: dict[str, Any], user: str, now: float, timeout: float
-    ) -> Pending | Refusal:
-        """Check and record a command for ``device``; the shell then sends it."""
+    def unavailable(self, device: str, action: str | None = None) -> Refusal | None:
+        """Why ``device`` cannot take ``action`` (or be leased, without one); None if it can."""
         dev = self.devices.get(device)
         if dev is None:
             return Refusal(404, f"unknown device {device!r}")
         if not dev.online:
             return Refusal(503, f"device {device!r} is offline")
-        if action not in dev.commands:
+        if action is not None and action not in dev.commands:
             known = ", ".join(dev.commands) or "none"
             return Refusal(400, f"device {device!r} has no command {action!r} (it has: {known})")
+        return None
+
+    def issue(
+        self, device: str, action: str, args: dict[str, Any], user: str, now: float, timeout: float
+    ) -> Pending | Refusal:
+        """Check and record a command for ``device``; the shell then sends it."""
+        refusal = self.unavailable(device, action)
+        if refusal is not None:
+            return refusal
         p = Pending(
             f"{self._prefix}-{next(self._ids)}", device, action, args, user, now, now + timeout
         )
@@ -377,6 +389,45 @@ class Coalescer:
     def forget(self, device: str) -> None:
         """Drop unpublished telemetry of a device that went offline."""
         self._latest.pop(device, None)
+
+
+@dataclass(slots=True)
+class History:
+    """The last ``HISTORY_SECONDS`` of every numeric telemetry field, per device.
+
+    One point per ``HISTORY_STEP`` and metric (a newer reading in the same
+    step replaces the older), at most ``HISTORY_METRICS`` fields a device:
+    so a device costs at most 32 x 301 points however fast it sends. Only
+    numbers are kept (not booleans, not NaN or infinities: JSON has none).
+    """
+
+    _series: dict[str, dict[str, deque[tuple[float, float]]]] = field(default_factory=dict)
+
+    def add(self, device: str, data: dict[str, Any], at: float) -> None:
+        """Keep the numeric fields of one reading taken at ``at`` (epoch seconds)."""
+        series = self._series.setdefault(device, {})
+        step = math.floor(at / HISTORY_STEP)
+        for name, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):
+                continue
+            points = series.get(name)
+            if points is None:
+                if len(series) >= HISTORY_METRICS:
+                    continue
+                points = series[name] = deque(maxlen=round(HISTORY_SECONDS / HISTORY_STEP) + 1)
+            if points and math.floor(points[-1][0] / HISTORY_STEP) == step:
+                points.pop()
+            points.append((at, value))
+
+    def of(self, device: str, at: float) -> dict[str, list[list[float]]]:
+        """Each metric's points of the last ``HISTORY_SECONDS`` before ``at``: [epoch ms, value]."""
+        start = at - HISTORY_SECONDS
+        return {
+            name: [[round(t * 1000), v] for t, v in points if t >= start]
+            for name, points in sorted(self._series.get(device, {}).items())
+        }
 
 
 # -- partial messages -------------------------------------------------------

@@ -164,6 +164,7 @@ class ControlChannel:
         self._deadlines: dict[int, Timer] = {}  # association -> its challenge's deadline
         self._registry = control.Registry()
         self._coalescer = control.Coalescer()
+        self._history = control.History()
         self._reassembler = control.Reassembler()
         self._waiting: dict[str, tuple[OnDone, Timer]] = {}
         self.off_reason: str | None = "not started"
@@ -276,6 +277,23 @@ class ControlChannel:
     def devices(self) -> list[dict[str, Any]]:
         """Every known device, online or not, sorted by id."""
         return [d.as_json() for _, d in sorted(self._registry.devices.items())]
+
+    def device(self, device_id: str) -> control.Device | None:
+        return self._registry.devices.get(device_id)
+
+    def unavailable(self, device_id: str, action: str | None = None) -> Refusal | None:
+        """Why a command (or a lease) for ``device_id`` would be refused now; None: it would not."""
+        off = self.off_message
+        if off is not None:
+            return Refusal(503, off)
+        return self._registry.unavailable(device_id, action)
+
+    def telemetry(self, device_id: str) -> dict[str, Any] | None:
+        """The telemetry history of a known device (``control.History``), or None."""
+        if device_id not in self._registry.devices:
+            return None
+        metrics = self._history.of(device_id, time.time())
+        return {"device": device_id, "window_s": control.HISTORY_SECONDS, "metrics": metrics}
 
     def command(
         self, device_id: str, action: str, args: dict[str, Any], user: str, on_done: OnDone
@@ -545,5 +563,6 @@ class ControlChannel:
     def _flush_telemetry(self, device_id: str) -> None:
         data = self._coalescer.release(device_id, self._loop.now())
         if data is not None:
+            self._history.add(device_id, data, time.time())
             dev = self._registry.devices[device_id].as_json()
             self._publish("device", {"kind": "telemetry", "device": dev, "data": data})

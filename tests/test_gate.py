@@ -60,16 +60,13 @@ def test_an_exception_in_a_handler_is_a_500_and_the_server_goes_on(
 def test_a_parked_answer_that_fails_is_a_500_not_a_hang(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answers: list[Callable[[int, dict[str, Any]], None]] = []
-    control = app.server.control
-    monkeypatch.setattr(control, "command", lambda *a: answers.append(a[-1]))
+    lamp = app.device("lamp-1", answers=False)
     c = app.client()
-    body = b'{"action": "on"}'
-    c.send(request("POST", "/api/devices/lamp-1/commands", JSON, body))
+    c.send(request("POST", "/api/devices/lamp-1/commands", JSON, b'{"action": "on"}'))
     app.pump()
-    assert len(answers) == 1  # parked: the device has the command
+    assert lamp.commands == ["on"]  # parked: the device has the command
     monkeypatch.setattr(auditmod.os, "write", disk_full)
-    answers[0](200, {"id": "x", "ok": True, "result": {}})  # the device answers later
+    lamp.answer(result={"on": True})  # the device answers later; its record cannot be written
     assert c.response().status == 500
     assert c.closed()
 
@@ -119,11 +116,14 @@ def test_a_connection_that_switches_user_logs_the_first_one_out(
     assert [u["user"] for u in c.get("/api/users", user="bob").json()["online"]] == ["bob"]
 
 
-def test_a_clean_stop_logs_everyone_out(make_app: Callable[..., App]) -> None:
+def test_a_clean_stop_logs_everyone_out_and_ends_their_leases(
+    make_app: Callable[..., App],
+) -> None:
     app = make_app({"presence": {"grace": 30}})
+    app.device("lamp-1")
     a, b = app.client(), app.client("10.0.0.7")
     assert a.get("/api/me").status == 200
-    assert b.get("/api/me", user="bob").status == 200
+    assert b.post("/api/devices/lamp-1/lease", {}, user="bob").status == 200
     b.sock.close()  # bob closed his tab: he is in his grace period
     app.pump()
     app.server.shutdown()
@@ -132,9 +132,11 @@ def test_a_clean_stop_logs_everyone_out(make_app: Callable[..., App]) -> None:
         ("alice", "shutdown"),
         ("bob", "shutdown"),
     ]
+    (end,) = [r for r in records(app, "lease") if r["change"] == "end"]
+    assert (end["user"], end["reason"]) == ("bob", "shutdown")
     app.server.audit.sync()
     on_disk = app.server.config.audit.path.read_text()
-    assert on_disk.count('"reason":"shutdown"') == 2
+    assert on_disk.count('"reason":"shutdown"') == 3
 
 
 def test_failed_password_checks_are_rationed_per_address_and_in_total(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from testclient import App, Client
 from wire import Event
 
@@ -22,10 +23,19 @@ def hold(app: App, user: str) -> Client:
     return c
 
 
-def stream(app: App, user: str = "alice", last_id: str | None = None) -> Client:
-    """An open event stream as ``user``; its preamble (``retry: 1000``) is checked."""
+def stream(
+    app: App, user: str = "alice", last_id: str | None = None, in_query: bool = False
+) -> Client:
+    """An open event stream as ``user``; its preamble (``retry: 1000``) is checked.
+
+    ``last_id`` goes in the Last-Event-ID header, or with ``in_query`` as
+    ``?last_event_id=`` (how a panel tab continues another tab's stream).
+    """
     c = app.client()
-    head = c.get("/api/events", user, headers={"Last-Event-ID": last_id})
+    if in_query and last_id is not None:
+        head = c.get(f"/api/events?last_event_id={last_id}", user)
+    else:
+        head = c.get("/api/events", user, headers={"Last-Event-ID": last_id})
     assert head.status == 200
     assert head.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert head.headers["cache-control"] == "no-store"
@@ -46,7 +56,8 @@ def test_a_stream_starts_with_retry_and_a_reset_then_increasing_ids(app: App) ->
     assert c.reader.buf.split(b"\r\n", 1)[1].startswith(b"retry: 1000\n\n")
     (reset,) = first_events(c)
     assert reset.type == "reset" and reset.id is not None
-    assert set(reset.data) == {"online", "devices"}
+    assert set(reset.data) == {"online", "devices", "control_off"}
+    assert reset.data["control_off"].startswith("control channel off: disabled")  # as this config
     assert [u["user"] for u in reset.data["online"]] == ["bob", "alice"]
     bob.post_chats("bob", ["one", "two", "three"])
     chats = c.events()
@@ -56,7 +67,8 @@ def test_a_stream_starts_with_retry_and_a_reset_then_increasing_ids(app: App) ->
     assert [e.id for e in chats] == [reset.id + 1, reset.id + 2, reset.id + 3]
 
 
-def test_resume_with_last_event_id_misses_and_repeats_nothing(app: App) -> None:
+@pytest.mark.parametrize("in_query", [False, True], ids=["header", "query"])
+def test_resume_with_last_event_id_misses_and_repeats_nothing(app: App, in_query: bool) -> None:
     holders = [hold(app, "alice"), hold(app, "bob")]  # no presence events from here on
     bob = holders[1]
     c = stream(app)
@@ -69,7 +81,7 @@ def test_resume_with_last_event_id_misses_and_repeats_nothing(app: App) -> None:
     c.close()
     missed = [f"missed {i}" for i in range(7)]
     bob.post_chats("bob", missed)
-    c = stream(app, last_id=str(last))
+    c = stream(app, last_id=str(last), in_query=in_query)
     got = first_events(c)
     assert [(e.type, e.data["text"]) for e in got] == [("chat", t) for t in missed]
     assert [e.id for e in got] == list(range(last + 1, last + 1 + len(missed)))

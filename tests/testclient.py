@@ -17,11 +17,19 @@ loop runs one pass at a time (``App.pump``) on a clock the test moves
 
 Requests are ``wire.Client``'s (``request``, ``get``, ``post``, ``me``,
 ``online``, ``post_chats``), as over a real socket (``wire.Remote``).
+
+Devices: ``app.device("lamp-1")`` is a ``FakeDevice`` that meets the real
+control channel at its message level (a proven hello, results, telemetry,
+a lost association), since this process has no SCTP; tests/sctp runs the
+real agent over kernel SCTP.
 """
 
 from __future__ import annotations
 
+import itertools
 import socket
+import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from wire import Client as WireClient
 from wire import Event, Reader, Resp, SSEParser
 
 from server import config as configmod
+from server import control
 from server.app import Server
 from server.loop import Loop
 from server.sockopts import configure_accepted
@@ -71,6 +80,12 @@ class App:
         self.clients.append(client)
         return client
 
+    def device(
+        self, device_id: str, commands: tuple[str, ...] = ("on", "off"), answers: bool = True
+    ) -> FakeDevice:
+        """A device online now (see the module header and ``FakeDevice``)."""
+        return FakeDevice(self, device_id, commands, answers)
+
     def pump(self, passes: int = 5) -> None:
         """Run a few loop passes (what is ready, due timers, end-of-pass writes)."""
         for _ in range(passes):
@@ -92,6 +107,61 @@ class App:
         self._pairing.close()
         self.server.close()
         self.loop.close()
+
+
+class FakeDevice:
+    """A device agent as ``ControlChannel`` sees it after its proven hello.
+
+    It answers each command ``ok`` on the next loop pass, as a quick device
+    would, unless made with ``answers=False``: then the test calls ``answer``.
+    """
+
+    _assocs = itertools.count(1)
+
+    def __init__(
+        self, app: App, device_id: str, commands: tuple[str, ...], answers: bool = True
+    ) -> None:
+        self.app = app
+        self.id = device_id
+        self.assoc = next(self._assocs)
+        self.answers = answers
+        self.received: list[dict[str, Any]] = []  # what vigil sent this device
+        channel = self.channel = app.server.control
+        channel.off_reason = None
+        channel._send = self._receive  # type: ignore[method-assign]
+        joined = channel._registry.hello(
+            self.assoc, control.Hello(device_id, device_id, commands), time.time()
+        )
+        channel._publish("device", {"kind": "online", "device": joined.device.as_json()})
+        app.pump()
+
+    @property
+    def commands(self) -> list[str]:
+        """The actions of the commands vigil sent, oldest first."""
+        return [m["action"] for m in self.received if m["type"] == "command"]
+
+    def _receive(self, assoc: int, msg: dict[str, Any], flags: int = 0) -> None:
+        assert assoc == self.assoc
+        self.received.append(msg)
+        if self.answers and msg["type"] == "command":
+            result = control.Result(msg["id"], True, {"done": msg["action"]})
+            self.app.loop.call_later(0, lambda: self.channel._on_result(self.assoc, result))
+
+    def answer(self, ok: bool = True, result: Any = None) -> None:
+        """Answer the newest command vigil sent."""
+        command = [m for m in self.received if m["type"] == "command"][-1]
+        error = None if ok else "it failed"
+        self.channel._on_result(self.assoc, control.Result(command["id"], ok, result, error))
+        self.app.pump()
+
+    def telemetry(self, data: dict[str, Any]) -> None:
+        self.channel._on_telemetry(self.assoc, control.Telemetry(data))
+        self.app.pump()
+
+    def lose(self) -> None:
+        """The association is lost (COMM_LOST)."""
+        self.channel._assoc_lost(self.assoc, "lost")
+        self.app.pump()
 
 
 class Client(WireClient):
@@ -158,6 +228,11 @@ class Client(WireClient):
         """Close this end (FIN) and let the server see it now, on the test's clock."""
         self.sock.close()
         self.app.pump()
+
+    def reset(self) -> None:
+        """Drop this end with an RST: the server sees a lost connection."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
     @property
     def open(self) -> bool:

@@ -82,3 +82,25 @@ def test_agent_comes_back_after_vigil_restart(tmp_path: Path) -> None:
         assert status == 200
     finally:
         panel.close()
+
+
+def test_a_lease_over_real_sctp_ends_when_the_agent_dies(panel: Panel) -> None:
+    agent = panel.agent("lamp-1")
+    panel.wait(lambda: panel.online("lamp-1"))
+    with panel.events("vera") as events:
+        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", body={"action": "on"})
+        assert status == 200 and body["ok"] is True
+        start = events.wait_for(events.device("lease", "lamp-1"))
+        assert (start.data["change"], start.data["holder"]) == ("start", "alice")
+        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", "bob", {"action": "off"})
+        assert status == 409 and body["holder"] == "alice", body
+        _, (device,) = panel.curl("GET", "/api/devices", "bob")
+        assert device["lease"]["holder"] == "alice"
+        agent.send_signal(signal.SIGKILL)  # its kernel aborts the association
+        end = events.wait_for(lambda e: events.device("lease", "lamp-1")(e) and e is not start)
+        assert (end.data["change"], end.data["reason"]) == ("end", "device offline")
+        assert end.data["device"]["online"] is False and end.data["device"]["lease"] is None
+    panel.agent("lamp-1")  # back: free for anyone
+    panel.wait(lambda: panel.online("lamp-1"))
+    status, body = panel.curl("POST", "/api/devices/lamp-1/commands", "bob", {"action": "off"})
+    assert status == 200, body
