@@ -55,6 +55,7 @@ def test_load_without_console_errors_or_layout_shift(
         "control channel off: disabled in the config ([control] enabled = false)"
     )
     expect(page.locator("#devices-empty")).to_be_hidden()
+    expect(page.locator("#device-list .device")).to_have_count(0)
     expect(page.locator("#people-list .name")).to_have_text(["alice"])
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(1500)  # anything still to fill in
