@@ -707,6 +707,11 @@ function auditRow(rec) {
       return [rec.ok === false ? "fail" : "command", rec.id ?? null, commandText(rec), rec.time];
     case "chat":
       return ["chat", null, `${who} said: ${fmtValue(rec.text)}`, rec.time];
+    case "lease":
+      return rec.change === "start"
+        ? ["lease", null, `${who} holds ${fmtValue(rec.device)}`, rec.time]
+        : ["lease-end", null, `${leaseEndText({ holder: rec.user, reason: rec.reason,
+          by: rec.by })} (${fmtValue(rec.device)})`, rec.time];
     default: {
       const rest = Object.entries(rec)
         .filter(([k]) => !["time", "type", "user", "seq"].includes(k))
