@@ -190,7 +190,6 @@ window.addEventListener("online", showStreamState);
 
 function setMe(me) {
   state.me = { user: me.user, role: me.role === "operator" ? "operator" : "viewer" };
-  $("me").hidden = false;
   $("me-user").textContent = state.me.user;
   const role = $("me-role");
   role.textContent = state.me.role;

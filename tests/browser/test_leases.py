@@ -200,6 +200,7 @@ def test_the_holders_cable_is_pulled_the_lease_ends_lost_within_3_s(
         pulled = ns.pull()
         expect(lease(b)).to_have_attribute("data-reason", "lost", timeout=6000)
         took = time.monotonic() - pulled
+        print(f"the lease ended (lost) {took:.2f} s after the cable was pulled")
         assert took <= 4.0, f"the lease ended {took:.2f} s after the cable was pulled"
         expect(lease(b)).to_have_text("free · alice's lease ended: connection lost")
         button(b, "lamp-1", "status").click()
