@@ -37,7 +37,6 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from support import password, write_config  # noqa: E402
 from testhost import uml_test_host  # noqa: E402
 
-
 CHART_S = 40  # seconds of telemetry in the chart of the screenshots
 
 

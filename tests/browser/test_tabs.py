@@ -142,3 +142,22 @@ def test_leader_tab_closes_the_others_keep_every_event(
     rest[-1].press("#chat-text", "Enter")
     for t in rest:
         expect(t.locator("#chat-log .msg-text").last).to_have_text("after the hand-over")
+
+
+def test_without_web_locks_each_tab_has_a_stream_of_its_own(
+    vigil: Vigil, contexts: Callable[..., Any]
+) -> None:
+    ctx = contexts("alice")
+    ctx.add_init_script("delete Navigator.prototype.locks;")  # a browser without Web Locks
+    streams = Streams(ctx)
+    tabs = open_tabs(vigil, ctx, 2)
+    assert [t.evaluate("document.documentElement.dataset.streamRole") for t in tabs] == [
+        "alone",
+        "alone",
+    ]
+    assert len(streams.live()) == 2, streams.urls
+    tabs[1].fill("#chat-text", "the old way")
+    tabs[1].press("#chat-text", "Enter")
+    for t in tabs:
+        expect(t.locator("#chat-log .msg-text")).to_have_text(["the old way"])
+        expect(names(t)).to_have_text(["alice"])
