@@ -37,7 +37,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from support import password, write_config  # noqa: E402
 from testhost import uml_test_host  # noqa: E402
 
-CHART_S = 40  # seconds of telemetry in the chart of the screenshots
+CHART_S = 120  # seconds of telemetry in the chart of the screenshots
 
 
 def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
@@ -102,6 +102,7 @@ def main() -> int:
         for page in (alice, bob):
             page.evaluate("document.activeElement && document.activeElement.blur()")
             page.mouse.move(0, 0)  # no hover highlight on the last button pressed
+            page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top of the page
         alice.screenshot(path=str(out / "panel-desktop.png"))
         bob.screenshot(path=str(out / "panel-phone.png"), full_page=True)
     for name in ("panel-desktop.png", "panel-phone.png"):

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from browser_support import call
-from netns import HOST, HOST_DEV, NAME, SUBNET, Namespace
+from netns import HOST, HOST_DEV, NAME, SUBNET, Namespace, available
 from playwright.sync_api import expect
-from support import basic
+from support import basic, require
 from uml_support import Target, TestHost, browser, button, card, free_leases, host, open_panel
 
 __all__ = ["browser", "free_leases", "host", "open_panel"]  # fixtures, used by name
@@ -165,6 +165,8 @@ def namespace_to_guest(host: TestHost) -> Iterator[Namespace]:
     ``host.host_ip``, like the browser). Forwarding is switched on for the
     two devices only, never for the whole host.
     """
+    ok, why = available()
+    require(ok, why)
     tap = host.tap.name
     table = "vigil_lease_nat"
     with Namespace() as ns:
