@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from browser_support import call
+from browser_support import VIEWPORTS, LoadWatch, call
 from playwright.sync_api import expect
 from uml_support import (
     COMMANDS,
@@ -234,3 +234,15 @@ def test_eight_tabs_are_all_live_and_the_eighth_commands(
     time.sleep(2.5)
     after = [points(t, "lamp-1", "temperature") for t in tabs]
     assert all(x > y for x, y in zip(after, before, strict=True)), (before, after)
+
+
+@pytest.mark.parametrize("screen", VIEWPORTS)
+def test_loading_with_devices_logs_no_error_and_does_not_jump(
+    host: TestHost, contexts: Callable[..., Any], screen: str
+) -> None:
+    page = contexts("alice", **VIEWPORTS[screen]).new_page()
+    watch = LoadWatch(page)
+    page.goto(host.https_url + "/")
+    expect(card(page, "lamp-1").locator(".telemetry .chart")).to_have_count(1)
+    expect(page.locator("#devices-off")).to_be_hidden()
+    watch.check(screen)

@@ -14,28 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from browser_support import VIEWPORTS, LoadWatch
 from conftest import CONNECTED
 from playwright.sync_api import expect
 from support import Vigil
-
-# Sums the layout shifts that had no recent input, as CLS does (web.dev/cls), from the start.
-CLS_OBSERVER = """
-window.__cls = 0;
-new PerformanceObserver((list) => {
-  for (const e of list.getEntries()) if (!e.hadRecentInput) window.__cls += e.value;
-}).observe({ type: "layout-shift", buffered: true });
-"""
-
-VIEWPORTS = {
-    "desktop": {"viewport": {"width": 1280, "height": 800}},
-    "tablet": {"viewport": {"width": 900, "height": 1000}},
-    "phone": {
-        "viewport": {"width": 360, "height": 740},
-        "is_mobile": True,
-        "has_touch": True,
-        "color_scheme": "dark",
-    },
-}
 
 
 @pytest.mark.parametrize("device", VIEWPORTS)
@@ -43,10 +25,7 @@ def test_load_without_console_errors_or_layout_shift(
     vigil: Vigil, contexts: Callable[..., Any], device: str
 ) -> None:
     page = contexts("alice", **VIEWPORTS[device]).new_page()
-    page.add_init_script(CLS_OBSERVER)
-    console: list[str] = []
-    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: console.append(str(e)))
+    watch = LoadWatch(page)
     page.goto(vigil.https + "/")
     page.wait_for_selector(CONNECTED)
     off = page.locator("#devices-off")
@@ -57,8 +36,4 @@ def test_load_without_console_errors_or_layout_shift(
     expect(page.locator("#devices-empty")).to_be_hidden()
     expect(page.locator("#device-list .device")).to_have_count(0)
     expect(page.locator("#people-list .name")).to_have_text(["alice"])
-    page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(1500)  # anything still to fill in
-    assert console == []
-    cls = page.evaluate("window.__cls")
-    assert cls < 0.1, f"cumulative layout shift {cls:.3f} on {device}"
+    watch.check(device)
