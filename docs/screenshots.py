@@ -68,7 +68,7 @@ def main() -> int:
     sections = {
         "http": {"host": "0.0.0.0", "port": 8080},
         "auth": {"allow": ["10.213.1.0/24"]},
-        "control": {"enabled": True, "port": 9900},
+        "control": {"enabled": True, "port": 9900, "lease_idle": 600},  # held while the chart fills
         "audit": {"path": "audit.jsonl"},
     }
     with tempfile.TemporaryDirectory() as tmp:
