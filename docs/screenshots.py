@@ -5,8 +5,10 @@
 Boots the UML test host (tests/uml/testhost.py: vigil with real SCTP and the
 reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
 ``linux.uml``), opens the panel in Debian's chromium as two people, alice on
-a 1280x800 desktop and bob on a 360x780 phone, lets them press a few buttons
-and chat, and saves what each of them sees (in docs/, or ``--out DIR``).
+a 1280x800 desktop and bob on a 360x780 phone, lets bob press a few buttons
+(which gives him the lamp's lease: alice sees it held) and both chat, waits
+for the temperature chart to fill in, and saves what each of them sees (in
+docs/, or ``--out DIR``).
 The panel is opened over HTTPS, chromium trusting the certificate vigil
 made for itself in the guest. Run it by hand after the panel changes and
 commit the PNGs; the tests do not.
@@ -34,6 +36,8 @@ from browser_support import chromium  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from support import password, write_config  # noqa: E402
 from testhost import uml_test_host  # noqa: E402
+
+CHART_S = 120  # seconds of telemetry in the chart of the screenshots
 
 
 def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
@@ -64,7 +68,7 @@ def main() -> int:
     sections = {
         "http": {"host": "0.0.0.0", "port": 8080},
         "auth": {"allow": ["10.213.1.0/24"]},
-        "control": {"enabled": True, "port": 9900},
+        "control": {"enabled": True, "port": 9900, "lease_idle": 600},  # held while the chart fills
         "audit": {"path": "audit.jsonl"},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,15 +92,17 @@ def main() -> int:
         )
         say(alice, "Morning! Checking the hall lamp before the visitors arrive.")
         press(bob, "status")
-        press(bob, "on")
-        say(bob, "It's on, 23 °C next to it.")
-        press(alice, "toggle")
-        press(alice, "on")
-        say(alice, "Thanks, leaving it on.")
-        time.sleep(2.5)  # fresh telemetry on both
+        press(bob, "on")  # bob's first command takes the lamp's lease: alice sees "held by bob"
+        say(bob, "It's on, 23 °C next to it. I'll hold it until they're in.")
+        expect(alice.locator('.device[data-id="lamp-1"] .lease')).to_have_attribute(
+            "data-holder", "bob"
+        )
+        say(alice, "Thanks, leaving it to you.")
+        time.sleep(CHART_S)  # the temperature chart fills in
         for page in (alice, bob):
             page.evaluate("document.activeElement && document.activeElement.blur()")
             page.mouse.move(0, 0)  # no hover highlight on the last button pressed
+            page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top of the page
         alice.screenshot(path=str(out / "panel-desktop.png"))
         bob.screenshot(path=str(out / "panel-phone.png"), full_page=True)
     for name in ("panel-desktop.png", "panel-phone.png"):

@@ -1,30 +1,37 @@
-// vigil control panel: state from the HTTP API, kept live by one
-// EventSource on /api/events.
+// vigil control panel: state from the HTTP API, kept live by the event
+// stream of /api/events, which all tabs of one browser share (stream.js).
 //
-// Start-up and every resynchronisation work the same way: open the event
-// stream first and queue its events, load the snapshots (users, devices,
-// chat, audit), then apply the queued events on top. Events are idempotent
-// on top of a snapshot (presence carries the whole online list, device
-// events the whole device entry, chat and command events have ids), so
-// nothing is lost or shown twice in the gap between the two.
+// Start-up and every resynchronisation work the same way: start the event
+// stream first and queue its events, load the snapshots (users, chat,
+// audit), then apply the queued events on top. The devices, who is online
+// and whether the control channel is off come with the stream's first
+// `reset` (or, in a follower tab, the leader's snapshot of the same), so
+// the panel never asks GET /api/devices, which is a 503 while the control
+// channel is off: a normal state of a machine without SCTP, not an error.
+// Events are idempotent on top of a snapshot (presence carries the whole
+// online list, device events the whole device entry, chat and command
+// events have ids), so nothing is lost or shown twice in the gap between
+// the two.
 //
-// The browser reconnects an EventSource by itself and resumes with
-// Last-Event-ID; when it gives up (readyState CLOSED, e.g. after a 503) we
-// check /api/me again (which shows the "panel is full" view when needed)
-// and open a fresh stream with a full resync. A `reset` event means the
-// server could not replay what we missed: resync too.
+// When the browser gives up the stream (readyState CLOSED, e.g. after a
+// 503) we check /api/me again (which shows the "panel is full" view when
+// needed) and reopen it, resuming after the last event id. A `reset` on a
+// resumed stream means the server could not replay what we missed: resync.
 
 import { api, errorText } from "./api.js";
-import { $, fmtValue, h, replace, timeEl } from "./dom.js";
+import { Series, chart } from "./chart.js";
+import { $, clockText, fmtValue, h, replace, timeEl } from "./dom.js";
+import { startStream } from "./stream.js";
 
 const FEED_MAX = 200;
 const CHAT_MAX = 500;
-const EVENT_KINDS = ["presence", "device", "command", "chat", "reset"];
 
 const state = {
   me: null, // {user, role}
   online: [],
   maxUsers: null,
+  controlOff: null, // "control channel off: …" or null
+  based: false, // had a reset (the devices) to start from
   devices: new Map(), // id -> device view (see deviceView)
   chatIds: new Set(),
   feedRows: new Map(), // command id -> <li>
@@ -33,12 +40,12 @@ const state = {
 
 // ---------------------------------------------------------------- connection
 
-let source = null;
+let stream = null;
+let streamState = "connecting";
 let retries = 0;
 let retryTimer = null;
 let syncing = 0; // generation of the running resync, 0 when none
 let queued = [];
-let freshStream = false; // a new EventSource starts with a reset: the initial snapshot
 
 const CONN_TEXT = {
   connecting: "connecting…",
@@ -54,6 +61,10 @@ function setConn(s) {
   if (el.dataset.state === s) return;
   el.dataset.state = s;
   $("conn-text").textContent = CONN_TEXT[s] || s;
+}
+
+function showStreamState() {
+  setConn(navigator.onLine === false ? "offline" : streamState);
 }
 
 function banner(text) {
@@ -72,7 +83,7 @@ function later(fn, seconds) {
   retryTimer = setTimeout(fn, seconds * 1000);
 }
 
-/** Ask who we are; on success open the stream and load everything. */
+/** Ask who we are; on success start (or reopen) the stream and load everything. */
 async function connect() {
   clearTimeout(retryTimer);
   const r = await api("GET", "/api/me");
@@ -81,7 +92,8 @@ async function connect() {
     banner("");
     hideFull();
     setMe(r.body);
-    openEvents();
+    if (stream) stream.reopen();
+    else stream = startStream(streamCallbacks);
     resync();
     return;
   }
@@ -100,102 +112,84 @@ async function connect() {
   later(connect, wait);
 }
 
-function openEvents() {
-  if (source) source.close();
-  const es = new EventSource("/api/events");
-  source = es;
-  freshStream = true;
-  setConn("connecting");
-  es.onopen = () => {
-    if (source !== es) return;
-    retries = 0;
-    setConn(navigator.onLine === false ? "offline" : "connected");
-  };
-  es.onerror = () => {
-    if (source !== es) return;
-    if (es.readyState === EventSource.CLOSED) {
-      // The browser gave up (an HTTP error such as 503): start over.
-      es.close();
-      source = null;
-      setConn("reconnecting");
-      later(connect, backoff());
-    } else {
-      setConn(navigator.onLine === false ? "offline" : "reconnecting");
-    }
-  };
-  for (const kind of EVENT_KINDS) {
-    es.addEventListener(kind, (ev) => {
-      if (source !== es) return;
-      let data;
-      try {
-        data = JSON.parse(ev.data);
-      } catch {
-        console.warn("vigil: unparseable %s event", kind);
-        return;
-      }
-      if (data === null || typeof data !== "object") return;
-      if (syncing) queued.push([kind, data]);
-      else applyEvent(kind, data, false);
-    });
-  }
-}
+const streamCallbacks = {
+  event(kind, data, id, initial) {
+    if (id !== null) $("conn").dataset.lastEventId = String(id);
+    if (syncing) queued.push([kind, data, initial]);
+    else applyEvent(kind, data, initial);
+  },
+  state(s) {
+    streamState = s;
+    if (s === "connected") retries = 0;
+    showStreamState();
+  },
+  closed() {
+    // The browser gave up (an HTTP error such as 503): start over.
+    later(connect, backoff());
+  },
+  snapshot() {
+    if (!state.based) return null;
+    return {
+      online: state.online,
+      devices: [...state.devices.values()].map((d) => d.entry),
+      control_off: state.controlOff,
+    };
+  },
+};
 
-/** Load all snapshots while queueing events; then apply the queue. */
+/** Load the snapshots while queueing events; then apply the queue. */
 async function resync() {
   const gen = Date.now() + Math.random();
   syncing = gen;
   queued = [];
   $("feed").setAttribute("aria-busy", "true");
   $("chat-log").setAttribute("aria-busy", "true");
-  await Promise.all([loadUsers(), loadDevices(), loadChat(), loadAudit()]);
+  await Promise.all([loadUsers(), loadChat(), loadAudit()]);
   if (syncing !== gen) return; // a newer resync took over
   syncing = 0;
   const q = queued;
   queued = [];
-  for (const [kind, data] of q) applyEvent(kind, data, true);
+  for (const [kind, data, initial] of q) applyEvent(kind, data, initial, true);
   $("feed").setAttribute("aria-busy", "false");
   $("chat-log").setAttribute("aria-busy", "false");
 }
 
-function applyEvent(kind, data, replayed) {
+function applyEvent(kind, data, initial, replayed = false) {
   try {
     if (kind === "presence") applyPresence(data, replayed);
     else if (kind === "device") applyDevice(data);
     else if (kind === "command") applyCommand(data);
     else if (kind === "chat") addChat(data);
-    else if (kind === "reset") applyReset(data);
+    else if (kind === "reset") applyReset(data, initial);
   } catch (e) {
     console.error("vigil: cannot apply %s event", kind, e);
   }
-  freshStream = false;
 }
 
 /**
- * A fresh stream (no Last-Event-ID) starts with a reset: the current state.
- * A reset later on means the server could not replay what we missed, so
- * chat and activity may have gaps too: reload them.
+ * The state to start from (a fresh stream, a follower's snapshot), or, on
+ * a resumed stream, the news that events were lost: chat and activity may
+ * have gaps too, so reload them.
  */
-function applyReset(data) {
+function applyReset(data, initial) {
   if (Array.isArray(data.online)) setOnline(data.online);
-  if (Array.isArray(data.devices)) {
-    setDevices(data.devices);
-    if (data.devices.length) $("devices-error").hidden = true;
-    renderDeviceCount();
-  }
-  if (!freshStream) resync();
+  state.controlOff = typeof data.control_off === "string" ? data.control_off : null;
+  const off = $("devices-off");
+  off.hidden = state.controlOff === null;
+  off.textContent = state.controlOff || "";
+  setDevices(Array.isArray(data.devices) ? data.devices : []);
+  state.based = true;
+  for (const dev of state.devices.values()) loadHistory(dev);
+  if (!initial) resync();
 }
 
 window.addEventListener("offline", () => setConn("offline"));
-window.addEventListener("online", () => {
-  if (source && source.readyState === EventSource.OPEN) setConn("connected");
-  else setConn("reconnecting");
-});
+window.addEventListener("online", showStreamState);
 
 // ---------------------------------------------------------------- who am I
 
 function setMe(me) {
   state.me = { user: me.user, role: me.role === "operator" ? "operator" : "viewer" };
-  $("me").hidden = false;
   $("me-user").textContent = state.me.user;
   const role = $("me-role");
   role.textContent = state.me.role;
@@ -221,8 +215,6 @@ function showFull(r) {
     const m = b.error.match(/(\d+)/);
     if (m) n = Number(m[1]);
   }
-  if (source) source.close();
-  source = null;
   setConn("full");
   $("main").hidden = true;
   $("full").hidden = false;
@@ -315,19 +307,6 @@ function presenceText(kind, user, addr, reason) {
 
 // ---------------------------------------------------------------- devices
 
-async function loadDevices() {
-  const r = await api("GET", "/api/devices");
-  const err = $("devices-error");
-  if (r.ok && Array.isArray(r.body)) {
-    err.hidden = true;
-    setDevices(r.body);
-    return;
-  }
-  err.hidden = false;
-  err.textContent = errorText(r);
-  setDevices(r.body && Array.isArray(r.body.devices) ? r.body.devices : []);
-}
-
 /** Replace the device list, keeping the DOM (and focus) of devices that stay. */
 function setDevices(entries) {
   const seen = new Set();
@@ -349,7 +328,8 @@ function renderDeviceCount() {
   const n = state.devices.size;
   const up = [...state.devices.values()].filter((d) => d.entry.online).length;
   $("devices-count").textContent = n ? `${up} of ${n} online` : "";
-  $("devices-empty").hidden = n > 0 || !$("devices-error").hidden;
+  $("devices-empty").hidden = n > 0 || state.controlOff !== null || !state.based;
+  $("device-list").setAttribute("aria-busy", state.based ? "false" : "true");
 }
 
 function upsertDevice(entry) {
@@ -360,6 +340,7 @@ function upsertDevice(entry) {
     const list = $("device-list");
     const after = [...list.children].find((li) => li.dataset.id > entry.id);
     list.insertBefore(dev.el, after || null);
+    if (state.based) loadHistory(dev);
   } else {
     dev.entry = { ...dev.entry, ...entry };
   }
@@ -371,24 +352,115 @@ function deviceView(entry) {
   const key = `dev-${entry.id.replace(/[^A-Za-z0-9_-]/g, "_")}`;
   const dev = {
     entry,
-    telemetry: {},
+    key,
+    telemetry: {}, // name -> latest value
+    series: new Map(), // numeric name -> Series (the last 5 minutes)
+    charts: new Map(), // name -> chart()
     telemetryAt: null,
+    historyLoading: false,
     busy: new Set(),
+    leaseBusy: false,
+    leaseEnd: null, // {holder, reason, by} of the last lease end seen here
     commandsKey: null,
     name: h("h3", { className: "dev-name", id: `${key}-name` }),
     ident: h("span", { className: "dev-id" }),
     status: h("span", { className: "dev-status" }),
     since: h("span", { className: "dev-since" }),
+    lease: h("p", { className: "lease", id: `${key}-lease` }),
+    leaseBtn: h("button", { type: "button", className: "lease-btn" }),
     tele: h("dl", { className: "telemetry" }),
     teleAt: h("p", { className: "tele-at" }),
-    buttons: h("div", { className: "commands", role: "group", "aria-labelledby": `${key}-name` }),
+    buttons: h("div", {
+      className: "commands", role: "group", "aria-labelledby": `${key}-name`,
+      "aria-describedby": `${key}-lease`,
+    }),
     result: h("p", { className: "result", "aria-live": "polite" }),
   };
+  dev.leaseBtn.addEventListener("click", () => leaseAction(dev));
   dev.el = h("li", { className: "device", "data-id": entry.id, "aria-labelledby": `${key}-name` },
     h("div", { className: "dev-head" }, dev.name, dev.status),
     h("p", { className: "dev-meta" }, dev.ident, " · ", dev.since),
+    h("div", { className: "lease-row" }, dev.lease, dev.leaseBtn),
     dev.tele, dev.teleAt, dev.buttons, dev.result);
   return dev;
+}
+
+/** The lease of a device entry: {holder, since} or null. */
+function leaseOf(e) {
+  const l = e.lease;
+  return l && typeof l === "object" && typeof l.holder === "string" ? l : null;
+}
+
+const mine = (lease) => lease !== null && state.me !== null && lease.holder === state.me.user;
+
+const LEASE_REASONS = {
+  released: "released",
+  idle: "idle too long",
+  left: "left the panel",
+  lost: "connection lost",
+  "device offline": "device offline",
+  shutdown: "server stopped",
+};
+
+function leaseEndText(end) {
+  const why = end.reason === "taken over"
+    ? `taken over by ${fmtValue(end.by)}`
+    : LEASE_REASONS[end.reason] || fmtValue(end.reason);
+  return `${fmtValue(end.holder)}'s lease ended: ${why}`;
+}
+
+function renderLease(dev) {
+  const lease = leaseOf(dev.entry);
+  const el = dev.lease;
+  el.dataset.state = lease === null ? "free" : mine(lease) ? "mine" : "held";
+  if (lease === null) {
+    el.removeAttribute("data-holder");
+    const end = dev.leaseEnd;
+    if (end) el.dataset.reason = end.reason;
+    else el.removeAttribute("data-reason");
+    el.replaceChildren(document.createTextNode(end ? `free · ${leaseEndText(end)}` : "free"));
+  } else {
+    el.dataset.holder = lease.holder;
+    el.removeAttribute("data-reason");
+    const who = mine(lease) ? "you" : fmtValue(lease.holder);
+    el.replaceChildren(document.createTextNode(`held by ${who} since `),
+      timeEl(lease.since, { short: true }));
+  }
+  const btn = dev.leaseBtn;
+  btn.hidden = !isOperator();
+  btn.dataset.act = mine(lease) ? "release" : "take";
+  btn.textContent = mine(lease) ? "Release" : lease === null ? "Take" : "Take over…";
+  let why = null;
+  if (!dev.entry.online && !mine(lease)) why = "the device is offline";
+  else if (dev.leaseBusy) why = "waiting for the server";
+  btn.disabled = why !== null;
+  if (why) btn.title = why;
+  else btn.removeAttribute("title");
+}
+
+function renderTelemetry(dev) {
+  const keys = Object.keys(dev.telemetry).sort();
+  const now = Date.now();
+  replace(dev.tele, keys.map((k) => {
+    const series = dev.series.get(k);
+    let c = null;
+    if (series) {
+      c = dev.charts.get(k);
+      if (!c) {
+        c = chart();
+        dev.charts.set(k, c);
+      }
+      c.draw(series, now);
+    }
+    return [h("dt", null, k), h("dd", null, h("span", { className: "val" },
+      fmtValue(dev.telemetry[k])), c ? c.el : null)];
+  }));
+  dev.tele.hidden = keys.length === 0;
+  dev.teleAt.hidden = !dev.telemetryAt;
+  if (dev.telemetryAt) {
+    dev.teleAt.replaceChildren(document.createTextNode("telemetry at "),
+      timeEl(dev.telemetryAt.toISOString()));
+  }
 }
 
 function renderDevice(dev) {
@@ -400,15 +472,8 @@ function renderDevice(dev) {
   dev.status.dataset.online = e.online ? "yes" : "no";
   dev.since.replaceChildren(document.createTextNode(e.online ? "up since " : "down since "),
     timeEl(e.since));
-
-  const keys = Object.keys(dev.telemetry).sort();
-  replace(dev.tele, keys.map((k) => [h("dt", null, k), h("dd", null, fmtValue(dev.telemetry[k]))]));
-  dev.tele.hidden = keys.length === 0;
-  dev.teleAt.hidden = !dev.telemetryAt;
-  if (dev.telemetryAt) {
-    dev.teleAt.replaceChildren(document.createTextNode("telemetry at "),
-      timeEl(dev.telemetryAt.toISOString()));
-  }
+  renderLease(dev);
+  renderTelemetry(dev);
 
   const cmds = Array.isArray(e.commands) ? e.commands.filter((c) => typeof c === "string") : [];
   const ckey = JSON.stringify(cmds);
@@ -420,6 +485,8 @@ function renderDevice(dev) {
       return b;
     }) : h("span", { className: "empty" }, "no commands announced"));
   }
+  const lease = leaseOf(e);
+  const other = lease !== null && !mine(lease) ? `held by ${fmtValue(lease.holder)}` : null;
   for (const b of dev.buttons.querySelectorAll("button")) {
     const busy = dev.busy.has(b.dataset.action);
     let why = null;
@@ -428,10 +495,55 @@ function renderDevice(dev) {
     else if (!e.online) why = "the device is offline";
     else if (busy) why = "waiting for the device";
     b.disabled = why !== null;
-    if (why) b.title = why;
+    // Held by someone else: still pressable (the server answers 409, shown inline).
+    const title = why ?? other;
+    if (title) b.title = title;
     else b.removeAttribute("title");
+    b.classList.toggle("held", why === null && other !== null);
     b.setAttribute("aria-busy", busy ? "true" : "false");
   }
+}
+
+// Chart redraws: the 5-minute window moves on even while a device is quiet.
+setInterval(() => {
+  for (const dev of state.devices.values()) if (dev.series.size) renderTelemetry(dev);
+}, 5000);
+
+/** GET /api/devices/{id}/telemetry: the last minutes, so a chart is full at once. */
+async function loadHistory(dev) {
+  if (dev.historyLoading) return;
+  dev.historyLoading = true;
+  const r = await api("GET", `/api/devices/${encodeURIComponent(dev.entry.id)}/telemetry`);
+  dev.historyLoading = false;
+  const metrics = r.ok && r.body && typeof r.body.metrics === "object" ? r.body.metrics : null;
+  if (!metrics) return;
+  for (const [name, points] of Object.entries(metrics)) {
+    if (!Array.isArray(points)) continue;
+    let series = dev.series.get(name);
+    if (!series) {
+      series = new Series();
+      dev.series.set(name, series);
+    }
+    series.merge(points);
+    const last = points[points.length - 1];
+    if (!(name in dev.telemetry) && Array.isArray(last)) dev.telemetry[name] = last[1];
+  }
+  renderTelemetry(dev);
+}
+
+function addTelemetry(dev, data) {
+  const now = Date.now();
+  for (const [name, v] of Object.entries(data)) {
+    dev.telemetry[name] = v;
+    if (typeof v !== "number" || !Number.isFinite(v)) continue;
+    let series = dev.series.get(name);
+    if (!series) {
+      series = new Series();
+      dev.series.set(name, series);
+    }
+    series.add(now, v);
+  }
+  dev.telemetryAt = new Date(now);
 }
 
 function applyDevice(d) {
@@ -439,26 +551,89 @@ function applyDevice(d) {
   if (!entry || typeof entry.id !== "string") return;
   const was = state.devices.get(entry.id);
   const wasOnline = was ? was.entry.online : null;
+  if (!("lease" in entry) && was) entry.lease = was.entry.lease ?? null;
   const dev = upsertDevice(entry);
+  const label = `${fmtValue(entry.name || entry.id)} (${entry.id})`;
   if (d.kind === "telemetry" && d.data && typeof d.data === "object") {
-    Object.assign(dev.telemetry, d.data);
-    dev.telemetryAt = new Date();
-    renderDevice(dev);
+    addTelemetry(dev, d.data);
+    renderTelemetry(dev);
   } else if (d.kind === "online" || d.kind === "offline") {
     dev.entry.online = d.kind === "online";
     renderDevice(dev);
-    if (wasOnline !== dev.entry.online) {
-      addFeed(d.kind, null, `${fmtValue(entry.name || entry.id)} (${entry.id}) is ${d.kind}`);
+    if (wasOnline !== dev.entry.online) addFeed(d.kind, null, `${label} is ${d.kind}`);
+  } else if (d.kind === "lease") {
+    applyLease(dev, d, label);
+  }
+  renderDeviceCount();
+}
+
+/** A lease started or ended: the card, the feed, and a word to the holder it was taken from. */
+function applyLease(dev, d, label) {
+  const holder = fmtValue(d.holder);
+  if (d.change === "start") {
+    dev.leaseEnd = null;
+    addFeed("lease", null, `${holder} holds ${label}`);
+  } else if (d.change === "end") {
+    dev.leaseEnd = { holder: d.holder, reason: d.reason ?? "released", by: d.by ?? null };
+    addFeed("lease-end", null, `${leaseEndText(dev.leaseEnd)} (${label})`);
+    if (state.me && d.holder === state.me.user && d.reason === "taken over") {
+      setResult(dev, "fail", `${fmtValue(d.by)} took ${dev.entry.id} over from you`);
     }
   }
-  $("devices-error").hidden = true;
-  renderDeviceCount();
+  renderDevice(dev);
+}
+
+/** Take (asking first when someone else holds it) or release the device's lease. */
+async function leaseAction(dev) {
+  const lease = leaseOf(dev.entry);
+  if (mine(lease)) {
+    await leaseRequest(dev, "DELETE", undefined);
+    return;
+  }
+  if (lease !== null && !(await confirmTakeOver(dev, lease))) return;
+  await leaseRequest(dev, "POST", lease === null ? {} : { take_over: true });
+}
+
+async function leaseRequest(dev, method, payload) {
+  dev.leaseBusy = true;
+  renderLease(dev);
+  const r = await api(method, `/api/devices/${encodeURIComponent(dev.entry.id)}/lease`, payload);
+  dev.leaseBusy = false;
+  if (r.ok && r.body && "lease" in r.body) {
+    dev.entry.lease = r.body.lease;
+    renderDevice(dev);
+  } else if (r.status === 409 && method === "POST" && r.body && typeof r.body.holder === "string") {
+    // Taken by someone else meanwhile: ask about that holder instead.
+    const lease = { holder: r.body.holder, since: r.body.since };
+    dev.entry.lease = lease;
+    renderDevice(dev);
+    if (await confirmTakeOver(dev, lease)) await leaseRequest(dev, "POST", { take_over: true });
+  } else {
+    renderLease(dev);
+    setResult(dev, "fail", `${method === "DELETE" ? "release" : "take"} → ${errorText(r)}`);
+  }
+}
+
+/** "alice holds lamp-1 since 10:02 — take over?" in the <dialog>; true if confirmed. */
+function confirmTakeOver(dev, lease) {
+  const dlg = $("takeover");
+  $("takeover-text").textContent =
+    `${fmtValue(lease.holder)} holds ${dev.entry.id} since ${clockText(lease.since)} — take over?`;
+  dlg.returnValue = "";
+  dlg.showModal();
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      resolve(dlg.returnValue === "take");
+      if (dev.leaseBtn.isConnected) dev.leaseBtn.focus();
+    }, { once: true });
+  });
 }
 
 const STATUS_TEXT = {
   400: "refused",
   403: "not allowed",
   404: "unknown device",
+  409: "refused",
   503: "unavailable",
   504: "no answer in time",
 };
@@ -473,6 +648,9 @@ async function sendCommand(dev, action, button) {
     { action, args: {} });
   const ms = Math.round(performance.now() - t0);
   dev.busy.delete(action);
+  if (r.status === 409 && r.body && typeof r.body.holder === "string") {
+    dev.entry.lease = { holder: r.body.holder, since: r.body.since };
+  }
   renderDevice(dev);
   if (r.status === 200 && r.body && typeof r.body === "object") {
     if (r.body.ok) {
@@ -528,6 +706,11 @@ function auditRow(rec) {
       return [rec.ok === false ? "fail" : "command", rec.id ?? null, commandText(rec), rec.time];
     case "chat":
       return ["chat", null, `${who} said: ${fmtValue(rec.text)}`, rec.time];
+    case "lease":
+      return rec.change === "start"
+        ? ["lease", null, `${who} holds ${fmtValue(rec.device)}`, rec.time]
+        : ["lease-end", null, `${leaseEndText({ holder: rec.user, reason: rec.reason,
+          by: rec.by })} (${fmtValue(rec.device)})`, rec.time];
     default: {
       const rest = Object.entries(rec)
         .filter(([k]) => !["time", "type", "user", "seq"].includes(k))

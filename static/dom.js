@@ -58,17 +58,27 @@ const dateTimeFmt = new Intl.DateTimeFormat(undefined, {
 });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
 
+const clockFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
 /**
  * A <time> element showing iso in local time: the time of day when it is
- * today, else the date and time; the full timestamp is in the title.
- * Unparseable values are shown as given.
+ * today (hours and minutes only with `short`), else the date and time; the
+ * full timestamp is in the title. Unparseable values are shown as given.
  */
-export function timeEl(iso) {
+export function timeEl(iso, { short = false } = {}) {
   const d = parseTime(iso);
   if (!d) return h("time", { className: "t" }, iso == null ? "" : String(iso));
   const today = d.toDateString() === new Date().toDateString();
   return h("time", { className: "t", datetime: d.toISOString(), title: fullFmt.format(d) },
-    today ? timeFmt.format(d) : dateTimeFmt.format(d));
+    !today ? dateTimeFmt.format(d) : short ? clockFmt.format(d) : timeFmt.format(d));
+}
+
+/** "10:02" (local), or the date and time when not today; iso as given if unparseable. */
+export function clockText(iso) {
+  const d = parseTime(iso);
+  if (!d) return iso == null ? "" : String(iso);
+  return d.toDateString() === new Date().toDateString()
+    ? clockFmt.format(d) : dateTimeFmt.format(d);
 }
 
 /** A short, single-line text for any JSON value. */

@@ -120,3 +120,43 @@ def sse_body(events: list[tuple[str, Any]], retry_ms: int = 600000) -> str:
     for i, (kind, data) in enumerate(events, 1):
         out.append(f"id: {i}\nevent: {kind}\ndata: {json.dumps(data)}\n\n")
     return "".join(out)
+
+
+# Sums the layout shifts that had no recent input, as CLS does (web.dev/cls), from the start.
+CLS_OBSERVER = """
+window.__cls = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) if (!e.hadRecentInput) window.__cls += e.value;
+}).observe({ type: "layout-shift", buffered: true });
+"""
+
+# Browser context options of the screens a panel must load well on.
+VIEWPORTS: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "tablet": {"viewport": {"width": 900, "height": 1000}},
+    "phone": {
+        "viewport": {"width": 360, "height": 740},
+        "is_mobile": True,
+        "has_touch": True,
+        "color_scheme": "dark",
+    },
+}
+
+
+class LoadWatch:
+    """Console errors and the cumulative layout shift of a page, from before it loads."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.console: list[str] = []
+        page.add_init_script(CLS_OBSERVER)
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.console.append(str(e)))
+
+    def check(self, what: str) -> None:
+        """Once everything has filled in: no console error, CLS under 0.1 (Lighthouse's good)."""
+        self.page.wait_for_load_state("networkidle")
+        self.page.wait_for_timeout(1500)  # anything still to fill in
+        assert self.console == [], self.console
+        cls = self.page.evaluate("window.__cls")
+        assert cls < 0.1, f"cumulative layout shift {cls:.3f} on {what}"

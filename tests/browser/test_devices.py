@@ -1,7 +1,6 @@
 """Real devices in the panel, several people at once, in Debian's chromium.
 
-vigil needs kernel SCTP for its control channel, which these machines do not
-have, so the whole module runs against one UML test host (tests/uml/testhost.py,
+The whole module runs against one UML test host (tests/browser/uml_support.py,
 booted once for the module): vigil with real SCTP and two reference agents
 inside the guest, the browser here, talking to it over a tap network.
 
@@ -20,108 +19,36 @@ certificate that vigil made for itself in the guest, and nothing else.
 
 from __future__ import annotations
 
-import os
 import re
-import ssl
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from browser_support import call, chromium
+from browser_support import VIEWPORTS, LoadWatch, call
 from playwright.sync_api import expect
-from support import ROOT, require, write_config
+from uml_support import (
+    COMMANDS,
+    Target,
+    TestHost,
+    browser,
+    button,
+    card,
+    free_leases,
+    host,
+    open_panel,
+    people,
+)
 
-sys.path.insert(0, str(ROOT / "tests" / "uml"))
+__all__ = ["browser", "free_leases", "host", "open_panel"]  # fixtures, used by name
 
-from kernel import unsupported
-from testhost import TestHost, uml_test_host
-
-CONNECTED = "#conn[data-state=connected]"
-COMMANDS = ["on", "off", "toggle", "status"]  # server/agent.py's Lamp
 MARKUP = "<img src=x onerror=\"document.title='pwned'\">"
 EVIL_NAME = f"Lamp {MARKUP}"
 AGENTS = {
     "lamp-1": [],
     "lamp-2": ["--label", EVIL_NAME, "--reply-delay", "30"],
 }
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where vigil answers, for browser_support.call (HTTPS beside the browser)."""
-
-    host: str
-    tls_port: int
-    cert: Path
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-def uml_config(directory: Path) -> str:
-    """The test users, vigil reachable from this host, the control channel on."""
-    sections = {
-        "http": {"host": "0.0.0.0", "port": 8080},
-        "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},
-        "control": {"enabled": True, "port": 9900},
-        "audit": {"path": "audit.jsonl"},
-    }
-    return write_config(directory, sections).read_text()
-
-
-def require_test_host() -> None:
-    require(
-        os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
-        "the UML test host's tap network needs root and /dev/net/tun",
-    )
-    reason = unsupported()
-    require(reason is None, reason or "")
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHost]:
-    require_test_host()
-    with uml_test_host(uml_config(tmp_path_factory.mktemp("uml")), AGENTS) as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Any, host: TestHost) -> Iterator[Any]:
-    """A chromium that trusts the certificate the guest's vigil made (not the session's)."""
-    with chromium(playwright, host.cert) as b:
-        yield b
-
-
-@pytest.fixture
-def open_panel(host: TestHost, contexts: Callable[..., Any]) -> Callable[..., Any]:
-    """``open_panel(user)`` → a Page of the connected panel; ``page.dialogs`` collects alerts."""
-
-    def open_(user: str) -> Any:
-        page = contexts(user).new_page()
-        page.dialogs = []
-        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-        page.goto(host.https_url + "/")
-        page.wait_for_selector(CONNECTED)
-        expect(card(page, "lamp-1")).to_be_visible()
-        return page
-
-    return open_
-
-
-def card(page: Any, device: str) -> Any:
-    return page.locator(f'#device-list .device[data-id="{device}"]')
-
-
-def button(page: Any, device: str, action: str) -> Any:
-    return card(page, device).locator(f'button.cmd[data-action="{action}"]')
-
-
-def people(page: Any) -> Any:
-    return page.locator("#people-list .person .name")
+pytestmark = pytest.mark.usefixtures("free_leases")
 
 
 def test_devices_are_listed_with_their_commands(open_panel: Callable[..., Any]) -> None:
@@ -199,7 +126,7 @@ def test_viewer_buttons_are_disabled_with_the_reason(
         expect(b).to_be_disabled()
         expect(b).to_have_attribute("title", "viewers cannot send commands")
     # vigil refuses a viewer's command whatever the page shows
-    target = Target(host.guest_ip, host.tls_port, host.cert)
+    target = Target.of(host)
     status, _, body = call(target, "POST", "/api/devices/lamp-1/commands", "vera", {"action": "on"})
     assert status == 403, body
 
@@ -254,3 +181,68 @@ def test_device_going_offline_is_shown_and_fails_its_pending_command(
     expect(card(a, "lamp-2").locator(".dev-status")).to_have_text("online", timeout=10000)
     expect(button(a, "lamp-2", "on")).to_be_enabled()
     expect(a.locator("#feed")).to_contain_text(f"{EVIL_NAME} (lamp-2) is online")
+
+
+def points(page: Any, device: str, metric: str) -> int:
+    """How many points the chart of ``metric`` on ``device``'s card shows."""
+    dd = (
+        card(page, device)
+        .locator(".telemetry dt", has_text=metric)
+        .locator("xpath=following-sibling::dd[1]")
+    )
+    return int(dd.locator(".chart").get_attribute("data-points") or 0)
+
+
+def test_chart_grows_with_telemetry_and_a_late_panel_starts_full(
+    open_panel: Callable[..., Any],
+) -> None:
+    a = open_panel("alice")
+    tele = card(a, "lamp-1").locator(".telemetry")
+    # a chart for each numeric field (the lamp's temperature), none for the boolean "on"
+    expect(tele.locator(".chart")).to_have_count(1, timeout=10000)
+    chart = tele.locator("dt", has_text="temperature").locator("xpath=following-sibling::dd[1]")
+    expect(chart.locator(".chart")).to_have_attribute("aria-hidden", "true")
+    expect(chart.locator(".val")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))  # the value, as text
+    expect(chart.locator(".spark-line")).to_have_attribute("points", re.compile(r"\d"))
+    first = points(a, "lamp-1", "temperature")
+    time.sleep(3.5)  # the agent reports every second
+    grown = points(a, "lamp-1", "temperature")
+    assert grown >= first + 2, (first, grown)
+    # a panel opened now draws the last minutes at once, from GET /api/devices/{id}/telemetry
+    b = open_panel("bob")
+    expect(card(b, "lamp-1").locator(".telemetry .chart")).to_have_count(1)
+    at_once = points(b, "lamp-1", "temperature")
+    assert at_once >= grown - 1, (grown, at_once)
+
+
+def test_eight_tabs_are_all_live_and_the_eighth_commands(
+    open_panel: Callable[..., Any], contexts: Callable[..., Any]
+) -> None:
+    ctx = contexts("alice")
+    tabs = [open_panel("alice", ctx) for _ in range(8)]
+    v = open_panel("vera")
+    for t in tabs:
+        expect(people(t)).to_have_text(["alice", "vera"])
+        expect(card(t, "lamp-1").locator(".dev-status")).to_have_text("online")
+    button(tabs[7], "lamp-1", "status").click()
+    line = re.compile(r"^alice: lamp-1 status → ok")
+    for page in [*tabs, v]:
+        expect(page.locator("#feed li .ev-text").first).to_have_text(line, timeout=10000)
+    expect(card(tabs[7], "lamp-1").locator(".result")).to_have_attribute("data-kind", "ok")
+    # telemetry keeps coming in every tab
+    before = [points(t, "lamp-1", "temperature") for t in tabs]
+    time.sleep(2.5)
+    after = [points(t, "lamp-1", "temperature") for t in tabs]
+    assert all(x > y for x, y in zip(after, before, strict=True)), (before, after)
+
+
+@pytest.mark.parametrize("screen", VIEWPORTS)
+def test_loading_with_devices_logs_no_error_and_does_not_jump(
+    host: TestHost, contexts: Callable[..., Any], screen: str
+) -> None:
+    page = contexts("alice", **VIEWPORTS[screen]).new_page()
+    watch = LoadWatch(page)
+    page.goto(host.https_url + "/")
+    expect(card(page, "lamp-1").locator(".telemetry .chart")).to_have_count(1)
+    expect(page.locator("#devices-off")).to_be_hidden()
+    watch.check(screen)

@@ -2,15 +2,14 @@
 
 Without SCTP (these machines' kernel has none; the control channel is off) no
 device can announce itself, so these tests give the panel one stubbed
-device: GET /api/devices and the event stream are answered by the test
-(page.route); everything else, /api/me (the role) and the command POSTs,
+device: the event stream (its reset carries the devices) is answered by the
+test (page.route); everything else, /api/me (the role) and the command POSTs,
 goes to the real vigil. test_devices.py runs the same checks against real
 devices where SCTP exists.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -29,14 +28,8 @@ LAMP = {
 
 
 def stub_devices(page: Any, user: str) -> None:
-    """Answer /api/devices and /api/events with one online lamp."""
+    """Answer /api/events with one online lamp (the panel takes its devices from the reset)."""
     online = [{"user": user, "since": "2026-11-21T06:12:03Z", "addr": "127.0.0.1"}]
-    page.route(
-        re.compile(r"/api/devices$"),
-        lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps([LAMP])
-        ),
-    )
     events = sse_body(
         [
             ("reset", {"online": online, "devices": [LAMP]}),
@@ -95,12 +88,6 @@ def test_offline_device_buttons_are_disabled(vigil: Vigil, contexts: Callable[..
     page = contexts("alice").new_page()
     off = {**LAMP, "online": False}
     page.route(
-        re.compile(r"/api/devices$"),
-        lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps([off])
-        ),
-    )
-    page.route(
         re.compile(r"/api/events$"),
         lambda route: route.fulfill(
             status=200,
@@ -112,12 +99,3 @@ def test_offline_device_buttons_are_disabled(vigil: Vigil, contexts: Callable[..
     expect(page.locator(".dev-status")).to_have_text("offline")
     expect(page.locator("button.cmd").first).to_be_disabled()
     expect(page.locator("button.cmd").first).to_have_attribute("title", "the device is offline")
-
-
-def test_control_channel_off_is_shown(vigil: Vigil, contexts: Callable[..., Any]) -> None:
-    page = contexts("alice").new_page()
-    page.goto(vigil.https + "/")
-    error = page.locator("#devices-error")
-    expect(error).to_be_visible()
-    expect(error).to_contain_text("control channel off")
-    expect(page.locator("#device-list .device")).to_have_count(0)
