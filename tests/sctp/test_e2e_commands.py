@@ -87,7 +87,9 @@ def test_agent_comes_back_after_vigil_restart(tmp_path: Path) -> None:
 def test_a_lease_over_real_sctp_ends_when_the_agent_dies(panel: Panel) -> None:
     agent = panel.agent("lamp-1")
     panel.wait(lambda: panel.online("lamp-1"))
-    with panel.events("vera") as events:
+    # alice's stream keeps her online: curl's connections close, and after the
+    # grace period her leaving would end the lease (tests/test_lease_requests.py)
+    with panel.events("alice"), panel.events("vera") as events:
         status, body = panel.curl("POST", "/api/devices/lamp-1/commands", body={"action": "on"})
         assert status == 200 and body["ok"] is True
         start = events.wait_for(events.device("lease", "lamp-1"))
