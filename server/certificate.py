@@ -50,18 +50,24 @@ class Description:
 
 
 def _addresses() -> list[str]:
-    """This machine's addresses now (from `hostname -I` where it exists, else resolved)."""
+    """This machine's addresses now, without asking DNS (which may hang at boot, offline).
+
+    ``hostname -I`` lists every interface's addresses where it exists; else
+    the source address of a route to a documentation address (a UDP
+    ``connect`` sends nothing) gives the main one of each family.
+    """
     found: set[str] = {"127.0.0.1", "::1"}
     try:
         out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5)
         found.update(out.stdout.split())
     except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(str(info[4][0]))
-    except OSError:
-        pass
+        for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
+                    s.connect((probe, 9))
+                    found.add(s.getsockname()[0])
+            except OSError:
+                continue
     good = []
     for addr in found:
         try:

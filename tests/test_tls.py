@@ -53,6 +53,8 @@ from support import (
 )
 from wire import Reader, Remote, SSEParser, chat, request
 
+from server import certificate
+
 TLS12_AEAD = re.compile(
     r"^TLS_ECDHE_(ECDSA|RSA)_WITH_(AES_(128|256)_GCM_SHA(256|384)|CHACHA20_POLY1305_SHA256)$"
 )
@@ -554,6 +556,24 @@ def test_the_certificate_made_on_first_run_names_this_device(vigil: Vigil) -> No
     served = served_certificate("localhost", vigil.tls_port, vigil.cert)
     assert logged.group(1) == der_sha256(vigil.cert) == fingerprint(served)
     assert (os.stat(vigil.config.parent / "tls.local.key").st_mode & 0o777) == 0o600
+
+
+def test_the_certificate_names_never_wait_for_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pi booting offline must not hang on a resolver: without ``hostname -I``
+    the addresses come from the routing table, and nothing asks DNS."""
+
+    def no_dns(*_args: object, **_kw: object) -> None:
+        raise AssertionError("the certificate's names asked DNS")
+
+    def no_hostname_command(*_args: object, **_kw: object) -> None:
+        raise FileNotFoundError("hostname")
+
+    monkeypatch.setattr(certificate.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(certificate.socket, "gethostbyname", no_dns)
+    monkeypatch.setattr(certificate.subprocess, "run", no_hostname_command)
+    names = certificate.subject_names("pi")
+    assert names[:3] == ["DNS:pi", "DNS:pi.local", "DNS:localhost"]
+    assert {"IP:127.0.0.1", "IP:::1"} <= set(names)
 
 
 def test_no_tls_listener_when_tls_is_off(start_vigil: Callable[..., Vigil]) -> None:
