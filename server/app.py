@@ -41,6 +41,7 @@ import ssl
 import time
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 from server import api, certificate, presence, sockopts
 from server import config as configmod
@@ -63,7 +64,6 @@ from server.events import EventBus
 from server.leases import Change as LeaseChange
 from server.leases import End, Leases
 from server.loop import READ, Loop, Timer
-from server.mqtt import Bridge
 from server.notify import Notifier
 from server.outcomes import Outcome
 from server.presence import Change, Presence
@@ -72,6 +72,9 @@ from server.responses import error, panel_full, unauthorized
 from server.router import NoRoute
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
+
+if TYPE_CHECKING:
+    from server.mqtt import Bridge
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +152,19 @@ class Server:
         self._ticks = 0
         self._pending_output: list[Connection] = []
         loop.at_end_of_pass(self.end_of_pass)
-        # MQTT: after end_of_pass, so the fleet hears of nothing before it is on disk
-        self.mqtt = Bridge(loop, cfg.mqtt, cfg.presence, self.services)
+        self.mqtt = self._bridge(cfg)
+
+    def _bridge(self, cfg: Config) -> Bridge | None:
+        """The MQTT bridge if ``[mqtt]`` is on (paho is not even imported otherwise).
+
+        Its end-of-pass hook comes after ``end_of_pass``, so the fleet hears of
+        nothing before it is on disk.
+        """
+        if not cfg.mqtt.enabled:
+            return None
+        from server.mqtt import Bridge
+
+        return Bridge(self.loop, cfg.mqtt, cfg.presence, self.services)
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
@@ -216,7 +230,8 @@ class Server:
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
         self.control.start()
-        self.mqtt.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         self.loop.call_every(1.0, self.sweep)
 
     @property
@@ -270,7 +285,8 @@ class Server:
         for change in self.presence.end_all():
             self._announce(change)
         self.end_of_pass()  # the leaves on disk before the fleet hears of them
-        self.mqtt.close()
+        if self.mqtt is not None:
+            self.mqtt.close()
         self.loop.stop()
 
     def close(self) -> None:
@@ -280,7 +296,8 @@ class Server:
             if listener is not None:
                 listener.close()
         self.control.close()
-        self.mqtt.close()
+        if self.mqtt is not None:
+            self.mqtt.close()
         self.audit.close()
         self.notify.close()
 
@@ -306,7 +323,12 @@ class Server:
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
         self.leases.idle = cfg.control.lease_idle
-        self.mqtt.reload(cfg.mqtt, cfg.presence)
+        if self.mqtt is not None:
+            self.mqtt.reload(cfg.mqtt, cfg.presence)
+        else:
+            self.mqtt = self._bridge(cfg)
+            if self.mqtt is not None:
+                self.mqtt.start()
         if cfg.http.static_dir != old.http.static_dir:
             self.services.files = FileCache(cfg.http.static_dir)
         if self.access is not None:
