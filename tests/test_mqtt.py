@@ -235,3 +235,15 @@ def test_sighup_with_a_new_site_reconnects(
         vigil.signal(signal.SIGHUP)
         assert sub.expect("vigil/old/status").payload == "offline"
         assert online(sub.expect("vigil/new/status"))
+
+
+def test_mqtt_turned_on_by_sighup(broker: Broker, start_vigil: Callable[..., Vigil]) -> None:
+    vigil = start_vigil(broker.mqtt_sections(enabled=False))
+    with broker.subscribe("vigil/+/status") as sub:
+        assert sub.drain(0.5) == []  # off: nothing published
+        text = vigil.config.read_text()
+        assert "[mqtt]\nenabled = false" in text
+        text = text.replace("[mqtt]\nenabled = false", "[mqtt]\nenabled = true")
+        vigil.config.write_text(text)
+        vigil.signal(signal.SIGHUP)
+        assert online(sub.expect("vigil/site-a/status"))
