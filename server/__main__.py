@@ -2,8 +2,9 @@
 tls-info``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
-dir or audit file) ends in one line on stderr naming the file, key or port,
-and a non-zero exit status; never a traceback.
+dir or audit file, a TLS certificate or key that cannot be used) ends in one
+line on stderr naming the file, key or port, and a non-zero exit status;
+never a traceback.
 """
 
 from __future__ import annotations
@@ -124,9 +125,12 @@ def cmd_hash_password(_args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The config, and a configured certificate and key as vigil would load them."""
     try:
         cfg = configmod.load(args.config)
-    except configmod.ConfigError as e:
+        if cfg.tls.enabled and cfg.tls.cert is not None and cfg.tls.key is not None:
+            certificate.load(cfg.tls.cert, cfg.tls.key, own=False)
+    except (configmod.ConfigError, CertificateError) as e:
         return _fail(str(e))
     print(f"{cfg.path}: ok ({len(cfg.auth.users)} user(s), {len(cfg.control.devices)} device(s))")
     return 0
@@ -225,17 +229,23 @@ def _serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
         server.bind()  # a port in use is the one line a person sees, before anything else
         firstrun.ensure_certificate(cfg)
         server.start()
-    except (CertificateError, ssl.SSLError) as e:  # an SSLError is an OSError: first
+    except CertificateError as e:  # names the file: "[tls] key /etc/x.key: Is a directory"
         server.close()
-        return _fail(f"TLS certificate: {e}")
+        return _fail(str(e))
+    except ssl.SSLError as e:  # an OSError too: first
+        server.close()
+        return _fail(f"TLS: {e}")
     except OSError as e:
-        where = f"{cfg.http.host}:{cfg.http.port}"
-        if server.listener is not None and cfg.tls.enabled and server.tls_listener is None:
-            where = f"{cfg.http.host}:{cfg.tls.port} (HTTPS)"
-        elif server.listener is not None:
+        what = f"cannot start: {e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+        if server.listener is None:
+            what = f"cannot listen on {cfg.http.host}:{cfg.http.port}: {e.strerror or e}"
+        elif cfg.tls.enabled and server.tls_listener is None:
+            what = f"cannot listen on {cfg.http.host}:{cfg.tls.port} (HTTPS): {e.strerror or e}"
+        elif cfg.control.enabled:  # the TLS files raise CertificateError: this is SCTP
             where = f"[control] {cfg.control.host}:{cfg.control.port} (SCTP)"
+            what = f"cannot listen on {where}: {e.strerror or e}"
         server.close()
-        return _fail(f"cannot listen on {where}: {e.strerror or e}")
+        return _fail(what)
     try:
         loop.run()
     finally:
@@ -333,11 +343,17 @@ def cmd_tls_info(args: argparse.Namespace) -> int:
         desc = certificate.describe(cert)
     except (configmod.ConfigError, CertificateError) as e:
         return _fail(str(e))
-    days = desc.days_left(datetime.now(UTC))
+    now = datetime.now(UTC)
+    days = desc.days_left(now)
     print(f"certificate: {cert}")
     print(f"SHA-256:     {desc.fingerprint}")
     print(f"names:       {', '.join(desc.names)}")
     print(f"expires:     {desc.not_after:%Y-%m-%d %H:%M} UTC ({days:.0f} days)")
+    invalid = desc.invalid_because(now)
+    if invalid is not None:
+        print(f"note:        not valid now: {invalid}")
+    if not certificate.clock_is_set(now):
+        print(f"note:        the clock says {now:%Y-%m-%d %H:%M} UTC: it is not set")
     if not cfg.tls.enabled:
         print("note:        [tls] enabled = false: vigil serves no HTTPS")
     return 0

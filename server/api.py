@@ -20,25 +20,27 @@ another method is 405 + Allow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server import static
+from server import jsontext, static
 from server.audit import AuditLog, chat_message
+from server.buckets import Rate, retry_after
 from server.config import User
-from server.events import EventBus, preamble
+from server.events import EventBus, parse_event_id, preamble
 from server.leases import Change, Held, Leases
 from server.outcomes import Deferred, Outcome, Push, Stream
 from server.presence import Presence
 from server.protocol import Request, Response
-from server.responses import error, json_response
+from server.responses import JSON_HEADERS, error, json_response
 from server.router import Route, Router
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
 
 MAX_CHAT = 500
+MAX_ACTION = 64  # characters of a command's action
+MAX_ARGS = 2048  # bytes of a command's args as JSON: they are audited and sent to the device
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-store"),
@@ -60,6 +62,19 @@ class Services:
     announce_leases: Callable[[list[Change]], None]  # the server's (audit, log, event)
     now: Callable[[], float]  # the loop's monotonic clock
     wall: Callable[[], float]  # epoch seconds, for the ``since`` people read
+    chat_rate: Rate  # chat messages per person
+    command_rate: Rate  # commands per person (HTTP) or fleet user (MQTT)
+
+
+def too_fast(what: str, wait: float) -> Response:
+    """429 for one person's ``what`` beyond their rate (``[limits]``)."""
+    return json_response(*_too_fast(what, wait))
+
+
+def _too_fast(what: str, wait: float) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    retry = retry_after(wait)
+    body = {"error": f"too many {what}; try again in {retry} s", "retry_after": retry}
+    return 429, body, [("Retry-After", str(retry))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +105,9 @@ def json_body(req: Request) -> dict[str, Any] | Response:
     if ctype != "application/json":
         return error(415, "the body must be JSON (Content-Type: application/json)")
     try:
-        data = json.loads(req.body.decode("utf-8"))
-        json.dumps(data, ensure_ascii=False).encode("utf-8")  # no lone surrogates ("\ud800")
-    except (UnicodeDecodeError, ValueError):  # UnicodeEncodeError is a ValueError
-        return error(400, "the body is not valid UTF-8 JSON")
+        data = jsontext.loads(req.body)
+    except ValueError as e:
+        return error(400, f"the body is not valid UTF-8 JSON: {e}")
     if not isinstance(data, dict):
         return error(400, "the body must be a JSON object")
     return data
@@ -138,7 +152,8 @@ def events(svc: Services, call: Call) -> Stream:
 
     def open_stream(push: Push) -> Callable[[], None]:
         bus = svc.events
-        backlog = bus.since(int(last)) if last.isdigit() else None
+        last_id = parse_event_id(last)
+        backlog = bus.since(last_id) if last_id is not None else None
         if backlog is None:
             push(preamble() + bus.reset(state(svc)))
         else:
@@ -238,6 +253,18 @@ class Command:
         return answer
 
 
+def too_much(
+    svc: Services, user: User, action: str, args: dict[str, Any]
+) -> tuple[int, dict[str, Any], list[tuple[str, str]]] | None:
+    """A command refused before it is one (not audited): args too large (400), or more
+    commands than ``user`` may send (429); the status, body and headers to answer."""
+    if len(action) > MAX_ACTION or len(jsontext.dumps(args)) > MAX_ARGS:
+        message = f"action has at most {MAX_ACTION} characters and args at most {MAX_ARGS} bytes"
+        return 400, {"error": message}, []
+    wait = svc.command_rate.take(user.name, svc.now())
+    return _too_fast("commands", wait) if wait else None
+
+
 def issue_command(
     svc: Services,
     user: User,
@@ -249,6 +276,10 @@ def issue_command(
     take: bool = True,
 ) -> None:
     """A ``Command`` for a channel without a connection (MQTT): started, then settled."""
+    refused = too_much(svc, user, action, args)
+    if refused is not None:
+        done(*refused[:2])
+        return
     command = Command(svc, user, device, action, args, take=take)
     command.start(lambda answer: done(*command.settle(answer)))
 
@@ -261,6 +292,9 @@ def post_command(svc: Services, call: Call) -> Outcome:
     action, args = body.get("action"), body.get("args", {})
     if not isinstance(action, str) or not action or not isinstance(args, dict):
         return error(400, 'the body must be {"action": "<name>", "args": {…}}')
+    refused = too_much(svc, call.who, action, args)
+    if refused is not None:
+        return json_response(*refused)
     command = Command(svc, call.who, call.params["id"], action, args)
     return Deferred(command.start, lambda answer: json_response(*command.settle(answer)))
 
@@ -314,6 +348,9 @@ def chat_post(svc: Services, call: Call) -> Response:
         return error(400, 'the body must be {"text": "<message>"} with a non-empty text')
     if len(text) > MAX_CHAT:
         return error(400, f"a chat message has at most {MAX_CHAT} characters")
+    wait = svc.chat_rate.take(call.who.name, svc.now())
+    if wait:
+        return too_fast("chat messages", wait)
     record = svc.audit.append("chat", user=call.who.name, text=text)
     message = chat_message(record)
     svc.events.publish("chat", message)
@@ -324,7 +361,7 @@ def audit(svc: Services, call: Call) -> Response:
     raw = call.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         return error(400, "limit must be a whole number from 1 to 1000")
-    return json_response(200, {"records": svc.audit.newest(int(raw))})
+    return Response(200, JSON_HEADERS, svc.audit.newest_json(int(raw)))
 
 
 def static_file(svc: Services, call: Call) -> Response:

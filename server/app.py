@@ -35,6 +35,7 @@ STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import socket
 import ssl
@@ -57,8 +58,9 @@ from server.auth import (
     hash_password,
     is_loopback,
 )
+from server.buckets import Rate
 from server.config import Config, ConfigError, User
-from server.connection import Connection, Settings
+from server.connection import Connection, Proceed, Settings, State
 from server.dates import PerSecond
 from server.events import EventBus
 from server.leases import Change as LeaseChange
@@ -68,8 +70,9 @@ from server.notify import Notifier
 from server.outcomes import Outcome
 from server.presence import Change, Presence
 from server.protocol import Limits, Request, Response
+from server.quiet import Throttled
 from server.responses import error, panel_full, unauthorized
-from server.router import NoRoute
+from server.router import Match, NoRoute
 from server.sctpchannel import ControlChannel
 from server.static import FileCache
 
@@ -79,8 +82,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SECONDS = 1.5
-EXPIRY_CHECK_TICKS = 86400  # sweeps (seconds) between two checks of the certificate's expiry
+ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (EMFILE)
+# File descriptors vigil keeps for itself beside connections: stdio, listeners, the
+# loop's wake-up pair, the audit log and its directory, SCTP, MQTT and its resolver,
+# the pid file, static files being read, openssl children.
+RESERVED_FDS = 32
+EXPIRY_CHECK_TICKS = 60  # sweeps (seconds) between two checks of the certificate's validity
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# A Host header value: a DNS name or IPv4 address, or an IPv6 literal, and a port.
+HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 # Why a holder's leases end when they leave (presence's reason; else "left").
 LEASE_ENDS = {presence.LOST: End.LOST, presence.SHUTDOWN: End.SHUTDOWN}
 
@@ -93,6 +103,15 @@ def _settings(cfg: Config) -> Settings:
         http.keepalive_timeout,
         http.max_sse_buffer,
         cfg.tls.handshake_timeout,
+    )
+
+
+def _rates(cfg: Config) -> tuple[Rate, Rate]:
+    """Chat messages and commands per person (``[limits]``)."""
+    limits = cfg.limits
+    return (
+        Rate(limits.chat_per_minute / 60, limits.chat_burst),
+        Rate(limits.commands_per_second, limits.command_burst),
     )
 
 
@@ -123,7 +142,12 @@ class Server:
         )
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.events = EventBus(first_id=int(time.time() * 1000))
-        self.audit = AuditLog(cfg.audit.path)
+        self.audit = AuditLog(
+            cfg.audit.path,
+            file_bytes=cfg.audit.file_bytes,
+            keep_files=cfg.audit.keep_files,
+            memory_bytes=cfg.audit.memory_bytes,
+        )
         self.leases = Leases(cfg.control.lease_idle)
         self.control = ControlChannel(loop, cfg.control, self._control_event, self.audit.append)
         self.services = api.Services(
@@ -136,6 +160,7 @@ class Server:
             self.announce_leases,
             loop.now,
             time.time,
+            *_rates(cfg),
         )
         self.access = AccessLog() if cfg.http.access_log else None
         self.conns: dict[int, Connection] = {}
@@ -151,8 +176,20 @@ class Server:
         self._clock = PerSecond()
         self._ticks = 0
         self._pending_output: list[Connection] = []
+        self._quiet = Throttled(log)  # lines a client can cause: at most one a minute each
+        self.host_names = self._host_names()
         loop.at_end_of_pass(self.end_of_pass)
         self.mqtt = self._bridge(cfg)
+
+    def _host_names(self) -> frozenset[str]:
+        """What a Host header may name: ``[http] allowed_hosts``, localhost, this machine's
+        name (and NAME.local), and the names of the certificate served."""
+        own = socket.gethostname().lower().partition(".")[0]
+        names = {*self.config.http.allowed_hosts, "localhost", own, f"{own}.local"}
+        if self.certificate is not None:
+            dns = (n.partition(":")[2] for n in self.certificate.names if n.startswith("DNS:"))
+            names.update(n.lower() for n in dns)
+        return frozenset(names)
 
     def _bridge(self, cfg: Config) -> Bridge | None:
         """The MQTT bridge if ``[mqtt]`` is on (paho is not even imported otherwise).
@@ -178,6 +215,7 @@ class Server:
             self.bind()
         if self.tls_listener is not None:
             self.tls = self._tls_context(self.config)
+        self.host_names = self._host_names()
         self._listen(True)
         self.start_services()
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
@@ -205,10 +243,15 @@ class Server:
 
     def _tls_context(self, cfg: Config) -> ssl.SSLContext:
         """The context for new handshakes: the configured certificate, or this device's own
-        (made on first run by ``python -m server``, ``server.firstrun``)."""
+        (made on first run by ``python -m server``, ``server.firstrun``; made again here when
+        ``certificate.remake_reason`` says so). Raises ``CertificateError``, one line naming
+        the file and what is wrong."""
+        own = cfg.tls.cert is None
         cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
-        ctx = tlsmod.server_context(cert, key)
-        desc = certificate.describe(cert)
+        made = certificate.renew(cfg.state.dir, datetime.now(UTC)) if own else None
+        desc = certificate.check(cert, key, own)
+        with certificate.naming_files(cert, key, own):
+            ctx = tlsmod.server_context(cert, key)
         self.certificate = desc
         log.info(
             "TLS certificate %s, SHA-256 %s, expires %s",
@@ -216,16 +259,38 @@ class Server:
             desc.fingerprint,
             desc.not_after.date(),
         )
-        self._check_expiry()
+        if made is not None:
+            log.warning(
+                "made a new TLS certificate for this device (%s): SHA-256 %s, valid until %s;"
+                " browsers ask again: compare the fingerprint with what they show",
+                made,
+                desc.fingerprint,
+                desc.not_after.date(),
+            )
+        self._check_expiry(loaded=True)
         return ctx
 
-    def _check_expiry(self) -> None:
-        """A warning while the certificate has less than WARN_DAYS left (at start, daily)."""
-        if self.certificate is None:
+    def _check_expiry(self, loaded: bool = False) -> None:
+        """Once a minute (the sweep) and at every load: this device's own certificate is made
+        again when ``certificate.remake_reason`` says so (the clock was wrong when it was
+        made) and the new context replaces ``self.tls`` for new handshakes (open connections
+        keep theirs); what is wrong with a certificate (``certificate.warning``) is logged
+        at load and then daily."""
+        desc = self.certificate
+        if desc is None:
             return
-        days = self.certificate.days_left(datetime.now(UTC))
-        if days < certificate.WARN_DAYS:
-            log.warning("TLS certificate expires in %.0f day(s): renew it", days)
+        now = datetime.now(UTC)
+        own = self.config.tls.cert is None
+        if own and not loaded and certificate.remake_reason(desc, now) is not None:
+            try:
+                self.tls = self._tls_context(self.config)
+            except (OSError, ssl.SSLError, certificate.CertificateError) as e:
+                log.error("no new TLS certificate, keeping the one in use: %s", e)
+            return
+        if loaded or self._ticks % certificate.REPEAT_WARNING == 0:
+            said = certificate.warning(desc, now, own)
+            if said is not None:
+                log.log(said[0], "%s", said[1])
 
     def start_services(self) -> None:
         """The control channel and the sweep (``start`` without a listener: tests)."""
@@ -323,6 +388,8 @@ class Server:
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
         self.leases.idle = cfg.control.lease_idle
+        if cfg.limits != old.limits:
+            self.services.chat_rate, self.services.command_rate = _rates(cfg)
         if self.mqtt is not None:
             self.mqtt.reload(cfg.mqtt, cfg.presence)
         else:
@@ -339,6 +406,7 @@ class Server:
                 self.tls = self._tls_context(cfg)  # for new handshakes
             except (OSError, ssl.SSLError, certificate.CertificateError) as e:
                 log.error("reload: keeping the old TLS certificate: %s", e)
+        self.host_names = self._host_names()
         for conn in list(self.conns.values()):
             if conn.user is not None and conn.user.name not in self.auth.users:
                 log.info(
@@ -357,30 +425,60 @@ class Server:
 
     # -- accept ----------------------------------------------------------
     def _accept(self, listener: socket.socket, secure: bool, _mask: int) -> None:
+        now = self.loop.now()
         for _ in range(64):
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE, ENFILE, ECONNABORTED: try again next pass
-                log.warning("accept failed: %s", e.strerror or e)
+            except OSError as e:  # EMFILE, ENFILE, ECONNABORTED: stop accepting a moment
+                self._quiet.log(
+                    logging.WARNING,
+                    "accept",
+                    now,
+                    "accept failed: %s; not accepting for %.1f s",
+                    e.strerror or e,
+                    ACCEPT_PAUSE,
+                )
+                self._listen(False)
+                self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
             addr = display_address(peer[0])
             if not self.allow.allows(addr):
-                log.warning("%s: refused: not in auth.allow", addr)
+                self._quiet.log(
+                    logging.WARNING, "allow", now, "%s: refused: not in auth.allow", addr
+                )
                 sock.close()
                 continue
             if not self._make_room() or sock.fileno() >= self.loop.fd_limit - 8:
-                log.warning("%s: refused: %d connections open", addr, len(self.conns))
+                self._quiet.log(
+                    logging.WARNING,
+                    "full",
+                    now,
+                    "%s: refused: %d connections open (at most %d)",
+                    addr,
+                    len(self.conns),
+                    self.capacity,
+                )
                 sock.close()
                 continue
             try:
                 sockopts.configure_accepted(sock, self.config.presence)
             except OSError as e:
-                log.info("%s: dropped at accept: %s", addr, e.strerror or e)
+                log.debug("%s: dropped at accept: %s", addr, e.strerror or e)
                 sock.close()
                 continue
             self.adopt(sock, addr, secure)
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping:
+            self._listen(True)
+
+    @property
+    def capacity(self) -> int:
+        """Connections vigil serves at once: ``max_connections``, or fewer if the process
+        may not open that many files (RLIMIT_NOFILE, less what vigil keeps for itself)."""
+        return max(1, min(self.config.http.max_connections, self.loop.fd_limit - RESERVED_FDS))
 
     def adopt(self, sock: socket.socket, addr: str, secure: bool = False) -> Connection:
         """Serve ``sock`` (non-blocking, options set) from now on; over TLS if ``secure``."""
@@ -389,7 +487,7 @@ class Server:
         conn = Connection(self, sock, self._next_id, addr, tls, is_loopback(addr))
         self.conns[conn.id] = conn
         self.loop.register(sock, READ, conn.on_event)
-        if len(self.conns) >= self.config.http.max_connections and not self._sheddable():
+        if len(self.conns) >= self.capacity and not self._sheddable():
             self._listen(False)  # backpressure: the kernel's backlog holds the rest
         return conn
 
@@ -398,13 +496,19 @@ class Server:
         return next((c for c in self.conns.values() if c.sheddable), None)
 
     def _make_room(self) -> bool:
-        """Below max_connections, shedding the oldest unauthenticated one if needed."""
-        if len(self.conns) < self.config.http.max_connections:
+        """Below ``capacity``, shedding the oldest unauthenticated one if needed."""
+        if len(self.conns) < self.capacity:
             return True
         victim = self._sheddable()
         if victim is None:
             return False
-        log.info("%s: shed (unauthenticated) to make room", victim.addr)
+        self._quiet.log(
+            logging.INFO,
+            "shed",
+            self.loop.now(),
+            "%s: shed (unauthenticated) to make room",
+            victim.addr,
+        )
         victim.close(lost=False)
         return True
 
@@ -417,12 +521,19 @@ class Server:
         self._pending_output.append(conn)
 
     def end_of_pass(self) -> None:
-        """Make the audit log durable, then write every connection's output."""
+        """Make the audit log durable, then write every connection's output.
+
+        If the fsync fails, what this pass would have sent may acknowledge a
+        record that is not on disk: those connections close unanswered instead.
+        """
+        pending, self._pending_output = self._pending_output, []
         try:
             self.audit.sync()
-        except OSError:
-            log.exception("audit log: fsync failed; records of this pass may be lost")
-        pending, self._pending_output = self._pending_output, []
+        except OSError as e:
+            log.error("audit log: fsync failed (%s): %d answer(s) not sent", e, len(pending))
+            for conn in pending:
+                conn.close(lost=False)
+            return
         for conn in pending:
             conn.flush()
 
@@ -445,16 +556,20 @@ class Server:
         self._stop_when_idle()
 
     # -- the gate --------------------------------------------------------
-    def handle(self, conn: Connection, req: Request) -> tuple[User | None, Outcome]:
-        """Who ``conn`` belongs to after ``req``, and the outcome to send."""
+    def admit(self, conn: Connection, req: Request) -> tuple[User | None, Response | Proceed]:
+        """Who ``conn`` belongs to after the head of ``req``, and a refusal or what to run
+        on the whole request. Decided before any byte of the body is read."""
         match = api.ROUTER.match(req.method, req.path)
         if isinstance(match, NoRoute):
             if match.public:
                 return conn.user, self._no_route(match)
         elif match.route.public:
-            return conn.user, match.handler(self.services, api.Call(req, None, match.params))
+            return conn.user, partial(self._run, match, None)
         if self.tls is not None and not (conn.secure or conn.loopback):
             return conn.user, self._to_https(conn, req)  # before any password crosses the wire
+        refusal = self._cross_site_read(req) or self._misdirected(req)
+        if refusal is not None:
+            return conn.user, refusal
         now = self.loop.now()
         result = self.auth.check(req.headers.get("authorization"), conn.addr, now)
         if result.verdict is not Verdict.OK:
@@ -467,17 +582,55 @@ class Server:
             for change in self.presence.attach(conn.id, user.name, conn.addr, now, time.time()):
                 self._announce(change)
             self._schedule_expiry()
+            if not self._shed_for(user.name, conn):
+                return user, self._too_many(user.name)
         if req.method not in SAFE_METHODS:
-            refusal = self._cross_site(req)
+            refusal = self._cross_site(req, conn.secure)
             if refusal is not None:
                 return user, refusal
         if isinstance(match, NoRoute):
             return user, self._no_route(match)
-        return user, match.handler(self.services, api.Call(req, user, match.params))
+        return user, partial(self._run, match, user)
+
+    def _run(self, match: Match[api.Handler], user: User | None, req: Request) -> Outcome:
+        return match.handler(self.services, api.Call(req, user, match.params))
+
+    def _shed_for(self, user: str, conn: Connection) -> bool:
+        """Keep ``user`` within ``limits.connections_per_user``: close their oldest event
+        streams, then their oldest idle connections (never ``conn``, never a busy one).
+        False if their busy connections alone are too many."""
+        limit = self.config.limits.connections_per_user
+        mine = sorted(
+            (self.conns[c] for c in self.presence.connections(user) if c != conn.id),
+            key=lambda c: c.id,
+        )
+        over = len(mine) + 1 - limit
+        if over <= 0:
+            return True
+        victims = [c for c in mine if c.state is State.STREAMING]
+        victims += [c for c in mine if c.state is State.IDLE]
+        log.info("%s: more than %d connections: closing the oldest", user, limit)
+        for victim in victims[:over]:
+            victim.close(lost=False)
+        return len(victims) >= over
+
+    def _too_many(self, user: str) -> Response:
+        limit = self.config.limits.connections_per_user
+        return error(
+            429,
+            f"{user} has {limit} connections busy at once, the most one person may have",
+            [("Retry-After", "1"), ("Connection", "close")],
+        )
 
     def _to_https(self, conn: Connection, req: Request) -> Response:
-        """308 to the same path over HTTPS (RFC 9110 §15.4.9: the method is kept)."""
-        host = req.headers.get("host") or conn.local_address
+        """308 to the same path over HTTPS (RFC 9110 §15.4.9: the method is kept).
+
+        The host comes from the Host header only if it is a host name or an
+        address (RFC 3986 §3.2.2), never anything that could end the authority.
+        """
+        host = req.headers.get("host", "")
+        if not HOST.fullmatch(host):
+            host = conn.local_address
         name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
         port = "" if self.tls_port == 443 else f":{self.tls_port}"
         location = f"https://{name}{port}{req.target}"
@@ -509,16 +662,40 @@ class Server:
         html = "text/html" in req.headers.get("accept", "")
         return panel_full(self.presence.max_users, retry, html)
 
+    def _misdirected(self, req: Request) -> Response | None:
+        """421 for a Host that names neither an address nor a name this panel goes by:
+        a page of another site whose name was re-pointed here (DNS rebinding)."""
+        host = req.headers.get("host", "").lower()
+        if host.startswith("["):
+            return None  # an IPv6 literal (its syntax was checked by h11)
+        name = host.partition(":")[0]
+        if name in self.host_names or name.replace(".", "").isdigit():
+            return None
+        return error(421, f"this panel is not served as {name!r} (see [http] allowed_hosts)")
+
     @staticmethod
-    def _cross_site(req: Request) -> Response | None:
+    def _cross_site_read(req: Request) -> Response | None:
+        """403 before authentication for what another site embeds or fetches (an ``<img>``
+        with cached credentials would otherwise log its victim in): Fetch Metadata's
+        resource isolation; only a top-level navigation may come from elsewhere."""
+        site = req.headers.get("sec-fetch-site")
+        if site is None or site in ("same-origin", "none"):
+            return None
+        if req.headers.get("sec-fetch-mode") == "navigate" and req.method in ("GET", "HEAD"):
+            return None
+        return error(403, f"cross-site request refused ({site})")
+
+    @staticmethod
+    def _cross_site(req: Request, secure: bool) -> Response | None:
         """403 for a state-changing request another site made the browser send (CSRF)."""
         site = req.headers.get("sec-fetch-site")
         origin = req.headers.get("origin")
-        host = req.headers.get("host", "")
         if site is not None and site not in ("same-origin", "none"):
             return error(403, f"cross-site request refused ({site})")
-        if origin is not None and origin.partition("://")[2] != host:
-            return error(403, f"cross-origin request refused ({origin})")
+        if origin is not None:
+            scheme = "https" if secure else "http"
+            if origin.lower() != f"{scheme}://{req.headers.get('host', '')}".lower():
+                return error(403, f"cross-origin request refused ({origin})")
         return None
 
     # -- presence ----------------------------------------------------------

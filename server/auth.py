@@ -4,9 +4,14 @@ Pure: the caller passes the header value, the peer address and ``now``.
 
 - Passwords are stored only as ``scrypt$N$r$p$salt$hash`` (base64, stdlib
   ``hashlib.scrypt``); verification compares in constant time.
-- A verified ``Authorization`` value is cached under its SHA-256 so that a
-  request pays one hash lookup, not scrypt (~50 ms here). The cache holds
-  successes only and is rebuilt with the user table (SIGHUP).
+- A verified credential is cached under the SHA-256 of the decoded
+  ``user:password`` so that a request pays one hash lookup, not scrypt
+  (~50 ms here): every spelling of the same credential (``basic``,
+  ``BASIC``, extra spaces, other base64 padding bits) is the same entry,
+  so re-spelling it never costs a second scrypt. The exact header value a
+  client sends again is looked up first (``_seen``, at most
+  ``_MAX_SPELLINGS`` entries) so the common request parses nothing. The
+  cache holds successes only and is rebuilt with the user table (SIGHUP).
 - Unknown user names cost one scrypt too, so timing does not tell which
   names exist.
 - Lockout: ``failures`` wrong passwords within ``window`` seconds for one
@@ -33,7 +38,6 @@ Pure: the caller passes the header value, the peer address and ``now``.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import functools
 import hashlib
@@ -44,10 +48,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from server.buckets import Bucket, Rate, retry_after
 from server.config import Network, User
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _MAX_LOCKOUT_ENTRIES = 10000
+_MAX_SPELLINGS = 1024  # exact header values remembered for verified credentials
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -74,7 +80,7 @@ def verify_password(password: str, stored: str) -> bool:
             dklen=len(expected),
             maxmem=256 * 1024 * 1024,
         )
-    except (ValueError, binascii.Error):
+    except ValueError:  # binascii.Error is a ValueError
         return False
     return scheme == "scrypt" and hmac.compare_digest(actual, expected)
 
@@ -90,9 +96,9 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "basic" or not token:
         return None
-    try:
+    try:  # a non-ASCII token is a ValueError (binascii.Error is one too)
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
         return None
     user, sep, password = decoded.partition(":")
     if not sep or not user:
@@ -160,22 +166,6 @@ class _Failures:
     locked_until: float = 0.0
 
 
-class _Bucket:
-    """A token bucket counted in verifications: ``rate`` per second, at most ``burst``."""
-
-    __slots__ = ("at", "tokens")
-
-    def __init__(self, tokens: float, at: float) -> None:
-        self.tokens = tokens
-        self.at = at
-
-    def wait(self, rate: float, burst: float, now: float) -> float:
-        """Refill to ``now``; seconds until one token is there (0: take it now)."""
-        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
-        self.at = now
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / rate
-
-
 class HashBudget:
     """How many slow hashes an address, and the server, may cause per second.
 
@@ -188,27 +178,19 @@ class HashBudget:
         self.address_rate = per_address / cost
         self.total_rate = total / cost
         self.burst = burst
-        self._total = _Bucket(2 * burst, 0.0)
-        self._addresses: dict[str, _Bucket] = {}
-
-    def _bucket(self, addr: str, now: float) -> _Bucket:
-        bucket = self._addresses.get(addr)
-        if bucket is None:
-            if len(self._addresses) >= _MAX_LOCKOUT_ENTRIES:
-                self._addresses.clear()  # a flood of addresses: forget them all
-            bucket = self._addresses[addr] = _Bucket(self.burst, now)
-        return bucket
+        self._total = Bucket(2 * burst, 0.0)
+        self._addresses = Rate(self.address_rate, burst, _MAX_LOCKOUT_ENTRIES)
 
     def wait(self, addr: str, now: float) -> float:
         """0.0 if ``addr`` may have a verification now, else the seconds to wait."""
         return max(
-            self._bucket(addr, now).wait(self.address_rate, self.burst, now),
+            self._addresses.bucket(addr, now).wait(self.address_rate, self.burst, now),
             self._total.wait(self.total_rate, 2 * self.burst, now),
         )
 
     def charge(self, addr: str, now: float) -> None:
         """A verification from ``addr`` failed: it counts against both budgets."""
-        self._bucket(addr, now).tokens -= 1
+        self._addresses.bucket(addr, now).tokens -= 1
         self._total.tokens -= 1
 
 
@@ -231,14 +213,14 @@ class Authenticator:
         self.users = {u.name: u for u in users}
         self.max_failures = failures
         self.window = window
-        self._cache: dict[bytes, AuthResult] = {}  # SHA-256 of a header that verified
+        self._cache: dict[bytes, AuthResult] = {}  # SHA-256 of "user:password" that verified
+        self._seen: dict[str, AuthResult] = {}  # header values of those, as sent
 
     def check(self, header: str | None, addr: str, now: float) -> AuthResult:
         """The outcome for ``header`` from ``addr`` at ``now``."""
         if not header:
             return AuthResult(Verdict.MISSING)
-        key = hashlib.sha256(header.encode("latin-1")).digest()
-        cached = self._cache.get(key)  # the common case: one hash lookup, nothing parsed
+        cached = self._seen.get(header)  # the common case: one lookup, nothing parsed
         if cached is not None and not self._failures:
             return cached
         parsed = parse_basic(header)
@@ -249,18 +231,27 @@ class Authenticator:
             retry = self._locked_for(addr, name, now)
             if retry:
                 return AuthResult(Verdict.LOCKED, name=name, retry_after=retry)
+        key = hashlib.sha256(f"{name}:{password}".encode()).digest()
+        cached = self._cache.get(key)
         if cached is not None:
+            self._remember(header, cached)
             return cached
         if self.budget is not None:
             wait = self.budget.wait(addr, now)
             if wait:
-                return AuthResult(Verdict.BUSY, name=name, retry_after=max(1, int(wait + 0.999)))
+                return AuthResult(Verdict.BUSY, name=name, retry_after=retry_after(wait))
         known = self.users.get(name)
         if verify_password(password, known.password if known else dummy_hash()) and known:
             result = self._cache[key] = AuthResult(Verdict.OK, known, name)
+            self._remember(header, result)
             self._failures.pop((addr, name), None)
             return result
         return self._fail(addr, name, now)
+
+    def _remember(self, header: str, result: AuthResult) -> None:
+        if len(self._seen) >= _MAX_SPELLINGS:
+            self._seen.clear()  # a flood of spellings: they cost a parse each, never a hash
+        self._seen[header] = result
 
     def _locked_for(self, addr: str, name: str, now: float) -> int:
         entry = self._failures.get((addr, name))

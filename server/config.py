@@ -6,20 +6,26 @@ must not silently fall back to a default). Every error names the file, the
 key and what is wrong, in one line: ``ConfigError`` is the only exception
 this module raises for bad input.
 
-Users come from ``[[auth.users]]`` and from ``users.local.toml`` next to the
-config file (written on first run by ``server.firstrun``); both use the same
-schema. Devices likewise come from ``[[control.devices]]`` and from
-``devices.local.toml`` (written by ``python -m server add-device``); each
-names a ``secret_file`` whose secret is read here, so a missing, short or
-exposed secret is a config error like any other. Relative paths are
-resolved against the config file's directory.
+Every file is read as UTF-8 (a byte that is not is an error naming the
+file and line, never a traceback). Users come from ``[[auth.users]]`` and
+from ``users.local.toml`` in the state dir (written on first run by
+``server.firstrun``); both use the same schema. That file holds password
+hashes, so like a device secret it must be readable by its owner only, and
+a symbolic link to nothing is an error, not "no users". Devices likewise
+come from ``[[control.devices]]`` and from ``devices.local.toml`` (written
+by ``python -m server add-device``); each names a ``secret_file`` whose
+secret is read here, so a missing, short or exposed secret is a config
+error like any other. Relative paths are resolved against the config
+file's directory.
 
 What vigil writes while it runs (``users.local.toml``, ``devices.local.toml``
 and ``devices.local/``, its own certificate ``tls.local.*``, the pid file,
 a relative ``[audit] path``) lives in ``[state] dir`` (``"."``: beside the
 config, as in a git clone; an installed vigil keeps its config in
 /etc/vigil, read-only under ``ProtectSystem=strict``, and this in
-/var/lib/vigil). Paths in ``devices.local.toml`` are relative to it.
+/var/lib/vigil). Paths in ``devices.local.toml`` are relative to it. The
+audit path must be a regular file or not exist yet: the audit log reads it
+whole at start, and a device or a FIFO would hang that.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class HttpConfig:
     max_sse_buffer: int
     sse_heartbeat: float
     access_log: bool
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides this machine's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,20 @@ class ControlConfig:
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: Path
+    file_bytes: int  # the live file rotates past this (server.audit)
+    keep_files: int  # rotated files kept; older ones are deleted
+    memory_bytes: int  # the newest records kept in memory, as their JSON lines
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """[limits]: what one person may make vigil spend (docs/design.md, "Budgets")."""
+
+    connections_per_user: int
+    chat_per_minute: int
+    chat_burst: int
+    commands_per_second: float
+    command_burst: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +184,7 @@ class Config:
     presence: PresenceConfig
     control: ControlConfig
     audit: AuditConfig
+    limits: LimitsConfig
     tls: TlsConfig
     state: StateConfig
     mqtt: MqttConfig
@@ -251,6 +273,16 @@ def _topic_prefix(v: Any) -> str:
     return v
 
 
+def _host_names(v: Any) -> tuple[str, ...]:
+    ok = isinstance(v, list) and all(
+        isinstance(n, str) and n and n.isascii() and n.replace("-", "").replace(".", "").isalnum()
+        for n in v
+    )
+    if not ok:
+        raise ValueError('must be a list of host names, e.g. ["panel.example.org"]')
+    return tuple(n.lower() for n in v)
+
+
 def _names(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(n, str) and n and ":" not in n for n in v):
         raise ValueError('must be a list of names without ":", e.g. ["node-red"]')
@@ -272,6 +304,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "max_sse_buffer": (262144, _int(4096, 16 * 1048576)),
         "sse_heartbeat": (15.0, _num(0.1, 3600)),
         "access_log": (True, _bool),
+        "allowed_hosts": ([], _host_names),
     },
     "auth": {
         "realm": ("vigil", _realm),
@@ -316,6 +349,16 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
     },
     "audit": {
         "path": ("var/audit.jsonl", _str),  # relative to [state] dir
+        "file_bytes": (8 * 1048576, _int(65536, 1 << 30)),
+        "keep_files": (3, _int(1, 100)),
+        "memory_bytes": (1048576, _int(65536, 64 * 1048576)),
+    },
+    "limits": {
+        "connections_per_user": (24, _int(2, 1000)),
+        "chat_per_minute": (30, _int(1, 1000000)),
+        "chat_burst": (10, _int(1, 1000000)),
+        "commands_per_second": (5.0, _num(0.1, 1000)),
+        "command_burst": (20, _int(1, 10000)),
     },
     "state": {
         "dir": (".", _str),  # relative to the config file
@@ -392,11 +435,25 @@ def _users(where: str, raw: Any) -> list[User]:
 
 
 def local_users(state_dir: Path) -> list[User]:
-    """The users of ``users.local.toml`` in ``state_dir`` (none if it does not exist)."""
+    """The users of ``users.local.toml`` in ``state_dir`` (none if there is no such file).
+
+    It holds password hashes: like a device secret, a file that other users
+    may read is an error. So is a symbolic link to nothing (a file system not
+    mounted, say): "no users" would make the first run create an operator and
+    put a file where the link was.
+    """
     local = state_dir / LOCAL_USERS_FILE
+    if local.is_symlink() and not local.exists():
+        raise ConfigError(f"{local}: a symbolic link to {os.readlink(local)}, which does not exist")
     if not local.exists():
         return []
-    return _users(str(local), _read_toml(local).get("users", []))
+    return _users(str(local), _read_toml(local, private=True).get("users", []))
+
+
+def _private(path: Path, mode: int) -> None:
+    """ValueError if a file of ``mode`` at ``path`` is readable by others than its owner."""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{path}: other users may read it (chmod 600 {path})")
 
 
 def _read_private(path: Path) -> str:
@@ -407,8 +464,7 @@ def _read_private(path: Path) -> str:
             text = f.read(4096).decode("utf-8", "replace")
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path}: other users may read it (chmod 600 {path})")
+    _private(path, mode)
     return text
 
 
@@ -478,14 +534,43 @@ def _repeated(names: Iterable[str]) -> str | None:
     return min(again, default=None)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, private: bool = False) -> dict[str, Any]:
+    """The TOML document at ``path`` (``private``: readable by its owner only); ConfigError."""
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            if private:
+                _private(path, os.fstat(f.fileno()).st_mode)
+            data = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        text = data.decode()  # TOML is UTF-8 (tomllib's UnicodeDecodeError is no TOMLDecodeError)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _regular_or_none(where: str, key: str, path: Path) -> None:
+    """ConfigError unless ``path`` is a regular file (after links) or does not exist yet.
+
+    A device or a FIFO would hang whatever reads it whole (the audit log, at start).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # cannot tell: opening it says why, with the file's name
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{where}: {key} {path} is not a regular file")
 
 
 def load(path: str | Path) -> Config:
@@ -510,6 +595,7 @@ def load(path: str | Path) -> Config:
         )
     sec["auth"]["users"] = tuple(users)
     sec["audit"]["path"] = state / sec["audit"]["path"]
+    _regular_or_none(where, "[audit] path", sec["audit"]["path"])
     devices = _devices(where, "control.devices", sec["control"]["devices"], base)
     local = state / LOCAL_DEVICES_FILE
     if local.exists():
@@ -530,6 +616,7 @@ def load(path: str | Path) -> Config:
         presence=PresenceConfig(**sec["presence"]),
         control=ControlConfig(**sec["control"]),
         audit=AuditConfig(**sec["audit"]),
+        limits=LimitsConfig(**sec["limits"]),
         tls=TlsConfig(**sec["tls"]),
         state=StateConfig(**sec["state"]),
         mqtt=_mqtt(where, sec["mqtt"], base),

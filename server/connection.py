@@ -18,7 +18,18 @@ States (``State``; ``TRANSITIONS`` is the whole machine):
 - ``PARKED``: a ``Deferred`` answer is pending; pipelined requests wait.
 - ``STREAMING``: the response is an endless chunked body (SSE).
 - ``CLOSING``: the last answer is queued; the socket closes once it is written.
+  If the client may still be sending (a body that was refused unread), the
+  close lingers (Apache's lingering close): our side is shut down after
+  the answer and what comes in is discarded, up to ``LINGER_BYTES`` or
+  ``LINGER_SECONDS``, so the client reads the answer instead of a reset.
 - ``CLOSED``.
+
+Each request is decided at its head (``Host.admit``: routing,
+authentication, redirect, the user cap) before any byte of its body is
+read; a refusal is answered at once and, if a body was coming, the
+connection closes without reading it. An admitted head gets ``100
+Continue`` if the client waits for one; the whole request then goes to
+what ``admit`` returned (``Proceed``).
 
 The error boundary: an exception while handling a request, opening a
 stream or finishing a deferred answer is logged once with its traceback,
@@ -55,13 +66,18 @@ from server.config import User
 from server.events import HEARTBEAT
 from server.loop import READ, WRITE, Loop
 from server.outcomes import Deferred, Outcome, Stream
-from server.protocol import HttpSession, Limits, Request, Response
-from server.responses import error
+from server.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
+from server.responses import HSTS, error
 from server.tls import TlsClosed, TlsSession
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 262144
+
+# What the server does with a whole request whose head it admitted.
+Proceed = Callable[[Request], Outcome]
 
 
 class State(enum.Enum):
@@ -107,7 +123,7 @@ class Host(Protocol):
     settings: Settings
     stopping: bool
 
-    def handle(self, conn: Connection, req: Request) -> tuple[User | None, Outcome]: ...
+    def admit(self, conn: Connection, req: Request) -> tuple[User | None, Response | Proceed]: ...
     def date(self) -> bytes: ...
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None: ...
     def output_pending(self, conn: Connection) -> None: ...
@@ -121,7 +137,9 @@ class Connection:
         "_dispatching",
         "_eof",
         "_host",
+        "_lingering",
         "_out",
+        "_proceed",
         "_queued",
         "_session",
         "_tls",
@@ -155,7 +173,7 @@ class Connection:
         self.state = State.HANDSHAKE if tls is not None else State.IDLE
         self.user: User | None = None  # who the last request authenticated as
         self.last_active = host.loop.now()
-        self._session = HttpSession(host.settings.limits)
+        self._session = HttpSession(host.settings.limits, HSTS if tls is not None else ())
         self._out = bytearray()
         self._queued = False  # told the host we have output
         self._watching_write = False
@@ -166,6 +184,8 @@ class Connection:
         self._detach: Callable[[], None] | None = None  # ends a stream's subscription
         self._dispatching = False  # inside process(): a deferred answer must not re-enter
         self._eof = False  # the peer sent FIN
+        self._proceed: Proceed | None = None  # for the request whose head was admitted
+        self._lingering = 0  # bytes discarded after our side was shut down (-1: not yet)
 
     # -- state -------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -204,7 +224,8 @@ class Connection:
             return
         self.last_active = self._host.loop.now()
         if self.state is State.CLOSING:
-            return  # the last answer is queued; what follows is not read
+            self._discard(len(data))  # the last answer is queued; what follows is not read
+            return
         self._session.receive(data)
         if self.state not in _SERVING and self._session.buffered > self._session.max_buffered:
             log.info("%s: %d bytes sent while busy: closed", self.addr, self._session.buffered)
@@ -243,6 +264,8 @@ class Connection:
         self._eof = True
         if self.state is State.PARKED:
             return  # answered (and then closed) when the device replies
+        if self.state is State.CLOSING and self._out:
+            return  # closed once the last answer is written
         if self._out and self.state is not State.STREAMING:
             self._to(State.CLOSING)
         else:
@@ -256,19 +279,36 @@ class Connection:
                 item = self._session.next_request()
                 if item is None:
                     return
-                if not isinstance(item, Request):
+                if isinstance(item, ProtocolError):
                     self._respond(error(item.status, item.message), None)
                     self._closing()
                     return
-                self._dispatch(item)
+                if isinstance(item, Head):
+                    self._admit(item.request)
+                else:
+                    self._dispatch(item)
         finally:
             self._dispatching = False
 
+    def _admit(self, req: Request) -> None:
+        """The server decides on a head; a refusal is answered before the body is read."""
+        try:
+            self.user, verdict = self._host.admit(self, req)
+            if isinstance(verdict, Response):
+                self._session.refuse_body()
+                self._respond(verdict, req)
+            else:
+                self._proceed = verdict
+                self._send(self._session.continue_body())
+        except Exception:
+            self._failed(req)
+
     def _dispatch(self, req: Request) -> None:
         """The error boundary around one request."""
+        proceed, self._proceed = self._proceed, None
         try:
-            user, outcome = self._host.handle(self, req)
-            self.user = user
+            assert proceed is not None, "a whole request comes after its admitted head"
+            outcome = proceed(req)
             if isinstance(outcome, Response):
                 self._respond(outcome, req)
             elif isinstance(outcome, Stream):
@@ -351,7 +391,7 @@ class Connection:
         if self.state is not State.CLOSING:
             self._to(State.CLOSING)
         if not self._out:
-            self.close(lost=False)
+            self._finish_closing()
 
     def push(self, data: bytes) -> None:
         """Append ``data`` to a streamed body; cut the stream off if the client lags."""
@@ -395,7 +435,31 @@ class Connection:
             return
         self._watch_write(False)
         if self.state is State.CLOSING:
+            self._finish_closing()
+
+    def _finish_closing(self) -> None:
+        """All is written: close, or linger if the client may still be sending."""
+        if self._eof or not self._session.wants_close or self._lingering:
             self.close(lost=False)
+            return
+        if self._tls is not None and self._tls.established:
+            self._write(bytearray(self._tls.close_notify()))
+            if self.state is State.CLOSED:
+                return  # lost while saying goodbye
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(lost=False)
+            return
+        self._lingering = 1
+        self._deadline = self._host.loop.now() + LINGER_SECONDS
+
+    def _discard(self, size: int) -> None:
+        """Input after the last answer: dropped; too much of it ends the linger."""
+        if self._lingering:
+            self._lingering += size
+            if self._lingering > LINGER_BYTES:
+                self.close(lost=False)
 
     def _watch_write(self, on: bool) -> None:
         if self._watching_write != on:
@@ -424,7 +488,7 @@ class Connection:
             return None
 
     def _lost(self, e: OSError) -> None:
-        log.info("%s: connection lost: %s", self.addr, e.strerror or e)
+        log.debug("%s: connection lost: %s", self.addr, e.strerror or e)
         self.close(lost=True)
 
     # -- asked by the server -----------------------------------------------
@@ -432,7 +496,7 @@ class Connection:
         """Once a second: TCP state, the 408 and idle deadlines, SSE heartbeats."""
         tcp = sockopts.tcp_state(self.sock)
         if tcp not in (sockopts.TCP_ESTABLISHED, sockopts.TCP_CLOSE_WAIT):
-            log.info("%s: connection lost (TCP state %d)", self.addr, tcp)
+            log.debug("%s: connection lost (TCP state %d)", self.addr, tcp)
             self.close(lost=True)
             return
         state = self.state
@@ -443,6 +507,9 @@ class Connection:
         elif state is State.STREAMING:
             if heartbeat:
                 self.push(HEARTBEAT)
+        elif state is State.CLOSING:
+            if self._lingering and self._deadline is not None and now > self._deadline:
+                self.close(lost=False)
         elif state is State.READING:
             if self._deadline is not None and now > self._deadline:
                 self._respond(error(408, "request not received in time"), None)
@@ -471,7 +538,7 @@ class Connection:
             self._detach()
             self._detach = None
         self._host.loop.unregister(self.sock)
-        if self._tls is not None and self._tls.established and not lost:
+        if self._tls is not None and self._tls.established and not lost and not self._lingering:
             self._write(bytearray(self._tls.close_notify()))  # best effort, as a FIN is
         self.sock.close()
         self._host.connection_closed(self, lost)

@@ -3,7 +3,9 @@
 Every event gets the next integer id. The first id of a run is chosen by
 the caller (the server uses wall-clock milliseconds at start), so ids keep
 increasing across restarts and an id from a previous run is recognisably
-not one of ours. A ring buffer of the last ``size`` events lets a client
+not one of ours. A ring buffer of the last ``size`` events (and at most
+``max_bytes`` of their wire form: a device's 64 KiB readings would
+otherwise make 1,000 events 64 MB) lets a client
 that reconnects with ``Last-Event-ID`` receive everything it missed, in
 order, exactly once (``since``); if the id is older than the buffer or
 unknown, ``since`` returns None and the stream starts with a ``reset``.
@@ -32,6 +34,16 @@ def encode(event_id: int, kind: str, data: Any) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 
+def parse_event_id(text: str) -> int | None:
+    """The id in a ``Last-Event-ID`` (or ``last_event_id``) value, None if it is not one.
+
+    Only ASCII digits: ``str.isdigit`` also accepts ``"\xb2"`` (²), which ``int`` refuses.
+    """
+    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def preamble() -> bytes:
     """The first bytes of every stream: reconnect delay (so browsers retry in ~1 s)."""
     return f"retry: {RETRY_MS}\n\n".encode()
@@ -49,9 +61,11 @@ Subscriber = Callable[[Event], None]
 
 
 class EventBus:
-    def __init__(self, first_id: int, size: int = 1000) -> None:
+    def __init__(self, first_id: int, size: int = 1000, max_bytes: int = 2 * 1048576) -> None:
         self.last_id = first_id - 1
+        self.max_bytes = max_bytes
         self._ring: deque[Event] = deque(maxlen=size)
+        self._bytes = 0  # of the wire forms in the ring
         self._subscribers: dict[int, Subscriber] = {}
         self._keys = itertools.count()
 
@@ -59,7 +73,13 @@ class EventBus:
         """Record an event and hand it to every subscriber."""
         self.last_id += 1
         event = Event(self.last_id, kind, data, encode(self.last_id, kind, data))
-        self._ring.append(event)
+        ring = self._ring
+        if len(ring) == ring.maxlen:
+            self._bytes -= len(ring[0].wire)
+        ring.append(event)
+        self._bytes += len(event.wire)
+        while self._bytes > self.max_bytes and len(ring) > 1:
+            self._bytes -= len(ring.popleft().wire)
         for deliver in list(self._subscribers.values()):
             deliver(event)
         return event

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from server import certificate, users
@@ -39,13 +40,24 @@ vigil: first run: created an operator account (shown only this once)
 
 
 def ensure_certificate(cfg: Config) -> None:
-    """Make this device's own TLS certificate if it has none; show its fingerprint."""
+    """Make this device's own TLS certificate if it has none; show its fingerprint.
+
+    Made while the clock is not set (a Pi before time sync), it is made
+    again once the clock is (``certificate.remake_reason``), and this says so.
+    """
     if not cfg.tls.enabled or cfg.tls.cert is not None:
         return
     if not certificate.ensure(cfg.state.dir):
         return
     cert, _key = certificate.location(None, None, cfg.state.dir)
     desc = certificate.describe(cert)
+    now = datetime.now(UTC)
+    clock = ""
+    if not certificate.clock_is_set(now):
+        clock = (
+            f"  The clock says {now:%Y-%m-%d %H:%M} UTC, which cannot be right (not set yet?):"
+            "\n  vigil makes this certificate again once it is, with a new fingerprint.\n"
+        )
     print(
         f"""
 vigil: made a TLS certificate for this device, {cert}
@@ -53,7 +65,7 @@ vigil: made a TLS certificate for this device, {cert}
     {desc.fingerprint}
   for: {", ".join(desc.names)}
   valid until {desc.not_after:%Y-%m-%d}; `python -m server tls-info` shows this again.
-""",
+{clock}""",
         file=sys.stderr,
         flush=True,
     )

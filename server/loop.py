@@ -18,9 +18,10 @@ Invariants:
 - Signal handlers only record the signal number (and poke a wake-up socket
   so ``select`` returns); the callbacks for signals run at the top of the
   next pass, like boa's ``sighup_flag``.
-- The select() backend cannot watch fds >= FD_SETSIZE (1024); the owners of
-  sockets keep far below that (``http.max_connections``), and
-  ``Loop.fd_limit`` is the number they compare against.
+- The select() backend cannot watch fds >= FD_SETSIZE (1024), and no
+  process may open more files than its RLIMIT_NOFILE allows: ``fd_limit``
+  is the smaller of the two (read at start), the number the owners of
+  sockets compare against (``Server.capacity``).
 - Time is the injected ``clock`` (monotonic seconds), so tests can drive it.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import resource
 import selectors
 import signal
 import socket
@@ -89,7 +91,9 @@ class Loop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.register(self._wake_r, READ, self._drain_wakeup)
-        self.fd_limit = FD_SETSIZE
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limit = FD_SETSIZE if backend == "select" else 1 << 20
+        self.fd_limit = limit if soft == resource.RLIM_INFINITY else min(limit, soft)
 
     # -- sockets ---------------------------------------------------------
     def register(self, fileobj: Any, events: int, handler: Handler) -> None:

@@ -60,6 +60,11 @@ class Presence:
     def user_of(self, conn: int) -> str | None:
         return self._conn_user.get(conn)
 
+    def connections(self, user: str) -> frozenset[int]:
+        """The connections that count as ``user``'s."""
+        entry = self._users.get(user)
+        return frozenset(entry.conns) if entry is not None else frozenset()
+
     def attach(self, conn: int, user: str, addr: str, now: float, wall: float) -> list[Change]:
         """Count connection ``conn`` as ``user``'s: a join if they were offline.
 

@@ -9,8 +9,31 @@ request bodies, and the framing of whole and streamed responses.
   when a request line still has no end after ``max_target`` bytes.
 - 431 when the head exceeds ``max_header_bytes`` (RFC 6585 §5; h11's
   ``max_incomplete_event_size`` enforces it and hints 431).
-- 413 when Content-Length, or the body read so far, exceeds ``max_body``.
-- 400 for anything else h11 rejects (h11's ``error_status_hint``).
+- 413 when Content-Length, or the body read so far, exceeds ``max_body``;
+  also when a chunked body's framing takes more than ``2 * max_body`` bytes
+  on the wire (a body of one-byte chunks is 6 wire bytes a byte).
+- 400 for a request with both Content-Length and Transfer-Encoding (RFC
+  9112 §6.3: the server MUST close after answering such a request; it is
+  refused and closed), a target with a fragment (``#``; RFC 9112 §3.2), and
+  anything else h11 rejects (h11's ``error_status_hint``).
+- 505 for an HTTP version other than 1.0 and 1.1 (RFC 9110 §15.6.6).
+
+A request comes out twice: first its head (``Head``), as soon as the head
+is parsed, so the server can decide on it (authentication, redirect, the
+user cap) before a byte of the body is read; then, unless the server
+refused it (``refuse_body``), the whole ``Request``. A refused request
+with a body is answered with ``Connection: close`` and its body is never
+parsed (``wants_close``). ``continue_body`` answers ``Expect:
+100-continue`` (RFC 9110 §10.1.1) once the head is admitted.
+
+Absolute-form targets (``GET http://host/path``, RFC 9112 §3.2.2) are
+served: the target becomes the path and the authority replaces Host. One
+or more empty lines before a request line are ignored (RFC 9112 §2.2).
+
+The body is collected in pieces and counted as it comes (one addition a
+piece): the time to read a body is linear in its bytes, whatever its
+chunking (16,000 one-byte chunks once took 3.4 s here; now h11's own
+0.13 s).
 
 Errors are returned as ``ProtocolError`` values, never raised past this
 module: the connection sends the error response and closes. The caller
@@ -22,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 
@@ -32,6 +56,7 @@ REASONS = {
     200: b"OK",
     204: b"No Content",
     304: b"Not Modified",
+    100: b"Continue",
     308: b"Permanent Redirect",
     400: b"Bad Request",
     401: b"Unauthorized",
@@ -42,12 +67,27 @@ REASONS = {
     413: b"Content Too Large",
     414: b"URI Too Long",
     415: b"Unsupported Media Type",
+    421: b"Misdirected Request",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
+VERSIONS = frozenset((b"1.0", b"1.1"))
+
+
+def _reason(status: int) -> bytes:
+    """The reason phrase of ``status`` (never empty for a status the stdlib knows)."""
+    reason = REASONS.get(status)
+    if reason is None:
+        try:
+            reason = REASONS[status] = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+    return reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +99,7 @@ class Limits:
 
 @dataclass(slots=True)
 class Request:
-    """One complete request: head and whole body. Header names are lower-case."""
+    """One request: head, and the whole body once ``complete``. Header names are lower-case."""
 
     method: str
     target: str
@@ -74,6 +114,13 @@ class Request:
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The head of ``request`` has come; its body (if any) has not been read yet."""
+
+    request: Request
 
 
 Headers = Sequence[tuple[str, str]]
@@ -133,23 +180,49 @@ def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 class HttpSession:
     """The HTTP state of one TCP connection. Not thread-safe; no I/O."""
 
-    __slots__ = ("_body", "_conn", "_head", "limits")
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_close",
+        "_conn",
+        "_head",
+        "_received",
+        "_request",
+        "_wire_start",
+        "extra_headers",
+        "limits",
+    )
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, extra_headers: Headers = ()) -> None:
         self.limits = limits
+        self.extra_headers = _encoded(tuple(extra_headers))  # on every response (HSTS)
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._head: h11.Request | None = None
+        self._request: Request | None = None  # the request being read (its head has come)
         self._body: list[bytes] = []
+        self._body_size = 0
+        self._received = 0  # bytes fed so far
+        self._wire_start = 0  # ``_received`` less the unparsed bytes when the body began
+        self._close = False  # the next response closes the connection
 
     # -- input -----------------------------------------------------------
     def receive(self, data: bytes) -> None:
         """Feed bytes read from the socket; ``b""`` means the peer closed."""
+        if data and self.idle:
+            data = data.lstrip(b"\r\n")  # empty lines before a request line (RFC 9112 §2.2)
+            if not data:
+                return
+        self._received += len(data)
         self._conn.receive_data(data)
+
+    def _unparsed(self) -> int:
+        # h11's public ``trailing_data`` copies the buffer; this is its length, O(1)
+        return len(self._conn._receive_buffer)
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet parsed into a request."""
-        return len(self._conn.trailing_data[0])
+        return self._unparsed()
 
     @property
     def max_buffered(self) -> int:
@@ -160,10 +233,15 @@ class HttpSession:
     @property
     def idle(self) -> bool:
         """True between requests with no byte of the next one buffered."""
-        return self._conn.their_state is h11.IDLE and not self._conn.trailing_data[0]
+        return self._conn.their_state is h11.IDLE and not self._unparsed()
 
-    def next_request(self) -> Request | ProtocolError | None:
-        """The next complete request, an error to answer, or None (need data / paused)."""
+    @property
+    def wants_close(self) -> bool:
+        """The connection must close after the response being prepared."""
+        return self._close
+
+    def next_request(self) -> Head | Request | ProtocolError | None:
+        """The next head, whole request, error to answer, or None (need data / paused)."""
         conn = self._conn
         try:
             while True:
@@ -172,65 +250,114 @@ class HttpSession:
                     return self._check_request_line()
                 if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
                     return None
-                if isinstance(event, h11.Request):
-                    error = self._start(event)
-                    if error:
-                        return error
-                elif isinstance(event, h11.Data):
+                if isinstance(event, h11.Data):
                     self._body.append(event.data)
-                    if sum(map(len, self._body)) > self.limits.max_body:
-                        return ProtocolError(413, "request body too large")
+                    self._body_size += len(event.data)
+                    if self._body_size > self.limits.max_body:
+                        return self._refuse(413, "request body too large")
+                    if self._received - self._unparsed() - self._wire_start > 2 * (
+                        self.limits.max_body + 1024
+                    ):
+                        return self._refuse(413, "request body framing too large")
+                elif isinstance(event, h11.Request):
+                    return self._start(event)
                 elif isinstance(event, h11.EndOfMessage):
                     return self._finish()
         except h11.RemoteProtocolError as e:
             status = e.error_status_hint
             if status == 431 and self._head is None and self._line_too_long():
-                return ProtocolError(414, "request target too long")
+                return self._refuse(414, "request target too long")
             detail = str(e).partition(": bytearray")[0]  # h11 appends the raw bytes
             msg = (
                 "request header fields too large"
                 if status == 431
                 else f"malformed request: {detail}"
             )
-            return ProtocolError(status, msg)
+            return self._refuse(status, msg)
 
-    def _start(self, event: h11.Request) -> ProtocolError | None:
+    def _refuse(self, status: int, message: str) -> ProtocolError:
+        self._close = True
+        return ProtocolError(status, message)
+
+    def _start(self, event: h11.Request) -> Head | ProtocolError:
+        self._head = event
         if len(event.target) > self.limits.max_target:
-            return ProtocolError(414, "request target too long")
+            return self._refuse(414, "request target too long")
+        if event.http_version not in VERSIONS:
+            return self._refuse(505, "only HTTP/1.1 (and 1.0) is served")
         # h11 checks max_incomplete_event_size only while the head is incomplete;
         # a whole oversized head that arrives in one read must be refused here.
         if sum(len(n) + len(v) + 4 for n, v in event.headers) > self.limits.max_header_bytes:
-            return ProtocolError(431, "request header fields too large")
-        for name, value in event.headers:
-            if name == b"content-length" and int(value) > self.limits.max_body:
-                return ProtocolError(413, "request body too large")
-        self._head = event
+            return self._refuse(431, "request header fields too large")
+        names = [name for name, _ in event.headers]
+        if b"content-length" in names:
+            if b"transfer-encoding" in names:
+                return self._refuse(400, "Content-Length and Transfer-Encoding together")
+            length = next(v for n, v in event.headers if n == b"content-length")
+            if int(length) > self.limits.max_body:
+                return self._refuse(413, "request body too large")
+        target = event.target
+        if b"#" in target:
+            return self._refuse(400, "a request target has no fragment (#)")
+        headers = _headers(event.headers)
+        if not target.startswith(b"/") and b"://" in target:  # absolute form
+            scheme, _, rest = target.partition(b"://")
+            authority, slash, path = rest.partition(b"/")
+            if scheme.lower() not in (b"http", b"https") or not authority:
+                return self._refuse(400, "malformed request target")
+            headers["host"] = authority.decode("latin-1")
+            target = slash + path if slash else b"/"
         self._body = []
-        return None
+        self._body_size = 0
+        self._wire_start = self._received - self._unparsed()
+        self._request = Request(
+            method=event.method.decode("ascii"),
+            target=target.decode("latin-1"),
+            headers=headers,
+            body=b"",
+            http_version=event.http_version.decode("ascii"),
+        )
+        return Head(self._request)
+
+    def continue_body(self) -> bytes:
+        """``100 Continue`` if the client waits for it before sending the body, else b""."""
+        conn = self._conn
+        if not conn.they_are_waiting_for_100_continue:
+            return b""
+        return (
+            conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+            or b""
+        )
+
+    def refuse_body(self) -> None:
+        """The head was answered without its body: the connection closes after the answer
+        (nothing of the body is read) unless the request has no body at all."""
+        if self._conn.their_state is h11.SEND_BODY:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                event = None
+            if isinstance(event, h11.EndOfMessage):
+                self._request = None
+                return
+            self._close = True
 
     def _finish(self) -> Request:
-        head = self._head
-        assert head is not None
-        body = b"".join(self._body)
+        request = self._request
+        assert request is not None
+        request.body = b"".join(self._body)
         self._body = []
-        headers = _headers(head.headers)
-        return Request(
-            method=head.method.decode("ascii"),
-            target=head.target.decode("latin-1"),
-            headers=headers,
-            body=body,
-            http_version=head.http_version.decode("ascii"),
-        )
+        self._request = None
+        return request
 
     def _line_too_long(self) -> bool:
         buffered = self._conn.trailing_data[0]
         return b"\n" not in buffered[: self.limits.max_target + 16]
 
     def _check_request_line(self) -> ProtocolError | None:
-        if self._head is None and self._conn.their_state is h11.IDLE:
-            buffered = self._conn.trailing_data[0]
-            if len(buffered) > self.limits.max_target + 16 and self._line_too_long():
-                return ProtocolError(414, "request target too long")
+        idle = self._head is None and self._conn.their_state is h11.IDLE
+        if idle and self._unparsed() > self.limits.max_target + 16 and self._line_too_long():
+            return self._refuse(414, "request target too long")
         return None
 
     # -- output ----------------------------------------------------------
@@ -243,14 +370,21 @@ class HttpSession:
         """
         conn = self._conn
         head_only = self._head is not None and self._head.method == b"HEAD"
-        headers = [(b"Date", date), (b"Server", SERVER_BYTES), *_encoded(response.headers)]
+        headers = [
+            (b"Date", date),
+            (b"Server", SERVER_BYTES),
+            *self.extra_headers,
+            *_encoded(response.headers),
+        ]
+        if self._close:
+            headers.append((b"Connection", b"close"))
         if not response.stream and response.status != 304:
             headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
         out = conn.send(
             h11.Response(
                 status_code=response.status,
                 headers=headers,
-                reason=REASONS.get(response.status, b""),
+                reason=_reason(response.status),
                 _parsed=True,
             )
         )
@@ -272,6 +406,8 @@ class HttpSession:
         """After a whole response: ready for the next request (True) or must close."""
         conn = self._conn
         self._head = None
+        if self._close:
+            return False
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             return True

@@ -16,6 +16,10 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 COMMON_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", CSP))
+# On every HTTPS response (RFC 6797). A browser ignores it while it does not trust the
+# certificate (§8.1) and for an address (§8.1.1), so a self-signed panel reached by IP
+# stays reachable; once the name and certificate are trusted, never plain HTTP again.
+HSTS = (("Strict-Transport-Security", "max-age=31536000"),)
 # CSP matters only for documents; JSON needs nosniff.
 JSON_HEADERS = (
     ("Content-Type", "application/json"),

@@ -5,6 +5,8 @@ non-empty, no ``/``): ``/api/devices/{id}/commands``. ``Router.match``
 returns a ``Match`` (the route's handler and the parameters) or a
 ``NoRoute`` with the status to answer:
 
+- 501 for a method this server does not know at all (RFC 9110 §15.6.2),
+  answered before authentication like a public route;
 - 405 + ``Allow`` when the path matches but the method does not (RFC 9110
   §15.5.6); ``Allow`` is computed from the table, HEAD wherever GET is;
 - 404 for a path under a ``prefix`` given as ``missing`` (the API: "no such
@@ -23,6 +25,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 H = TypeVar("H")
+# RFC 9110 §9 and PATCH (RFC 5789): known, so 405 where a route does not take them.
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +52,10 @@ class Match(Generic[H]):
 
 @dataclass(frozen=True, slots=True)
 class NoRoute:
-    status: int  # 404 or 405
+    status: int  # 404, 405 or 501
     message: str
     allow: str = ""  # for 405
-    public: bool = False  # the path is a public route's (405 before authentication)
+    public: bool = False  # answered before authentication (501; 405 on a public route)
 
 
 def _segments(pattern: str) -> tuple[str, ...]:
@@ -98,6 +104,8 @@ class Router(Generic[H]):
         return None
 
     def match(self, method: str, path: str) -> Match[H] | NoRoute:
+        if method not in KNOWN_METHODS:
+            return NoRoute(501, f"method {method} is not implemented", public=True)
         found = self._find(path)
         if found is None:
             if path.startswith(self._missing) or self._fallback is None:

@@ -43,7 +43,8 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         | ssl.OP_NO_TICKET
     )
     ctx.num_tickets = 0  # TLS 1.3: no session tickets either
-    ctx.load_cert_chain(cert, key)
+    # an empty passphrase, never OpenSSL's prompt on the terminal for an encrypted key
+    ctx.load_cert_chain(cert, key, password=b"")
     return ctx
 
 

@@ -9,9 +9,10 @@ Writing is atomic: the whole new file goes to a temporary file in the same
 directory (mode 0600), is fsync'd, then renamed over the old one, and the
 directory is fsync'd. A write that fails (a full disk, say) removes the
 temporary file and leaves the old file as it was: there is never a
-half-written users file for the server to read. Run as root (``sudo``), the
-new file gets the owner of the state dir, so the server's own user can
-still read it.
+half-written users file for the server to read. A symbolic link to nothing
+(a file system not mounted) is an error, never replaced by a file. Run as
+root (``sudo``), the new file gets the owner of the state dir, so the
+server's own user can still read it.
 
 A password is refused (``weakness``) when it is shorter than
 ``MIN_LENGTH`` characters or contains the user name (in any case).
@@ -20,6 +21,7 @@ A password is refused (``weakness``) when it is shorter than
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -71,6 +73,12 @@ def save(state_dir: Path, users: Sequence[User]) -> Path:
     """Replace ``state_dir/users.local.toml`` atomically with ``users``; OSError if it fails."""
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     target = state_dir / LOCAL_USERS_FILE
+    if target.is_symlink() and not target.exists():  # config.local_users refuses it too
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"a symbolic link to {os.readlink(target)}, which does not exist",
+            str(target),
+        )
     data = render(users).encode()
     fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{LOCAL_USERS_FILE}.")  # mode 0600
     try:

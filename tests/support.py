@@ -59,6 +59,10 @@ def _hash(pw: str) -> str:
     return hash_password(pw)
 
 
+# For tests that fill the event ring or the chat history quickly: no chat rate limit.
+CHATTY: dict[str, dict[str, Any]] = {"limits": {"chat_burst": 100000, "chat_per_minute": 1000000}}
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip a test that cannot run here; in CI (CI=true) fail instead: nothing skips silently."""
     if condition:
@@ -79,6 +83,26 @@ def enough_fds(want: int) -> None:
         enough = hard == resource.RLIM_INFINITY or hard >= want
         require(enough, f"RLIMIT_NOFILE hard limit {hard} < {want}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def vm_rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` (VmRSS), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    assert match is not None
+    return int(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -149,6 +173,7 @@ def write_config(
             "port": free_port(),
             "static_dir": str(ROOT / "static"),
             "max_connections": 768,
+            "allowed_hosts": ["vigil.test"],  # tests/wire.py's Host
         },
         "auth": {"realm": "vigil", "max_users": 10, "allow": ["127.0.0.0/8", "::1/128"]},
         "presence": {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2},
@@ -180,8 +205,13 @@ class Vigil:
     """A running vigil process."""
 
     def __init__(
-        self, config: Path, python: str = sys.executable, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
+        """``nofile``: the process's RLIMIT_NOFILE (soft and hard), if not this process's."""
         self.config = config
         self.log_path = config.parent / "vigil.log"
         import tomllib
@@ -201,6 +231,7 @@ class Vigil:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if nofile is None else functools.partial(_limit_files, nofile),
         )
         self.wait_listening()
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from support import CHATTY
 from testclient import App
 
 JSON = "application/json"
@@ -87,7 +88,7 @@ def test_other_methods_are_405(app: App) -> None:
 
 
 def test_history_survives_a_restart(make_app: Callable[..., App]) -> None:
-    app = make_app()
+    app = make_app(CHATTY)
     c = app.client()
     c.post_chats("bob", [f"message {i}" for i in range(105)])
     kept = history(app)
@@ -95,7 +96,7 @@ def test_history_survives_a_restart(make_app: Callable[..., App]) -> None:
     app.server.shutdown()
     app.advance(2)
     app.close()
-    again = make_app(directory=app.directory)  # same config, same audit log
+    again = make_app(CHATTY, directory=app.directory)  # same config, same audit log
     assert history(again) == kept
     r = again.client().post("/api/chat", {"text": "after the restart"})
     assert r.status == 200

@@ -68,12 +68,98 @@ def test_missing_file(tmp_path: Path) -> None:
         load(tmp_path / "none.toml")
 
 
+LOCAL_USER = USER.replace("auth.users", "users").replace("alice", "admin")
+
+
+def local_users_file(tmp_path: Path, data: bytes = LOCAL_USER.encode(), mode: int = 0o600) -> Path:
+    """users.local.toml in ``tmp_path`` with ``data``, mode ``mode`` (vigil writes 0600)."""
+    local = tmp_path / LOCAL_USERS_FILE
+    local.write_bytes(data)
+    os.chmod(local, mode)
+    return local
+
+
 def test_local_users_file_adds_users(tmp_path: Path) -> None:
     path = write(tmp_path, USER)
-    (tmp_path / LOCAL_USERS_FILE).write_text(
-        USER.replace("auth.users", "users").replace("alice", "admin")
-    )
+    local_users_file(tmp_path)
     assert [u.name for u in load(path).auth.users] == ["alice", "admin"]
+    os.chmod(tmp_path / LOCAL_USERS_FILE, 0o400)  # read-only for its owner: fine too
+    assert [u.name for u in load(path).auth.users] == ["alice", "admin"]
+
+
+@pytest.mark.parametrize("which", ["config", "users"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path, which: str) -> None:
+    """One byte of Latin-1 in a comment (tomllib raises UnicodeDecodeError, not its own error)."""
+    latin1 = "# caf\xe9\n".encode("latin-1")
+    path = write(tmp_path, USER)
+    bad = path
+    if which == "config":
+        path.write_bytes(b"# vigil\n" + latin1 + USER.encode())
+    else:
+        bad = local_users_file(tmp_path, latin1 + LOCAL_USER.encode())
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    message = str(e.value)
+    assert message.startswith(f"{bad}: ") and "UTF-8" in message, message
+    assert "line 2" in message if which == "config" else "line 1" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644], ids=oct)
+def test_a_users_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    path = write(tmp_path, USER)
+    local = local_users_file(tmp_path, mode=mode)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value) == f"{local}: other users may read it (chmod 600 {local})"
+
+
+def test_a_dangling_users_file_link_is_an_error(tmp_path: Path) -> None:
+    """Not "no users" (the first run would make an admin and replace the link)."""
+    path = write(tmp_path, USER)
+    local = tmp_path / LOCAL_USERS_FILE
+    local.symlink_to(tmp_path / "elsewhere" / "users.toml")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    message = str(e.value)
+    assert message.startswith(f"{local}: ") and str(tmp_path / "elsewhere") in message, message
+    assert "\n" not in message
+    assert local.is_symlink()  # nothing replaced
+
+
+def test_a_users_file_link_to_a_private_file_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, USER)
+    (tmp_path / "elsewhere").mkdir()
+    target = local_users_file(tmp_path / "elsewhere")
+    (tmp_path / LOCAL_USERS_FILE).symlink_to(target)
+    assert [u.name for u in load(path).auth.users] == ["alice", "admin"]
+
+
+def audit_target(tmp_path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "audit.fifo")
+        return tmp_path / "audit.fifo"
+    if kind == "directory":
+        (tmp_path / "audit.d").mkdir()
+        return tmp_path / "audit.d"
+    return Path(kind)
+
+
+@pytest.mark.parametrize("kind", ["/dev/full", "/dev/zero", "/dev/null", "fifo", "directory"])
+def test_an_audit_path_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """The audit log reads its whole file at start: a device or a FIFO would hang it."""
+    target = audit_target(tmp_path, kind)
+    path = write(tmp_path, f'[audit]\npath = "{target}"\n')
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value) == f"{path}: [audit] path {target} is not a regular file"
+
+
+def test_an_audit_path_may_be_missing_or_a_link_to_a_file(tmp_path: Path) -> None:
+    assert load(write(tmp_path, '[audit]\npath = "var/new.jsonl"\n')).audit.path.name == "new.jsonl"
+    (tmp_path / "real.jsonl").write_text("")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
+    assert load(write(tmp_path, '[audit]\npath = "link.jsonl"\n')).audit.path.name == "link.jsonl"
 
 
 SECRET = "ab" * 32

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from server.events import EventBus, encode, preamble
+import pytest
+
+from server.events import EventBus, encode, parse_event_id, preamble
 
 
 def test_wire_format() -> None:
@@ -42,3 +44,22 @@ def test_reset_carries_state_and_current_id() -> None:
     lines = bus.reset({"online": []}).decode().splitlines()
     assert lines[:2] == ["id: 10", "event: reset"]
     assert json.loads(lines[2].removeprefix("data: ")) == {"online": []}
+
+
+def test_the_ring_is_bounded_in_bytes_too() -> None:
+    """1,000 readings of 64 KiB were 64 MB of ring; the oldest go first past max_bytes."""
+    bus = EventBus(first_id=1, size=1000, max_bytes=10_000)
+    for i in range(1, 101):
+        bus.publish("telemetry", {"i": i, "pad": "x" * 1000})
+    kept = bus.since(95) or []
+    assert [e.data["i"] for e in kept] == [96, 97, 98, 99, 100]
+    assert bus.since(80) is None  # pushed out by bytes, not by count
+    assert sum(len(e.wire) for e in bus.since(91) or []) <= 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("42", 42), ("", None), ("\xb2", None), ("\xb9\xb2", None), ("-1", None), ("1" * 20, None)],
+)
+def test_parse_event_id_takes_ascii_digits_only(text: str, expected: int | None) -> None:
+    assert parse_event_id(text) == expected

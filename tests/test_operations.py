@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -217,6 +218,44 @@ def test_run_with_a_missing_config_file_names_it(tmp_path: Path) -> None:
     result = server_cmd("--config", str(path))
     assert result.returncode != 0
     assert_one_clear_line(result.stderr, str(path))
+
+
+def not_utf8(path: Path) -> None:
+    """One byte of Latin-1 (é) in a comment on line 2: not UTF-8, so not TOML."""
+    path.write_bytes(b"# vigil\n# caf\xe9\n" + path.read_bytes())
+
+
+@pytest.mark.parametrize("command", [["check-config"], []], ids=["check-config", "run"])
+def test_a_config_that_is_not_utf8_fails_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    path = write_config(tmp_path, users=ALICE)
+    not_utf8(path)
+    result = server_cmd(*command, "--config", str(path))
+    assert result.returncode == 1
+    assert_one_clear_line(result.stderr, f"vigil: {path}: line 2", "UTF-8")
+
+
+def test_sighup_with_a_config_that_is_not_utf8_keeps_the_old_one(
+    start_vigil: Callable[..., Vigil],
+) -> None:
+    vigil = start_vigil(users=ALICE)
+    not_utf8(vigil.config)
+    mark = len(vigil.log())
+    vigil.signal(signal.SIGHUP)
+    line = vigil.wait_for_log(re.escape(str(vigil.config)), mark)
+    assert "keeping the running config" in line and "UTF-8" in line, line
+    assert "Traceback" not in vigil.log()
+    assert vigil.proc.poll() is None
+    assert Remote.of(vigil, keep_alive=False).me("alice").status == 200
+
+
+def test_an_audit_path_that_is_a_fifo_fails_in_one_line(tmp_path: Path) -> None:
+    """Not a start that hangs reading it (the audit log reads its whole file at start)."""
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    path = write_config(tmp_path, {"audit": {"path": str(fifo)}}, users=ALICE)
+    result = server_cmd("--config", str(path))
+    assert result.returncode == 1
+    assert_one_clear_line(result.stderr, f"[audit] path {fifo} is not a regular file")
 
 
 def test_port_in_use_fails_in_one_line(tmp_path: Path) -> None:

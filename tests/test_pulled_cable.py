@@ -22,7 +22,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from netns import Client, EventWatcher, Namespace, presence, serving_sections
-from support import Vigil, basic
+from support import CHATTY, Vigil, basic
 from wire import Remote
 
 BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
@@ -31,7 +31,7 @@ STREAM_BOUND = 3.0  # the same for an event stream (TCP_USER_TIMEOUT 2 s): the t
 
 def sections(**presence_cfg: object) -> dict[str, dict[str, object]]:
     presence = {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg}
-    return {**serving_sections(), "presence": presence}
+    return {**serving_sections(), "presence": presence, **CHATTY}  # alice chats 5 a second
 
 
 class Chatter:

@@ -112,8 +112,9 @@ ERRORS = [
     ("not-found-file", request("GET", "/no-such-file.html"), 404, None),
     ("not-found-api", request("GET", "/api/no-such-endpoint"), 404, None),
     ("method-on-api", request("DELETE", "/api/me"), 405, "allow"),
-    ("unknown-method", request("FOO", "/api/me"), 405, "allow"),
-    ("unknown-method-static", request("FOO", "/index.html"), 405, "allow"),
+    ("unknown-method", request("FOO", "/api/me"), 501, None),
+    ("unknown-method-static", request("FOO", "/index.html"), 501, None),
+    ("known-method-not-here", request("PATCH", "/index.html"), 405, "allow"),
     ("post-on-static", request("POST", "/index.html", body=b"{}"), 405, "allow"),
     ("put-on-healthz", request("PUT", "/healthz", {"Authorization": None}), 405, "allow"),
     (
@@ -171,7 +172,7 @@ def test_error_status_and_json_body(
     ("method", "target", "allowed"),
     [
         ("DELETE", "/api/me", {"GET", "HEAD"}),
-        ("FOO", "/index.html", {"GET", "HEAD"}),
+        ("PATCH", "/index.html", {"GET", "HEAD"}),
         ("POST", "/style.css", {"GET", "HEAD"}),
         ("PUT", "/api/chat", {"GET", "HEAD", "POST"}),
         ("GET", "/api/devices/lamp-1/commands", {"POST"}),

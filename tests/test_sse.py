@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from support import CHATTY
 from testclient import App, Client
 from wire import Event
 
@@ -90,7 +91,8 @@ def test_resume_with_last_event_id_misses_and_repeats_nothing(app: App, in_query
     assert (after.type, after.data["text"], after.id) == ("chat", "after", last + len(missed) + 1)
 
 
-def test_reset_when_the_id_is_not_in_the_ring(app: App) -> None:
+def test_reset_when_the_id_is_not_in_the_ring(make_app: Callable[..., App]) -> None:
+    app = make_app(CHATTY)
     holders = [hold(app, "alice"), hold(app, "bob")]  # no presence events from here on
     bob = holders[1]
     c = stream(app)

@@ -15,11 +15,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Generator
-from pathlib import Path
 
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
-from support import Vigil, basic, require
+from support import CHATTY, Vigil, basic, require, vm_rss_kib
 from wire import Remote, request, sse_events
 
 TIMEOUT = httpx.Timeout(5.0, read=3.0)
@@ -96,13 +95,6 @@ def test_curl_reads_the_stream(vigil: Vigil) -> None:
     assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))  # type: ignore[type-var]
 
 
-def vm_rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    assert match is not None
-    return int(match.group(1))
-
-
 def test_a_client_that_never_reads_is_cut_off(start_vigil: Callable[..., Vigil]) -> None:
     """vigil's own bound on a stalled stream: ``max_sse_buffer`` bytes, then cut off.
 
@@ -113,7 +105,11 @@ def test_a_client_that_never_reads_is_cut_off(start_vigil: Callable[..., Vigil])
     """
     limit = 65536
     vigil = start_vigil(
-        sections={"http": {"max_sse_buffer": limit}, "presence": {"user_timeout_ms": 60000}}
+        sections={
+            "http": {"max_sse_buffer": limit},
+            "presence": {"user_timeout_ms": 60000},
+            **CHATTY,
+        }
     )
     big = ["😀" * 500] * 200  # 200 events of ~2 KB each
     post_chats(vigil, "bob", big * 5)  # fill the ring and the chat history first

@@ -20,6 +20,7 @@ import pytest
 from support import ROOT, Vigil, require, write_config
 from wire import Remote
 
+from server import users
 from server.config import LOCAL_USERS_FILE, load
 from server.pidfile import PID_FILE
 
@@ -174,3 +175,63 @@ def test_a_full_disk_leaves_the_old_file_intact(tmp_path: Path) -> None:
         assert [u.name for u in load(config).auth.users] == ["alice", "bob"]
     finally:
         subprocess.run(["umount", str(state)], check=True)
+
+
+def one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    assert stderr.startswith("vigil: ") and stderr.count("\n") == 1, stderr
+    return stderr
+
+
+def start(config: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m server --config CONFIG`` expected to stop at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_users_file_others_may_read_is_refused_until_chmod(tmp_path: Path) -> None:
+    config = write_config(tmp_path, users={"alice": "operator"})
+    assert user(config, "add", "bob", password=BOB_PW).returncode == 0
+    local = tmp_path / LOCAL_USERS_FILE
+    os.chmod(local, 0o644)
+    words = f"vigil: {local}: other users may read it (chmod 600 {local})\n"
+    listed = user(config, "list")
+    assert listed.returncode == 1 and one_line(listed.stderr) == words
+    started = start(config)
+    assert started.returncode == 1 and one_line(started.stderr) == words
+    os.chmod(local, 0o600)
+    assert user(config, "list").returncode == 0
+
+
+def test_a_dangling_users_file_link_is_an_error_and_nothing_is_replaced(tmp_path: Path) -> None:
+    """Not "no users": the first run would make an admin and put a file where the link was."""
+    config = write_config(tmp_path, users={})
+    local = tmp_path / LOCAL_USERS_FILE
+    target = tmp_path / "not-mounted" / "users.toml"
+    local.symlink_to(target)
+    started = start(config)
+    assert started.returncode == 1
+    assert one_line(started.stderr).startswith(f"vigil: {local}: ")
+    assert str(target) in started.stderr
+    assert "first run" not in started.stderr and "password" not in started.stderr
+    added = user(config, "add", "bob", password=BOB_PW)
+    assert added.returncode == 1 and one_line(added.stderr).startswith(f"vigil: {local}: ")
+    assert local.is_symlink() and os.readlink(local) == str(target)  # the link is untouched
+    assert not target.exists()
+    assert sorted(os.listdir(tmp_path)) == ["config.toml", LOCAL_USERS_FILE]
+
+
+def test_saving_never_replaces_a_dangling_link(tmp_path: Path) -> None:
+    """Even without the config's check first (a race): the link stays, an error names it."""
+    local = tmp_path / LOCAL_USERS_FILE
+    local.symlink_to(tmp_path / "missing.toml")
+    with pytest.raises(FileNotFoundError) as e:
+        users.save(tmp_path, [])
+    assert e.value.filename == str(local)
+    assert local.is_symlink() and os.listdir(tmp_path) == [LOCAL_USERS_FILE]

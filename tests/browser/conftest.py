@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from browser_support import CHROMIUM, chromium
-from support import USERS, Vigil, make_certificate, password, require
+from support import CHATTY, USERS, Vigil, make_certificate, password, require
 
 CONNECTED = "#conn[data-state=connected]"
 
@@ -68,9 +68,10 @@ def browser(playwright: Any, browser_cert: tuple[Path, Path]) -> Iterator[Any]:
 
 @pytest.fixture
 def vigil(start_vigil: Callable[..., Vigil], browser_cert: tuple[Path, Path]) -> Vigil:
-    """A vigil with the default test config, serving ``browser_cert`` over HTTPS."""
+    """A vigil with the default test config, serving ``browser_cert`` over HTTPS
+    (chat not rationed: tests talk faster than people)."""
     cert, key = browser_cert
-    return start_vigil(sections={"tls": {"cert": str(cert), "key": str(key)}})
+    return start_vigil(sections={"tls": {"cert": str(cert), "key": str(key)}, **CHATTY})
 
 
 @pytest.fixture

@@ -113,8 +113,8 @@ POSTS = re.compile(r' - (\S+) \[[^]]*\] "POST /api/chat HTTP/1\.1" (\d+)')
 
 # (host of the attacking page, what vigil may answer the forged POST)
 ORIGINS = [
-    ("127.0.0.1", {"403"}),  # same site, other port: credentials attached, vigil refuses
-    ("localhost", {"401", "403"}),  # other site: Chromium sends no cached credentials
+    ("127.0.0.1", {"403"}),  # same site, other port: vigil refuses (Sec-Fetch-Site)
+    ("localhost", {"401", "403"}),  # other site: refused before credentials are looked at
 ]
 
 
@@ -132,9 +132,10 @@ def test_page_on_another_origin_cannot_post(
     posts = eventually(lambda: POSTS.findall(vigil.log()), what="the forged POST in the log")
     # the JSON one never left the browser (its CORS preflight failed); the simple one
     # reached vigil and was refused
+    # (403 from Sec-Fetch-Site, before authentication: the log names whoever the
+    # connection last belonged to, alice on a connection her panel had used, else "-")
     assert len(posts) == 1 and posts[0][1] in refusals, posts
-    if posts[0][1] == "403":
-        assert posts[0][0] == "alice", "a 403 for the credentials the browser attached"
+    assert posts[0][0] in ("alice", "-")
     assert not any(t.startswith("csrf") for t in chat_texts(vigil))
     # alice's own panel still posts fine
     panel.fill("#chat-text", "mine")
