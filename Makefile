@@ -1,4 +1,4 @@
-# vigil: make run | make test | make lint | make bench | make check
+# vigil: make run | make test | make lint | make bench | make check | make fuzz
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium
 	procps systemd python3-venv mosquitto mosquitto-clients
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
-.PHONY: run test lint check bench deps test-deps uml-kernel clean
+.PHONY: run test lint check bench fuzz deps test-deps uml-kernel clean
 
 run: $(STAMP)
 	$(PY) -m server --config config.toml
@@ -42,8 +42,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/ruff format --check server tests bench
 	$(VENV)/bin/mypy server
+	$(VENV)/bin/lint-imports --no-cache
 
 check: lint test
+
+# Property-based fuzzing of the request path (tests/test_fuzz.py; every `make test` runs
+# a short, fixed-seed profile): the long profile, a new seed each run, printed with a
+# failure; VIGIL_FUZZ_SEED=N repeats one.
+fuzz: $(STAMP)
+	VIGIL_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 bench: $(STAMP)
 	@tools/ensure-debs.sh $(BENCH_DEBS)

@@ -62,7 +62,7 @@ class Vigil:
         """Return a not yet started vigil Server with its own config dir.
 
         ``sections``: more config sections (not [http], [auth], [control],
-        [audit], [tls]), e.g. ``{"mqtt": {...}}``.
+        [limits], [audit], [tls]), e.g. ``{"mqtt": {...}}``.
 
         With ``profile``, vigil runs under cProfile, which writes that file
         when vigil exits (on SIGTERM, when the Server stops).
@@ -84,6 +84,9 @@ class Vigil:
         config += ["", "[[auth.users]]", f"name = {_toml(USER)}", f"role = {_toml(ROLE)}"]
         config += [f"password = {_toml(self.password_hash)}"]
         config += ["", "[control]", "enabled = false"]
+        # one bench user stands for many people: wrk's 50 and the idle section's 500
+        # connections are theirs (a person's own budget is [limits] connections_per_user)
+        config += ["", "[limits]", "connections_per_user = 1000"]
         config += ["", "[audit]", f"path = {_toml(str(home / 'audit.jsonl'))}"]
         tls_port = free_port()
         config += ["", "[tls]", f"port = {tls_port}", ""]

@@ -48,16 +48,9 @@ from server import api, certificate, presence, sockopts
 from server import config as configmod
 from server import tls as tlsmod
 from server.accesslog import AccessLog
+from server.addresses import AllowList, display_address, is_loopback
 from server.audit import AuditLog
-from server.auth import (
-    AllowList,
-    Authenticator,
-    HashBudget,
-    Verdict,
-    display_address,
-    hash_password,
-    is_loopback,
-)
+from server.auth import Authenticator, HashBudget, Verdict, hash_password
 from server.buckets import Rate
 from server.config import Config, ConfigError, User
 from server.connection import Connection, Proceed, Settings, State

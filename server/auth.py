@@ -31,8 +31,6 @@ Pure: the caller passes the header value, the peer address and ``now``.
   unauthenticated clients send. Successful verifications are not charged
   (colleagues behind one address log in freely; their next requests hit
   the cache).
-- The allow-list is checked at accept time; IPv4-mapped IPv6 addresses
-  (``::ffff:10.0.0.1``) are compared as the IPv4 address they carry.
 """
 
 from __future__ import annotations
@@ -42,14 +40,14 @@ import enum
 import functools
 import hashlib
 import hmac
-import ipaddress
 import os
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.buckets import Bucket, Rate, retry_after
-from server.config import Network, User
+from server.config import User
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _MAX_LOCKOUT_ENTRIES = 10000
@@ -91,6 +89,16 @@ def dummy_hash() -> str:
     return hash_password("", salt=b"vigil-dummy-salt")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(text: str) -> bool:
+    """Does ``text`` hold a control character? RFC 7617 §2 forbids them in user names
+    and passwords, and scrypt could not tell them apart at the end of a password: it
+    keys an HMAC with it, and HMAC pads a short key with zeros ("pw" = "pw\\0")."""
+    return _CONTROL.search(text) is not None
+
+
 def parse_basic(header: str) -> tuple[str, str] | None:
     """(user, password) from an ``Authorization: Basic …`` value, or None if malformed."""
     scheme, _, token = header.strip().partition(" ")
@@ -101,47 +109,9 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     user, sep, password = decoded.partition(":")
-    if not sep or not user:
+    if not sep or not user or has_control(decoded):
         return None
     return user, password
-
-
-def normalise_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """``addr`` as an address object, IPv4-mapped IPv6 turned into IPv4."""
-    ip = ipaddress.ip_address(addr.partition("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def is_loopback(addr: str) -> bool:
-    """Is ``addr`` this machine (127.0.0.0/8, ::1, IPv4-mapped loopback)?"""
-    try:
-        return normalise_address(addr).is_loopback
-    except ValueError:
-        return False
-
-
-def display_address(addr: str) -> str:
-    """``addr`` as people read it (``::ffff:127.0.0.1`` → ``127.0.0.1``)."""
-    try:
-        return str(normalise_address(addr))
-    except ValueError:
-        return addr
-
-
-class AllowList:
-    """CIDR ranges; ``allows(addr)`` for IPv4, IPv6 and IPv4-mapped addresses."""
-
-    def __init__(self, networks: Iterable[Network]) -> None:
-        self.networks = tuple(networks)
-
-    def allows(self, addr: str) -> bool:
-        try:
-            ip = normalise_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks if net.version == ip.version)
 
 
 class Verdict(enum.Enum):

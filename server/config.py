@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.addresses import Network
 from server.control import DEVICE_ID, DEVICE_ID_RULE
 from server.devices import DeviceKey, parse_secret
 
@@ -51,9 +52,6 @@ ROLES = ("operator", "viewer")
 
 class ConfigError(Exception):
     """A config file is unreadable or invalid; str() is one line for stderr."""
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,10 +46,9 @@ import hmac
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from server.auth import AllowList
+from server.addresses import AllowList
 
 NONCE_BYTES = 32
 SECRET_BYTES = 32  # what add-device makes: 256 bits

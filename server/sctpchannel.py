@@ -104,7 +104,7 @@ from typing import Any
 import sctp
 
 from server import control
-from server.auth import AllowList, display_address
+from server.addresses import AllowList, display_address
 from server.config import ControlConfig
 from server.control import Phase, Refusal, Stream
 from server.devices import NONCE_BYTES, Admission, Denial, challenge

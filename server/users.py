@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from server.auth import has_control
 from server.config import LOCAL_USERS_FILE, User
 
 MIN_LENGTH = 10
@@ -55,6 +56,8 @@ def weakness(name: str, password: str) -> str | None:
         return f"too short: a password has at least {MIN_LENGTH} characters"
     if name.casefold() in password.casefold():
         return "a password must not contain the user name"
+    if has_control(password):
+        return "a password has no control characters (HTTP Basic cannot carry them)"
     return None
 
 

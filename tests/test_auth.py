@@ -8,16 +8,16 @@ import ipaddress
 import pytest
 from support import basic
 
+from server.addresses import AllowList, display_address
 from server.auth import (
-    AllowList,
     Authenticator,
     Verdict,
-    display_address,
     hash_password,
     parse_basic,
     verify_password,
 )
 from server.config import User
+from server.users import weakness
 
 HASH = hash_password("s3cret")
 ALICE = User("alice", HASH, "operator")
@@ -112,3 +112,12 @@ def test_allow_list(addr: str, allowed: bool) -> None:
 def test_display_address_unmaps_ipv4() -> None:
     assert display_address("::ffff:10.0.0.7") == "10.0.0.7"
     assert display_address("::1") == "::1"
+
+
+@pytest.mark.parametrize("password", ["ecila-pw\x00", "ecila-pw\x00\x00\x00", "ecila\x07-pw"])
+def test_control_characters_are_never_a_password(password: str) -> None:
+    """scrypt keys an HMAC with the password, which pads it with zeros: "pw\\0" was "pw"
+    (found by the fuzzer). RFC 7617 §2 forbids control characters anyway."""
+    header = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+    assert parse_basic(header) is None
+    assert weakness("alice", "a long enough\x00password") is not None

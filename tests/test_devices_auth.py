@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from server.addresses import AllowList
 from server.agent import SECRET_ENV, secret_of
-from server.auth import AllowList
 from server.config import LOCAL_DEVICES_FILE, load
 from server.devices import (
     RECENT_NONCES,

@@ -7,33 +7,17 @@ import re
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import ROOT, Vigil, free_port, write_config
+from support import Vigil, free_port, server_cmd, write_config
 from wire import Remote, request
 
 from server.auth import verify_password
 
 ALICE = {"alice": "operator"}
-
-
-def server_cmd(
-    *args: str, stdin: str | None = None, timeout: float = 15
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-    )
 
 
 # -- SIGHUP ------------------------------------------------------------------------

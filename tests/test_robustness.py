@@ -364,3 +364,14 @@ def test_nothing_is_acknowledged_when_the_audit_fsync_fails(
     assert c.closed()  # closed, never answered 200
     monkeypatch.undo()
     assert app.client().me().status == 200
+
+
+def test_aborted_connections_write_no_log_line(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of connections reset by their clients once wrote an INFO line each."""
+    caplog.set_level(logging.INFO, logger="server")
+    for _ in range(20):
+        c = app.client("10.1.2.3")
+        c.send(b"GET /api/me HT")
+        c.reset()
+    app.pump()
+    assert [r.getMessage() for r in caplog.records] == []

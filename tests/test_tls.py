@@ -285,6 +285,16 @@ def test_pipelined_requests_head_and_304(connect: Callable[[], Remote]) -> None:
     assert c.me().status == 200  # and the connection goes on
 
 
+def test_hsts_on_every_https_answer_and_never_over_plain_http(
+    connect: Callable[[], Remote],
+) -> None:
+    c = connect()
+    answers = [c.me(), c.get("/index.html"), c.get("/no-such-file"), c.me(pw="wrong")]
+    hsts = {r.headers.get("strict-transport-security") for r in answers}
+    secure = c.tls is not None
+    assert hsts == ({"max-age=31536000"} if secure else {None})
+
+
 def test_an_event_stream(connect: Callable[[], Remote]) -> None:
     stream = connect()
     head = stream.get("/api/events", headers={"Accept": "text/event-stream"})

@@ -9,13 +9,20 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import pytest
-from support import ROOT, Vigil, der_sha256, fingerprint, make_certificate, write_config
+from support import (
+    ROOT,
+    Vigil,
+    der_sha256,
+    fingerprint,
+    make_certificate,
+    server_cmd,
+    write_config,
+)
 from testclient import App
 
 from server import certificate, firstrun
@@ -24,13 +31,7 @@ from server.certificate import CertificateError
 
 
 def tls_info(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", "tls-info", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return server_cmd("tls-info", "--config", str(config))
 
 
 def test_first_run_shows_the_fingerprint_and_tls_info_repeats_it(
@@ -83,14 +84,7 @@ def test_a_certificate_near_its_expiry_is_warned_about(
 
 def run(config: Path) -> subprocess.CompletedProcess[str]:
     """``python -m server --config CONFIG`` expected to stop at once (a problem at start)."""
-    return subprocess.run(
-        [sys.executable, "-m", "server", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    return server_cmd("--config", str(config))
 
 
 def one_line(stderr: str) -> str:
@@ -179,23 +173,11 @@ def test_a_vigil_with_a_bad_tls_file_stops_in_one_line(tmp_path: Path, case: str
 def test_check_config_checks_the_tls_files(tmp_path: Path) -> None:
     cert, key, words = tls_files(tmp_path, "key-others-may-read")
     config = write_config(tmp_path, {"tls": {"cert": str(cert), "key": str(key)}})
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "check-config", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = server_cmd("check-config", "--config", str(config))
     assert done.returncode == 1
     assert words in one_line(done.stderr)
     os.chmod(key, 0o600)
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "check-config", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = server_cmd("check-config", "--config", str(config))
     assert done.returncode == 0, done.stderr
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ROOT, Vigil, require, write_config
+from support import ROOT, Vigil, require, server_cmd, write_config
 from wire import Remote
 
 from server import users
@@ -185,14 +185,7 @@ def one_line(stderr: str) -> str:
 
 def start(config: Path) -> subprocess.CompletedProcess[str]:
     """``python -m server --config CONFIG`` expected to stop at once."""
-    return subprocess.run(
-        [sys.executable, "-m", "server", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    return server_cmd("--config", str(config))
 
 
 def test_a_users_file_others_may_read_is_refused_until_chmod(tmp_path: Path) -> None:

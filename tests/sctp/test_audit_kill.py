@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from panel import Panel
-from support import Vigil, basic
+from support import CHATTY, Vigil, basic
 
 OPERATORS = ("alice", "bob", "user01")
 ROUNDS = 100  # per operator: at most 600 records, GET /api/audit shows 1000
@@ -55,7 +55,8 @@ class Operator(threading.Thread):
 
 
 def test_acknowledged_records_survive_kill_9_and_a_torn_line(tmp_path: Path) -> None:
-    panel = Panel(tmp_path)
+    # as fast as they can: no rate limit (the records, not the limits, are tested here)
+    panel = Panel(tmp_path, limits={**CHATTY["limits"], "command_burst": 10000})
     try:
         panel.agent("lamp-1")
         panel.wait(lambda: panel.online("lamp-1"))
