@@ -11,6 +11,10 @@ States (``State``; ``TRANSITIONS`` is the whole machine):
 
 - ``HANDSHAKE``: a TLS connection before its handshake is done; closed at
   ``handshake_timeout`` from accept. Counts as unauthenticated.
+Output is bounded too: past ``OUT_HIGH_WATER`` bytes queued for a client
+that does not read, no further pipelined request is answered and its
+socket is not read until it does (TCP's own flow control then stops it).
+
 - ``IDLE``: between requests, nothing buffered; closed after the idle
   timeout (``keepalive_timeout`` once authenticated, else ``header_timeout``).
 - ``READING``: part of a request is buffered; it must be complete within
@@ -75,6 +79,9 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 65536
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 262144
+# Answers queued and not yet taken by the kernel, past which no further pipelined
+# request is answered until the client reads (a 40-byte request may ask for 30 KB).
+OUT_HIGH_WATER = 262144
 
 # What the server does with a whole request whose head it admitted.
 Proceed = Callable[[Request], Outcome]
@@ -143,7 +150,7 @@ class Connection:
         "_queued",
         "_session",
         "_tls",
-        "_watching_write",
+        "_watching",
         "addr",
         "id",
         "last_active",
@@ -176,7 +183,7 @@ class Connection:
         self._session = HttpSession(host.settings.limits, HSTS if tls is not None else ())
         self._out = bytearray()
         self._queued = False  # told the host we have output
-        self._watching_write = False
+        self._watching = READ  # what the loop watches this socket for
         # the 408 deadline while READING, the handshake's while HANDSHAKE
         self._deadline: float | None = (
             self.last_active + host.settings.handshake_timeout if tls is not None else None
@@ -275,7 +282,7 @@ class Connection:
         """Answer every complete request buffered, until parked, streaming or closing."""
         self._dispatching = True
         try:
-            while self.state in _SERVING:
+            while self.state in _SERVING and len(self._out) <= OUT_HIGH_WATER:
                 item = self._session.next_request()
                 if item is None:
                     return
@@ -429,12 +436,12 @@ class Connection:
         sent = self._write(self._out)
         if sent is None:
             return
+        backed_up = len(self._out) > OUT_HIGH_WATER
         del self._out[:sent]
-        if self._out:
-            self._watch_write(True)
-            return
-        self._watch_write(False)
-        if self.state is State.CLOSING:
+        if backed_up and len(self._out) <= OUT_HIGH_WATER and self.state in _SERVING:
+            self.process()  # the client reads again: answer what it pipelined meanwhile
+        self._watch()
+        if not self._out and self.state is State.CLOSING:
             self._finish_closing()
 
     def _finish_closing(self) -> None:
@@ -461,10 +468,14 @@ class Connection:
             if self._lingering > LINGER_BYTES:
                 self.close(lost=False)
 
-    def _watch_write(self, on: bool) -> None:
-        if self._watching_write != on:
-            self._watching_write = on
-            self._host.loop.modify(self.sock, READ | WRITE if on else READ, self.on_event)
+    def _watch(self) -> None:
+        """Writability while the kernel has not taken everything; readability unless
+        too much is queued for a client that does not read (TCP pushes back on it)."""
+        out = len(self._out)
+        mask = (READ if out <= OUT_HIGH_WATER else 0) | (WRITE if out else 0)
+        if mask != self._watching and self.state is not State.CLOSED:
+            self._watching = mask
+            self._host.loop.modify(self.sock, mask, self.on_event)
 
     # -- the transport: the one place TLS plugs in -----------------------
     def _recv(self) -> bytes | None:

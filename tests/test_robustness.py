@@ -11,6 +11,7 @@ attack) are in ``tests/test_budgets_e2e.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -375,3 +376,29 @@ def test_aborted_connections_write_no_log_line(app: App, caplog: pytest.LogCaptu
         c.reset()
     app.pump()
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_a_client_that_pipelines_and_never_reads_cannot_fill_memory(app: App) -> None:
+    """40 bytes of request for 30 KB of answer: 2,000 pipelined requests not read would
+    queue 60 MB. Past ``OUT_HIGH_WATER`` queued, the connection answers nothing more
+    until the client reads; what it keeps sending meanwhile is bounded like a busy one's."""
+    import tracemalloc
+
+    c = app.client()
+    one = request("GET", "/app.js")
+    sent = 0
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):  # never read: the server's writes fill the kernel buffers
+            with contextlib.suppress(BlockingIOError):  # (once the kernel's are full too)
+                sent += c.sock.send(one * 100)
+            app.pump()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 1048576, f"{held / 1048576:.1f} MiB held for one client"
+    for _ in range(sent // len(one)):  # reading now, every answer comes, in order
+        resp = c.response()
+        assert resp.status == 200 and len(resp.body) > 20000
+    assert c.open
