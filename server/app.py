@@ -241,8 +241,10 @@ class Server:
         the file and what is wrong."""
         own = cfg.tls.cert is None
         cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
-        made = certificate.renew(cfg.state.dir, datetime.now(UTC)) if own else None
-        desc = certificate.check(cert, key, own)
+        if own:
+            desc, made = certificate.own_pair(cfg.state.dir, datetime.now(UTC))
+        else:
+            desc, made = certificate.check(cert, key, own), None
         with certificate.naming_files(cert, key, own):
             ctx = tlsmod.server_context(cert, key)
         self.certificate = desc

@@ -251,16 +251,19 @@ def ensure(directory: Path) -> bool:
     return True
 
 
-def renew(directory: Path, now: datetime) -> str | None:
-    """Make this device's own certificate in ``directory`` again if ``remake_reason`` says so
-    at ``now``, or if there is none; why it was made (for the log), or None."""
+def own_pair(directory: Path, now: datetime) -> tuple[Description, str | None]:
+    """This device's own pair in ``directory``, checked (``check``): made again first if
+    there is none or ``remake_reason`` says so at ``now``. Its description, and why it
+    was made (for the log) or None. One ``openssl x509`` when nothing is made."""
     cert, key = location(None, None, directory)
     why: str | None = "there was none"
     if cert.exists() and key.exists():
-        why = remake_reason(describe(cert), now)
-    if why is not None:
-        _make_own(directory)
-    return why
+        desc = check(cert, key, own=True)
+        why = remake_reason(desc, now)
+        if why is None:
+            return desc, None
+    _make_own(directory)
+    return check(cert, key, own=True), why
 
 
 def _read(path: Path, what: str, private: bool = False) -> bytes:

@@ -85,7 +85,7 @@ class Guest:
         cwd: str | Path = ".",
         env: Mapping[str, str] | None = None,
         *,
-        mem: str = "256M",
+        mem: str = "512M",  # pytest, vigil and a dozen agents at once: 256M ran out once
         tap: str | Tap | None = None,
         echo: bool = True,
     ) -> None:
