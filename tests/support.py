@@ -250,7 +250,7 @@ class Vigil:
         )
         self.wait_listening()
 
-    def wait_listening(self, timeout: float = 10.0) -> None:
+    def wait_listening(self, timeout: float = 20.0) -> None:  # a UML guest is slow
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
