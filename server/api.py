@@ -66,12 +66,8 @@ class Services:
     command_rate: Rate  # commands per person (HTTP) or fleet user (MQTT)
 
 
-def too_fast(what: str, wait: float) -> Response:
-    """429 for one person's ``what`` beyond their rate (``[limits]``)."""
-    return json_response(*_too_fast(what, wait))
-
-
 def _too_fast(what: str, wait: float) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """429 for one person's ``what`` beyond their rate (``[limits]``): status, body, headers."""
     retry = retry_after(wait)
     body = {"error": f"too many {what}; try again in {retry} s", "retry_after": retry}
     return 429, body, [("Retry-After", str(retry))]
@@ -350,7 +346,7 @@ def chat_post(svc: Services, call: Call) -> Response:
         return error(400, f"a chat message has at most {MAX_CHAT} characters")
     wait = svc.chat_rate.take(call.who.name, svc.now())
     if wait:
-        return too_fast("chat messages", wait)
+        return json_response(*_too_fast("chat messages", wait))
     record = svc.audit.append("chat", user=call.who.name, text=text)
     message = chat_message(record)
     svc.events.publish("chat", message)

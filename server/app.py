@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING
 
 from server import api, certificate, presence, sockopts
 from server import config as configmod
-from server import tls as tlsmod
 from server.accesslog import AccessLog
 from server.addresses import AllowList, display_address, is_loopback
 from server.audit import AuditLog
@@ -239,18 +238,14 @@ class Server:
         (made on first run by ``python -m server``, ``server.firstrun``; made again here when
         ``certificate.remake_reason`` says so). Raises ``CertificateError``, one line naming
         the file and what is wrong."""
-        own = cfg.tls.cert is None
-        cert, key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
-        if own:
-            desc, made = certificate.own_pair(cfg.state.dir, datetime.now(UTC))
+        if cfg.tls.cert is None or cfg.tls.key is None:
+            ctx, desc, made = certificate.own_pair(cfg.state.dir, datetime.now(UTC))
         else:
-            desc, made = certificate.check(cert, key, own), None
-        with certificate.naming_files(cert, key, own):
-            ctx = tlsmod.server_context(cert, key)
+            (ctx, desc), made = certificate.load(cfg.tls.cert, cfg.tls.key, own=False), None
         self.certificate = desc
         log.info(
             "TLS certificate %s, SHA-256 %s, expires %s",
-            cert,
+            desc.path,
             desc.fingerprint,
             desc.not_after.date(),
         )

@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any
 
 from server.dates import iso_utc
-from server.jsontext import MAX_DEPTH, dumps, loads
+from server.jsontext import MAX_DEPTH, depth, dumps, loads
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,8 @@ def _encode(value: Any) -> bytes:
 
 
 def _too_deep(body: bytes) -> bool:
-    """Whether ``loads`` would refuse ``body`` for its nesting (all else is clean by now)."""
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return False  # it cannot be deeper than it has openers
-    try:
-        loads(body)
-    except ValueError:
-        return True
-    return False
+    """Whether ``loads`` would refuse ``body`` (our own JSON) for its nesting."""
+    return depth(body.decode("utf-8")) > MAX_DEPTH
 
 
 def _cut(text: str, budget: int) -> str:
@@ -441,10 +435,6 @@ class AuditLog:
     def newest_json(self, limit: int) -> bytes:
         """``{"records":[…]}``: up to ``limit`` records, newest first, joined as kept (no parse)."""
         return b'{"records":[' + b",".join(islice(reversed(self._lines), limit)) + b"]}"
-
-    def newest(self, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` records, newest first, parsed: for tests and tools, not for requests."""
-        return [loads(line) for line in islice(reversed(self._lines), limit)]
 
     def close(self) -> None:
         self.sync()

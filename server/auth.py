@@ -154,13 +154,13 @@ class HashBudget:
     def wait(self, addr: str, now: float) -> float:
         """0.0 if ``addr`` may have a verification now, else the seconds to wait."""
         return max(
-            self._addresses.bucket(addr, now).wait(self.address_rate, self.burst, now),
+            self._addresses.wait(addr, now),
             self._total.wait(self.total_rate, 2 * self.burst, now),
         )
 
     def charge(self, addr: str, now: float) -> None:
         """A verification from ``addr`` failed: it counts against both budgets."""
-        self._addresses.bucket(addr, now).tokens -= 1
+        self._addresses.charge(addr, now)
         self._total.tokens -= 1
 
 

@@ -45,7 +45,7 @@ class Rate:
         self.max_keys = max_keys
         self._buckets: dict[str, Bucket] = {}
 
-    def bucket(self, key: str, now: float) -> Bucket:
+    def _bucket(self, key: str, now: float) -> Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
@@ -53,10 +53,17 @@ class Rate:
             bucket = self._buckets[key] = Bucket(self.burst, now)
         return bucket
 
+    def wait(self, key: str, now: float) -> float:
+        """0.0 if ``key`` may act now, else the seconds to wait (nothing taken)."""
+        return self._bucket(key, now).wait(self.rate, self.burst, now)
+
+    def charge(self, key: str, now: float) -> None:
+        """``key`` acted: one token less (below zero if it acted anyway)."""
+        self._bucket(key, now).tokens -= 1
+
     def take(self, key: str, now: float) -> float:
         """0.0 and one token taken if ``key`` may act now, else the seconds to wait."""
-        bucket = self.bucket(key, now)
-        wait = bucket.wait(self.rate, self.burst, now)
+        wait = self.wait(key, now)
         if not wait:
-            bucket.tokens -= 1
+            self.charge(key, now)
         return wait

@@ -251,19 +251,20 @@ def ensure(directory: Path) -> bool:
     return True
 
 
-def own_pair(directory: Path, now: datetime) -> tuple[Description, str | None]:
-    """This device's own pair in ``directory``, checked (``check``): made again first if
-    there is none or ``remake_reason`` says so at ``now``. Its description, and why it
-    was made (for the log) or None. One ``openssl x509`` when nothing is made."""
+def own_pair(directory: Path, now: datetime) -> tuple[ssl.SSLContext, Description, str | None]:
+    """This device's own pair in ``directory``, loaded (``load``): made again first if
+    there is none or ``remake_reason`` says so at ``now``. The context, its description,
+    and why it was made (for the log) or None. One ``openssl x509`` when nothing is made."""
     cert, key = location(None, None, directory)
     why: str | None = "there was none"
     if cert.exists() and key.exists():
-        desc = check(cert, key, own=True)
+        ctx, desc = load(cert, key, own=True)
         why = remake_reason(desc, now)
         if why is None:
-            return desc, None
+            return ctx, desc, None
     _make_own(directory)
-    return check(cert, key, own=True), why
+    ctx, desc = load(cert, key, own=True)
+    return ctx, desc, why
 
 
 def _read(path: Path, what: str, private: bool = False) -> bytes:
@@ -347,7 +348,7 @@ def _what(own: bool) -> tuple[str, str]:
     return ("TLS certificate", "TLS key") if own else ("[tls] cert", "[tls] key")
 
 
-def check(cert: Path, key: Path, own: bool) -> Description:
+def _check(cert: Path, key: Path, own: bool) -> Description:
     """The description of ``cert`` once both files passed the checks OpenSSL does not
     explain; CertificateError naming the file and what is wrong (``own``: this device's
     own pair, "TLS certificate"/"TLS key"; else "[tls] cert"/"[tls] key")."""
@@ -358,7 +359,7 @@ def check(cert: Path, key: Path, own: bool) -> Description:
 
 
 @contextlib.contextmanager
-def naming_files(cert: Path, key: Path, own: bool) -> Iterator[None]:
+def _naming_files(cert: Path, key: Path, own: bool) -> Iterator[None]:
     """Turn what loading ``cert`` and ``key`` into OpenSSL raises into a CertificateError."""
     cert_what, key_what = _what(own)
     try:
@@ -377,7 +378,7 @@ def naming_files(cert: Path, key: Path, own: bool) -> Iterator[None]:
 
 def load(cert: Path, key: Path, own: bool) -> tuple[ssl.SSLContext, Description]:
     """``check``, then the server context (``server.tls``) for the pair."""
-    desc = check(cert, key, own)
-    with naming_files(cert, key, own):
+    desc = _check(cert, key, own)
+    with _naming_files(cert, key, own):
         ctx = tls.server_context(cert, key)
     return ctx, desc

@@ -11,10 +11,6 @@ States (``State``; ``TRANSITIONS`` is the whole machine):
 
 - ``HANDSHAKE``: a TLS connection before its handshake is done; closed at
   ``handshake_timeout`` from accept. Counts as unauthenticated.
-Output is bounded too: past ``OUT_HIGH_WATER`` bytes queued for a client
-that does not read, no further pipelined request is answered and its
-socket is not read until it does (TCP's own flow control then stops it).
-
 - ``IDLE``: between requests, nothing buffered; closed after the idle
   timeout (``keepalive_timeout`` once authenticated, else ``header_timeout``).
 - ``READING``: part of a request is buffered; it must be complete within
@@ -27,6 +23,10 @@ socket is not read until it does (TCP's own flow control then stops it).
   the answer and what comes in is discarded, up to ``LINGER_BYTES`` or
   ``LINGER_SECONDS``, so the client reads the answer instead of a reset.
 - ``CLOSED``.
+
+Output is bounded too: past ``OUT_HIGH_WATER`` bytes queued for a client
+that does not read, no further pipelined request is answered and its
+socket is not read until it does (TCP's own flow control then stops it).
 
 Each request is decided at its head (``Host.admit``: routing,
 authentication, redirect, the user cap) before any byte of its body is
@@ -192,7 +192,7 @@ class Connection:
         self._dispatching = False  # inside process(): a deferred answer must not re-enter
         self._eof = False  # the peer sent FIN
         self._proceed: Proceed | None = None  # for the request whose head was admitted
-        self._lingering = 0  # bytes discarded after our side was shut down (-1: not yet)
+        self._lingering: int | None = None  # bytes discarded since our side was shut down
 
     # -- state -------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -446,7 +446,7 @@ class Connection:
 
     def _finish_closing(self) -> None:
         """All is written: close, or linger if the client may still be sending."""
-        if self._eof or not self._session.wants_close or self._lingering:
+        if self._eof or not self._session.wants_close or self._lingering is not None:
             self.close(lost=False)
             return
         if self._tls is not None and self._tls.established:
@@ -458,12 +458,12 @@ class Connection:
         except OSError:
             self.close(lost=False)
             return
-        self._lingering = 1
+        self._lingering = 0
         self._deadline = self._host.loop.now() + LINGER_SECONDS
 
     def _discard(self, size: int) -> None:
         """Input after the last answer: dropped; too much of it ends the linger."""
-        if self._lingering:
+        if self._lingering is not None:
             self._lingering += size
             if self._lingering > LINGER_BYTES:
                 self.close(lost=False)
@@ -519,7 +519,7 @@ class Connection:
             if heartbeat:
                 self.push(HEARTBEAT)
         elif state is State.CLOSING:
-            if self._lingering and self._deadline is not None and now > self._deadline:
+            if self._lingering is not None and self._deadline is not None and now > self._deadline:
                 self.close(lost=False)
         elif state is State.READING:
             if self._deadline is not None and now > self._deadline:
@@ -549,7 +549,7 @@ class Connection:
             self._detach()
             self._detach = None
         self._host.loop.unregister(self.sock)
-        if self._tls is not None and self._tls.established and not lost and not self._lingering:
+        if self._tls is not None and self._tls.established and not lost and self._lingering is None:
             self._write(bytearray(self._tls.close_notify()))  # best effort, as a FIN is
         self.sock.close()
         self._host.connection_closed(self, lost)

@@ -38,8 +38,9 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # opener +1, closer -1 (after - 1)
 
 
-def _depth(text: str) -> int:
-    """The deepest nesting of brackets outside strings, at C speed (no Python loop)."""
+def depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings of JSON ``text``, at C speed (no
+    Python loop; linear only for JSON: in other text a string may never end)."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return 0  # it cannot be deeper than it has openers
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).encode("ascii").translate(_STEP)
@@ -58,7 +59,7 @@ def loads(data: bytes | str) -> Any:
     except RecursionError:
         raise ValueError(too_deep) from None
     # Only now: in JSON every string ends, so the scan's string pattern is linear.
-    if _depth(text) > MAX_DEPTH:
+    if depth(text) > MAX_DEPTH:
         raise ValueError(too_deep)
     try:
         dumps(value).encode("utf-8")

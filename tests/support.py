@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import os
 import re
 import signal
@@ -83,6 +84,11 @@ def enough_fds(want: int) -> None:
         enough = hard == resource.RLIM_INFINITY or hard >= want
         require(enough, f"RLIMIT_NOFILE hard limit {hard} < {want}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def audit_records(log: Any, limit: int = 1000) -> list[dict[str, Any]]:
+    """The newest ``limit`` records of an ``AuditLog``, newest first, as GET /api/audit has them."""
+    return list(json.loads(log.newest_json(limit))["records"])
 
 
 def server_cmd(

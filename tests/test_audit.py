@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import audit_records
 
 from server import audit as auditmod
 from server.audit import MAX_RECORD, AuditLog, encode_record, rotated
@@ -49,9 +50,9 @@ def test_records_survive_a_restart(tmp_path: Path) -> None:
     log.append("chat", user="alice", text="hi")
     log.close()
     again = AuditLog(path)
-    assert [r["type"] for r in again.newest(10)] == ["chat", "login"]
+    assert [r["type"] for r in audit_records(again, 10)] == ["chat", "login"]
     assert list(again.chat) == [
-        {"id": 2, "user": "alice", "text": "hi", "time": again.newest(1)[0]["time"]}
+        {"id": 2, "user": "alice", "text": "hi", "time": audit_records(again, 1)[0]["time"]}
     ]
     assert again.append("leave", user="alice")["seq"] == 3
 
@@ -76,12 +77,12 @@ def test_a_torn_last_line_is_cut_off_once_with_one_warning(
     assert path.read_bytes() == whole  # truncated: no newline added, nothing glued on
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "torn last line (19 bytes after byte 36)" in warnings[0]
-    assert [r["seq"] for r in log.newest(5)] == [1]
+    assert [r["seq"] for r in audit_records(log, 5)] == [1]
     assert log.append("chat", user="a", text="x")["seq"] == 2  # seq 2 was never acknowledged
     log.close()
     assert [loads(line)["seq"] for line in path.read_bytes().splitlines()] == [1, 2]
     caplog.clear()
-    assert [r["type"] for r in AuditLog(path).newest(5)] == ["chat", "login"]
+    assert [r["type"] for r in audit_records(AuditLog(path), 5)] == ["chat", "login"]
     assert caplog.records == []  # repaired for good: the next start has nothing to say
 
 
@@ -89,7 +90,7 @@ def test_a_file_of_only_a_torn_line_becomes_empty(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b'{"seq": 1, "ty')
     log = AuditLog(path)
-    assert path.read_bytes() == b"" and log.newest(5) == [] and log.seq == 0
+    assert path.read_bytes() == b"" and audit_records(log, 5) == [] and log.seq == 0
     assert log.append("login", user="a")["seq"] == 1
 
 
@@ -101,7 +102,7 @@ def test_a_damaged_line_in_the_middle_is_skipped_with_a_warning(
         b'{"seq":1,"type":"login"}\n{"seq":2,"ty\n{"seq":3,"x":NaN}\n[4]\n{"seq":5,"type":"leave"}\n'
     )
     log = AuditLog(path)
-    assert [r["seq"] for r in log.newest(10)] == [5, 1]
+    assert [r["seq"] for r in audit_records(log, 10)] == [5, 1]
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "byte 25: skipping a damaged audit record (3 in what was read)" in warning
     assert log.append("login")["seq"] == 6
@@ -116,7 +117,7 @@ def test_seq_does_not_restart_when_the_tail_read_holds_no_sound_record(tmp_path:
     with path.open("ab") as f:
         f.write(b"not json\n" * 10_000)  # 90 KB of damage, more than memory_bytes
     again = AuditLog(path, memory_bytes=64 * KIB)
-    assert again.newest(10) == [] and again.seq == 500
+    assert audit_records(again, 10) == [] and again.seq == 500
     assert again.append("login", user="bob")["seq"] == 501
 
 
@@ -136,7 +137,7 @@ def test_nan_and_infinity_are_written_as_null_and_the_append_succeeds(tmp_path: 
     log.close()
     (line,) = path.read_bytes().splitlines()
     assert b'"temp":null,"range":[null,1.5,null]' in line
-    assert AuditLog(path).newest(1) == [record]
+    assert audit_records(AuditLog(path), 1) == [record]
 
 
 def test_a_lone_surrogate_is_written_as_a_question_mark(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_a_lone_surrogate_is_written_as_a_question_mark(tmp_path: Path) -> None:
     log = AuditLog(path)
     assert log.append("command", args={"name\udc80": "a\ud800b"})["args"] == {"name?": "a?b"}
     log.close()
-    assert AuditLog(path).newest(1)[0]["args"] == {"name?": "a?b"}
+    assert audit_records(AuditLog(path), 1)[0]["args"] == {"name?": "a?b"}
 
 
 def test_a_huge_record_is_cut_to_max_record_and_reads_back_the_same(
@@ -164,7 +165,7 @@ def test_a_huge_record_is_cut_to_max_record_and_reads_back_the_same(
     log.close()
     (line,) = path.read_bytes().splitlines()
     assert MAX_RECORD - 4 <= len(line) <= MAX_RECORD  # the string is cut to fill the rest
-    assert AuditLog(path).newest(1) == [record]
+    assert audit_records(AuditLog(path), 1) == [record]
     assert caplog.records == []
 
 
@@ -179,7 +180,7 @@ def test_nesting_deeper_than_loads_takes_is_replaced_so_it_reads_back(
     record = log.append("command", args={"a": deep}, action="set")
     assert record["args"] == {"truncated": 2 * 31 + 7} and record["action"] == "set"
     log.close()
-    assert AuditLog(path).newest(1) == [record]
+    assert audit_records(AuditLog(path), 1) == [record]
     assert caplog.records == []  # not a "damaged" line at the next start
 
 
@@ -298,13 +299,14 @@ def test_newest_json_joins_the_kept_lines_without_parsing(
     log = AuditLog(tmp_path / "audit.jsonl")
     for i in range(5):
         log.append("chat", user="a", text=f"m{i}")
-    expected = json.dumps({"records": log.newest(3)}, ensure_ascii=False, separators=(",", ":"))
+    newest = (tmp_path / "audit.jsonl").read_bytes().splitlines()[::-1][:3]
+    expected = b'{"records":[' + b",".join(newest) + b"]}"
 
     def no_parsing(*_args: object) -> None:
         raise AssertionError("newest_json parsed a record")
 
     monkeypatch.setattr(auditmod, "loads", no_parsing)
-    assert log.newest_json(3) == expected.encode()
+    assert log.newest_json(3) == expected
     assert log.newest_json(1000).count(b'"type":"chat"') == 5
     assert AuditLog(tmp_path / "empty.jsonl").newest_json(50) == b'{"records":[]}'
 
@@ -367,7 +369,7 @@ def test_start_up_after_a_rotation_left_no_live_file_reads_on_from_dot_1(
     path.rename(rotated(path, 1))  # a crash after step (3), before step (4)
     again = AuditLog(path, file_bytes=64 * KIB)
     assert again.seq == log.seq and [m["text"] for m in again.chat] == ["before"]
-    assert again.newest(1)[0]["seq"] == log.seq
+    assert audit_records(again, 1)[0]["seq"] == log.seq
     assert again.append("login")["seq"] == log.seq + 1
     assert path.exists() and path.stat().st_size > 0
 
@@ -519,5 +521,5 @@ def test_start_up_on_a_100_mb_log_reads_only_memory_bytes(
     assert peak < 10 * MIB, peak
     assert elapsed < 1.0, elapsed
     assert read <= MIB + 2, read
-    assert log.seq == 1_000_010 and log.newest(1)[0]["seq"] == 1_000_010
+    assert log.seq == 1_000_010 and audit_records(log, 1)[0]["seq"] == 1_000_010
     assert log.append("login")["seq"] == 1_000_011

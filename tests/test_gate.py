@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from testclient import App
@@ -22,10 +21,6 @@ JSON = {"Content-Type": "application/json"}
 
 def disk_full(*_args: object) -> int:
     raise OSError(28, "No space left on device")
-
-
-def records(app: App, kind: str) -> list[dict[str, Any]]:
-    return [r for r in reversed(app.server.audit.newest(1000)) if r["type"] == kind]
 
 
 def test_me_users_healthz_and_404_405(app: App) -> None:
@@ -81,7 +76,7 @@ def test_sighup_keeps_logged_in_people_logged_in(make_app: Callable[..., App]) -
     app.advance(3)  # past header_timeout, well within keepalive_timeout
     assert c.open
     assert c.get("/api/me").status == 200
-    assert len(records(app, "login")) == 1  # the same session, not a new login
+    assert len(app.records("login")) == 1  # the same session, not a new login
 
 
 def test_a_person_removed_from_the_config_is_logged_out_on_sighup(
@@ -94,7 +89,7 @@ def test_a_person_removed_from_the_config_is_logged_out_on_sighup(
     path.write_text(path.read_text().replace('name = "bob"', 'name = "robert"'))
     app.server.reload()
     assert c.closed()
-    assert [r["user"] for r in records(app, "leave")] == ["bob"]
+    assert [r["user"] for r in app.records("leave")] == ["bob"]
 
 
 def test_a_connection_that_switches_user_logs_the_first_one_out(
@@ -105,7 +100,7 @@ def test_a_connection_that_switches_user_logs_the_first_one_out(
     first = app.server.events.last_id
     assert c.get("/api/me", user="alice").status == 200
     assert c.get("/api/me", user="bob").json()["user"] == "bob"
-    assert [(r["user"], r["reason"]) for r in records(app, "leave")] == [("alice", "closed")]
+    assert [(r["user"], r["reason"]) for r in app.records("leave")] == [("alice", "closed")]
     events = app.server.events.since(first)
     assert events is not None
     assert [(e.data["kind"], e.data["user"]) for e in events] == [
@@ -128,11 +123,11 @@ def test_a_clean_stop_logs_everyone_out_and_ends_their_leases(
     app.pump()
     app.server.shutdown()
     app.advance(2)
-    assert sorted((r["user"], r["reason"]) for r in records(app, "leave")) == [
+    assert sorted((r["user"], r["reason"]) for r in app.records("leave")) == [
         ("alice", "shutdown"),
         ("bob", "shutdown"),
     ]
-    (end,) = [r for r in records(app, "lease") if r["change"] == "end"]
+    (end,) = [r for r in app.records("lease") if r["change"] == "end"]
     assert (end["user"], end["reason"]) == ("bob", "shutdown")
     app.server.audit.sync()
     on_disk = app.server.config.audit.path.read_text()
@@ -186,4 +181,4 @@ def test_audit_records_of_one_pass_share_one_fsync_before_the_answers_leave(
     c.send(chats)  # login + 3 chat records, all in one pass
     assert [c.response().status for _ in range(3)] == [200] * 3
     assert syncs == [b""]  # one fsync, and no answer had left before it
-    assert len(records(app, "chat")) == 3 and len(records(app, "login")) == 1
+    assert len(app.records("chat")) == 3 and len(app.records("login")) == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from testclient import App, Client, FakeDevice
@@ -48,10 +47,6 @@ def command(c: Client, user: str, lamp: FakeDevice, action: str = "on") -> Resp:
     return c.post(f"/api/devices/{lamp.id}/commands", {"action": action}, user)
 
 
-def records(app: App, kind: str) -> list[dict[str, Any]]:
-    return [r for r in reversed(app.server.audit.newest(1000)) if r["type"] == kind]
-
-
 @pytest.fixture
 def lamp(app: App) -> FakeDevice:
     return app.device("lamp-1")
@@ -71,9 +66,9 @@ def test_a_command_on_a_free_device_takes_it_and_others_get_409(app: App, lamp: 
     assert lamp.commands == ["on"]  # bob's "off" never reached the device
     assert command(alice, "alice", lamp, "off").status == 200  # her own: renewed, no new event
     assert lease_events(viewer) == []
-    statuses = [(r["user"], r["action"], r["status"]) for r in records(app, "command")]
+    statuses = [(r["user"], r["action"], r["status"]) for r in app.records("command")]
     assert statuses == [("alice", "on", 200), ("bob", "off", 409), ("alice", "off", 200)]
-    (start,) = records(app, "lease")
+    (start,) = app.records("lease")
     assert (start["change"], start["device"], start["user"]) == ("start", "lamp-1", "alice")
 
 
@@ -91,7 +86,7 @@ def test_take_over_is_explicit_and_the_holder_sees_it(app: App, lamp: FakeDevice
     ]
     assert command(alice, "alice", lamp).status == 409
     assert bob.post("/api/devices/lamp-1/lease", {"take_over": "yes"}, user="bob").status == 400
-    end = records(app, "lease")[1]
+    end = app.records("lease")[1]
     assert (end["change"], end["reason"], end["by"]) == ("end", "taken over", "bob")
 
 
@@ -153,7 +148,7 @@ def test_the_device_going_offline_ends_its_lease(app: App, lamp: FakeDevice) -> 
         (e.data["kind"], e.data["device"]["lease"]) for e in viewer.events() if e.type == "device"
     ]
     assert got[0][0] == "offline" and got[1] == ("lease", None)
-    assert records(app, "lease")[-1]["reason"] == "device offline"
+    assert app.records("lease")[-1]["reason"] == "device offline"
     assert alice.post("/api/devices/lamp-1/lease", {}).status == 503  # offline: nothing to hold
 
 

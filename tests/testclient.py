@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import write_config
+from support import audit_records, write_config
 from wire import Client as WireClient
 from wire import Event, Reader, Resp, SSEParser
 
@@ -85,6 +85,10 @@ class App:
     ) -> FakeDevice:
         """A device online now (see the module header and ``FakeDevice``)."""
         return FakeDevice(self, device_id, commands, answers)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """The audit records of ``kind`` kept in memory, oldest first."""
+        return [r for r in reversed(audit_records(self.server.audit)) if r["type"] == kind]
 
     def pump(self, passes: int = 5) -> None:
         """Run a few loop passes (what is ready, due timers, end-of-pass writes)."""

@@ -96,7 +96,7 @@ def test_acknowledged_records_survive_kill_9_and_a_torn_line(tmp_path: Path) -> 
         assert status == 200
         lines = audit.read_bytes().splitlines()
         assert json.loads(lines[-1])["text"] == "after the crash"
-        print(f"{acked} acknowledged records intact after kill -9; torn line skipped")
+        print(f"{acked} acknowledged records intact after kill -9; torn line cut off")
     finally:
         panel.close()
 
