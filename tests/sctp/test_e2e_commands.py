@@ -56,8 +56,11 @@ def test_agent_killed_mid_command_is_503_at_once(panel: Panel) -> None:
     cmd = ["curl", "-s", "-w", "\n%{http_code}", "-u", f"alice:{password('alice')}", "-X", "POST"]
     cmd += ["-H", "Content-Type: application/json", "--data-binary", '{"action": "toggle"}']
     cmd += [panel.vigil.base + "/api/devices/lamp-1/commands"]
+    since = len(panel.vigil.log())
     pending = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    # alice's command takes the lease in the pass that sends it: then it is in flight
+    # (a fixed sleep raced curl's start in a slow guest: the kill came first, "offline")
+    panel.vigil.wait_for_log(r"lease of lamp-1 by alice", since, timeout=10)
     agent.send_signal(signal.SIGKILL)
     start = time.monotonic()
     out, _ = pending.communicate(timeout=10)
