@@ -32,7 +32,7 @@ test-deps: $(STAMP)
 # The SCTP test kernel: Debian testing's User-Mode Linux, cached outside the
 # checkout (tests/uml/kernel.py); says which one in one line.
 uml-kernel:
-	@$(PYTHON) tests/uml/kernel.py
+	@$(PYTHON) -m tests.uml.kernel
 
 test: test-deps uml-kernel
 	$(PY) -m pytest -q tests --ignore=tests/sctp

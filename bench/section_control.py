@@ -113,8 +113,7 @@ def control(bench: Bench) -> None:
     else:
         where = "inside UML (no SCTP in this kernel); natively on a Pi expect lower"
         progress(f"control: measuring {where}, ~{2 * bench.duration + 130} s")
-        sys.path.insert(0, str(REPO / "tests" / "uml"))
-        from harness import UmlError, run
+        from tests.uml.harness import UmlError, run
 
         try:
             status = run(argv, REPO, echo=False, timeout=600)
@@ -219,10 +218,8 @@ def fill(bench: Bench, r: dict[str, Any], where: str) -> None:
 
 
 def measure(out: Path, duration: int, warmup: int) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "sctp"))
-    sys.path.insert(0, str(REPO / "tests" / "uml"))
-    from panel import Panel  # tests/sctp/panel.py
-    from support import password
+    from tests.sctp.panel import Panel  # tests/sctp/panel.py
+    from tests.support import password
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-bench-control-") as tmp:
@@ -359,8 +356,8 @@ def pull_once(panel: Any, events: Any, net: Any, name: str) -> Generator[None, N
 
 
 def detect_pull(home: Path) -> tuple[list[float], list[float]]:
-    from guestnet import AgentNet  # tests/uml/guestnet.py
-    from panel import Panel
+    from tests.sctp.panel import Panel
+    from tests.uml.guestnet import AgentNet  # tests/uml/guestnet.py
 
     if os.geteuid() != 0:
         raise OSError("network namespaces need root")
@@ -388,8 +385,8 @@ def detect_pull(home: Path) -> tuple[list[float], list[float]]:
 
 def false_offlines(home: Path) -> dict[str, Any]:
     """``LOSS_AGENTS`` agents behind one lossy cable: their offline events, association time."""
-    from guestnet import AgentNet
-    from panel import Panel
+    from tests.sctp.panel import Panel
+    from tests.uml.guestnet import AgentNet
 
     if os.geteuid() != 0:
         raise OSError("network namespaces need root")

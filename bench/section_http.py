@@ -1,11 +1,15 @@
-"""Section ``http``: vigil against the stdlib's http.server, aiohttp and a bare h11 loop.
+"""Section ``http``: vigil against stdlib's http.server, aiohttp, tornado and a bare h11 loop.
 
 Every server serves the same 2 KiB index.html and a tiny JSON ``/api/me``,
 and gets the same requests, with vigil's Authorization header, at 10 and 50
 keep-alive connections. vigil runs as shipped, with its access log on (to a
 file); one run without it prices the log. The bare h11 loop
 (``bench/peer_h11.py``) is the floor h11 allows: vigil's CPU time per
-request is compared with its. The cost of authentication is estimated as
+request and its p99 latency are compared with its. tornado
+(``bench/peer_tornado.py``, doing the bare h11 loop's work) is what
+Moonraker and OctoPrint serve through: vigil's req/s are compared with its.
+The ratios, from this run's figures only, get a table of their own. The
+cost of authentication is estimated as
 authenticated ``/api/me`` against ``/healthz``, which vigil serves without
 checking credentials (vigil has no switch to turn auth off); both requests
 carry the same Authorization header. Last, vigil runs under cProfile, once
@@ -46,7 +50,7 @@ RSS_LIMIT_MIB = 24.0
 NO_LOG = "vigil, no access log"
 
 
-@section("http", "HTTP: vigil vs stdlib http.server, aiohttp and a bare h11 loop")
+@section("http", "HTTP: vigil vs stdlib http.server, aiohttp, tornado and a bare h11 loop")
 def http(bench: Bench) -> None:
     table = bench.table(
         f"wrk -t1, keep-alive, {INDEX_SIZE / 1024:g} KiB index.html and JSON /api/me "
@@ -65,7 +69,12 @@ def http(bench: Bench) -> None:
         peers["aiohttp"] = []
     else:
         bench.report.notes.append("aiohttp is not installed (pip install '.[bench]'): not measured")
-    peers["h11"] = ["--authorization", vigil.auth["Authorization"]]
+    credential = ["--authorization", vigil.auth["Authorization"]]
+    if importlib.util.find_spec("tornado"):
+        peers["tornado"] = credential
+    else:
+        bench.report.notes.append("tornado is not installed (pip install '.[bench]'): not measured")
+    peers["h11"] = credential
     for peer, extra in peers.items():
         port = free_port()
         argv = [bench.python, "-m", f"bench.peer_{peer}", "--port", str(port)]
@@ -84,6 +93,7 @@ def http(bench: Bench) -> None:
     with vigil.start(NO_LOG) as server:
         record(bench.measure(server, ME, top, vigil.auth))
     profiled = {path: _profile(bench, vigil, path, low) for path in (PAGE, ME)}
+    _ratio_table(bench, runs)
 
     checks = bench.report.checks
     checks += [
@@ -154,14 +164,64 @@ def http(bench: Bench) -> None:
         f"p99 at {low} conns, {PAGE} vs {ME}: vigil {p99s('vigil')}, bare h11 {p99s('h11')}. "
         "A tail of several ms goes with other processes on either core (others %): wrk's "
         "latencies include the time wrk waits for its own core.",
-        "stdlib serves the file from disk, aiohttp and the bare h11 loop from memory. stdlib "
-        "and aiohttp ignore the Authorization header; the bare h11 loop looks it up in a dict "
-        "of accepted header values (401 otherwise), as vigil's cache of verified ones. It uses "
-        "h11's public API to read every request and write every response (Date, Content-Type, "
-        "Content-Length; ETag for the file), with one send() per response, no access log.",
+        "stdlib serves the file from disk, aiohttp, tornado and the bare h11 loop from memory. "
+        "stdlib and aiohttp ignore the Authorization header; tornado and the bare h11 loop look "
+        "it up in a dict of accepted header values (401 otherwise), as vigil's cache of "
+        "verified ones. The bare h11 loop uses h11's public API to read every request and "
+        "write every response (Date, Content-Type, Content-Length; ETag for the file), with "
+        "one send() per response, no access log. tornado (asyncio's default loop, epoll) "
+        "answers with the same headers from RequestHandlers, no access log.",
         _profile_note(profiled, runs),
     ]
     _profile_table(bench, profiled)
+
+
+def _ratio_table(bench: Bench, runs: dict[tuple[str, str, int], Run]) -> None:
+    """vigil's figures over the floor's (bare h11) and tornado's, all from this run.
+
+    CPU time per request at each number of connections, p99 latency at the
+    most, req/s at each; the req/s ratio also by CPU time per request, as
+    the checks give it (the peer's over vigil's). No tornado rows if it did
+    not run.
+    """
+    columns = {
+        "measure": "vigil ÷ peer (this run)",
+        "path": "path",
+        "conns": "conns",
+        "vigil": "vigil",
+        "peer": "peer",
+        "ratio": "ratio",
+        "by_cpu": "by CPU µs/req",
+    }
+    table = bench.table("vigil against the floor (bare h11) and tornado", columns)
+    top = CONNS[-1]
+
+    def row(measure: str, path: str, conns: int, ours: float, theirs: float, digits: int) -> None:
+        table.rows.append(
+            {
+                "measure": measure,
+                "path": path,
+                "conns": conns,
+                "vigil": round(ours, digits) if digits else round(ours),
+                "peer": round(theirs, digits) if digits else round(theirs),
+                "ratio": round(ours / theirs, 2),
+            }
+        )
+
+    for path in (PAGE, ME):
+        for c in CONNS:
+            ours, floor = runs["vigil", path, c], runs["h11", path, c]
+            cpu = ours.cpu_us_per_request, floor.cpu_us_per_request
+            row("CPU µs/req ÷ bare h11's", path, c, *cpu, 1)
+    for path in (PAGE, ME):
+        ours, floor = runs["vigil", path, top], runs["h11", path, top]
+        row("p99 ms ÷ bare h11's", path, top, ours.p99_us / 1000, floor.p99_us / 1000, 2)
+    for path in (PAGE, ME):
+        for c in CONNS:
+            ours, tornado = runs["vigil", path, c], runs.get(("tornado", path, c))
+            if tornado is not None:
+                row("req/s ÷ tornado's", path, c, ours.req_s, tornado.req_s, 0)
+                table.rows[-1]["by_cpu"] = round(speed_ratio(ours, tornado)[1], 2)
 
 
 def _profile(bench: Bench, vigil: Vigil, path: str, conns: int) -> tuple[Split, Run]:

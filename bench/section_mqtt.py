@@ -27,21 +27,17 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.harness import REPO, Bench, BenchError, Server, progress, section
+from bench.harness import Bench, BenchError, Server, progress, section
 from bench.report import Check
 from bench.vigil import Vigil
-
-sys.path.insert(0, str(REPO / "tests"))
-
-from broker import Broker  # tests/broker.py and support.py: stdlib only at import
-from support import password
+from tests.broker import Broker  # tests/broker.py and support.py: stdlib only at import
+from tests.support import password
 
 CYCLES = 300
 AWAY_SECONDS = 4.0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import random
@@ -38,7 +37,6 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.harness import REPO, Bench, BenchError, Server, free_port, progress, section
+from bench.harness import Bench, BenchError, Server, free_port, progress, section
 from bench.report import Check
 
 PULLS = 5  # per configuration
@@ -64,22 +62,16 @@ USERS = ["alice", "bob", *(f"user{i:02d}" for i in range(1, 10))]
 
 def _netns() -> ModuleType:
     """tests/netns.py (stdlib only), shared with the end-to-end tests."""
-    name = "vigil_tests_netns"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "netns.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    from tests import netns
+
+    return netns
 
 
 class Setup:
     """One password for the bench's users; configs and servers on 0.0.0.0."""
 
     def __init__(self, bench: Bench) -> None:
-        from server.auth import hash_password
+        from server.people.auth import hash_password
 
         self.bench = bench
         self.cleanup: list[Path] = []

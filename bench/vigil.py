@@ -97,5 +97,5 @@ class Vigil:
         argv = [self.bench.python, "-m", "server", "--config", str(path)]
         if profile is not None:
             argv[1:1] = ["-m", "cProfile", "-o", str(profile)]
-        # vigil makes its own certificate there on start (server/certificate.py)
+        # vigil makes its own certificate there on start (server/web/certificate.py)
         return self.bench.server(name, argv, port, (tls_port, home / "tls.local.crt"))

@@ -22,13 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from server import certificate, firstrun, pidfile, users
 from server import config as configmod
-from server.auth import hash_password
-from server.certificate import CertificateError
-from server.control import DEVICE_ID, DEVICE_ID_RULE
-from server.devices import SECRET_BYTES
-from server.notify import Notifier
+from server import firstrun
+from server.base import pidfile
+from server.base.notify import Notifier
+from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
+from server.link.secret import SECRET_BYTES
+from server.people import users
+from server.people.auth import hash_password
+from server.web import certificate
+from server.web.certificate import CertificateError
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -208,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from server.app import Server
-    from server.loop import Loop
+    from server.base.loop import Loop
 
     try:
         if not cfg.auth.users:

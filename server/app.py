@@ -5,13 +5,13 @@ accept (allow-list, connection cap, socket options; ``_accept``) →
 ``Connection`` reads and parses → ``Server.handle``, the gate: routing
 (public routes such as /healthz answer here), authentication (401/429),
 presence and the user cap (503), cross-site checks for state-changing
-methods (403) → the handler in ``server.api`` → an outcome the connection
+methods (403) → the handler in ``server.web.api`` → an outcome the connection
 sends. ``handle`` returns who the connection now belongs to with the
 outcome; it never writes a connection's fields.
 
 Who owns what:
 - connections (``conns``): this module adds and drops them; each
-  connection owns its own state (``server.connection``).
+  connection owns its own state (``server.web.connection``).
 - presence, leases, the event bus, the audit log, the control channel, the
   static file cache: this module creates them and hands handlers a
   ``Services`` view; presence and lease changes are announced only here
@@ -27,7 +27,7 @@ Timers: a sweep once a second (each connection's ``tick``: TCP_INFO state,
 408 and idle deadlines, SSE heartbeats) and exact timers for presence grace
 expiry. Signals (flags only, acted on by the loop): TERM/INT stop, HUP reloads.
 
-systemd (``server.notify``, a no-op outside a ``Type=notify`` unit): READY=1
+systemd (``server.base.notify``, a no-op outside a ``Type=notify`` unit): READY=1
 at the end of ``start``, RELOADING=1 … READY=1 around ``reload``,
 STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
 """
@@ -44,32 +44,34 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
-from server import api, certificate, presence, sockopts
 from server import config as configmod
-from server.accesslog import AccessLog
-from server.addresses import AllowList, display_address, is_loopback
-from server.audit import AuditLog
-from server.auth import Authenticator, HashBudget, Verdict, hash_password
-from server.buckets import Rate
+from server.base import sockopts
+from server.base.addresses import AllowList, display_address, is_loopback
+from server.base.buckets import Rate
+from server.base.dates import PerSecond
+from server.base.loop import READ, Loop, Timer
+from server.base.notify import Notifier
+from server.base.quiet import Throttled
 from server.config import Config, ConfigError, User
-from server.connection import Connection, Proceed, Settings, State
-from server.dates import PerSecond
-from server.events import EventBus
-from server.leases import Change as LeaseChange
-from server.leases import End, Leases
-from server.loop import READ, Loop, Timer
-from server.notify import Notifier
-from server.outcomes import Outcome
-from server.presence import Change, Presence
-from server.protocol import Limits, Request, Response
-from server.quiet import Throttled
-from server.responses import error, panel_full, unauthorized
-from server.router import Match, NoRoute
-from server.sctpchannel import ControlChannel
-from server.static import FileCache
+from server.control.channel import ControlChannel
+from server.feed.audit import AuditLog
+from server.feed.bus import EventBus
+from server.people import presence
+from server.people.auth import Authenticator, HashBudget, Verdict, hash_password
+from server.people.leases import Change as LeaseChange
+from server.people.leases import End, Leases
+from server.people.presence import Change, Presence
+from server.web import api, certificate
+from server.web.accesslog import AccessLog
+from server.web.connection import Connection, Proceed, Settings, State
+from server.web.outcomes import Outcome
+from server.web.protocol import Limits, Request, Response
+from server.web.responses import error, panel_full, unauthorized
+from server.web.router import Match, NoRoute
+from server.web.static import FileCache
 
 if TYPE_CHECKING:
-    from server.mqtt import Bridge
+    from server.fleet.mqtt import Bridge
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,7 @@ class Server:
         """
         if not cfg.mqtt.enabled:
             return None
-        from server.mqtt import Bridge
+        from server.fleet.mqtt import Bridge
 
         return Bridge(self.loop, cfg.mqtt, cfg.presence, self.services)
 

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.addresses import Network
-from server.control import DEVICE_ID, DEVICE_ID_RULE
-from server.devices import DeviceKey, parse_secret
+from server.base.addresses import Network
+from server.base.private import check_private, read_private
+from server.link.codec import DEVICE_ID, DEVICE_ID_RULE, HEARTBEAT_MS, PATH_MAX_RETRANS
+from server.link.secret import read_secret_file
 
 LOCAL_USERS_FILE = "users.local.toml"
 LOCAL_DEVICES_FILE = "devices.local.toml"
@@ -59,6 +60,14 @@ class User:
     name: str
     password: str  # "scrypt$..." hash string, never a plain password
     role: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """A declared device: its id and its secret (never in a repr, so never in a log)."""
+
+    id: str
+    secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,12 +261,6 @@ def _networks(v: Any) -> tuple[Network, ...]:
         raise ValueError(f"bad CIDR range: {e}") from None
 
 
-# Dead-device detection of the control channel (server/sctpchannel.py's
-# header has the arithmetic); the reference agent uses the same values.
-HEARTBEAT_MS = 400
-PATH_MAX_RETRANS = 4
-
-
 def _topic_word(v: Any) -> str:
     """One MQTT topic level (or empty for the default): no '/', '+', '#'."""
     if not isinstance(v, str) or any(c in v for c in "/+#") or not v.isprintable():
@@ -448,33 +451,6 @@ def local_users(state_dir: Path) -> list[User]:
     return _users(str(local), _read_toml(local, private=True).get("users", []))
 
 
-def _private(path: Path, mode: int) -> None:
-    """ValueError if a file of ``mode`` at ``path`` is readable by others than its owner."""
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path}: other users may read it (chmod 600 {path})")
-
-
-def _read_private(path: Path) -> str:
-    """The start of ``path``; ValueError if unreadable or readable by others."""
-    try:
-        with path.open("rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            text = f.read(4096).decode("utf-8", "replace")
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    _private(path, mode)
-    return text
-
-
-def read_secret_file(path: Path) -> bytes:
-    """The secret in ``path`` (hex); ValueError if unreadable, too short or readable by others."""
-    text = _read_private(path)
-    try:
-        return parse_secret(text)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
 def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
     devices = []
     for at, entry in _entries(where, table, raw, {"id", "secret_file"}):
@@ -500,7 +476,7 @@ def _mqtt(where: str, sec: dict[str, Any], base: Path) -> MqttConfig:
     password = ""
     if pw_file:
         try:
-            password = _read_private(base / pw_file).partition("\n")[0].strip()
+            password = read_private(base / pw_file).partition("\n")[0].strip()
         except ValueError as e:
             raise ConfigError(f"{where}: [mqtt] password_file {e}") from None
         if not password:
@@ -537,7 +513,7 @@ def _read_toml(path: Path, private: bool = False) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             if private:
-                _private(path, os.fstat(f.fileno()).st_mode)
+                check_private(path, os.fstat(f.fileno()).st_mode)
             data = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None

@@ -14,9 +14,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server import certificate, users
-from server.auth import hash_password
 from server.config import Config, User
+from server.people import users
+from server.people.auth import hash_password
+from server.web import certificate
 
 FIRST_USER = "admin"
 

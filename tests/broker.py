@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support import free_port, password, require
+from tests.support import free_port, password, require
 
 USERS = ("vigil", "fleet")
 ACL = """\

@@ -7,18 +7,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from netns import Namespace, available
-from support import Vigil, require, write_config
-from testclient import App
+from tests.netns import Namespace, available
+from tests.support import Vigil, require, write_config
+from tests.testclient import App
 
 
 @pytest.fixture

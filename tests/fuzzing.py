@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
-from support import password
+
+from tests.support import password
 
 # -- the parts of a request --------------------------------------------------------------
 
@@ -171,7 +172,7 @@ def api_target() -> st.SearchStrategy[str]:
     return st.sampled_from(API).flatmap(vary)
 
 
-# Each method with a path it is meant for (the route table of server/api.py, and files)
+# Each method with a path it is meant for (the route table of server/web/api.py, and files)
 ROUTES = [
     *[(b"GET", p) for p in API if not p.endswith(("/commands", "/lease"))],
     (b"POST", f"/api/devices/{DEVICE}/commands"),

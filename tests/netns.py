@@ -11,7 +11,7 @@ down on exit, even after a failure, and a namespace left behind by a killed
 run is removed first. A lock file keeps two runs (tests, bench) from using
 the one subnet at once.
 
-``python tests/netns.py client URL AUTH {idle,sse} [CAFILE]`` is the client
+``python -m tests.netns client URL AUTH {idle,sse} [CAFILE]`` is the client
 run in the namespace (stdlib only): it makes one authenticated request on a
 keep-alive connection, prints ``ready`` and then either sits idle or reads
 the event stream, printing ``event ID TYPE`` per event. An ``https://`` URL
@@ -47,10 +47,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file (bench)
-
-from support import free_port
-from wire import Event, sse_events
+from tests.support import ROOT, free_port
+from tests.wire import Event, sse_events
 
 NAME = "vigil-e2e"
 HOST_DEV = "vgl-h"
@@ -176,7 +174,8 @@ class Namespace:
         """A ``client`` (see the module doc) connected and authenticated, ready."""
         ca = [str(cafile)] if cafile is not None else []
         proc = self.popen(
-            [sys.executable, __file__, "client", url, auth, mode, *ca],
+            [sys.executable, "-m", "tests.netns", "client", url, auth, mode, *ca],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

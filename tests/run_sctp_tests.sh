@@ -33,5 +33,5 @@ echo "run_sctp_tests: no SCTP in this kernel, running inside User-Mode Linux"
 # Bytecode first: with PYTHONDONTWRITEBYTECODE set (as on these machines) every process
 # in the guest would compile vigil anew, which took a vigil's start past 4 s there.
 "$PYTHON" -m compileall -q server tests >/dev/null
-exec "$PYTHON" tests/uml/harness.py --cwd . -- \
+exec "$PYTHON" -m tests.uml.harness --cwd . -- \
     "$PYTHON" -m pytest -p no:cacheprovider --color=no tests/sctp "$@"

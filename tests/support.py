@@ -55,7 +55,7 @@ def basic(user: str, pw: str | None = None) -> str:
 
 @functools.cache
 def _hash(pw: str) -> str:
-    from server.auth import hash_password
+    from server.people.auth import hash_password
 
     return hash_password(pw)
 

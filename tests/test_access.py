@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from support import password
-from testclient import App
+
+from tests.support import password
+from tests.testclient import App
 
 WINDOW = 2  # [auth] lockout_window in these tests: short, so expiry is quick
 FAILURES = 5

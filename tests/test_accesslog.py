@@ -6,9 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from testclient import App
-
-from server.accesslog import MAX_LINES, AccessLog
+from server.web.accesslog import MAX_LINES, AccessLog
+from tests.testclient import App
 
 CLF = re.compile(
     r'^(\S+) - (\S+) \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "([^"]*)" (\d{3}) (\d+)$'

@@ -1,6 +1,6 @@
 """The audit log: durable appends, bounded records, memory and disk, rotation, start-up.
 
-Each budget of ``server.audit``'s header has a test here that fails without
+Each budget of ``server.feed.audit``'s header has a test here that fails without
 it: records as bytes (not parsed objects) up to ``memory_bytes``, one record
 cut to ``MAX_RECORD``, rotation within (1 + keep_files) x file_bytes and a
 crash at every step of it, start-up reading only the tail, a torn last line
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import audit_records
 
-from server import audit as auditmod
-from server.audit import MAX_RECORD, AuditLog, encode_record, rotated
-from server.jsontext import loads
+from server.base.jsontext import loads
+from server.feed import audit as auditmod
+from server.feed.audit import MAX_RECORD, AuditLog, encode_record, rotated
+from tests.support import audit_records
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -6,18 +6,18 @@ import base64
 import ipaddress
 
 import pytest
-from support import basic
 
-from server.addresses import AllowList, display_address
-from server.auth import (
+from server.base.addresses import AllowList, display_address
+from server.config import User
+from server.people.auth import (
     Authenticator,
     Verdict,
     hash_password,
     parse_basic,
     verify_password,
 )
-from server.config import User
-from server.users import weakness
+from server.people.users import weakness
+from tests.support import basic
 
 HASH = hash_password("s3cret")
 ALICE = User("alice", HASH, "operator")

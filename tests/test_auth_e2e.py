@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from support import Vigil, basic
-from wire import Remote, request
+
+from tests.support import Vigil, basic
+from tests.wire import Remote, request
 
 
 def _refused(vigil: Vigil, source: str) -> bool:

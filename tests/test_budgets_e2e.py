@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-from support import CHATTY, Vigil, basic, cpu_seconds, vm_rss_kib, write_config
-from wire import Remote, request
+
+from tests.support import CHATTY, Vigil, basic, cpu_seconds, vm_rss_kib, write_config
+from tests.wire import Remote, request
 
 RSS_BUDGET_KIB = 64 * 1024  # docs/design.md: "RSS under every attack ≤ 64 MB"
 

@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from support import CHATTY
-from testclient import App
+from tests.support import CHATTY
+from tests.testclient import App
 
 JSON = "application/json"
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import LOCAL_DEVICES_FILE, LOCAL_USERS_FILE, ConfigError, load
-from server.devices import DeviceKey
+from server.config import LOCAL_DEVICES_FILE, LOCAL_USERS_FILE, ConfigError, DeviceKey, load
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = '[[auth.users]]\nname = "alice"\npassword = "scrypt$1$1$1$a$b"\nrole = "operator"\n'

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from support import Vigil, enough_fds
-from wire import Remote
+
+from tests.support import Vigil, enough_fds
+from tests.wire import Remote
 
 FLOOD = 1100
 MAX_CONNECTIONS = 768

@@ -1,4 +1,4 @@
-"""server.control: codec, registry, telemetry coalescing, reassembly (no sockets)."""
+"""server.control.registry: codec, registry, telemetry coalescing, reassembly (no sockets)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from server import control
-from server.control import (
+from server.control import registry as control
+from server.control.registry import (
     MAX_MESSAGE,
     Coalescer,
     Hello,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.dates import PerSecond, clf_date, http_date, iso_utc, parse_http_date
+from server.base.dates import PerSecond, clf_date, http_date, iso_utc, parse_http_date
 
 T = 1795242723.9  # 2026-11-21 06:32:03.9 UTC
 

@@ -19,20 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from server.addresses import AllowList
-from server.agent import SECRET_ENV, secret_of
-from server.config import LOCAL_DEVICES_FILE, load
-from server.devices import (
+from server.agent.run import SECRET_ENV, secret_of
+from server.base.addresses import AllowList
+from server.config import LOCAL_DEVICES_FILE, DeviceKey, load
+from server.control.admission import (
     RECENT_NONCES,
     Admission,
     Challenge,
     Denial,
-    DeviceKey,
     Reason,
     challenge,
-    parse_secret,
-    proof,
 )
+from server.link.secret import parse_secret, proof
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = bytes(range(32))

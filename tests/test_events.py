@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.events import EventBus, encode, parse_event_id, preamble
+from server.feed.bus import EventBus, encode, parse_event_id, preamble
 
 
 def test_wire_format() -> None:

@@ -1,4 +1,4 @@
-"""server.fleet (topics, payloads, outbox, commands) and the [mqtt] config, with values."""
+"""server.fleet.model (topics, payloads, outbox, commands) and the [mqtt] config, with values."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from server.config import ConfigError, MqttConfig, load
-from server.fleet import Command, Fleet, Message, Outbox, Rejection, Topics
+from server.fleet.model import Command, Fleet, Message, Outbox, Rejection, Topics
 
 CFG = MqttConfig(
     enabled=True,

@@ -56,7 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import (
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from server.web.connection import State
+from tests.fuzzing import (
     DEVICE,
     SECRET,
     Case,
@@ -71,13 +75,9 @@ from fuzzing import (
     strict_json,
     take_chunks,
 )
-from hypothesis import HealthCheck, given, seed, settings
-from hypothesis import strategies as st
-from support import basic, password
-from testclient import App, Client, FakeDevice
-from wire import request
-
-from server.connection import State
+from tests.support import basic, password
+from tests.testclient import App, Client, FakeDevice
+from tests.wire import request
 
 IDLE_PASSES = 50  # loop passes without a byte from the server: it has nothing more to say
 HEADER_TIMEOUT = 2.0  # the 408 deadline of the fuzzed server (fake seconds)

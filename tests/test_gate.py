@@ -11,10 +11,10 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from testclient import App
-from wire import request
 
-from server import audit as auditmod
+from server.feed import audit as auditmod
+from tests.testclient import App
+from tests.wire import request
 
 JSON = {"Content-Type": "application/json"}
 

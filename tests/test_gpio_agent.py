@@ -1,4 +1,4 @@
-"""The GPIO agent's pins (server/gpio.py) on gpiozero's mock pins, its config and command line.
+"""The GPIO agent's pins (server/agent/gpio.py) on gpiozero's mock pins, its config, its CLI.
 
 End to end through vigil over real SCTP: tests/sctp/test_gpio_e2e.py.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
-from mockpins import MockPins
-from support import ROOT
 
-from server.gpio import MAX_QUEUED, Pins, PinSpec, load_config, parse_config, serve_mock_pins
+from server.agent.gpio import MAX_QUEUED, Pins, PinSpec, load_config, parse_config, serve_mock_pins
+from tests.mockpins import MockPins
+from tests.support import ROOT
 
 EXAMPLE = ROOT / "dist" / "agents" / "gpio-example.toml"
 LED_AND_BUTTON = """

@@ -22,11 +22,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from support import ROOT, Vigil, require, write_config
 
-from server.certificate import CERT_FILE, KEY_FILE
+from server.base.pidfile import PID_FILE
 from server.config import LOCAL_USERS_FILE
-from server.pidfile import PID_FILE
+from server.web.certificate import CERT_FILE, KEY_FILE
+from tests.support import ROOT, Vigil, require, write_config
 
 LIBDIR = "/usr/local/lib/vigil"
 UNITS = "etc/systemd/system"

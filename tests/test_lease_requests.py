@@ -11,10 +11,10 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from testclient import App, Client, FakeDevice
-from wire import Resp
 
-from server import control
+from server.control import registry as control
+from tests.testclient import App, Client, FakeDevice
+from tests.wire import Resp
 
 JSON = {"Content-Type": "application/json"}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.leases import Change, End, Held, Lease, Leases
+from server.people.leases import Change, End, Held, Lease, Leases
 
 AT = 1_764_583_323.0  # 2025-12-01T10:02:03Z
 

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
+from server.base.loop import READ, Loop
+from server.base.sockopts import TCP_ESTABLISHED, configure_accepted, tcp_state, user_timeout_ms
 from server.config import PresenceConfig
-from server.loop import READ, Loop
-from server.sockopts import TCP_ESTABLISHED, configure_accepted, tcp_state, user_timeout_ms
 
 
 @pytest.fixture(params=["select", "epoll"])

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker import Broker
-from support import Vigil, make_certificate, require
-from wire import Remote
+
+from tests.broker import Broker
+from tests.support import Vigil, make_certificate, require
+from tests.wire import Remote
 
 
 @pytest.fixture

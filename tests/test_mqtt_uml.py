@@ -13,21 +13,18 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from broker import Broker, Subscriber, mqtt_sections
-from support import ROOT, free_port, require, write_config
-from wire import Remote, SSEParser
 
-sys.path.insert(0, str(ROOT / "tests" / "uml"))
-
-from kernel import unsupported
-from testhost import HOST_IP, TestHost, uml_test_host
+from tests.broker import Broker, Subscriber, mqtt_sections
+from tests.support import free_port, require, write_config
+from tests.uml.kernel import unsupported
+from tests.uml.testhost import HOST_IP, TestHost, uml_test_host
+from tests.wire import Remote, SSEParser
 
 PREFIX = "vigil/pi-1"
 STATE = f"{PREFIX}/devices/lamp-1/state"

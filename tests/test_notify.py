@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Vigil, write_config
-from wire import Remote
 
-from server.notify import address, watchdog_interval
+from server.base.notify import address, watchdog_interval
+from tests.support import Vigil, write_config
+from tests.wire import Remote
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from testclient import App, Client
+from tests.testclient import App, Client
 
 GRACE = 3.0
 SECTIONS = {"presence": {"grace": GRACE}}

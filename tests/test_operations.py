@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import Vigil, free_port, server_cmd, write_config
-from wire import Remote, request
 
-from server.auth import verify_password
+from server.people.auth import verify_password
+from tests.support import Vigil, free_port, server_cmd, write_config
+from tests.wire import Remote, request
 
 ALICE = {"alice": "operator"}
 

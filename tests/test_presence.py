@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.presence import CLOSED, LOST, SHUTDOWN, Change, Presence
+from server.people.presence import CLOSED, LOST, SHUTDOWN, Change, Presence
 
 
 def test_join_once_per_user() -> None:

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-import wire
-from netns import EventWatcher, presence
-from support import Vigil, basic
+
+from tests import wire
+from tests.netns import EventWatcher, presence
+from tests.support import Vigil, basic
 
 GRACE = 3.0
 SECTIONS = {"presence": {"grace": GRACE}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
+from server.web.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
 
 LIMITS = Limits(max_target=64, max_header_bytes=1024, max_body=100)
 DATE = b"Sat, 21 Nov 2026 06:00:00 GMT"

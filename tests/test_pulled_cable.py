@@ -21,9 +21,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from netns import Client, EventWatcher, Namespace, presence, serving_sections
-from support import CHATTY, Vigil, basic
-from wire import Remote
+
+from tests.netns import Client, EventWatcher, Namespace, presence, serving_sections
+from tests.support import CHATTY, Vigil, basic
+from tests.wire import Remote
 
 BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
 STREAM_BOUND = 3.0  # the same for an event stream (TCP_USER_TIMEOUT 2 s): the target

@@ -17,9 +17,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support import basic
-from testclient import App, Client
-from wire import Resp, request
+
+from tests.support import basic
+from tests.testclient import App, Client
+from tests.wire import Resp, request
 
 HEADER_TIMEOUT = 1.5
 SECRET = b"TOP-SECRET-outside-static-dir-6c1f"

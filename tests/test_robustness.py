@@ -19,11 +19,11 @@ import ssl
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import audit_records, basic
-from testclient import App
-from wire import request
 
-from server import auth
+from server.people import auth
+from tests.support import audit_records, basic
+from tests.testclient import App
+from tests.wire import request
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from support import ROOT, Vigil, free_port, password, require
+
+from tests.support import ROOT, Vigil, free_port, password, require
 
 SMOKE = ROOT / "tests" / "smoke.sh"
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from support import CHATTY
-from testclient import App, Client
-from wire import Event
+
+from tests.support import CHATTY
+from tests.testclient import App, Client
+from tests.wire import Event
 
 
 def hold(app: App, user: str) -> Client:

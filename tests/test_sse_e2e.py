@@ -18,8 +18,9 @@ from collections.abc import Callable, Generator
 
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
-from support import CHATTY, Vigil, basic, require, vm_rss_kib
-from wire import Remote, request, sse_events
+
+from tests.support import CHATTY, Vigil, basic, require, vm_rss_kib
+from tests.wire import Remote, request, sse_events
 
 TIMEOUT = httpx.Timeout(5.0, read=3.0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.static import FileCache, content_type, not_modified, resolve
+from server.web.static import FileCache, content_type, not_modified, resolve
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import HOST, Namespace, serving_sections
-from support import (
+
+from server.web import certificate
+from tests.netns import HOST, Namespace, serving_sections
+from tests.support import (
     Vigil,
     der_sha256,
     enough_fds,
@@ -51,9 +53,7 @@ from support import (
     require,
     write_config,
 )
-from wire import Reader, Remote, SSEParser, chat, request
-
-from server import certificate
+from tests.wire import Reader, Remote, SSEParser, chat, request
 
 TLS12_AEAD = re.compile(
     r"^TLS_ECDHE_(ECDSA|RSA)_WITH_(AES_(128|256)_GCM_SHA(256|384)|CHACHA20_POLY1305_SHA256)$"

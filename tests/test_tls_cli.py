@@ -14,7 +14,12 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import pytest
-from support import (
+
+from server import config as configmod
+from server import firstrun
+from server.web import certificate
+from server.web.certificate import CertificateError
+from tests.support import (
     ROOT,
     Vigil,
     der_sha256,
@@ -23,11 +28,7 @@ from support import (
     server_cmd,
     write_config,
 )
-from testclient import App
-
-from server import certificate, firstrun
-from server import config as configmod
-from server.certificate import CertificateError
+from tests.testclient import App
 
 
 def tls_info(config: Path) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ROOT, require, write_config
 
-sys.path.insert(0, str(ROOT / "tests" / "uml"))
-
-from harness import run
-from kernel import UmlError, kernel, unsupported
-from testhost import uml_test_host
+from tests.support import ROOT, require, write_config
+from tests.uml.harness import run
+from tests.uml.kernel import UmlError, kernel, unsupported
+from tests.uml.testhost import uml_test_host
 
 # What bookworm's and trixie's UML print on a host with AMX, then they die.
 AMX_DEATH = [
@@ -24,8 +22,7 @@ AMX_DEATH = [
 
 GUEST_CHECK = """
 import socket, sys
-sys.path.insert(0, "tests/uml")
-from guestnet import AgentNet
+from tests.uml.guestnet import AgentNet
 s = socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, socket.IPPROTO_SCTP)
 s.bind(("127.0.0.1", 0))
 s.listen(5)

@@ -10,15 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from support import ROOT, password, require, write_config
-
-sys.path.insert(0, str(ROOT / "tests" / "uml"))
-
-from kernel import unsupported
-from testhost import uml_test_host
+from tests.support import password, require, write_config
+from tests.uml.kernel import unsupported
+from tests.uml.testhost import uml_test_host
 
 
 def curl(url: str, user: str = "alice", *extra: str) -> tuple[int, str]:

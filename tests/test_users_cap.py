@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from testclient import App, Client
+
+from tests.testclient import App, Client
 
 GRACE = 0.5
 MAX_USERS = 10

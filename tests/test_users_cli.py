@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ROOT, Vigil, require, server_cmd, write_config
-from wire import Remote
 
-from server import users
+from server.base.pidfile import PID_FILE
 from server.config import LOCAL_USERS_FILE, load
-from server.pidfile import PID_FILE
+from server.people import users
+from tests.support import ROOT, Vigil, require, server_cmd, write_config
+from tests.wire import Remote
 
 BOB_PW = "correct horse battery"
 

@@ -33,15 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import audit_records, write_config
-from wire import Client as WireClient
-from wire import Event, Reader, Resp, SSEParser
-
 from server import config as configmod
-from server import control
 from server.app import Server
-from server.loop import Loop
-from server.sockopts import configure_accepted
+from server.base.loop import Loop
+from server.base.sockopts import configure_accepted
+from server.control import registry as control
+from tests.support import audit_records, write_config
+from tests.wire import Client as WireClient
+from tests.wire import Event, Reader, Resp, SSEParser
 
 
 class FakeClock:

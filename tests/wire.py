@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from support import basic
+from tests.support import basic
 
 AUTH = basic("alice")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from support import Vigil, spki_sha256
-from wire import Remote
+from tests.support import Vigil, spki_sha256
+from tests.wire import Remote
 
 # Debian's chromium, headless, with the flags this closed network needs (docs/design.md, "Testing").
 CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import CHROMIUM, chromium
-from support import CHATTY, USERS, Vigil, make_certificate, password, require
+
+from tests.browser.browser_support import CHROMIUM, chromium
+from tests.support import CHATTY, USERS, Vigil, make_certificate, password, require
 
 CONNECTED = "#conn[data-state=connected]"
 

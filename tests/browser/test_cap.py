@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import STATIC_TYPES, EventStream
 from playwright.sync_api import expect
-from support import ROOT, Vigil
+
+from tests.browser.browser_support import STATIC_TYPES, EventStream
+from tests.support import ROOT, Vigil
 
 TEN = [f"user{i:02d}" for i in range(1, 11)]
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import call, eventually
-from support import Vigil
+
+from tests.browser.browser_support import call, eventually
+from tests.support import Vigil
 
 EVIL_PAGE = """<!doctype html><html><body><p>cute cats</p><script>
 const target = "%(target)s/api/chat";

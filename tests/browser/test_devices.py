@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from browser_support import VIEWPORTS, LoadWatch, call
 from playwright.sync_api import expect
-from uml_support import (
+
+from tests.browser.browser_support import VIEWPORTS, LoadWatch, call
+from tests.browser.uml_support import (
     COMMANDS,
     Target,
     TestHost,

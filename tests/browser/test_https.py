@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Error
-from support import Vigil
+
+from tests.support import Vigil
 
 PersonPanel = Callable[..., Any]
 

@@ -20,11 +20,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from browser_support import call
-from netns import HOST, HOST_DEV, NAME, SUBNET, Namespace, available
 from playwright.sync_api import expect
-from support import basic, require
-from uml_support import Target, TestHost, browser, button, card, free_leases, host, open_panel
+
+from tests.browser.browser_support import call
+from tests.browser.uml_support import (
+    Target,
+    TestHost,
+    browser,
+    button,
+    card,
+    free_leases,
+    host,
+    open_panel,
+)
+from tests.netns import HOST, HOST_DEV, NAME, SUBNET, Namespace, available
+from tests.support import basic, require
 
 __all__ = ["browser", "free_leases", "host", "open_panel"]  # fixtures, used by name
 

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from browser_support import VIEWPORTS, LoadWatch
 from conftest import CONNECTED
 from playwright.sync_api import expect
-from support import Vigil
+
+from tests.browser.browser_support import VIEWPORTS, LoadWatch
+from tests.support import Vigil
 
 
 @pytest.mark.parametrize("device", VIEWPORTS)

@@ -6,9 +6,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from browser_support import call
 from playwright.sync_api import expect
-from support import Vigil
+
+from tests.browser.browser_support import call
+from tests.support import Vigil
 
 PersonPanel = Callable[..., Any]
 

@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from browser_support import call, sse_body
 from playwright.sync_api import expect
-from support import Vigil
+
+from tests.browser.browser_support import call, sse_body
+from tests.support import Vigil
 
 LAMP = {
     "id": "lamp-1",

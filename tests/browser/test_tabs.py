@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from browser_support import EventStream, call, eventually
 from conftest import CONNECTED
 from playwright.sync_api import expect
-from support import Vigil
+
+from tests.browser.browser_support import EventStream, call, eventually
+from tests.support import Vigil
 
 TABS = 8
 

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import os
 import ssl
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import call, chromium
 from conftest import CONNECTED
 from playwright.sync_api import expect
-from support import ROOT, require, write_config
 
-sys.path.insert(0, str(ROOT / "tests" / "uml"))
+from tests.browser.browser_support import call, chromium
+from tests.support import require, write_config
+from tests.uml.kernel import unsupported
+from tests.uml.testhost import TestHost, uml_test_host
 
-from kernel import unsupported
-from testhost import TestHost, uml_test_host
-
-COMMANDS = ["on", "off", "toggle", "status"]  # server/agent.py's Lamp
+COMMANDS = ["on", "off", "toggle", "status"]  # server/agent/run.py's Lamp
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "uml"))  # guestnet
-
-from panel import Panel
-from sctpbench import Bench
+from tests.sctp.panel import Panel
+from tests.sctp.sctpbench import Bench
 
 
 def _sctp_problem() -> str | None:

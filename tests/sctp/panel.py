@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from devicekeys import DEVICES, agent_env, declare  # noqa: E402
-from support import Vigil, basic, password, write_config  # noqa: E402
-from wire import Event, sse_events  # noqa: E402
+from tests.sctp.devicekeys import DEVICES, agent_env, declare  # noqa: E402
+from tests.support import Vigil, basic, password, write_config  # noqa: E402
+from tests.wire import Event, sse_events  # noqa: E402
 
 
 class Panel:

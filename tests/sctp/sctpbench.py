@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from devicekeys import DEVICES, agent_env, secret
+from tests.sctp.devicekeys import DEVICES, agent_env, secret
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -36,10 +36,10 @@ class Bench:
     """A Loop, a ControlChannel on 127.0.0.1 (free port) and what it published."""
 
     def __init__(self, **cfg: Any) -> None:
-        from server.config import HEARTBEAT_MS, PATH_MAX_RETRANS, ControlConfig
-        from server.devices import DeviceKey
-        from server.loop import Loop
-        from server.sctpchannel import ControlChannel
+        from server.base.loop import Loop
+        from server.config import ControlConfig, DeviceKey
+        from server.control.channel import ControlChannel
+        from server.link.codec import HEARTBEAT_MS, PATH_MAX_RETRANS
 
         values = {
             "enabled": True,
@@ -186,7 +186,7 @@ class Peer:
         self, device: str, commands: list[str] | None = None, key: bytes | None = None
     ) -> dict[str, Any]:
         """A hello that proves ``key`` (default: the test secret of ``device``)."""
-        from server.devices import proof
+        from server.link.secret import proof
 
         assert self.nonce is not None, self.first
         return {

@@ -14,8 +14,8 @@ import json
 import threading
 from pathlib import Path
 
-from panel import Panel
-from support import CHATTY, Vigil, basic
+from tests.sctp.panel import Panel
+from tests.support import CHATTY, Vigil, basic
 
 OPERATORS = ("alice", "bob", "user01")
 ROUNDS = 100  # per operator: at most 600 records, GET /api/audit shows 1000

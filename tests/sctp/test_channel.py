@@ -8,7 +8,8 @@ import socket
 import time
 
 import pytest
-from sctpbench import Bench, Peer
+
+from tests.sctp.sctpbench import Bench, Peer
 
 
 def test_hello_welcome_and_device_list(bench: Bench) -> None:
@@ -31,7 +32,7 @@ def test_heartbeat_settings_reach_the_association(bench: Bench) -> None:
     assert params.hbinterval == bench.cfg.heartbeat_ms
     assert params.pathmaxrxt == bench.cfg.path_max_retrans
     assert server.get_assocparams(assoc).assocmaxrxt == bench.cfg.path_max_retrans
-    from server.sctpchannel import RTO_INITIAL_MS, RTO_MAX_MS, RTO_MIN_MS
+    from server.control.channel import RTO_INITIAL_MS, RTO_MAX_MS, RTO_MIN_MS
 
     rto = server.get_rtoinfo(assoc)
     assert (rto.initial, rto.min, rto.max) == (RTO_INITIAL_MS, RTO_MIN_MS, RTO_MAX_MS)

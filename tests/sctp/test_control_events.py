@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 
-from devicekeys import agent_env
-from panel import ROOT, Panel
-from support import basic
+from tests.sctp.devicekeys import agent_env
+from tests.sctp.panel import ROOT, Panel
+from tests.support import basic
 
 
 def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
@@ -77,7 +77,7 @@ def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
 FLOOD = """
 import json, os, socket, sys, time
 import sctp
-from server.devices import proof
+from server.link.secret import proof
 sock = sctp.sctpsocket_tcp(socket.AF_INET)
 sock.connect(("127.0.0.1", int(sys.argv[1])))
 nonce = bytes.fromhex(json.loads(sock.sctp_recv(65536)[2])["nonce"])

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devicekeys import SECRET_ENV, agent_env, secret
-from panel import ROOT, Panel
-from sctpbench import Bench, Peer
+
+from tests.sctp.devicekeys import SECRET_ENV, agent_env, secret
+from tests.sctp.panel import ROOT, Panel
+from tests.sctp.sctpbench import Bench, Peer
 
 WRONG = bytes(32)
 
@@ -71,7 +72,7 @@ REASONS = {
 def test_a_hello_that_proves_nothing_is_refused(
     bench: Bench, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
-    caplog.set_level(logging.INFO, "server.sctpchannel")
+    caplog.set_level(logging.INFO, "server.control.channel")
     peer = Peer(bench)
     msg = HELLOS[case](peer)
     peer.send(msg)
@@ -122,7 +123,7 @@ def test_a_wrong_secret_does_not_displace_a_live_device(bench: Bench) -> None:
 def test_a_peer_outside_control_allow_is_refused_as_it_comes_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, "server.sctpchannel")
+    caplog.set_level(logging.INFO, "server.control.channel")
     b = Bench(allow=(ipaddress.ip_network("10.0.0.0/8"),)).start()
     try:
         peer = Peer(b)  # no challenge: the error comes instead

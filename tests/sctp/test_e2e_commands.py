@@ -8,8 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from panel import Panel
-from support import Vigil, password
+from tests.sctp.panel import Panel
+from tests.support import Vigil, password
 
 
 def test_command_round_trip_through_http(panel: Panel) -> None:

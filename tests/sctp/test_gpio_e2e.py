@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mockpins import MockPins
-from panel import ROOT, Events, Panel
-from wire import Event
 
-from server.control import TELEMETRY_INTERVAL
+from server.control.registry import TELEMETRY_INTERVAL
+from tests.mockpins import MockPins
+from tests.sctp.panel import ROOT, Events, Panel
+from tests.wire import Event
 
 EXAMPLE = ROOT / "dist" / "agents" / "gpio-example.toml"
 DEVICE = "gpio-1"

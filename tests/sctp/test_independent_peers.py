@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from devicekeys import secret
-from sctpbench import Bench, Peer
 
-from server.devices import proof
+from server.link.secret import proof
+from tests.sctp.devicekeys import secret
+from tests.sctp.sctpbench import Bench, Peer
 
 
 def _rx_queue(remote_port: int) -> int:
@@ -51,7 +51,7 @@ def _grows(bench: Bench, before: int, timeout: float = 5.0) -> int:
 
 
 def test_sctp_darn_exchanges_messages(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "server.sctpchannel")
+    caplog.set_level(logging.INFO, "server.control.channel")
     darn = subprocess.Popen(
         ["sctp_darn", "-H", "127.0.0.1", "-P", "0", "-h", "127.0.0.1", "-p", str(bench.port), "-s"],
         stdin=subprocess.PIPE,
@@ -91,7 +91,7 @@ def test_sctp_darn_exchanges_messages(bench: Bench, caplog: pytest.LogCaptureFix
 
 
 def test_sctp_test_garbage_does_not_hurt(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "server.sctpchannel")
+    caplog.set_level(logging.INFO, "server.control.channel")
     # 1, 1453 and 32768-byte messages of pattern bytes with random PPIDs
     cmd = ["sctp_test", "-H", "127.0.0.1", "-P", "0", "-h", "127.0.0.1", "-p", str(bench.port)]
     tester = subprocess.Popen([*cmd, "-s", "-c", "3", "-x", "2"], stdout=subprocess.DEVNULL)

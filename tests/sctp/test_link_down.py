@@ -2,7 +2,7 @@
 
 The agent runs in a network namespace behind a veth pair (tests/uml/guestnet.py);
 pulling its end is a cable pulled at the device. The shipped heartbeat and
-RTO tuning (server/sctpchannel.py, whose header has the arithmetic) takes
+RTO tuning (server/control/channel.py, whose header has the arithmetic) takes
 the device offline within 1.25 .. 2.7 s; the bound here is loose (5 s), the
 bench (bench/section_control.py) reports the figures. A cable that loses 5 %
 of the packets each way (tc netem) must not: SCTP retransmits, the commands
@@ -15,9 +15,9 @@ import os
 import time
 from pathlib import Path
 
-from guestnet import AgentNet
-from panel import Panel
-from support import require
+from tests.sctp.panel import Panel
+from tests.support import require
+from tests.uml.guestnet import AgentNet
 
 COMMANDS = "/api/devices/lamp-1/commands"
 

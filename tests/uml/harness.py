@@ -30,7 +30,7 @@ slot k is 10.213.1.4k+1 / 4k+2), so several guests can run at once.
 ``tests/uml/testhost.py`` builds a whole test host (vigil and agents in a
 guest, reachable from the host) on this.
 
-Command line: ``python tests/uml/harness.py [--cwd DIR] [--tap TAP] -- CMD...``
+Command line: ``python -m tests.uml.harness [--cwd DIR] [--tap TAP] -- CMD...``
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kernel import UmlError, kernel
+from tests.uml.kernel import UmlError, kernel
 
 INIT = Path(__file__).with_name("init.sh")
 MARKER = re.compile(r"VIGIL-UML-EXIT=(\d+)")

@@ -19,7 +19,7 @@ is fetched again (delete it to get testing's newest). ``VIGIL_UML_KERNEL=PATH``
 boots another linux.uml instead, with its module tree in
 ``dirname(PATH)/lib/modules``, and sets nothing up.
 
-``python3 tests/uml/kernel.py`` (``make uml-kernel``) sets it up and says in
+``python3 -m tests.uml.kernel`` (``make uml-kernel``) sets it up and says in
 one line which kernel it is.
 """
 

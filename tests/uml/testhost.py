@@ -3,7 +3,7 @@
 For tests that need a real device behind vigil (real kernel SCTP) while the
 client runs here (curl, Python, chromium)::
 
-    from testhost import uml_test_host   # sys.path += tests/uml
+    from tests.uml.testhost import uml_test_host
 
     with uml_test_host(config_text, agents=["lamp-1"]) as host:
         host.base_url        # "http://10.213.1.2:8080": vigil in the guest (plain: 308s)
@@ -41,7 +41,7 @@ after a failure: vigil and the agents get SIGTERM, the guest powers off (or
 is killed), the tap is deleted.
 A guest whose host process died powers itself off after ``lifetime`` s.
 
-``python tests/uml/testhost.py CONFIG [--agent NAME]...`` runs one by hand
+``python -m tests.uml.testhost CONFIG [--agent NAME]...`` runs one by hand
 until Ctrl-C.
 """
 
@@ -64,10 +64,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import Guest, Tap
-from kernel import UmlError
+from tests.uml.harness import Guest, Tap
+from tests.uml.kernel import UmlError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +191,7 @@ def uml_test_host(
     extra |= {n: [] for n in agents if n not in extra}
     specs = {n: {"argv": _add_device(workdir, n), "args": a} for n, a in extra.items()}
     (workdir / "agents.json").write_text(json.dumps(specs))
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir)]
+    argv = [sys.executable, "-m", "tests.uml.testhost", "--serve", str(workdir)]
     argv += ["--lifetime", str(lifetime)]
     guest: Guest | None = None
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.dates import iso_utc
+from server.base.dates import iso_utc
 
 CLOSED = "closed"
 LOST = "lost"

@@ -1,6 +1,6 @@
 """Which device agents may join: declared secrets, one challenge per association, the proof.
 
-Strategy: pure, like ``server.control``. ``server.sctpchannel`` does the I/O
+Strategy: pure, like ``server.control.registry``. ``server.control.channel`` does the I/O
 and hands in what only it can know: the peer's address, a fresh random
 nonce, and ``now`` (monotonic seconds, the loop's clock).
 
@@ -41,45 +41,16 @@ an unproven one never reaches the registry, so it can displace nobody.
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from server.addresses import AllowList
+from server.base.addresses import AllowList
+from server.config import DeviceKey
+from server.link.secret import proof, same
 
-NONCE_BYTES = 32
-SECRET_BYTES = 32  # what add-device makes: 256 bits
-MIN_SECRET_BYTES = 16  # what a declared secret must have at least: 128 bits
 RECENT_NONCES = 64  # challenges remembered to tell a replay from a wrong secret
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceKey:
-    """A declared device: its id and its secret (never in a repr, so never in a log)."""
-
-    id: str
-    secret: bytes = field(repr=False)
-
-
-def parse_secret(text: str) -> bytes:
-    """The secret written as hex digits (surrounding white space ignored); ValueError if not."""
-    try:
-        secret = bytes.fromhex(text.strip())
-    except ValueError:
-        raise ValueError("must hold the secret as hex digits") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"the secret has {len(secret) * 8} bits, at least {MIN_SECRET_BYTES * 8} are needed"
-        )
-    return secret
-
-
-def proof(secret: bytes, nonce: bytes, device: str) -> str:
-    """What a device's hello carries as ``hmac``: HMAC-SHA256 over nonce + device id, in hex."""
-    return hmac.new(secret, nonce + device.encode(), hashlib.sha256).hexdigest()
 
 
 def challenge(nonce: bytes) -> dict[str, Any]:
@@ -176,9 +147,9 @@ class Admission:
                 "hello refused: no hmac (this vigil wants proof of the device's secret)",
             )
         answer = given.lower().encode()
-        if _same(proof(secret, ch.nonce, device), answer):
+        if same(proof(secret, ch.nonce, device), answer):
             return None
-        if any(_same(proof(secret, n, device), answer) for n in self._recent if n != ch.nonce):
+        if any(same(proof(secret, n, device), answer) for n in self._recent if n != ch.nonce):
             return deny(Reason.REPLAYED, "the hmac answers an earlier association's challenge")
         return deny(Reason.WRONG, "wrong hmac (not this device's secret?)")
 
@@ -211,7 +182,3 @@ class Admission:
         revoked = {i for i, secret in old.items() if self.keys.get(i) != secret}
         outside = [a for a, addr in self.addrs.items() if not allow.allows(addr)]
         return revoked, outside
-
-
-def _same(expected: str, answer: bytes) -> bool:
-    return hmac.compare_digest(expected.encode(), answer)

@@ -28,8 +28,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.auth import has_control
 from server.config import LOCAL_USERS_FILE, User
+from server.people.auth import has_control
 
 MIN_LENGTH = 10
 MAX_NAME = 64

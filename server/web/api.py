@@ -8,7 +8,7 @@ touches a socket or a connection.
 
 Commands have one path whoever sends them (``Command``: a browser or
 curl through ``post_command``, the MQTT bridge): the role, the device's
-lease (``server.leases``: another holder means 409, a free device is taken
+lease (``server.people.leases``: another holder means 409, a free device is taken
 for its sender), the control channel, one audit record.
 
 Handlers are reached after the gate in ``Server.handle`` (authentication,
@@ -24,19 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server import jsontext, static
-from server.audit import AuditLog, chat_message
-from server.buckets import Rate, retry_after
+from server.base import jsontext
+from server.base.buckets import Rate, retry_after
 from server.config import User
-from server.events import EventBus, parse_event_id, preamble
-from server.leases import Change, Held, Leases
-from server.outcomes import Deferred, Outcome, Push, Stream
-from server.presence import Presence
-from server.protocol import Request, Response
-from server.responses import JSON_HEADERS, error, json_response
-from server.router import Route, Router
-from server.sctpchannel import ControlChannel
-from server.static import FileCache
+from server.control.channel import ControlChannel
+from server.feed.audit import AuditLog, chat_message
+from server.feed.bus import EventBus, parse_event_id, preamble
+from server.people.leases import Change, Held, Leases
+from server.people.presence import Presence
+from server.web import static
+from server.web.outcomes import Deferred, Outcome, Push, Stream
+from server.web.protocol import Request, Response
+from server.web.responses import JSON_HEADERS, error, json_response
+from server.web.router import Route, Router
+from server.web.static import FileCache
 
 MAX_CHAT = 500
 MAX_ACTION = 64  # characters of a command's action

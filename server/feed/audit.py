@@ -5,7 +5,7 @@ chat messages. ``append`` writes the line at once (one ``write``, so a
 reader or a ``kill -9`` sees whole lines) and ``sync`` makes every line
 written so far durable with one ``fsync``. The server calls ``sync`` at the
 end of each loop pass, before any connection's output of that pass is
-written (``server.loop``, ``Server.end_of_pass``): the HTTP answer or event
+written (``server.base.loop``, ``Server.end_of_pass``): the HTTP answer or event
 that acknowledges an action leaves only after its record is on disk, and
 all the records of one pass share one fsync (group commit).
 
@@ -86,8 +86,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from server.dates import iso_utc
-from server.jsontext import MAX_DEPTH, depth, dumps, loads
+from server.base.dates import iso_utc
+from server.base.jsontext import MAX_DEPTH, depth, dumps, loads
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 Pure: the caller passes ``now`` (monotonic seconds). A bucket refills at
 ``rate`` tokens a second up to ``burst``; an action takes one token. Used
-for the slow hash (``server.auth.HashBudget``), chat messages and commands
-per person (``server.api``: 429 + Retry-After when empty).
+for the slow hash (``server.people.auth.HashBudget``), chat messages and commands
+per person (``server.web.api``: 429 + Retry-After when empty).
 
 ``Rate`` keeps one bucket per key, at most ``max_keys`` of them: a flood of
 new keys forgets them all (each then starts full, which is the same

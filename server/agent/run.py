@@ -2,21 +2,21 @@
 
     python -m server.agent --name lamp-1 --secret-file FILE [--host 127.0.0.1] [--port 9900]
     VIGIL_DEVICE_SECRET=<hex> python -m server.agent --name lamp-1 ...
-    python -m server.agent --name porch --secret-file FILE --gpio gpio.toml   (server/gpio.py)
+    python -m server.agent --name porch --secret-file FILE --gpio gpio.toml   (server/agent/gpio.py)
 
 The secret is the one ``python -m server add-device lamp-1`` made on vigil's
 host (it prints this command line); never on the command line itself, which
 every user sees in ``ps``.
 
 The agent drives one ``Hardware``: the simulated ``Lamp``, or with ``--gpio``
-the pins of a config file (``server.gpio.Pins``, README "GPIO"). For other
+the pins of a config file (``server.agent.gpio.Pins``, README "GPIO"). For other
 hardware, write a third class with the members of ``Hardware``. The protocol
 (README, "Devices") in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
 - stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
   send ``hello`` with ``hmac``, HMAC-SHA256 of the nonce's bytes followed by
-  our id under our secret (``server.devices.proof``); vigil answers
+  our id under our secret (``server.control.admission.proof``); vigil answers
   ``welcome``, or an ``error`` and aborts the association (wrong secret, too
   late, ...); then it sends ``command``s and we answer each with a
   ``result`` carrying the command's id;
@@ -46,11 +46,11 @@ from typing import Any, Protocol
 
 import sctp
 
-from server.config import HEARTBEAT_MS, PATH_MAX_RETRANS, read_secret_file
-from server.control import PPID_JSON, Stream
-from server.devices import parse_secret, proof
-from server.sctpchannel import tune_peer
-from server.sockopts import family_of
+from server.base.sockopts import family_of
+from server.control.channel import tune_peer
+from server.control.registry import PPID_JSON, Stream
+from server.link.codec import HEARTBEAT_MS, PATH_MAX_RETRANS
+from server.link.secret import parse_secret, proof, read_secret_file
 
 log = logging.getLogger("agent")
 
@@ -359,7 +359,7 @@ def hardware_of(args: argparse.Namespace) -> Hardware:
         if args.mock_control is not None:
             raise ValueError("--mock-control needs --gpio CONFIG")
         return Lamp(1.0 if args.interval is None else args.interval)
-    from server import gpio  # only here: the lamp needs no gpiozero (its import takes ~50 ms)
+    from server.agent import gpio  # only here: the lamp needs no gpiozero (its import takes ~50 ms)
 
     if args.interval is not None:
         raise ValueError("--interval is for the lamp: GPIO inputs are sent when they change")
@@ -367,7 +367,3 @@ def hardware_of(args: argparse.Namespace) -> Hardware:
     if args.mock_control is not None:
         gpio.serve_mock_pins(args.mock_control)
     return pins
-
-
-if __name__ == "__main__":
-    sys.exit(main())

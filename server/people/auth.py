@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from server.buckets import Bucket, Rate, retry_after
+from server.base.buckets import Bucket, Rate, retry_after
 from server.config import User
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1

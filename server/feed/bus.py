@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.jsontext import dumps
+from server.base.jsontext import dumps
 
 RETRY_MS = 1000
 HEARTBEAT = b": heartbeat\n\n"

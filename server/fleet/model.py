@@ -1,6 +1,6 @@
 """What the fleet sees of this vigil over MQTT: topics, payloads, the outbox, commands.
 
-The pure half of the MQTT bridge (``server.mqtt`` is the shell around a
+The pure half of the MQTT bridge (``server.fleet.mqtt`` is the shell around a
 paho client in the loop). ``Fleet`` turns event-bus events into
 ``Message`` values, keeps what a reconnect must publish again (presence,
 each device's state and last telemetry) and reads the commands the broker
@@ -38,8 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from server.base.jsontext import dumps
 from server.config import MqttConfig
-from server.jsontext import dumps
 
 ONLINE = b"online"
 OFFLINE = b"offline"

@@ -1,6 +1,6 @@
 """The MQTT fleet bridge: one paho-mqtt client inside the vigil loop.
 
-Strategy: the shell around ``server.fleet``. Events from the bus and
+Strategy: the shell around ``server.fleet.model``. Events from the bus and
 ``command`` audit records become messages (``Fleet.on_event``,
 ``on_record``) that wait in a bounded ``Outbox`` and go to the broker at
 the end of the loop pass, after the audit log's fsync (this bridge's
@@ -60,11 +60,12 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from server import api, sockopts
+from server.base import sockopts
+from server.base.loop import READ, WRITE, Loop, Timer
 from server.config import MqttConfig, PresenceConfig, User
-from server.events import Event
-from server.fleet import OFFLINE, Command, Fleet, Message, Outbox, Rejection
-from server.loop import READ, WRITE, Loop, Timer
+from server.feed.bus import Event
+from server.fleet.model import OFFLINE, Command, Fleet, Message, Outbox, Rejection
+from server.web import api
 
 log = logging.getLogger(__name__)
 

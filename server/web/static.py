@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from server.dates import http_date, parse_http_date
-from server.responses import COMMON_HEADERS
+from server.base.dates import http_date, parse_http_date
+from server.web.responses import COMMON_HEADERS
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -1,9 +1,9 @@
 """What a handler returns: a whole response, a stream, or an answer that comes later.
 
-Handlers never touch a socket or a connection; ``server.connection`` turns
+Handlers never touch a socket or a connection; ``server.web.connection`` turns
 each outcome into bytes and state, inside its one error boundary:
 
-- ``Response`` (``server.protocol``): sent at once.
+- ``Response`` (``server.web.protocol``): sent at once.
 - ``Stream``: the head is sent, then ``open(push)`` is called once with a
   function that appends a piece of the body; it returns the function that
   detaches the stream again, which the connection calls when it closes.
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from server.protocol import Headers, Response
+from server.web.protocol import Headers, Response
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 This is socketserver's "table of partially finished requests", one entry:
 it reads what the socket has, feeds the session, hands each complete
 request to its ``Host`` (the server's request pipeline), and turns the
-outcome (``server.outcomes``) into bytes and state. Nothing else writes a
+outcome (``server.web.outcomes``) into bytes and state. Nothing else writes a
 connection's state: the server asks (``tick``, ``shutdown``, ``close``),
 the connection decides.
 
@@ -47,7 +47,7 @@ calls at the end of each loop pass, after the audit log is on disk: one
 is durable. What the kernel does not take stays queued and the socket is
 watched for writability only while it does.
 
-TLS (``server.tls``) lives here and nowhere else: ciphertext read from the
+TLS (``server.web.tls``) lives here and nowhere else: ciphertext read from the
 socket goes through the connection's ``TlsSession``, which returns all the
 plaintext it completes (nothing stays buffered where select() cannot see
 it); what the HTTP side queues is encrypted as it is queued, so ``_out``
@@ -65,14 +65,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server import sockopts
+from server.base import sockopts
+from server.base.loop import READ, WRITE, Loop
 from server.config import User
-from server.events import HEARTBEAT
-from server.loop import READ, WRITE, Loop
-from server.outcomes import Deferred, Outcome, Stream
-from server.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
-from server.responses import HSTS, error
-from server.tls import TlsClosed, TlsSession
+from server.feed.bus import HEARTBEAT
+from server.web.outcomes import Deferred, Outcome, Stream
+from server.web.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
+from server.web.responses import HSTS, error
+from server.web.tls import TlsClosed, TlsSession
 
 log = logging.getLogger(__name__)
 

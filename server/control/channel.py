@@ -1,6 +1,6 @@
 """The SCTP control channel: one one-to-many socket in the vigil loop.
 
-Strategy: this is the imperative shell around ``server.control``. One
+Strategy: this is the imperative shell around ``server.control.registry``. One
 ``SOCK_SEQPACKET`` socket (pysctp's ``sctpsocket_udp``) listens for device
 agents; each association is one device. The socket is non-blocking and
 registered for reading only; ``sctp_recv`` is called only when select() says
@@ -77,7 +77,7 @@ Payload protocol ids (PPID) are 32-bit values the kernel passes through
 untouched, so they travel in network byte order: ``htonl`` when sending,
 ``ntohl`` when reading ``sinfo_ppid``.
 
-Who may be a device (``server.devices`` decides): on COMM_UP the peer's
+Who may be a device (``server.control.admission`` decides): on COMM_UP the peer's
 primary address (SCTP_STATUS; the source of its INIT) is checked against
 ``control.allow`` and a challenge with a fresh nonce goes out, with a timer
 at its deadline. A refusal is one log line, one ``device_refused`` audit
@@ -103,13 +103,14 @@ from typing import Any
 
 import sctp
 
-from server import control
-from server.addresses import AllowList, display_address
+from server.base.addresses import AllowList, display_address
+from server.base.loop import READ, Loop, Timer
+from server.base.sockopts import family_of
 from server.config import ControlConfig
-from server.control import Phase, Refusal, Stream
-from server.devices import NONCE_BYTES, Admission, Denial, challenge
-from server.loop import READ, Loop, Timer
-from server.sockopts import family_of
+from server.control import registry as control
+from server.control.admission import Admission, Denial, challenge
+from server.control.registry import Phase, Refusal, Stream
+from server.link.secret import NONCE_BYTES
 
 log = logging.getLogger(__name__)
 

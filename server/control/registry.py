@@ -1,6 +1,6 @@
 """The SCTP control protocol without sockets: codec, devices, pending commands.
 
-Strategy (h11's sans-I/O core): this module decides, ``server.sctpchannel``
+Strategy (h11's sans-I/O core): this module decides, ``server.control.channel``
 does the I/O. Nothing here imports ``socket``, ``select`` or ``time``; every
 function that needs the clock takes it as an argument:
 
@@ -14,10 +14,10 @@ UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes. ``decode`` turns bytes
 from a device into a ``Hello``, ``Result`` or ``Telemetry``, or returns a
 one-line error text for the ``{"type": "error"}`` reply. The association
 stays up after such an error; it is the device's turn to do better. (A
-hello that fails to prove its secret is another matter: ``server.devices``.)
+hello that fails to prove its secret is another matter: ``server.control.admission``.)
 
 Invariants of ``Registry``:
-- only proven hellos reach it (``server.devices`` checked the hmac), and an
+- only proven hellos reach it (``server.control.admission`` checked the hmac), and an
   association is one device for its whole life;
 - a device id is online on at most one association: a second proven
   association of the same id replaces the first (the agent restarted before
@@ -34,18 +34,16 @@ import enum
 import itertools
 import json
 import math
-import re
 import secrets
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from server.dates import iso_utc
+from server.base.dates import iso_utc
+from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
 
 MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
-DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
-DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
 MAX_NAME = 100
 MAX_COMMANDS = 64
 HISTORY_SECONDS = 300  # telemetry history kept per device and metric ...

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from server import tls
+from server.web import tls
 
 CERT_FILE = "tls.local.crt"
 KEY_FILE = "tls.local.key"
@@ -377,7 +377,7 @@ def _naming_files(cert: Path, key: Path, own: bool) -> Iterator[None]:
 
 
 def load(cert: Path, key: Path, own: bool) -> tuple[ssl.SSLContext, Description]:
-    """``check``, then the server context (``server.tls``) for the pair."""
+    """``check``, then the server context (``server.web.tls``) for the pair."""
     desc = _check(cert, key, own)
     with _naming_files(cert, key, own):
         ctx = tls.server_context(cert, key)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.jsontext import dumps
-from server.protocol import Response
+from server.base.jsontext import dumps
+from server.web.protocol import Response
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

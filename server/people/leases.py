@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from server.dates import iso_utc
+from server.base.dates import iso_utc
 
 
 class End(enum.StrEnum):

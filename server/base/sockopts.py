@@ -21,19 +21,31 @@ sweep that drops sockets no longer ESTABLISHED (the original remedy).
 from __future__ import annotations
 
 import socket
-
-from server.config import PresenceConfig
+from typing import Protocol
 
 TCP_ESTABLISHED = 1
 TCP_CLOSE_WAIT = 8  # the peer sent FIN: a clean close, not a loss
 
 
-def user_timeout_ms(cfg: PresenceConfig) -> int:
+class Keepalive(Protocol):
+    """How soon a silent peer counts as lost (``[presence]``, ``config.PresenceConfig``)."""
+
+    @property
+    def keepidle(self) -> int: ...
+    @property
+    def keepintvl(self) -> int: ...
+    @property
+    def keepcnt(self) -> int: ...
+    @property
+    def user_timeout_ms(self) -> int: ...
+
+
+def user_timeout_ms(cfg: Keepalive) -> int:
     """The TCP_USER_TIMEOUT in ms: configured, or keepintvl * keepcnt seconds."""
     return cfg.user_timeout_ms or cfg.keepintvl * cfg.keepcnt * 1000
 
 
-def configure_accepted(sock: socket.socket, cfg: PresenceConfig) -> None:
+def configure_accepted(sock: socket.socket, cfg: Keepalive) -> None:
     """Make ``sock`` non-blocking and set NODELAY, keepalive and user timeout."""
     sock.setblocking(False)
     if sock.family == socket.AF_UNIX:

@@ -1,0 +1,5 @@
+import sys
+
+from server.agent.run import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""The control channel: device agents over SCTP. ``registry`` and ``admission`` decide
+(pure), ``channel`` is the socket shell around them."""

@@ -1,0 +1,1 @@
+"""vigil's tests (docs/design.md, "Tests")."""
