@@ -9,12 +9,11 @@ request and its p99 latency are compared with its. tornado
 (``bench/peer_tornado.py``, doing the bare h11 loop's work) is what
 Moonraker and OctoPrint serve through: vigil's req/s are compared with its.
 The ratios, from this run's figures only, get a table of their own. The
-cost of authentication is estimated as
-authenticated ``/api/me`` against ``/healthz``, which vigil serves without
-checking credentials (vigil has no switch to turn auth off); both requests
-carry the same Authorization header. Last, vigil runs under cProfile, once
-per path at 10 connections, and its self time is split by whose code ran
-(``bench/profile_split.py``).
+cost of authentication is estimated as authenticated ``/api/me`` against
+``/healthz``, which vigil serves without checking credentials (vigil has no
+switch to turn auth off); both requests carry the same Authorization header.
+Last, vigil runs under cProfile, once per path at 10 connections, and its
+self time is split by whose code ran (``bench/profile_split.py``).
 """
 
 from __future__ import annotations

@@ -319,7 +319,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         if weak:
             return _fail(f"password refused: {weak}")
         role = args.role if args.action == "add" else roles[name]
-        user = configmod.User(name, hash_password(password), role)
+        user = configmod.Account(name, hash_password(password), role)
         new = [user if u.name == name else u for u in local]
         if args.action == "add":
             new.append(user)

@@ -56,9 +56,11 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class User:
+class Account:
+    """A person the config lets in (``[[auth.users]]``, ``users.local.toml``)."""
+
     name: str
-    password: str  # "scrypt$..." hash string, never a plain password
+    password: str = field(repr=False)  # "scrypt$..." hash string, never a plain password
     role: str
 
 
@@ -93,7 +95,7 @@ class AuthConfig:
     realm: str
     max_users: int
     allow: tuple[Network, ...]
-    users: tuple[User, ...]
+    users: tuple[Account, ...]
     lockout_failures: int
     lockout_window: float
     hash_share_address: float
@@ -118,12 +120,11 @@ class ControlConfig:
     heartbeat_ms: int
     path_max_retrans: int
     command_timeout: float
-    # Re-read on SIGHUP (ControlChannel.reload), so left out of ==: configs
-    # that differ only in these need no restart.
-    hello_timeout: float = field(default=5.0, compare=False)
-    allow: tuple[Network, ...] = field(default=(), compare=False)
-    devices: tuple[DeviceKey, ...] = field(default=(), compare=False)
-    lease_idle: float = field(default=120.0, compare=False)  # server.leases
+    # Applied on SIGHUP (ControlChannel.reload, the leases); the rest needs a restart.
+    hello_timeout: float = 5.0
+    allow: tuple[Network, ...] = ()
+    devices: tuple[DeviceKey, ...] = ()
+    lease_idle: float = 120.0  # server.people.leases
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,13 +291,16 @@ def _names(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-_SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
+# Keys marked RESTART take effect when vigil starts; every other key also on SIGHUP
+# (``restart_needed`` names what a reload could not apply).
+RESTART = True
+_SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
     "http": {
-        "host": ("0.0.0.0", _str),
-        "port": (8080, _int(0, 65535)),
+        "host": ("0.0.0.0", _str, RESTART),
+        "port": (8080, _int(0, 65535), RESTART),
         "static_dir": ("static", _str),
         "max_connections": (768, _int(8, 1000)),
-        "backend": ("select", _choice("select", "epoll")),
+        "backend": ("select", _choice("select", "epoll"), RESTART),
         "header_timeout": (10.0, _num(0.1, 3600)),
         "keepalive_timeout": (60.0, _num(0.1, 86400)),
         "max_target": (4096, _int(64, 65536)),
@@ -327,13 +331,13 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "user_timeout_ms": (0, _int(0, 3600000)),
     },
     "control": {
-        "enabled": (True, _bool),
-        "host": ("0.0.0.0", _str),
-        "port": (9900, _int(0, 65535)),
-        "streams": (5, _int(2, 65535)),
-        "heartbeat_ms": (HEARTBEAT_MS, _int(10, 600000)),
-        "path_max_retrans": (PATH_MAX_RETRANS, _int(1, 100)),
-        "command_timeout": (5.0, _num(0.1, 3600)),
+        "enabled": (True, _bool, RESTART),
+        "host": ("0.0.0.0", _str, RESTART),
+        "port": (9900, _int(0, 65535), RESTART),
+        "streams": (5, _int(2, 65535), RESTART),
+        "heartbeat_ms": (HEARTBEAT_MS, _int(10, 600000), RESTART),
+        "path_max_retrans": (PATH_MAX_RETRANS, _int(1, 100), RESTART),
+        "command_timeout": (5.0, _num(0.1, 3600), RESTART),
         # seconds from vigil's challenge to the device's hello (server.devices)
         "hello_timeout": (5.0, _num(0.1, 60)),
         # seconds a device's lease lasts without a command from its holder (server.leases)
@@ -342,17 +346,17 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "devices": ([], lambda v: v),  # checked by _devices
     },
     "tls": {
-        "enabled": (True, _bool),
-        "port": (8443, _int(0, 65535)),
+        "enabled": (True, _bool, RESTART),
+        "port": (8443, _int(0, 65535), RESTART),
         "cert": ("", _path_or_empty),  # empty: this device's own certificate
         "key": ("", _path_or_empty),
         "handshake_timeout": (5.0, _num(0.1, 60)),
     },
     "audit": {
-        "path": ("var/audit.jsonl", _str),  # relative to [state] dir
-        "file_bytes": (8 * 1048576, _int(65536, 1 << 30)),
-        "keep_files": (3, _int(1, 100)),
-        "memory_bytes": (1048576, _int(65536, 64 * 1048576)),
+        "path": ("var/audit.jsonl", _str, RESTART),  # relative to [state] dir
+        "file_bytes": (8 * 1048576, _int(65536, 1 << 30), RESTART),
+        "keep_files": (3, _int(1, 100), RESTART),
+        "memory_bytes": (1048576, _int(65536, 64 * 1048576), RESTART),
     },
     "limits": {
         "connections_per_user": (24, _int(2, 1000)),
@@ -362,7 +366,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
         "command_burst": (20, _int(1, 10000)),
     },
     "state": {
-        "dir": (".", _str),  # relative to the config file
+        "dir": (".", _str, RESTART),  # relative to the config file
     },
     "mqtt": {
         "enabled": (False, _bool),
@@ -387,6 +391,17 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
 }
 
 
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The RESTART keys whose value differs between ``old`` and ``new``, as ``[section] key``."""
+    return [
+        f"[{name}] {key}"
+        for name, schema in _SCHEMA.items()
+        for key, entry in schema.items()
+        if entry[2:] == (RESTART,)
+        and getattr(getattr(old, name), key) != getattr(getattr(new, name), key)
+    ]
+
+
 def _section(where: str, name: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{name}] must be a table")
@@ -395,7 +410,7 @@ def _section(where: str, name: str, raw: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: [{name}] unknown key {unknown[0]!r}")
     out = {}
-    for key, (default, check) in schema.items():
+    for key, (default, check, *_restart) in schema.items():
         try:
             out[key] = check(raw.get(key, default))
         except ValueError as e:
@@ -419,7 +434,7 @@ def _entries(
         yield at, entry
 
 
-def _users(where: str, raw: Any) -> list[User]:
+def _users(where: str, raw: Any) -> list[Account]:
     users = []
     for at, entry in _entries(where, "auth.users", raw, {"name", "password", "role"}):
         name, password, role = entry.get("name"), entry.get("password"), entry.get("role")
@@ -431,11 +446,11 @@ def _users(where: str, raw: Any) -> list[User]:
             )
         if role not in ROLES:
             raise ConfigError(f"{at} ({name}): role must be operator or viewer")
-        users.append(User(name, password, role))
+        users.append(Account(name, password, role))
     return users
 
 
-def local_users(state_dir: Path) -> list[User]:
+def local_users(state_dir: Path) -> list[Account]:
     """The users of ``users.local.toml`` in ``state_dir`` (none if there is no such file).
 
     It holds password hashes: like a device secret, a file that other users

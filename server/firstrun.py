@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.config import Config, User
+from server.config import Account, Config
 from server.people import users
 from server.people.auth import hash_password
 from server.web import certificate
@@ -25,7 +25,7 @@ FIRST_USER = "admin"
 def create_operator(state_dir: Path) -> None:
     """Write users.local.toml in ``state_dir`` and tell the person at the terminal."""
     password = secrets.token_urlsafe(12)
-    target = users.save(state_dir, [User(FIRST_USER, hash_password(password), "operator")])
+    target = users.save(state_dir, [Account(FIRST_USER, hash_password(password), "operator")])
     print(
         f"""
 vigil: first run: created an operator account (shown only this once)

@@ -1,6 +1,7 @@
-"""The client of a GPIO agent's ``--mock-control`` socket (server.gpio.serve_mock_pins).
+"""The client of a GPIO agent's mock pins (``tests.mockagent --mock-control SOCKET``).
 
-The agent runs with ``GPIOZERO_PIN_FACTORY=mock``; through this socket a test
+The agent runs with ``GPIOZERO_PIN_FACTORY=mock`` under ``python -m
+tests.mockagent`` (``tests.mockagent.serve_mock_pins``); through this socket a test
 in another process reads its output pins and drives its input pins, as a
 person with a multimeter and a finger would.
 """

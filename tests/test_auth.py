@@ -8,9 +8,10 @@ import ipaddress
 import pytest
 
 from server.base.addresses import AllowList, display_address
-from server.config import User
+from server.config import Account
 from server.people.auth import (
     Authenticator,
+    User,
     Verdict,
     hash_password,
     parse_basic,
@@ -20,8 +21,8 @@ from server.people.users import weakness
 from tests.support import basic
 
 HASH = hash_password("s3cret")
-ALICE = User("alice", HASH, "operator")
-BOB = User("bob", HASH, "viewer")
+ALICE = Account("alice", HASH, "operator")
+BOB = Account("bob", HASH, "viewer")
 
 
 def test_hash_is_salted_and_verifies() -> None:
@@ -60,7 +61,7 @@ def test_check_outcomes() -> None:
     assert auth.check(basic("alice", "wrong"), "1.2.3.4", 0).verdict is Verdict.WRONG
     assert auth.check(basic("nobody", "s3cret"), "1.2.3.4", 0).verdict is Verdict.WRONG
     ok = auth.check(basic("bob", "s3cret"), "1.2.3.4", 0)
-    assert ok.verdict is Verdict.OK and ok.user == BOB
+    assert ok.verdict is Verdict.OK and ok.user == User("bob", "viewer")
 
 
 def test_verified_credentials_are_cached() -> None:

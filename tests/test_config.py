@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from server.config import LOCAL_DEVICES_FILE, LOCAL_USERS_FILE, ConfigError, DeviceKey, load
+from server.config import (
+    LOCAL_DEVICES_FILE,
+    LOCAL_USERS_FILE,
+    ConfigError,
+    DeviceKey,
+    load,
+    restart_needed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = '[[auth.users]]\nname = "alice"\npassword = "scrypt$1$1$1$a$b"\nrole = "operator"\n'
@@ -189,11 +196,16 @@ def test_devices_from_config_and_local_file(tmp_path: Path) -> None:
     assert cfg.hello_timeout == 5.0
 
 
-def test_reloadable_control_keys_do_not_make_configs_differ(tmp_path: Path) -> None:
-    cfg = load(write(tmp_path, "")).control
+def test_a_reload_names_the_keys_only_a_restart_applies(tmp_path: Path) -> None:
+    """Restart-only keys are declared once, in the schema; everything else reloads."""
+    old = load(write(tmp_path, ""))
     key = DeviceKey("x", b"k" * 16)
-    assert replace(cfg, devices=(key,), allow=(), hello_timeout=1.0) == cfg  # no restart
-    assert replace(cfg, port=1) != cfg
+    control = replace(old.control, devices=(key,), allow=(), hello_timeout=1.0, lease_idle=9.0)
+    assert restart_needed(old, replace(old, control=control)) == []
+    http = replace(old.http, port=1, max_body=1)
+    tls = replace(old.tls, port=2)
+    changed = replace(old, http=http, tls=tls, control=replace(control, streams=9))
+    assert restart_needed(old, changed) == ["[http] port", "[control] streams", "[tls] port"]
 
 
 @pytest.mark.parametrize(

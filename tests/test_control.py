@@ -1,4 +1,7 @@
-"""server.control.registry: codec, registry, telemetry coalescing, reassembly (no sockets)."""
+"""server.control.registry: registry, commands, telemetry coalescing, reassembly (no sockets).
+
+The wire (decoding and encoding every message): tests/test_codec.py.
+"""
 
 from __future__ import annotations
 
@@ -7,94 +10,10 @@ import json
 import pytest
 
 from server.control import registry as control
-from server.control.registry import (
-    MAX_MESSAGE,
-    Coalescer,
-    Hello,
-    Phase,
-    Reassembler,
-    Refusal,
-    Registry,
-    Result,
-    Telemetry,
-    decode,
-    encode,
-)
-
-
-def raw(obj: object) -> bytes:
-    return json.dumps(obj).encode()
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (
-            raw({"type": "hello", "device": "lamp-1", "name": "Lamp", "commands": ["on", "off"]}),
-            Hello("lamp-1", "Lamp", ("on", "off")),
-        ),
-        (raw({"type": "hello", "device": "s.1_x-2"}), Hello("s.1_x-2", "s.1_x-2", ())),
-        (raw({"type": "hello", "device": "d", "commands": []}) + b"\n\0", Hello("d", "d", ())),
-        (
-            raw({"type": "result", "id": "c1", "ok": True, "result": {"on": 1}}),
-            Result("c1", True, {"on": 1}),
-        ),
-        (raw({"type": "result", "id": "c1", "ok": True}), Result("c1", True, None)),
-        (
-            raw({"type": "result", "id": "c1", "ok": False, "error": "hot"}),
-            Result("c1", False, error="hot"),
-        ),
-        (raw({"type": "telemetry", "data": {"t": 21.5}}), Telemetry({"t": 21.5})),
-        ('{"type":"hello","device":"d","name":"Lampe ü"}'.encode(), Hello("d", "Lampe ü", ())),
-        (raw({"type": "hello", "device": "d", "hmac": "ab12"}), Hello("d", "d", (), "ab12")),
-    ],
-)
-def test_decode_valid(data: bytes, expected: control.Message) -> None:
-    assert decode(data) == expected
-
-
-@pytest.mark.parametrize(
-    ("data", "error"),
-    [
-        (b"\xc3(", "not UTF-8 (bad byte at offset 0)"),
-        (b"{", "not JSON: Expecting property name"),
-        (b"[" * 30000, "nested too deeply"),
-        (b"42", "must be a JSON object, not int"),
-        (b'"hello"', "must be a JSON object, not str"),
-        (raw({"device": "x"}), "unknown message type None"),
-        (raw({"type": 5}), "unknown message type 5"),
-        (raw({"type": "welcome"}), "unknown message type 'welcome'"),
-        (raw({"type": "hello"}), "hello: device must be"),
-        (raw({"type": "hello", "device": "-x"}), "hello: device must be"),
-        (raw({"type": "hello", "device": "x" * 65}), "hello: device must be"),
-        (raw({"type": "hello", "device": "a/b"}), "hello: device must be"),
-        (raw({"type": "hello", "device": "x", "name": ""}), "hello: name must be"),
-        (raw({"type": "hello", "device": "x", "name": "n" * 101}), "hello: name must be"),
-        (raw({"type": "hello", "device": "x", "commands": "on"}), "hello: commands must be"),
-        (raw({"type": "hello", "device": "x", "commands": [""]}), "hello: commands must be"),
-        (raw({"type": "hello", "device": "x", "commands": [1]}), "hello: commands must be"),
-        (raw({"type": "hello", "device": "x", "commands": ["a"] * 65}), "hello: commands must be"),
-        (raw({"type": "hello", "device": "x", "commands": ["a", "a"]}), "must not repeat"),
-        (raw({"type": "hello", "device": "x", "hmac": 12}), "hello: hmac must be a string"),
-        (raw({"type": "result", "ok": True}), "result: id must be"),
-        (raw({"type": "result", "id": "", "ok": True}), "result: id must be"),
-        (raw({"type": "result", "id": "c", "ok": 1}), "result: ok must be"),
-        (raw({"type": "result", "id": "c", "ok": False}), 'needs "error"'),
-        (raw({"type": "telemetry", "data": [1]}), "telemetry: data must be an object"),
-        (b" " * (MAX_MESSAGE + 1), f"too large: {MAX_MESSAGE + 1} bytes"),
-    ],
-)
-def test_decode_errors(data: bytes, error: str) -> None:
-    result = decode(data)
-    assert isinstance(result, str) and error in result, result
-
-
-def test_encode_is_compact_ascii_json() -> None:
-    data = encode(control.welcome("lamp-ü"))
-    assert data == b'{"type":"welcome","device":"lamp-\\u00fc"}'
-    assert json.loads(data) == {"type": "welcome", "device": "lamp-ü"}
-    assert json.loads(encode(control.error("bad"))) == {"type": "error", "error": "bad"}
-
+from server.control.registry import Coalescer, Phase, Reassembler, Refusal, Registry
+from server.core.views import device_view
+from server.feed.events import CommandEvent
+from server.link.codec import Command, Hello, Result, encode
 
 # -- registry --------------------------------------------------------------
 
@@ -108,12 +27,13 @@ def test_hello_registers_and_lists() -> None:
     joined = reg.hello(7, hello(), at=100.0)
     dev = joined.device
     assert joined == control.Joined(dev)  # nothing replaced
-    assert dev.as_json() == {
+    assert device_view(dev, None).as_json() == {
         "id": "lamp-1",
         "name": "Lamp lamp-1",
         "commands": ["on", "off"],
         "online": True,
         "since": "1970-01-01T00:01:40Z",
+        "lease": None,
     }
     assert reg.device_of(7) == dev and reg.device_of(8) is None
 
@@ -166,7 +86,8 @@ def test_issue_refusals_and_pending() -> None:
     assert isinstance(bad, Refusal) and bad.status == 400 and "(it has: on)" in bad.error
     p = reg.issue("lamp-1", "on", {"level": 3}, "al", now=10.0, timeout=5)
     assert isinstance(p, control.Pending) and p.deadline == 15.0
-    assert p.message() == {
+    assert p.command() == Command(p.id, "on", {"level": 3}, "al")
+    assert json.loads(encode(p.command())) == {
         "type": "command",
         "id": p.id,
         "action": "on",
@@ -196,7 +117,9 @@ def test_resolve_only_from_the_commanded_device_and_only_once() -> None:
 
 def test_command_events() -> None:
     p = control.Pending("c1", "lamp-1", "on", {}, "alice", started=10.0, deadline=15.0)
-    assert p.event(Phase.ISSUED, 10.0) == {
+    issued = p.event(Phase.ISSUED, 10.0)
+    assert issued == CommandEvent("c1", "lamp-1", "on", {}, "alice", "issued")
+    assert issued.as_json() == {
         "id": "c1",
         "device": "lamp-1",
         "action": "on",
@@ -205,15 +128,24 @@ def test_command_events() -> None:
         "phase": "issued",
     }
     ev = p.event(Phase.RESULT, 10.0421, 200, ok=True, result={"on": True})
-    assert ev["phase"] == "result" and ev["ok"] is True and ev["result"] == {"on": True}
-    assert ev["status"] == 200 and ev["latency_ms"] == 42
+    assert ev.as_json() == {
+        **issued.as_json(),
+        "phase": "result",
+        "ok": True,
+        "result": {"on": True},
+        "status": 200,
+        "latency_ms": 42,
+    }
+    assert list(ev.as_json())[-4:] == ["ok", "result", "status", "latency_ms"]  # as before
     ev = p.event(Phase.FAILED, 15.0, 504, ok=False, error="slow")
-    assert (ev["phase"], ev["status"], ev["error"], ev["latency_ms"]) == (
-        "failed",
-        504,
-        "slow",
-        5000,
-    )
+    assert ev.as_json() == {
+        **issued.as_json(),
+        "phase": "failed",
+        "ok": False,
+        "error": "slow",
+        "status": 504,
+        "latency_ms": 5000,
+    }
 
 
 # -- telemetry ---------------------------------------------------------------

@@ -28,8 +28,8 @@ from server.control.admission import (
     Challenge,
     Denial,
     Reason,
-    challenge,
 )
+from server.link import codec
 from server.link.secret import parse_secret, proof
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,8 @@ def arrive(adm: Admission, assoc: int, n: int, now: float = 0.0) -> Challenge:
 def test_proof_is_hmac_sha256_over_nonce_then_id() -> None:
     expected = hmac.new(SECRET, nonce(1) + b"lamp-1", hashlib.sha256).hexdigest()
     assert proof(SECRET, nonce(1), "lamp-1") == expected and len(expected) == 64
-    assert challenge(nonce(1)) == {"type": "challenge", "nonce": nonce(1).hex()}
+    wire = codec.encode(codec.Challenge(nonce(1)))
+    assert wire == b'{"type":"challenge","nonce":"' + nonce(1).hex().encode() + b'"}'
 
 
 def test_correct_hmac_is_admitted_once() -> None:

@@ -7,6 +7,11 @@ import json
 import pytest
 
 from server.feed.bus import EventBus, encode, parse_event_id, preamble
+from server.feed.events import ChatMessage
+
+
+def chat(i: int, text: str = "") -> ChatMessage:
+    return ChatMessage(i, "alice", text, "2026-12-03T10:00:00Z")
 
 
 def test_wire_format() -> None:
@@ -19,10 +24,10 @@ def test_publish_numbers_and_delivers() -> None:
     bus = EventBus(first_id=100)
     got: list[int] = []
     stop = bus.subscribe(lambda e: got.append(e.id))
-    assert bus.publish("chat", {}).id == 100
-    bus.publish("chat", {})
+    assert bus.publish(chat(1)).id == 100
+    bus.publish(chat(2))
     stop()
-    bus.publish("chat", {})
+    bus.publish(chat(3))
     assert got == [100, 101]
 
 
@@ -30,17 +35,25 @@ def test_since_resumes_exactly_once_in_order() -> None:
     bus = EventBus(first_id=1, size=5)
     assert bus.since(0) == []
     for i in range(1, 8):
-        bus.publish("n", i)
-    assert [e.data for e in bus.since(4) or []] == [5, 6, 7]
-    assert [e.data for e in bus.since(2) or []] == [3, 4, 5, 6, 7]
+        bus.publish(chat(i))
+    assert [e.event for e in bus.since(4) or []] == [chat(5), chat(6), chat(7)]
+    assert [e.id for e in bus.since(2) or []] == [3, 4, 5, 6, 7]
     assert bus.since(7) == []
     assert bus.since(1) is None  # event 2 fell out of the ring
     assert bus.since(99) is None  # not one of ours (e.g. another run)
 
 
+def test_each_event_has_one_json_form_on_the_wire() -> None:
+    """What a stream sends is the event's ``as_json``, under its ``type``."""
+    bus = EventBus(first_id=5)
+    wire = bus.publish(chat(9, "hi")).wire.decode().splitlines()
+    assert wire[:2] == ["id: 5", "event: chat"]
+    assert json.loads(wire[2].removeprefix("data: ")) == chat(9, "hi").as_json()
+
+
 def test_reset_carries_state_and_current_id() -> None:
     bus = EventBus(first_id=10)
-    bus.publish("x", 1)
+    bus.publish(chat(1))
     lines = bus.reset({"online": []}).decode().splitlines()
     assert lines[:2] == ["id: 10", "event: reset"]
     assert json.loads(lines[2].removeprefix("data: ")) == {"online": []}
@@ -50,9 +63,9 @@ def test_the_ring_is_bounded_in_bytes_too() -> None:
     """1,000 readings of 64 KiB were 64 MB of ring; the oldest go first past max_bytes."""
     bus = EventBus(first_id=1, size=1000, max_bytes=10_000)
     for i in range(1, 101):
-        bus.publish("telemetry", {"i": i, "pad": "x" * 1000})
+        bus.publish(chat(i, "x" * 1000))
     kept = bus.since(95) or []
-    assert [e.data["i"] for e in kept] == [96, 97, 98, 99, 100]
+    assert [e.id for e in kept] == [96, 97, 98, 99, 100]
     assert bus.since(80) is None  # pushed out by bytes, not by count
     assert sum(len(e.wire) for e in bus.since(91) or []) <= 10_000
 

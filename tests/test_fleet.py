@@ -11,6 +11,16 @@ from typing import Any
 import pytest
 
 from server.config import ConfigError, MqttConfig, load
+from server.feed.events import (
+    ChatMessage,
+    CommandEvent,
+    DeviceView,
+    LeaseChanged,
+    LeaseView,
+    Person,
+    PresenceChanged,
+    Telemetry,
+)
 from server.fleet.model import Command, Fleet, Message, Outbox, Rejection, Topics
 
 CFG = MqttConfig(
@@ -28,15 +38,8 @@ CFG = MqttConfig(
     command_users=("node-red", "homeassistant"),
     homeassistant=True,
 )
-LAMP = {
-    "id": "lamp-1",
-    "name": "Lamp",
-    "commands": ["on", "off"],
-    "online": True,
-    "since": "2026-12-01T10:00:00Z",
-    "lease": None,
-}
-ALICE = {"user": "alice", "since": "2026-12-01T10:00:00Z", "addr": "10.0.0.5"}
+LAMP = DeviceView("lamp-1", "Lamp", ("on", "off"), True, "2026-12-01T10:00:00Z", None)
+ALICE = Person("alice", "2026-12-01T10:00:00Z", "10.0.0.5")
 
 
 def topics(msgs: list[Message]) -> list[str]:
@@ -64,7 +67,7 @@ def test_topics() -> None:
 
 def test_snapshot_is_everything_retained() -> None:
     fleet = Fleet(replace(CFG, homeassistant=False))
-    msgs = fleet.snapshot([ALICE], [LAMP])
+    msgs = fleet.snapshot((ALICE,), [LAMP])
     assert topics(msgs) == [
         "vigil/barn/status",
         "vigil/barn/presence",
@@ -76,45 +79,41 @@ def test_snapshot_is_everything_retained() -> None:
         "count": 1,
         "users": [{"user": "alice", "since": "2026-12-01T10:00:00Z"}],  # no address
     }
-    assert json.loads(msgs[2].payload) == {**LAMP, "telemetry": None}
+    assert json.loads(msgs[2].payload) == {**LAMP.as_json(), "telemetry": None}
 
 
 def test_addresses_when_configured() -> None:
     fleet = Fleet(replace(CFG, publish_addresses=True))
-    msg = fleet.on_event("presence", {"kind": "join", "online": [ALICE]})[0]
-    assert json.loads(msg.payload)["users"] == [ALICE]
+    msg = fleet.on_event(PresenceChanged("join", "alice", "10.0.0.5", None, (ALICE,)))[0]
+    assert json.loads(msg.payload)["users"] == [ALICE.as_json()]
 
 
 def test_events_to_messages() -> None:
     fleet = Fleet(replace(CFG, homeassistant=False))
-    fleet.snapshot([], [LAMP])
-    tele = fleet.on_event(
-        "device", {"kind": "telemetry", "device": LAMP, "data": {"temperature": 21.5}}
-    )
+    fleet.snapshot((), [LAMP])
+    tele = fleet.on_event(Telemetry(LAMP, {"temperature": 21.5}))
     assert [(m.topic, m.retain, m.qos, m.kind) for m in tele] == [
         ("vigil/barn/devices/lamp-1/telemetry", False, 0, "telemetry"),
         ("vigil/barn/devices/lamp-1/state", True, 1, "state"),
     ]
     assert json.loads(tele[1].payload)["telemetry"] == {"temperature": 21.5}
-    held = {**LAMP, "lease": {"holder": "bob", "since": "2026-12-01T10:02:03Z"}}
-    [state] = fleet.on_event("device", {"kind": "lease", "change": "start", "device": held})
+    held = replace(LAMP, lease=LeaseView("bob", "2026-12-01T10:02:03Z"))
+    [state] = fleet.on_event(LeaseChanged("start", held, "bob", None))
     body = json.loads(state.payload)
     assert body["lease"]["holder"] == "bob" and body["telemetry"] == {"temperature": 21.5}
-    command = {"id": "c1", "device": "lamp-1", "action": "on", "user": "bob", "phase": "issued"}
-    assert fleet.on_event("command", command) == []  # activity comes from the audit record
+    command = CommandEvent("c1", "lamp-1", "on", {}, "bob", "issued")
+    assert fleet.on_event(command) == []  # activity comes from the audit record
     record = {"seq": 7, "type": "command", "user": "bob", "status": 409, "latency_ms": 0.1}
     [act] = fleet.on_record(record)
     assert (act.topic, act.retain, act.kind) == ("vigil/barn/activity", False, "activity")
     assert json.loads(act.payload) == record
     assert fleet.on_record({"seq": 8, "type": "login", "user": "bob"}) == []
-    assert fleet.on_event("chat", {"user": "bob", "text": "hi"}) == []
-    reset = fleet.on_event("reset", {"online": [ALICE], "devices": [LAMP]})
-    assert topics(reset) == ["vigil/barn/presence", "vigil/barn/devices/lamp-1/state"]
+    assert fleet.on_event(ChatMessage(9, "bob", "hi", "2026-12-01T10:02:04Z")) == []
 
 
 def test_home_assistant_switch_and_sensors() -> None:
     fleet = Fleet(CFG)
-    first = fleet.snapshot([], [LAMP])
+    first = fleet.snapshot((), [LAMP])
     [switch] = [m for m in first if m.kind == "discovery"]
     assert switch.topic == "homeassistant/switch/vigil_barn/lamp-1/config" and switch.retain
     entity = json.loads(switch.payload)
@@ -129,24 +128,24 @@ def test_home_assistant_switch_and_sensors() -> None:
     assert entity["availability"][0] == {"topic": "vigil/barn/status"}
     assert entity["device"]["identifiers"] == ["vigil_barn_lamp-1"]
     reading = {"temperature": 21.5, "on": True, "count": 3, "mode": "eco"}
-    msgs = fleet.on_event("device", {"kind": "telemetry", "device": LAMP, "data": reading})
+    msgs = fleet.on_event(Telemetry(LAMP, reading))
     sensors = [m.topic for m in msgs if m.kind == "discovery"]
     assert sensors == [  # numbers only (not bool, not text), each announced once
         "homeassistant/sensor/vigil_barn/lamp-1_count/config",
         "homeassistant/sensor/vigil_barn/lamp-1_temperature/config",
     ]
-    again = fleet.on_event("device", {"kind": "telemetry", "device": LAMP, "data": reading})
+    again = fleet.on_event(Telemetry(LAMP, reading))
     assert not [m for m in again if m.kind == "discovery"]
-    assert len([m for m in fleet.snapshot([], [LAMP]) if m.kind == "discovery"]) == 3
+    assert len([m for m in fleet.snapshot((), [LAMP]) if m.kind == "discovery"]) == 3
 
 
 def test_home_assistant_without_fleet_commands_is_read_only() -> None:
     for cfg in (replace(CFG, commands=False), replace(CFG, command_users=("node-red",))):
-        msgs = Fleet(cfg).snapshot([], [LAMP])
+        msgs = Fleet(cfg).snapshot((), [LAMP])
         [entity] = [m for m in msgs if m.kind == "discovery"]
         assert entity.topic == "homeassistant/binary_sensor/vigil_barn/lamp-1/config"
         assert "command_topic" not in json.loads(entity.payload)
-    plain = Fleet(CFG).snapshot([], [{**LAMP, "commands": ["status"]}])
+    plain = Fleet(CFG).snapshot((), [replace(LAMP, commands=("status",))])
     assert not [m for m in plain if m.kind == "discovery"]  # no on/off: no switch
 
 

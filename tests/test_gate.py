@@ -103,7 +103,7 @@ def test_a_connection_that_switches_user_logs_the_first_one_out(
     assert [(r["user"], r["reason"]) for r in app.records("leave")] == [("alice", "closed")]
     events = app.server.events.since(first)
     assert events is not None
-    assert [(e.data["kind"], e.data["user"]) for e in events] == [
+    assert [(e.event.kind, e.event.user) for e in events] == [  # type: ignore[union-attr]
         ("join", "alice"),
         ("leave", "alice"),
         ("join", "bob"),

@@ -18,7 +18,8 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from server.agent.gpio import MAX_QUEUED, Pins, PinSpec, load_config, parse_config, serve_mock_pins
+from server.agent.gpio import MAX_QUEUED, Pins, PinSpec, load_config, parse_config
+from tests.mockagent import serve_mock_pins
 from tests.mockpins import MockPins
 from tests.support import ROOT
 
@@ -281,13 +282,15 @@ def test_mock_control_reads_and_drives_pins(
         serve_mock_pins(tmp_path / "nope" / "s")
 
 
-def agent(tmp_path: Path, *extra: str, mock: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m server.agent --name g1 ...`` with a secret; it should exit at once."""
+def agent(
+    tmp_path: Path, *extra: str, mock: bool = True, module: str = "server.agent"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m MODULE --name g1 ...`` with a secret; it should exit at once."""
     env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
     env["VIGIL_DEVICE_SECRET"] = "ab" * 32
     if mock:
         env["GPIOZERO_PIN_FACTORY"] = "mock"
-    argv = [sys.executable, "-m", "server.agent", "--name", "g1", "--port", "9", *extra]
+    argv = [sys.executable, "-m", module, "--name", "g1", "--port", "9", *extra]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -300,12 +303,39 @@ def test_agent_command_line_refusals(tmp_path: Path) -> None:
         ((f"--gpio={bad}",), True, f"{bad}: [[output]] 1: led: kind must be one of led, relay"),
         ((f"--gpio={unknown_pin}",), True, f"{unknown_pin}: output led: pin 40: 40 is not a"),
         ((f"--gpio={EXAMPLE}", "--interval", "2"), True, "--interval is for the lamp"),
-        (("--mock-control", str(tmp_path / "s")), True, "--mock-control needs --gpio CONFIG"),
-        # no Pi and no mock: gpiozero finds no pin factory, and mock pins are never served
+        # no Pi and no mock: gpiozero finds no pin factory
         ((f"--gpio={EXAMPLE}",), False, "no GPIO here: gpiozero has no pin factory (Falling"),
     ]
     for extra, mock, error in cases:
         done = agent(tmp_path, *extra, mock=mock)
+        assert done.returncode == 2, (extra, done.stderr)
+        assert f"agent g1: {error}" in done.stderr, (extra, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_production_agent_has_no_mock_control(tmp_path: Path) -> None:
+    done = agent(tmp_path, f"--gpio={EXAMPLE}", "--mock-control", str(tmp_path / "s"))
+    assert done.returncode == 2 and "unrecognized arguments: --mock-control" in done.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_mock_agent_command_line_refusals(tmp_path: Path) -> None:
+    """``python -m tests.mockagent``: mock pins only with --gpio and gpiozero's mock factory."""
+    sock = str(tmp_path / "s")
+    cases = [
+        (("--mock-control", sock), True, "--mock-control needs --gpio CONFIG"),
+        # no Pi and no mock: mock pins are never served
+        ((f"--gpio={EXAMPLE}", "--mock-control", sock), False, "--mock-control needs GPIOZERO_"),
+        (
+            (f"--gpio={EXAMPLE}", f"--mock-control={tmp_path}/nope/s"),
+            True,
+            f"--mock-control {tmp_path}/nope/s: No such file or directory",
+        ),
+        # the agent's own refusals come through
+        ((f"--gpio={EXAMPLE}", "--interval", "2", "--mock-control", sock), True, "--interval is"),
+    ]
+    for extra, mock, error in cases:
+        done = agent(tmp_path, *extra, mock=mock, module="tests.mockagent")
         assert done.returncode == 2, (extra, done.stderr)
         assert f"agent g1: {error}" in done.stderr, (extra, done.stderr)
         assert "Traceback" not in done.stderr

@@ -36,11 +36,9 @@ def test_another_operator_is_refused_with_who_and_since_until_they_take_over() -
     ended, started = leases.take("lamp-1", "bob", 12.0, AT + 2, take_over=True)
     assert (ended.reason, ended.by, ended.lease.holder) == (End.TAKEN_OVER, "bob", "alice")
     assert (started.kind, started.lease.holder) == ("start", "bob")
-    assert leases.annotate({"id": "lamp-1", "online": True}) == {
-        "id": "lamp-1",
-        "online": True,
-        "lease": {"holder": "bob", "since": "2025-12-01T10:02:05Z"},
-    }
+    lease = leases.of("lamp-1")
+    assert lease is not None
+    assert lease.as_json() == {"holder": "bob", "since": "2025-12-01T10:02:05Z"}
 
 
 def test_release_leave_and_offline_end_only_what_they_concern() -> None:
@@ -55,4 +53,4 @@ def test_release_leave_and_offline_end_only_what_they_concern() -> None:
     assert leases.end_device("lamp-1", End.OFFLINE) == []
     (offline,) = leases.end_device("fan", End.OFFLINE)
     assert (offline.lease.holder, offline.reason) == ("bob", End.OFFLINE)
-    assert leases.annotate({"id": "fan"}) == {"id": "fan", "lease": None}
+    assert leases.of("fan") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.feed.events import Person
 from server.people.presence import CLOSED, LOST, SHUTDOWN, Change, Presence
 
 
@@ -10,7 +11,7 @@ def test_join_once_per_user() -> None:
     assert p.attach(1, "alice", "10.0.0.1", 0, 1000.0) == [Change("join", "alice", "10.0.0.1")]
     assert p.attach(2, "alice", "10.0.0.1", 0, 1001.0) == []
     assert p.attach(2, "alice", "10.0.0.1", 0, 1001.0) == []
-    assert p.online() == [{"user": "alice", "since": "1970-01-01T00:16:40Z", "addr": "10.0.0.1"}]
+    assert p.online() == (Person("alice", "1970-01-01T00:16:40Z", "10.0.0.1"),)
 
 
 def test_lost_last_connection_leaves_at_once() -> None:
@@ -19,7 +20,7 @@ def test_lost_last_connection_leaves_at_once() -> None:
     p.attach(2, "alice", "a", 0, 0)
     assert p.detach(1, 5.0, lost=True) is None  # another connection is still open
     assert p.detach(2, 5.0, lost=True) == Change("leave", "alice", "a", LOST)
-    assert p.online() == []
+    assert p.online() == ()
 
 
 def test_clean_close_leaves_after_grace_unless_back() -> None:
@@ -60,7 +61,7 @@ def test_a_connection_that_logs_in_as_another_user_leaves_the_first() -> None:
         Change("leave", "alice", "x", CLOSED),
         Change("join", "bob", "x"),
     ]
-    assert [u["user"] for u in p.online()] == ["bob"]
+    assert [u.user for u in p.online()] == ["bob"]
     assert p.user_of(1) == "bob"
 
 
@@ -81,7 +82,7 @@ def test_end_all_logs_everyone_out_including_grace() -> None:
         ("alice", "leave", SHUTDOWN),
         ("bob", "leave", SHUTDOWN),
     ]
-    assert p.online() == [] and p.user_of(1) is None and p.end_all() == []
+    assert p.online() == () and p.user_of(1) is None and p.end_all() == []
 
 
 def test_resize_keeps_who_is_online() -> None:
@@ -89,4 +90,4 @@ def test_resize_keeps_who_is_online() -> None:
     p.attach(1, "a", "x", 0, 0)
     p.attach(2, "b", "x", 0, 0)
     p.resize(1, 5)
-    assert [u["user"] for u in p.online()] == ["a", "b"] and not p.admits("c")
+    assert [u.user for u in p.online()] == ["a", "b"] and not p.admits("c")

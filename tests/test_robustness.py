@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -65,10 +64,8 @@ def redirecting(make_app: Callable[..., App]) -> Iterator[App]:
     """An App with TLS on as far as the gate knows: plain HTTP from elsewhere redirects."""
     app = make_app()
     with socket.create_server(("127.0.0.1", 0)) as https:
-        app.server.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        app.server.tls_listener = https  # the port the redirect names
+        app.server.gate.https_port = https.getsockname()[1]  # the port the redirect names
         yield app
-        app.server.tls_listener = None
 
 
 def test_a_redirect_to_https_is_decided_at_the_head(redirecting: App, no_tracebacks: None) -> None:
@@ -302,7 +299,7 @@ def test_a_cross_site_image_does_not_log_its_victim_in(app: App) -> None:
         "Sec-Fetch-Dest": "image",
     }
     assert c.get("/api/me", headers=headers).status == 403
-    assert app.server.presence.online() == []
+    assert app.server.presence.online() == ()
     assert not [r for r in audit_records(app.server.audit, 10) if r["type"] == "login"]
     # a link from elsewhere that opens the panel still works
     nav = {
@@ -340,7 +337,7 @@ def test_a_host_the_panel_does_not_go_by_is_421(app: App, host: str, status: int
     resp = app.client().get("/api/me", headers={"Host": host})
     assert resp.status == status
     if status == 421:
-        assert app.server.presence.online() == []  # refused before authentication
+        assert app.server.presence.online() == ()  # refused before authentication
 
 
 def test_nothing_is_acknowledged_when_the_audit_fsync_fails(

@@ -403,19 +403,21 @@ def test_the_minute_check_makes_a_certificate_that_became_invalid_again(
     old, old_key = dated_certificate(state, "tls.local", "19700101000000Z", "19720405000000Z")
     before = der_sha256(old)
     # as loaded while the clock still said 1970 (loading it now would make it again at once)
-    server.tls, server.certificate = certificate.load(old, old_key, own=True)
-    first = server.tls
+    https = server.https
+    https.context, https.description = certificate.load(old, old_key, own=True)
+    first = https.context
     with caplog.at_level(logging.INFO):
         for _ in range(59):
             server.sweep()
-        assert server.tls is first and der_sha256(old) == before
+        assert https.context is first and der_sha256(old) == before
         server.sweep()  # the 60th second
-        assert server.tls is not first
+        assert https.context is not first
         new = der_sha256(state / "tls.local.crt")
         assert new != before
-        assert server.certificate is not None and server.certificate.fingerprint == new
-        assert server.certificate.valid_at(datetime.now(UTC))
-        assert fingerprint(handshake(server.tls, state / "tls.local.crt")) == new
+        assert https.description is not None and https.description.fingerprint == new
+        assert https.description.valid_at(datetime.now(UTC))
+        assert https.context is not None
+        assert fingerprint(handshake(https.context, state / "tls.local.crt")) == new
         made = [r.getMessage() for r in caplog.records if "made a new TLS" in r.getMessage()]
         assert len(made) == 1 and f"SHA-256 {new}" in made[0], made
         assert "clock was wrong (it said 1970-01-01" in made[0]

@@ -26,10 +26,8 @@ real agent over kernel SCTP.
 
 from __future__ import annotations
 
-import itertools
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from server import config as configmod
 from server.app import Server
 from server.base.loop import Loop
 from server.base.sockopts import configure_accepted
-from server.control import registry as control
+from tests.fakedevice import FakeDevice
 from tests.support import audit_records, write_config
 from tests.wire import Client as WireClient
 from tests.wire import Event, Reader, Resp, SSEParser
@@ -110,61 +108,6 @@ class App:
         self._pairing.close()
         self.server.close()
         self.loop.close()
-
-
-class FakeDevice:
-    """A device agent as ``ControlChannel`` sees it after its proven hello.
-
-    It answers each command ``ok`` on the next loop pass, as a quick device
-    would, unless made with ``answers=False``: then the test calls ``answer``.
-    """
-
-    _assocs = itertools.count(1)
-
-    def __init__(
-        self, app: App, device_id: str, commands: tuple[str, ...], answers: bool = True
-    ) -> None:
-        self.app = app
-        self.id = device_id
-        self.assoc = next(self._assocs)
-        self.answers = answers
-        self.received: list[dict[str, Any]] = []  # what vigil sent this device
-        channel = self.channel = app.server.control
-        channel.off_reason = None
-        channel._send = self._receive  # type: ignore[method-assign]
-        joined = channel._registry.hello(
-            self.assoc, control.Hello(device_id, device_id, commands), time.time()
-        )
-        channel._publish("device", {"kind": "online", "device": joined.device.as_json()})
-        app.pump()
-
-    @property
-    def commands(self) -> list[str]:
-        """The actions of the commands vigil sent, oldest first."""
-        return [m["action"] for m in self.received if m["type"] == "command"]
-
-    def _receive(self, assoc: int, msg: dict[str, Any], flags: int = 0) -> None:
-        assert assoc == self.assoc
-        self.received.append(msg)
-        if self.answers and msg["type"] == "command":
-            result = control.Result(msg["id"], True, {"done": msg["action"]})
-            self.app.loop.call_later(0, lambda: self.channel._on_result(self.assoc, result))
-
-    def answer(self, ok: bool = True, result: Any = None) -> None:
-        """Answer the newest command vigil sent."""
-        command = [m for m in self.received if m["type"] == "command"][-1]
-        error = None if ok else "it failed"
-        self.channel._on_result(self.assoc, control.Result(command["id"], ok, result, error))
-        self.app.pump()
-
-    def telemetry(self, data: dict[str, Any]) -> None:
-        self.channel._on_telemetry(self.assoc, control.Telemetry(data))
-        self.app.pump()
-
-    def lose(self) -> None:
-        """The association is lost (COMM_LOST)."""
-        self.channel._assoc_lost(self.assoc, "lost")
-        self.app.pump()
 
 
 class Client(WireClient):

@@ -33,8 +33,7 @@ for contacts and motion. Not ``MotionSensor``: it samples the pin ten times
 a second in a thread of its own, and a PIR module's output is already a
 clean digital signal, so an edge-triggered ``DigitalInputDevice`` gets it at
 once. The pin factory is gpiozero's choice (lgpio on a Pi);
-``GPIOZERO_PIN_FACTORY=mock`` gives its ``MockFactory``, for tests, and
-``serve_mock_pins`` lets a test in another process read and drive those pins.
+``GPIOZERO_PIN_FACTORY=mock`` gives its ``MockFactory``, for tests.
 """
 
 from __future__ import annotations
@@ -43,8 +42,6 @@ import contextlib
 import logging
 import os
 import re
-import socketserver
-import threading
 import tomllib
 import warnings
 from collections import deque
@@ -60,11 +57,9 @@ from gpiozero import (
     Button,
     Device,
     DigitalInputDevice,
-    GPIOZeroError,
     OutputDevice,
     PinFactoryFallback,
 )
-from gpiozero.pins.mock import MockFactory
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +232,7 @@ class Pins:
             else:
                 log.warning("gpiozero: %s", w.message)
 
-    # -- what the agent's loop calls (server.agent.Hardware) ------------------
+    # -- what the agent's loop calls (server.agent.hardware.Hardware) ---------
 
     def reading(self) -> dict[str, bool]:
         """Every output (on?) and input (active?), as of the last change handed on."""
@@ -292,53 +287,3 @@ class Pins:
             dev.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-
-# -- mock pins: tests only ----------------------------------------------------
-
-
-def serve_mock_pins(path: Path) -> socketserver.UnixStreamServer:
-    """Tests only: serve gpiozero's mock pins on unix socket ``path``, in a thread.
-
-    Only with ``GPIOZERO_PIN_FACTORY=mock`` (ValueError otherwise), so a real
-    pin can never be driven this way. One request a line: ``PIN`` answers the
-    pin's state, ``PIN high`` or ``PIN low`` first drives an input (a button
-    pressed to ground is ``low``); answers are ``0``, ``1`` or ``error: …``.
-    Driving a pin runs gpiozero's callbacks in this thread, as a real pin
-    factory runs them in its own.
-    """
-    factory = Device.pin_factory
-    if not isinstance(factory, MockFactory):
-        raise ValueError("--mock-control needs GPIOZERO_PIN_FACTORY=mock (it is for tests)")
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            for line in self.rfile:
-                self.wfile.write(answer(line.decode(errors="replace").split()).encode() + b"\n")
-
-    def answer(words: list[str]) -> str:
-        if not words:
-            return "error: no pin"
-        try:
-            pin = factory.pin(int(words[0]) if words[0].isdigit() else words[0])
-        except GPIOZeroError as e:
-            return f"error: {e}"
-        if words[1:] and pin.function != "input":
-            return f"error: {pin} is an output"
-        if words[1:] == ["high"]:
-            pin.drive_high()
-        elif words[1:] == ["low"]:
-            pin.drive_low()
-        elif words[1:]:
-            return f"error: {' '.join(words[1:])!r} is not high or low"
-        return str(int(pin.state))
-
-    if path.is_socket():  # left by an earlier run
-        path.unlink()
-    try:
-        server = socketserver.UnixStreamServer(str(path), Handler)
-    except OSError as e:
-        raise ValueError(f"--mock-control {path}: {e.strerror}") from None
-    threading.Thread(target=server.serve_forever, name="mock-pins", daemon=True).start()
-    log.warning("serving gpiozero's MOCK pins on %s (tests only)", path)
-    return server

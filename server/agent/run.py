@@ -8,15 +8,17 @@ The secret is the one ``python -m server add-device lamp-1`` made on vigil's
 host (it prints this command line); never on the command line itself, which
 every user sees in ``ps``.
 
-The agent drives one ``Hardware``: the simulated ``Lamp``, or with ``--gpio``
-the pins of a config file (``server.agent.gpio.Pins``, README "GPIO"). For other
-hardware, write a third class with the members of ``Hardware``. The protocol
-(README, "Devices") in short:
+The agent drives one ``Hardware`` (``server.agent.hardware``): the simulated
+``Lamp``, or with ``--gpio`` the pins of a config file
+(``server.agent.gpio.Pins``, README "GPIO"). For other hardware, write a
+third class with the members of ``Hardware``. The protocol (README,
+"Devices"; every message is a ``server.link.codec`` class, encoded and
+decoded there, as vigil does) in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
 - stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
   send ``hello`` with ``hmac``, HMAC-SHA256 of the nonce's bytes followed by
-  our id under our secret (``server.control.admission.proof``); vigil answers
+  our id under our secret (``server.link.secret.proof``); vigil answers
   ``welcome``, or an ``error`` and aborts the association (wrong secret, too
   late, ...); then it sends ``command``s and we answer each with a
   ``result`` carrying the command's id;
@@ -27,29 +29,30 @@ When the association is lost (vigil restarts, the cable is pulled) or vigil
 refuses us, we connect again, waiting 0.2 s, 0.4 s, ... up to 5 s between
 attempts. Everything runs in one select() loop; hardware that reports from
 threads of its own (gpiozero's) hands its changes to the loop through a pipe.
+
+The agent imports nothing of vigil but ``server.link``: the codec, the SCTP
+tuning and the secret, which both ends share.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import random
 import select
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sctp
 
-from server.base.sockopts import family_of
-from server.control.channel import tune_peer
-from server.control.registry import PPID_JSON, Stream
-from server.link.codec import HEARTBEAT_MS, PATH_MAX_RETRANS
+from server.agent.hardware import Hardware, Lamp
+from server.link import codec
+from server.link.codec import HEARTBEAT_MS, MAX_MESSAGE, PATH_MAX_RETRANS, PPID_JSON, Stream
+from server.link.sctp import family_of, tune_peer
 from server.link.secret import parse_secret, proof, read_secret_file
 
 log = logging.getLogger("agent")
@@ -57,66 +60,6 @@ log = logging.getLogger("agent")
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 CHALLENGE_WAIT = 10.0  # seconds to wait for vigil's challenge
 SECRET_ENV = "VIGIL_DEVICE_SECRET"
-
-
-class Hardware(Protocol):
-    """What the agent drives: what it announces, does, and reports."""
-
-    @property
-    def commands(self) -> tuple[str, ...]:
-        """The actions of the hello (one button each in the panel)."""
-
-    @property
-    def interval(self) -> float | None:
-        """Seconds between two ``reading()``s sent as telemetry; None: only the first."""
-
-    def run(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Do ``action``; return the result or raise ValueError for the error text."""
-
-    def reading(self) -> dict[str, Any]:
-        """The telemetry now: sent once welcomed, then every ``interval``."""
-
-    def fileno(self) -> int | None:
-        """A file descriptor readable when ``changes()`` has readings; None if never."""
-
-    def changes(self) -> list[dict[str, Any]]:
-        """Readings to send at once, oldest first (after ``fileno()`` was readable)."""
-
-
-class Lamp:
-    """The simulated hardware: a lamp and a thermometer next to it."""
-
-    commands = ("on", "off", "toggle", "status")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.on = False
-
-    def run(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Do ``action``; return the result or raise ValueError for the error text."""
-        if action == "on":
-            self.on = True
-        elif action == "off":
-            self.on = False
-        elif action == "toggle":
-            self.on = not self.on
-        elif action != "status":
-            raise ValueError(f"unknown action {action!r}")
-        return self.reading()
-
-    def reading(self) -> dict[str, Any]:
-        return {"on": self.on, "temperature": self.temperature()}
-
-    def fileno(self) -> None:
-        return None  # it changes only when told to
-
-    def changes(self) -> list[dict[str, Any]]:
-        return []
-
-    def temperature(self) -> float:
-        # A room that warms up while the lamp is on, plus some sensor noise.
-        base = 23.5 if self.on else 21.0
-        return round(base + 0.3 * math.sin(time.time() / 10) + random.uniform(-0.05, 0.05), 2)
 
 
 class Agent:
@@ -127,22 +70,19 @@ class Agent:
         self.secret = secret
         self.hardware = hardware
         self.sock: Any = None
-        self.replies: list[tuple[float, dict[str, Any]]] = []  # (due, result), --reply-delay
+        self.replies: list[tuple[float, codec.Result]] = []  # (due, result), --reply-delay
 
-    def send(self, msg: dict[str, Any], stream: Stream = Stream.CONTROL) -> None:
+    def send(self, msg: codec.FromDevice, stream: Stream = Stream.CONTROL) -> None:
         # pysctp's sctp_send converts the PPID to network byte order itself
         flags = sctp.MSG_UNORDERED if stream is Stream.TELEMETRY else 0
-        data = json.dumps(msg).encode()
-        self.sock.sctp_send(data, ppid=PPID_JSON, stream=stream, flags=flags)
+        self.sock.sctp_send(codec.encode(msg), ppid=PPID_JSON, stream=stream, flags=flags)
 
     def connect(self) -> None:
         family = family_of(self.args.host)
         sock = sctp.sctpsocket_tcp(family)
         # Notice a dead vigil in seconds, as vigil notices us, with vigil's
         # default timers: heartbeat every 400 ms, give up after 4 unanswered
-        # retransmissions, SACK at once. (In C: setsockopt
-        # SCTP_PEER_ADDR_PARAMS with SPP_HB_ENABLE | SPP_SACKDELAY_DISABLE,
-        # SCTP_RTOINFO 100 .. 200 ms, SCTP_ASSOCINFO.)
+        # retransmissions, SACK at once (server/link/sctp.py).
         tune_peer(sock, family, HEARTBEAT_MS, PATH_MAX_RETRANS)
         sock.settimeout(5)
         try:
@@ -153,22 +93,25 @@ class Agent:
         self.sock = sock
         self.replies.clear()
 
-    def receive(self) -> dict[str, Any] | None:
-        """The next message from vigil ({} for a notification), None when it closed."""
-        _addr, flags, data, _info = self.sock.sctp_recv(65536)
+    def receive(self) -> list[codec.FromServer] | None:
+        """The next message from vigil ([] for a notification or garbage), None when it closed."""
+        _addr, flags, data, _info = self.sock.sctp_recv(MAX_MESSAGE)
         if flags & sctp.FLAG_NOTIFICATION:
-            return {}
+            return []
         if not data:  # vigil shut the association down
             log.warning("vigil closed the association")
             return None
-        msg = json.loads(data)
-        return msg if isinstance(msg, dict) else {}
+        msg = codec.decode_from_server(data)
+        if isinstance(msg, str):
+            log.error("vigil sent what we cannot read (ignored): %s", msg)
+            return []
+        return [msg]
 
-    def refused(self, msg: dict[str, Any]) -> None:
+    def refused(self, msg: codec.Error) -> None:
         log.error(
             "vigil refused us: %s (is this device's secret the one `python -m server "
             "add-device %s` made? --secret-file or %s)",
-            msg.get("error"),
+            msg.error,
             self.args.name,
             SECRET_ENV,
         )
@@ -177,18 +120,15 @@ class Agent:
         """Wait for vigil's challenge; its nonce, or None (refused, closed, no challenge)."""
         deadline = time.monotonic() + CHALLENGE_WAIT
         while select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            msg = self.receive()
-            if msg is None:
+            msgs = self.receive()
+            if msgs is None:
                 return None
-            if msg.get("type") == "error":
-                self.refused(msg)
-                return None
-            if msg.get("type") == "challenge":
-                try:
-                    return bytes.fromhex(msg["nonce"])
-                except (KeyError, TypeError, ValueError):
-                    log.error("vigil's challenge has no nonce in hex: %s", msg)
+            for msg in msgs:
+                if isinstance(msg, codec.Error):
+                    self.refused(msg)
                     return None
+                if isinstance(msg, codec.Challenge):
+                    return msg.nonce
         log.warning("no challenge from vigil within %g s", CHALLENGE_WAIT)
         return None
 
@@ -198,15 +138,8 @@ class Agent:
         if nonce is None:
             return False
         hw = self.hardware
-        self.send(
-            {
-                "type": "hello",
-                "device": self.args.name,
-                "name": self.args.label,
-                "commands": list(hw.commands),
-                "hmac": proof(self.secret, nonce, self.args.name),
-            }
-        )
+        name = self.args.name
+        self.send(codec.Hello(name, self.args.label, hw.commands, proof(self.secret, nonce, name)))
         welcomed = False
         next_reading = math.inf  # the first reading goes once welcomed
         watched = [self.sock] if hw.fileno() is None else [self.sock, hw.fileno()]
@@ -215,14 +148,15 @@ class Agent:
             wait = None if due == math.inf else max(0.0, due - time.monotonic())
             readable, _, _ = select.select(watched, [], [], wait)
             if self.sock in readable:
-                msg = self.receive()
-                if msg is None:
+                msgs = self.receive()
+                if msgs is None:
                     return welcomed
-                if msg.get("type") == "error" and not welcomed:
-                    self.refused(msg)
-                    return False
-                if self.handle(msg) and not welcomed:
-                    welcomed, next_reading = True, time.monotonic()
+                for msg in msgs:
+                    if isinstance(msg, codec.Error) and not welcomed:
+                        self.refused(msg)
+                        return False
+                    if self.handle(msg) and not welcomed:
+                        welcomed, next_reading = True, time.monotonic()
             if hw.fileno() in readable:
                 for reading in hw.changes():  # before the welcome: the first reading has it
                     if welcomed:
@@ -236,30 +170,21 @@ class Agent:
                 next_reading = math.inf if hw.interval is None else now + hw.interval
 
     def telemetry(self, reading: dict[str, Any]) -> None:
-        self.send({"type": "telemetry", "data": reading}, Stream.TELEMETRY)
+        self.send(codec.Telemetry(reading), Stream.TELEMETRY)
 
-    def handle(self, msg: dict[str, Any]) -> bool:
+    def handle(self, msg: codec.FromServer) -> bool:
         """Act on one message from vigil; return True for a welcome."""
-        kind = msg.get("type")
-        if kind == "welcome":
-            log.info("welcomed by vigil as %s", msg.get("device"))
+        if isinstance(msg, codec.Welcome):
+            log.info("welcomed by vigil as %s", msg.device)
             return True
-        if kind == "error":
-            log.error("vigil says: %s", msg.get("error"))
-        elif kind == "command":
-            log.info(
-                "command %s from %s: %s %s",
-                msg["id"],
-                msg.get("user"),
-                msg["action"],
-                msg.get("args"),
-            )
+        if isinstance(msg, codec.Error):
+            log.error("vigil says: %s", msg.error)
+        elif isinstance(msg, codec.Command):
+            log.info("command %s from %s: %s %s", msg.id, msg.user, msg.action, msg.args)
             try:
-                action, args = msg["action"], msg.get("args", {})
-                result = {"ok": True, "result": self.hardware.run(action, args)}
+                reply = codec.Result(msg.id, True, self.hardware.run(msg.action, msg.args))
             except ValueError as e:
-                result = {"ok": False, "error": str(e)}
-            reply = {"type": "result", "id": msg["id"], **result}
+                reply = codec.Result(msg.id, False, error=str(e))
             self.replies.append((time.monotonic() + self.args.reply_delay, reply))
         return False
 
@@ -317,13 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CONFIG",
         help="drive the GPIO pins of this TOML file instead of the simulated lamp (README, GPIO)",
     )
-    p.add_argument(
-        "--mock-control",
-        type=Path,
-        metavar="SOCKET",
-        help="tests only, with GPIOZERO_PIN_FACTORY=mock: read and drive the mock pins "
-        "on this unix socket (server.gpio.serve_mock_pins)",
-    )
     p.add_argument("--interval", type=float, help="seconds between the lamp's readings (1)")
     p.add_argument(
         "--reply-delay",
@@ -356,14 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 def hardware_of(args: argparse.Namespace) -> Hardware:
     """The simulated lamp, or the pins of ``--gpio CONFIG``; ValueError for what is wrong."""
     if args.gpio is None:
-        if args.mock_control is not None:
-            raise ValueError("--mock-control needs --gpio CONFIG")
         return Lamp(1.0 if args.interval is None else args.interval)
     from server.agent import gpio  # only here: the lamp needs no gpiozero (its import takes ~50 ms)
 
     if args.interval is not None:
         raise ValueError("--interval is for the lamp: GPIO inputs are sent when they change")
-    pins = gpio.Pins(gpio.load_config(args.gpio), str(args.gpio))
-    if args.mock_control is not None:
-        gpio.serve_mock_pins(args.mock_control)
-    return pins
+    return gpio.Pins(gpio.load_config(args.gpio), str(args.gpio))

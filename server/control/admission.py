@@ -8,11 +8,11 @@ The exchange (README, "Devices"):
 
 1. an association comes up (``arrive``): a peer whose address is outside
    ``control.allow`` is refused at once; any other gets
-   ``{"type": "challenge", "nonce": "<64 hex digits>"}``, 32 random bytes
-   made for this association alone;
+   ``{"type": "challenge", "nonce": "<64 hex digits>"}`` (``server.link.codec.Challenge``),
+   32 random bytes made for this association alone;
 2. within ``control.hello_timeout`` seconds it says hello with
    ``"hmac": HMAC-SHA256(key = its secret, message = the nonce's 32 bytes +
-   the device id in UTF-8)``, as 64 hex digits (``proof``);
+   the device id in UTF-8)``, as 64 hex digits (``server.link.secret.proof``);
 3. ``prove`` computes the same with the secret declared for that id and
    compares in constant time.
 
@@ -44,18 +44,12 @@ import enum
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from server.base.addresses import AllowList
 from server.config import DeviceKey
 from server.link.secret import proof, same
 
 RECENT_NONCES = 64  # challenges remembered to tell a replay from a wrong secret
-
-
-def challenge(nonce: bytes) -> dict[str, Any]:
-    """The message vigil sends when an association comes up."""
-    return {"type": "challenge", "nonce": nonce.hex()}
 
 
 class Reason(enum.Enum):

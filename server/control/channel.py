@@ -21,7 +21,8 @@ Dead devices are noticed by SCTP itself: heartbeats every
 association limit, SCTP_ASSOCINFO's asocmaxrxt), a retransmission timeout
 bounded to ``RTO_MIN_MS``..``RTO_MAX_MS`` (SCTP_RTOINFO) and no delayed
 SACK are set as the socket's defaults before ``listen()``, so every
-association gets them (``tune_peer``; the reference agent uses it too). A
+association gets them (``server.link.sctp.tune_peer``; the reference agent
+uses it too). A
 lost association takes its device offline and fails its pending commands
 with 503 at once, not after the timeout. A ``kill -9`` of the agent is
 reported by its kernel (ABORT) at once; a pulled cable is found by the
@@ -81,12 +82,24 @@ Who may be a device (``server.control.admission`` decides): on COMM_UP the peer'
 primary address (SCTP_STATUS; the source of its INIT) is checked against
 ``control.allow`` and a challenge with a fresh nonce goes out, with a timer
 at its deadline. A refusal is one log line, one ``device_refused`` audit
-record (the injected ``audit``, ``AuditLog.append`` in the server), an
-``error`` message and then an SCTP ABORT (sendmsg with SCTP_ABORT; its
+record (the sink's ``device_refused``), an ``error`` message and then an
+SCTP ABORT (sendmsg with SCTP_ABORT; its
 payload, the same text, is the user-initiated abort cause the peer's kernel
 reports). The error goes out first, in its own packet, so the peer reads it
 before it sees the association lost. What a refused association had queued
 before the ABORT is dropped unread.
+
+The seam (what a test's fake device uses, and nothing private): the
+channel works at the level of ``server.link.codec`` messages.
+``association_up(assoc, addr)``, ``receive(assoc, message)`` and
+``association_lost(assoc, how)`` are what the SCTP shell calls after it
+read a notification or decoded a message; ``admit_proven(assoc, hello)`` is
+what a hello does once its hmac is proven. What goes out goes through
+``transport`` (``Transport``: ``send`` and ``abort``; ``SctpTransport`` over
+the socket, or a fake's own after ``attach``). What happens is told to the
+``sink`` (``ControlEvents``): devices online and offline, telemetry as the
+coalescer releases it, every phase of a command, refused devices, in the
+order it happens (a device is offline before its pending commands fail).
 """
 
 from __future__ import annotations
@@ -99,23 +112,26 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import sctp
 
 from server.base.addresses import AllowList, display_address
 from server.base.loop import READ, Loop, Timer
-from server.base.sockopts import family_of
 from server.config import ControlConfig
 from server.control import registry as control
-from server.control.admission import Admission, Denial, challenge
-from server.control.registry import Phase, Refusal, Stream
+from server.control.admission import Admission, Denial
+from server.control.registry import Device, Phase, Refusal
+from server.feed.events import CommandEvent
+from server.link import codec
+from server.link.codec import PPID_JSON, Stream
+from server.link.sctp import family_of, tune_peer
 from server.link.secret import NONCE_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_READS = 32  # messages read per readable callback
-RECV_SIZE = control.MAX_MESSAGE + 1  # a whole allowed message in one recv
+RECV_SIZE = codec.MAX_MESSAGE + 1  # a whole allowed message in one recv
 NO_SCTP = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT)
 NO_SCTP_REASON = "this kernel has no SCTP (on a Raspberry Pi: sudo modprobe sctp)"
 
@@ -127,69 +143,71 @@ SNDRCVINFO = struct.Struct("=HHHxxIIIIIi")
 AssocChange = sctp.assoc_change
 LOST_STATES = frozenset({AssocChange.state_COMM_LOST, AssocChange.state_SHUTDOWN_COMP})
 
-# Retransmission timeout bounds (SCTP_RTOINFO, ms); the kernel's defaults
-# (3000, 1000, 60000) would take about 10 s to notice a pulled cable. RTO_MAX
-# bounds the potentially-failed heartbeats to [200, 400] ms (module header).
-RTO_INITIAL_MS = 400  # before the first round trip is measured; also INIT's timer
-RTO_MIN_MS = 100
-RTO_MAX_MS = 200
-
-SCTP_NODELAY = 3  # socket options, <linux/sctp.h>
-SCTP_PEER_ADDR_PARAMS = 9
-SPP_HB_ENABLE = 1
-SPP_SACKDELAY_DISABLE = 1 << 6  # SACK every packet at once
-# struct sctp_paddrparams (packed, aligned 4): assoc_id, address (a
-# sockaddr_storage), hbinterval, pathmaxrxt, pathmtu, sackdelay, flags,
-# ipv6_flowlabel, dscp
-PADDRPARAMS = struct.Struct("=i128sIHIIIIBx")
-
-
-def tune_peer(sock: Any, family: int, heartbeat_ms: int, max_retrans: int) -> None:
-    """Make ``sock``'s future associations notice a dead peer in seconds.
-
-    Heartbeat every ``heartbeat_ms``; a path fails after ``max_retrans``
-    unanswered retransmissions and so does the association; the RTO stays
-    within ``RTO_MIN_MS``..``RTO_MAX_MS``; SACKs are not delayed (the module
-    header has the arithmetic and why); Nagle is off (SCTP_NODELAY). The
-    heartbeat is set with a raw setsockopt because pysctp's wheels are built
-    without SCTP_DRAFT10_LEVEL and drop spp_flags, without which the kernel
-    ignores spp_hbinterval.
-    """
-    wildcard = struct.pack("=H", family)  # any address, port 0: the socket's default
-    flags = SPP_HB_ENABLE | SPP_SACKDELAY_DISABLE
-    params = PADDRPARAMS.pack(0, wildcard, heartbeat_ms, max_retrans, 0, 0, flags, 0, 0)
-    sock.setsockopt(socket.IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, params)
-    # No Nagle: a command or result must not wait for the SACK of the previous
-    # message (delayed 200 ms), which measured as a 200 ms p99 round trip.
-    sock.setsockopt(socket.IPPROTO_SCTP, SCTP_NODELAY, 1)
-    rto = sctp.rtoinfo()  # assoc 0: the socket's default
-    rto.initial, rto.min, rto.max = RTO_INITIAL_MS, RTO_MIN_MS, RTO_MAX_MS
-    sock.set_rtoinfo(rto)
-    assoc = sctp.assocparams()
-    assoc.assocmaxrxt = max_retrans
-    sock.set_assocparams(assoc)
-
-
-Publish = Callable[[str, dict[str, Any]], object]  # the event bus's publish
-Audit = Callable[..., object]  # AuditLog.append(kind, **fields)
 OnDone = Callable[[int, dict[str, Any]], None]
 
 
-def _no_audit(_kind: str, **_fields: Any) -> None:
-    return None
+class ControlEvents(Protocol):
+    """What the channel tells the server (its announcer) about devices and commands."""
+
+    def device_online(self, device: Device) -> None:
+        """``device`` proved its secret: it is online (after any ``device_offline`` it replaced)."""
+
+    def device_offline(self, device: Device, replaced: bool) -> None:
+        """``device`` went offline; ``replaced``: a newer association of it took over."""
+
+    def telemetry(self, device: Device, data: dict[str, Any]) -> None:
+        """The newest reading of ``device``, as the coalescer released it (history has it)."""
+
+    def command(self, event: CommandEvent) -> None:
+        """A command was issued, answered or failed."""
+
+    def device_refused(self, device: str | None, addr: str | None, reason: str) -> None:
+        """An association was refused (``admission.Reason``'s value), with the id it claimed."""
+
+
+class Transport(Protocol):
+    """Where the channel's messages go: one association each (SCTP, or a test's fake)."""
+
+    def send(self, assoc: int, msg: codec.FromServer) -> None:
+        """Send ``msg`` to ``assoc`` on the control stream; OSError if it cannot be sent."""
+
+    def abort(self, assoc: int, msg: codec.Error) -> None:
+        """Abort ``assoc``, ``msg`` as the cause the peer's kernel reports; OSError if gone."""
+
+
+class SctpTransport:
+    """The channel's socket: sendmsg() with SCTP_SNDRCV naming the association."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def send(self, assoc: int, msg: codec.FromServer, flags: int = 0) -> None:
+        info = SNDRCVINFO.pack(Stream.CONTROL, 0, flags, socket.htonl(PPID_JSON), 0, 0, 0, 0, assoc)
+        self.sock.sendmsg([codec.encode(msg)], [(socket.IPPROTO_SCTP, SCTP_SNDRCV, info)])
+
+    def abort(self, assoc: int, msg: codec.Error) -> None:
+        self.send(assoc, msg, sctp.MSG_ABORT)
+
+
+class _Unconnected:
+    """The transport while the channel is off: nothing can be sent."""
+
+    def send(self, assoc: int, msg: codec.FromServer) -> None:
+        raise OSError(errno.ENOTCONN, "the control channel is off")
+
+    def abort(self, assoc: int, msg: codec.Error) -> None:
+        self.send(assoc, msg)
 
 
 class ControlChannel:
     """Device agents over SCTP: registry, commands and telemetry for the HTTP side."""
 
-    def __init__(
-        self, loop: Loop, cfg: ControlConfig, publish: Publish, audit: Audit = _no_audit
-    ) -> None:
+    def __init__(self, loop: Loop, cfg: ControlConfig, sink: ControlEvents) -> None:
         self._loop = loop
         self._cfg = cfg
-        self._publish = publish
-        self._audit = audit
+        self._events = sink  # hears what happens (the server's announcer)
         self._sock: Any = None  # sctp.sctpsocket_udp while running
+        self.transport: Transport = _Unconnected()
         self._admission = Admission(cfg.devices, AllowList(cfg.allow), cfg.hello_timeout)
         self._deadlines: dict[int, Timer] = {}  # association -> its challenge's deadline
         self._registry = control.Registry()
@@ -225,6 +243,7 @@ class ControlChannel:
                 e.errno, f"control channel: SCTP {cfg.host} port {cfg.port}: {e.strerror}"
             ) from None
         self._sock = sock
+        self.transport = SctpTransport(sock)
         self.address = sock.getsockname()[:2]
         self.off_reason = None
         self._loop.register(sock.sock(), READ, self._on_readable)
@@ -236,6 +255,15 @@ class ControlChannel:
             cfg.heartbeat_ms,
         )
         self._say_if_no_devices()
+
+    def attach(self, transport: Transport) -> None:
+        """Run over ``transport`` instead of an SCTP socket (a test's fake devices).
+
+        The channel is on; devices come through ``admit_proven`` (or
+        ``association_up`` and a proven hello) and speak through ``receive``.
+        """
+        self.transport = transport
+        self.off_reason = None
 
     def _say_if_no_devices(self) -> None:
         if not self._admission.keys:
@@ -296,6 +324,7 @@ class ControlChannel:
         self._loop.unregister(self._sock.sock())
         self._sock.close()
         self._sock = None
+        self.transport = _Unconnected()
         self.off_reason = "closed"
 
     # -- the HTTP side's interface ---------------------------------------
@@ -304,11 +333,11 @@ class ControlChannel:
         """``control channel off: <why>`` while there is no channel, else None."""
         return None if self.off_reason is None else f"control channel off: {self.off_reason}"
 
-    def devices(self) -> list[dict[str, Any]]:
+    def known(self) -> list[Device]:
         """Every known device, online or not, sorted by id."""
-        return [d.as_json() for _, d in sorted(self._registry.devices.items())]
+        return [d for _, d in sorted(self._registry.devices.items())]
 
-    def device(self, device_id: str) -> control.Device | None:
+    def device(self, device_id: str) -> Device | None:
         return self._registry.devices.get(device_id)
 
     def unavailable(self, device_id: str, action: str | None = None) -> Refusal | None:
@@ -340,11 +369,11 @@ class ControlChannel:
             return
         timer = self._loop.call_at(p.deadline, partial(self._expire, p.id))
         self._waiting[p.id] = (on_done, timer)
-        self._publish("command", p.event(Phase.ISSUED, now))
+        self._events.command(p.event(Phase.ISSUED, now))
         assoc = self._registry.devices[device_id].assoc
         assert assoc is not None  # issue() checked that the device is online
         try:
-            self._send(assoc, p.message())
+            self.transport.send(assoc, p.command())
         except OSError as e:
             self._registry.expire(p.id)
             self._fail(p, 503, f"could not send to device {device_id!r}: {e.strerror}")
@@ -359,43 +388,30 @@ class ControlChannel:
         on_done, timer = self._waiting.pop(p.id)
         timer.cancel()
         log.info("command %s %s to %s failed: %s", p.id, p.action, p.device, error)
-        ev = p.event(Phase.FAILED, self._loop.now(), status, ok=False, error=error)
-        self._publish("command", ev)
+        self._events.command(p.event(Phase.FAILED, self._loop.now(), status, ok=False, error=error))
         on_done(status, {"error": error})
 
     def _answer(self, p: control.Pending, res: control.Result) -> None:
         on_done, timer = self._waiting.pop(p.id)
         timer.cancel()
-        outcome = (
-            {"ok": True, "result": res.result} if res.ok else {"ok": False, "error": res.error}
-        )
-        self._publish("command", p.event(Phase.RESULT, self._loop.now(), 200, **outcome))
-        on_done(200, {"id": p.id, **outcome})
+        now = self._loop.now()
+        if res.ok:
+            self._events.command(p.event(Phase.RESULT, now, 200, ok=True, result=res.result))
+            on_done(200, {"id": p.id, "ok": True, "result": res.result})
+        else:
+            self._events.command(p.event(Phase.RESULT, now, 200, ok=False, error=res.error))
+            on_done(200, {"id": p.id, "ok": False, "error": res.error})
 
     # -- socket I/O ------------------------------------------------------
-    def _send(self, assoc: int, msg: dict[str, Any], flags: int = 0) -> None:
-        """One message on the control stream (``flags``: SCTP_ABORT sends ``msg`` as the cause)."""
-        data = control.encode(msg)
-        info = SNDRCVINFO.pack(
-            Stream.CONTROL, 0, flags, socket.htonl(control.PPID_JSON), 0, 0, 0, 0, assoc
-        )
-        self._sock.sendmsg([data], [(socket.IPPROTO_SCTP, SCTP_SNDRCV, info)])
-
     def _abort(self, assoc: int, text: str) -> None:
         """Send ``text`` as an ``error``, then ABORT the association; forget it at once."""
-        for flags in (0, sctp.MSG_ABORT):
+        msg = codec.Error(text)
+        for send in (self.transport.send, self.transport.abort):
             try:
-                self._send(assoc, control.error(text), flags)
+                send(assoc, msg)
             except OSError as e:  # it may be gone already
                 log.debug("association %d: %s", assoc, e.strerror)
-        self._forget(assoc, "aborted")
-
-    def _forget(self, assoc: int, how: str) -> None:
-        timer = self._deadlines.pop(assoc, None)
-        if timer is not None:
-            timer.cancel()
-        self._admission.leave(assoc)
-        self._assoc_lost(assoc, how)
+        self.association_lost(assoc, "aborted")
 
     def _peer_address(self, assoc: int) -> str | None:
         """The peer's primary address: where its INIT came from."""
@@ -408,7 +424,7 @@ class ControlChannel:
     def _reply_error(self, assoc: int, text: str) -> None:
         log.info("association %d: %s", assoc, text)
         try:
-            self._send(assoc, control.error(text))
+            self.transport.send(assoc, codec.Error(text))
         except OSError as e:
             log.info("association %d: cannot send error reply: %s", assoc, e.strerror)
 
@@ -435,48 +451,94 @@ class ControlChannel:
                     n.outbound_streams,
                     n.inbound_streams,
                 )
-                self._challenge(n.assoc_id)
+                self.association_up(n.assoc_id, self._peer_address(n.assoc_id))
             elif n.state == AssocChange.state_RESTART:  # the peer restarted: a new association
-                self._forget(n.assoc_id, "restarted")
-                self._challenge(n.assoc_id)
+                self.association_lost(n.assoc_id, "restarted")
+                self.association_up(n.assoc_id, self._peer_address(n.assoc_id))
             elif n.state in LOST_STATES:
                 closed = n.state == AssocChange.state_SHUTDOWN_COMP
-                self._forget(n.assoc_id, "closed" if closed else "lost")
+                self.association_lost(n.assoc_id, "closed" if closed else "lost")
         elif isinstance(n, sctp.shutdown_event):
-            self._forget(n.assoc_id, "shut down")
+            self.association_lost(n.assoc_id, "shut down")
         elif isinstance(n, sctp.send_failed):
             log.info(
                 "association %d: a message could not be delivered (error %d)", n.assoc_id, n.error
             )
 
-    def _assoc_lost(self, assoc: int, how: str) -> None:
-        self._reassembler.forget(assoc)
-        dev, lost = self._registry.drop_assoc(assoc, time.time())
-        if dev is not None:
-            self._offline(dev, f"association {assoc} {how}", lost)
-
-    def _offline(
-        self, dev: control.Device, why: str, lost: Iterable[control.Pending], **extra: Any
-    ) -> None:
-        log.info("device %s offline: %s", dev.id, why)
-        self._coalescer.forget(dev.id)
-        self._publish("device", {"kind": "offline", "device": dev.as_json(), **extra})
-        for p in lost:
-            self._fail(p, 503, f"device {dev.id!r} was lost before it answered")
-
-    def _challenge(self, assoc: int) -> None:
-        """A new association: refuse it, or challenge it and wait for its hello."""
+    # -- the message-level seam --------------------------------------------
+    def association_up(self, assoc: int, addr: str | None) -> None:
+        """A new association from ``addr``: refuse it, or challenge it and wait for its hello."""
         now = self._loop.now()
         nonce = secrets.token_bytes(NONCE_BYTES)
-        ch = self._admission.arrive(assoc, self._peer_address(assoc), nonce, now)
+        ch = self._admission.arrive(assoc, addr, nonce, now)
         if isinstance(ch, Denial):
             self._refuse(assoc, ch)
             return
         self._deadlines[assoc] = self._loop.call_at(ch.deadline, partial(self._hello_due, assoc))
         try:
-            self._send(assoc, challenge(ch.nonce))
+            self.transport.send(assoc, codec.Challenge(ch.nonce))
         except OSError as e:
             log.info("association %d: cannot send the challenge: %s", assoc, e.strerror)
+
+    def association_lost(self, assoc: int, how: str) -> None:
+        """``assoc`` is gone (``how``: lost, closed, aborted, ...); its device goes offline."""
+        timer = self._deadlines.pop(assoc, None)
+        if timer is not None:
+            timer.cancel()
+        self._admission.leave(assoc)
+        self._reassembler.forget(assoc)
+        dev, lost = self._registry.drop_assoc(assoc, time.time())
+        if dev is not None:
+            self._offline(dev, f"association {assoc} {how}", lost)
+
+    def receive(self, assoc: int, msg: codec.FromDevice) -> None:
+        """One whole message from ``assoc``, decoded (``codec.decode_from_device``)."""
+        if isinstance(msg, codec.Hello):
+            self._on_hello(assoc, msg)
+        elif self._registry.device_of(assoc) is None:
+            self._reply_error(assoc, "say hello first")
+        elif isinstance(msg, codec.Result):
+            self._on_result(assoc, msg)
+        else:
+            self._on_telemetry(assoc, msg)
+
+    def admit_proven(self, assoc: int, msg: codec.Hello) -> Device:
+        """``assoc`` proved it is ``msg.device``: register it, welcome it, announce it.
+
+        What a hello does once ``Admission.prove`` passed it (a fake device in
+        tests starts here). A live association of the same id is replaced:
+        that device goes offline (``replaced``), its commands fail, it is aborted.
+        """
+        joined = self._registry.hello(assoc, msg, time.time())
+        dev = joined.device
+        if joined.replaced is not None:
+            old = joined.replaced
+            if joined.gone is not None:
+                why = f"association {old} replaced by association {assoc} (the agent reconnected)"
+                self._offline(joined.gone, why, joined.lost, replaced=True)
+            self._abort(old, "replaced by a newer association of this device")
+        try:
+            self.transport.send(assoc, codec.Welcome(dev.id))
+        except OSError as e:
+            log.info("association %d: cannot send welcome: %s", assoc, e.strerror)
+        log.info(
+            "device %s online on association %d from %s: %s",
+            dev.id,
+            assoc,
+            self._admission.addrs.get(assoc, "?"),
+            ", ".join(dev.commands),
+        )
+        self._events.device_online(dev)
+        return dev
+
+    def _offline(
+        self, dev: Device, why: str, lost: Iterable[control.Pending], replaced: bool = False
+    ) -> None:
+        log.info("device %s offline: %s", dev.id, why)
+        self._coalescer.forget(dev.id)
+        self._events.device_offline(dev, replaced)
+        for p in lost:
+            self._fail(p, 503, f"device {dev.id!r} was lost before it answered")
 
     def _hello_due(self, assoc: int) -> None:
         self._deadlines.pop(assoc, None)
@@ -494,7 +556,7 @@ class ControlChannel:
             d.detail,
         )
         self._abort(assoc, d.reply)
-        self._audit("device_refused", device=d.device, addr=d.addr, reason=d.reason.value)
+        self._events.device_refused(d.device, d.addr, d.reason.value)
 
     def _disconnect(self, assoc: int, why: str) -> None:
         """Throw out an association that was let in (SIGHUP took its right away)."""
@@ -517,23 +579,17 @@ class ControlChannel:
         if isinstance(whole, str):
             self._reply_error(assoc, whole)
             return
-        if ppid not in control.ACCEPTED_PPIDS:
+        if ppid not in codec.ACCEPTED_PPIDS:
             self._reply_error(assoc, f"payload protocol id {ppid} is not JSON (send 0 or 51)")
             return
-        msg = control.decode(whole)
+        msg = codec.decode_from_device(whole)
         if isinstance(msg, str):
             self._reply_error(assoc, msg)
-        elif isinstance(msg, control.Hello):
-            self._on_hello(assoc, msg)
-        elif self._registry.device_of(assoc) is None:
-            self._reply_error(assoc, "say hello first")
-        elif isinstance(msg, control.Result):
-            self._on_result(assoc, msg)
         else:
-            self._on_telemetry(assoc, msg)
+            self.receive(assoc, msg)
 
     # -- messages --------------------------------------------------------
-    def _on_hello(self, assoc: int, msg: control.Hello) -> None:
+    def _on_hello(self, assoc: int, msg: codec.Hello) -> None:
         current = self._registry.device_of(assoc)
         if current is not None:
             self._reply_error(assoc, f"hello: this association is already device {current.id!r}")
@@ -545,28 +601,9 @@ class ControlChannel:
         if denial is not None:
             self._refuse(assoc, denial)
             return
-        joined = self._registry.hello(assoc, msg, time.time())
-        dev = joined.device
-        if joined.replaced is not None:
-            old = joined.replaced
-            if joined.gone is not None:
-                why = f"association {old} replaced by association {assoc} (the agent reconnected)"
-                self._offline(joined.gone, why, joined.lost, reason="replaced")
-            self._abort(old, "replaced by a newer association of this device")
-        try:
-            self._send(assoc, control.welcome(dev.id))
-        except OSError as e:
-            log.info("association %d: cannot send welcome: %s", assoc, e.strerror)
-        log.info(
-            "device %s online on association %d from %s: %s",
-            dev.id,
-            assoc,
-            self._admission.addrs.get(assoc, "?"),
-            ", ".join(dev.commands),
-        )
-        self._publish("device", {"kind": "online", "device": dev.as_json()})
+        self.admit_proven(assoc, msg)
 
-    def _on_result(self, assoc: int, msg: control.Result) -> None:
+    def _on_result(self, assoc: int, msg: codec.Result) -> None:
         p = self._registry.resolve(assoc, msg)
         if p is None:
             dev = self._registry.device_of(assoc)
@@ -578,9 +615,9 @@ class ControlChannel:
             return
         self._answer(p, msg)
 
-    def _on_telemetry(self, assoc: int, msg: control.Telemetry) -> None:
+    def _on_telemetry(self, assoc: int, msg: codec.Telemetry) -> None:
         dev = self._registry.device_of(assoc)
-        assert dev is not None  # _on_data checked
+        assert dev is not None  # receive checked
         now = self._loop.now()
         when = self._coalescer.offer(dev.id, msg.data, now)
         if when is None:
@@ -594,5 +631,4 @@ class ControlChannel:
         data = self._coalescer.release(device_id, self._loop.now())
         if data is not None:
             self._history.add(device_id, data, time.time())
-            dev = self._registry.devices[device_id].as_json()
-            self._publish("device", {"kind": "telemetry", "device": dev, "data": data})
+            self._events.telemetry(self._registry.devices[device_id], data)

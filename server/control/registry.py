@@ -1,4 +1,4 @@
-"""The SCTP control protocol without sockets: codec, devices, pending commands.
+"""The control channel without sockets: devices, pending commands, telemetry.
 
 Strategy (h11's sans-I/O core): this module decides, ``server.control.channel``
 does the I/O. Nothing here imports ``socket``, ``select`` or ``time``; every
@@ -9,12 +9,12 @@ function that needs the clock takes it as an argument:
 - ``at``: wall-clock seconds since the epoch, only for the ``since`` that
   people read (ISO-8601 UTC).
 
-Wire format (README.md, "Devices"; docs/design.md, "Invariants"): every SCTP message is one
-UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes. ``decode`` turns bytes
-from a device into a ``Hello``, ``Result`` or ``Telemetry``, or returns a
-one-line error text for the ``{"type": "error"}`` reply. The association
-stays up after such an error; it is the device's turn to do better. (A
-hello that fails to prove its secret is another matter: ``server.control.admission``.)
+The wire (README.md, "Devices"): ``server.link.codec`` turns bytes from a
+device into a ``Hello``, ``Result`` or ``Telemetry`` (or a one-line error
+text for the ``{"type": "error"}`` reply; the association stays up after
+such an error) and writes what vigil sends; ``Pending.command`` is the
+``Command`` message of a pending command. (A hello that fails to prove its
+secret is another matter: ``server.control.admission``.)
 
 Invariants of ``Registry``:
 - only proven hellos reach it (``server.control.admission`` checked the hmac), and an
@@ -32,164 +32,25 @@ from __future__ import annotations
 
 import enum
 import itertools
-import json
 import math
 import secrets
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from server.base.dates import iso_utc
-from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
+from server.feed.events import CommandEvent
+from server.link.codec import MAX_MESSAGE, Command, Hello, Result, too_large
 
-MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
-MAX_NAME = 100
-MAX_COMMANDS = 64
 HISTORY_SECONDS = 300  # telemetry history kept per device and metric ...
 HISTORY_STEP = 1.0  # ... at most one point a second ...
 HISTORY_METRICS = 32  # ... for at most this many numeric fields of a device
-
-# Payload protocol identifiers accepted on receive: 0 (unspecified, what most
-# tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
-PPID_JSON = 51
-ACCEPTED_PPIDS = frozenset({0, PPID_JSON})
-
-
-class Stream(enum.IntEnum):
-    CONTROL = 0  # hello, welcome, command, result, error: ordered
-    TELEMETRY = 1  # telemetry: may be unordered
 
 
 class Phase(enum.Enum):
     ISSUED = "issued"
     RESULT = "result"
     FAILED = "failed"
-
-
-# -- messages from devices --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    device: str
-    name: str
-    commands: tuple[str, ...]
-    hmac: str | None = None  # the proof of its secret (server.devices.proof)
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    id: str
-    ok: bool
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Telemetry:
-    data: dict[str, Any]
-
-
-Message = Hello | Result | Telemetry
-
-
-def too_large(size: int) -> str:
-    """The error text for a message of ``size`` bytes over ``MAX_MESSAGE``."""
-    return f"message too large: {size} bytes (at most {MAX_MESSAGE})"
-
-
-def _hello(obj: dict[str, Any]) -> Hello | str:
-    device, name, commands = obj.get("device"), obj.get("name"), obj.get("commands", [])
-    if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
-        return f"hello: device must be {DEVICE_ID_RULE}"
-    if name is None:
-        name = device
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-        return f"hello: name must be a non-empty string of at most {MAX_NAME} characters"
-    if (
-        not isinstance(commands, list)
-        or len(commands) > MAX_COMMANDS
-        or not all(isinstance(c, str) and c for c in commands)
-    ):
-        return f"hello: commands must be a list of at most {MAX_COMMANDS} non-empty strings"
-    if len(set(commands)) != len(commands):
-        return "hello: commands must not repeat"
-    proof = obj.get("hmac")
-    if proof is not None and not isinstance(proof, str):
-        return "hello: hmac must be a string of hex digits"
-    return Hello(device, name, tuple(commands), proof)
-
-
-def _result(obj: dict[str, Any]) -> Result | str:
-    cid, ok = obj.get("id"), obj.get("ok")
-    if not isinstance(cid, str) or not cid:
-        return "result: id must be the command's id (a string)"
-    if not isinstance(ok, bool):
-        return "result: ok must be true or false"
-    if ok:
-        return Result(cid, True, obj.get("result"))
-    error = obj.get("error")
-    if not isinstance(error, str) or not error:
-        return 'result: a failed result needs "error": "<what went wrong>"'
-    return Result(cid, False, error=error)
-
-
-def _telemetry(obj: dict[str, Any]) -> Telemetry | str:
-    data = obj.get("data")
-    if not isinstance(data, dict):
-        return "telemetry: data must be an object"
-    return Telemetry(data)
-
-
-_DECODERS = {"hello": _hello, "result": _result, "telemetry": _telemetry}
-
-
-def decode(raw: bytes) -> Message | str:
-    """Parse one message from a device; return it, or an error text for the reply."""
-    if len(raw) > MAX_MESSAGE:
-        return too_large(len(raw))
-    if raw.endswith(b"\0"):  # C peers (sctp_darn) send strlen + 1 bytes
-        raw = raw[:-1]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"message is not UTF-8 (bad byte at offset {e.start})"
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"message is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
-    except RecursionError:
-        return "message is not JSON: nested too deeply"
-    if not isinstance(obj, dict):
-        return f"message must be a JSON object, not {type(obj).__name__}"
-    kind = obj.get("type")
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
-        known = ", ".join(_DECODERS)
-        return f"unknown message type {kind!r} (a device sends: {known})"
-    return decoder(obj)
-
-
-# -- messages to devices ----------------------------------------------------
-
-
-def encode(msg: dict[str, Any]) -> bytes:
-    """Serialize a message for a device: compact JSON, ASCII only.
-
-    ASCII (non-ASCII escaped as \\uXXXX) is still UTF-8 JSON for the device,
-    and it keeps pysctp's send-failed notification, which decodes the unsent
-    bytes as text, from ever failing on a cut multi-byte character.
-    """
-    return json.dumps(msg, separators=(",", ":")).encode("ascii")
-
-
-def welcome(device: str) -> dict[str, Any]:
-    return {"type": "welcome", "device": device}
-
-
-def error(text: str) -> dict[str, Any]:
-    return {"type": "error", "error": text}
 
 
 # -- devices and commands ---------------------------------------------------
@@ -202,17 +63,7 @@ class Device:
     commands: tuple[str, ...]
     online: bool
     since: float  # epoch seconds of the last online/offline change
-    assoc: int | None  # SCTP association id while online
-
-    def as_json(self) -> dict[str, Any]:
-        """The entry of GET /api/devices and of "device" events."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "commands": list(self.commands),
-            "online": self.online,
-            "since": iso_utc(self.since),
-        }
+    assoc: int | None  # SCTP association id while online (``core.views`` shows it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,29 +76,25 @@ class Pending:
     started: float  # monotonic
     deadline: float  # monotonic
 
-    def message(self) -> dict[str, Any]:
+    def command(self) -> Command:
         """The command message sent to the device."""
-        return {
-            "type": "command",
-            "id": self.id,
-            "action": self.action,
-            "args": self.args,
-            "user": self.user,
-        }
+        return Command(self.id, self.action, self.args, self.user)
 
-    def event(self, phase: Phase, now: float, status: int = 0, **outcome: Any) -> dict[str, Any]:
-        """The "command" event for ``phase``; ``outcome`` is ok and result or error."""
-        ev: dict[str, Any] = {
-            "id": self.id,
-            "device": self.device,
-            "action": self.action,
-            "args": self.args,
-            "user": self.user,
-            "phase": phase.value,
-        }
-        if phase is not Phase.ISSUED:
-            ev.update(outcome, status=status, latency_ms=round((now - self.started) * 1000))
-        return ev
+    def event(
+        self,
+        phase: Phase,
+        now: float,
+        status: int = 0,
+        ok: bool = False,
+        result: Any = None,
+        error: str | None = None,
+    ) -> CommandEvent:
+        """The "command" event for ``phase``; once answered, its outcome and latency."""
+        ev = CommandEvent(self.id, self.device, self.action, self.args, self.user, phase.value)
+        if phase is Phase.ISSUED:
+            return ev
+        latency = round((now - self.started) * 1000)
+        return replace(ev, status=status, ok=ok, result=result, error=error, latency_ms=latency)
 
 
 @dataclass(frozen=True, slots=True)

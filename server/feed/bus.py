@@ -10,8 +10,10 @@ that reconnects with ``Last-Event-ID`` receive everything it missed, in
 order, exactly once (``since``); if the id is older than the buffer or
 unknown, ``since`` returns None and the stream starts with a ``reset``.
 
-Each event is encoded once (``Event.wire``) and the same bytes go to every
-stream (WHATWG HTML, "Server-sent events", §9.2.6 for the format).
+Events are the typed vocabulary of ``feed.events``. Each is encoded once, from
+its one JSON form (``Published.wire``), and the same bytes go to every
+stream (WHATWG HTML, "Server-sent events", §9.2.6 for the format); the
+fleet bridge reads the typed event itself (``Published.event``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.base.jsontext import dumps
+from server.feed.events import Event
 
 RETRY_MS = 1000
 HEARTBEAT = b": heartbeat\n\n"
@@ -50,39 +53,42 @@ def preamble() -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Published:
+    """An event as the bus sent it: its id and its SSE form."""
+
     id: int
-    type: str
-    data: Any
+    event: Event
     wire: bytes
 
 
-Subscriber = Callable[[Event], None]
+Subscriber = Callable[[Published], None]
 
 
 class EventBus:
     def __init__(self, first_id: int, size: int = 1000, max_bytes: int = 2 * 1048576) -> None:
         self.last_id = first_id - 1
         self.max_bytes = max_bytes
-        self._ring: deque[Event] = deque(maxlen=size)
+        self._ring: deque[Published] = deque(maxlen=size)
         self._bytes = 0  # of the wire forms in the ring
         self._subscribers: dict[int, Subscriber] = {}
         self._keys = itertools.count()
 
-    def publish(self, kind: str, data: Any) -> Event:
+    def publish(self, event: Event) -> Published:
         """Record an event and hand it to every subscriber."""
         self.last_id += 1
-        event = Event(self.last_id, kind, data, encode(self.last_id, kind, data))
+        published = Published(
+            self.last_id, event, encode(self.last_id, event.type, event.as_json())
+        )
         ring = self._ring
         if len(ring) == ring.maxlen:
             self._bytes -= len(ring[0].wire)
-        ring.append(event)
-        self._bytes += len(event.wire)
+        ring.append(published)
+        self._bytes += len(published.wire)
         while self._bytes > self.max_bytes and len(ring) > 1:
             self._bytes -= len(ring.popleft().wire)
         for deliver in list(self._subscribers.values()):
-            deliver(event)
-        return event
+            deliver(published)
+        return published
 
     def subscribe(self, deliver: Subscriber) -> Callable[[], None]:
         """Hand every future event to ``deliver``; returns the function that stops it."""
@@ -94,7 +100,7 @@ class EventBus:
 
         return stop
 
-    def since(self, last_id: int) -> list[Event] | None:
+    def since(self, last_id: int) -> list[Published] | None:
         """Events after ``last_id``, oldest first; None if they are no longer all here."""
         if last_id == self.last_id:
             return []

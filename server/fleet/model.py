@@ -1,8 +1,8 @@
 """What the fleet sees of this vigil over MQTT: topics, payloads, the outbox, commands.
 
 The pure half of the MQTT bridge (``server.fleet.mqtt`` is the shell around a
-paho client in the loop). ``Fleet`` turns event-bus events into
-``Message`` values, keeps what a reconnect must publish again (presence,
+paho client in the loop). ``Fleet`` turns the typed events of ``feed.events``
+into ``Message`` values, keeps what a reconnect must publish again (presence,
 each device's state and last telemetry) and reads the commands the broker
 delivers; ``Outbox`` holds what waits for the broker. Nothing here touches
 a socket or a clock.
@@ -40,6 +40,14 @@ from typing import Any
 
 from server.base.jsontext import dumps
 from server.config import MqttConfig
+from server.feed.events import (
+    DeviceEvent,
+    DeviceView,
+    Event,
+    Person,
+    PresenceChanged,
+    Telemetry,
+)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -112,34 +120,30 @@ class Fleet:
     def __init__(self, cfg: MqttConfig) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix)
-        self.devices: dict[str, dict[str, Any]] = {}  # id -> device JSON (as in events)
+        self.devices: dict[str, DeviceView] = {}  # as the last event showed them
         self.telemetry: dict[str, dict[str, Any]] = {}  # id -> last reading
-        self.online: list[dict[str, str]] = []
+        self.online: tuple[Person, ...] = ()
         self._sensors: dict[str, set[str]] = {}  # id -> numeric fields announced to HA
 
     # -- what vigil publishes ------------------------------------------------
-    def snapshot(
-        self, online: list[dict[str, str]], devices: Iterable[dict[str, Any]]
-    ) -> list[Message]:
+    def snapshot(self, online: tuple[Person, ...], devices: Iterable[DeviceView]) -> list[Message]:
         """Everything retained, from the server's current state: for each (re)connect."""
         self.online = online
-        self.devices = {d["id"]: d for d in devices}
+        self.devices = {d.id: d for d in devices}
         self._sensors = {}
         out = [Message(self.topics.status, ONLINE, retain=True), self._presence()]
         for dev_id in sorted(self.devices):
             out += self._device(dev_id, announce=True)
         return out
 
-    def on_event(self, kind: str, data: Any) -> list[Message]:
-        """The messages one event-bus event makes (chat stays among the people on the panel;
+    def on_event(self, event: Event) -> list[Message]:
+        """The messages one event makes (chat stays among the people on the panel;
         commands are ``activity`` from their audit records: ``on_record``)."""
-        if kind == "presence":
-            self.online = data["online"]
+        if isinstance(event, PresenceChanged):
+            self.online = event.online
             return [self._presence()]
-        if kind == "device":
-            return self._device_event(data)
-        if kind == "reset":
-            return self.snapshot(data["online"], data["devices"])[1:]
+        if isinstance(event, DeviceEvent):
+            return self._device_event(event)
         return []
 
     def on_record(self, record: dict[str, Any]) -> list[Message]:
@@ -148,14 +152,14 @@ class Fleet:
             return []
         return [Message(self.topics.activity, _json(record), kind="activity")]
 
-    def _device_event(self, data: dict[str, Any]) -> list[Message]:
-        dev = data["device"]
-        dev_id = dev["id"]
+    def _device_event(self, event: DeviceEvent) -> list[Message]:
+        dev = event.device
+        dev_id = dev.id
         new = dev_id not in self.devices
         self.devices[dev_id] = dev
         out = []
-        if data.get("kind") == "telemetry":
-            reading = data["data"]
+        if isinstance(event, Telemetry):
+            reading = event.data
             self.telemetry[dev_id] = reading
             topic = self.topics.device(dev_id, "telemetry")
             out.append(Message(topic, _json(reading), qos=0, kind="telemetry"))
@@ -163,13 +167,13 @@ class Fleet:
 
     def _presence(self) -> Message:
         keys = ("user", "since", "addr") if self.cfg.publish_addresses else ("user", "since")
-        users = [{k: u[k] for k in keys} for u in self.online]
+        users = [{k: u.as_json()[k] for k in keys} for u in self.online]
         body = {"count": len(users), "users": users}
         return Message(self.topics.presence, _json(body), retain=True)
 
     def _device(self, dev_id: str, announce: bool) -> list[Message]:
         """The device's retained state, and Home Assistant entities not yet announced."""
-        state = {**self.devices[dev_id], "telemetry": self.telemetry.get(dev_id)}
+        state = {**self.devices[dev_id].as_json(), "telemetry": self.telemetry.get(dev_id)}
         out = [Message(self.topics.device(dev_id, "state"), _json(state), retain=True)]
         if self.cfg.homeassistant:
             out += self._discovery(dev_id, announce)
@@ -189,10 +193,10 @@ class Fleet:
                 {"topic": state, "value_template": AVAILABLE},
             ],
             "availability_mode": "all",
-            "device": {"identifiers": [uid], "name": dev["name"], "manufacturer": "vigil"},
+            "device": {"identifiers": [uid], "name": dev.name, "manufacturer": "vigil"},
         }
         out = []
-        if switch and {"on", "off"} <= set(dev.get("commands", ())):
+        if switch and {"on", "off"} <= set(dev.commands):
             on = "{{ 'ON' if (value_json.telemetry or {}).get('on') else 'OFF' }}"
             entity = {**common, "name": "Power", "unique_id": f"{uid}_power", "value_template": on}
             if self.cfg.commands and HA_USER in self.cfg.command_users:

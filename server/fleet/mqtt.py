@@ -62,10 +62,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from server.base import sockopts
 from server.base.loop import READ, WRITE, Loop, Timer
-from server.config import MqttConfig, PresenceConfig, User
-from server.feed.bus import Event
+from server.config import MqttConfig, PresenceConfig
+from server.core.commands import issue_command
+from server.core.services import Services
+from server.feed.bus import Published
 from server.fleet.model import OFFLINE, Command, Fleet, Message, Outbox, Rejection
-from server.web import api
+from server.people.auth import User
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class Bridge:
     """The fleet bridge of one server; ``start``, ``close``, ``reload``."""
 
     def __init__(
-        self, loop: Loop, cfg: MqttConfig, presence: PresenceConfig, svc: api.Services
+        self, loop: Loop, cfg: MqttConfig, presence: PresenceConfig, svc: Services
     ) -> None:
         self._loop = loop
         self.cfg = cfg
@@ -165,8 +167,8 @@ class Bridge:
         self.start()
 
     # -- events in, messages out -------------------------------------------
-    def _deliver(self, event: Event) -> None:
-        for msg in self._fleet.on_event(event.type, event.data):
+    def _deliver(self, published: Published) -> None:
+        for msg in self._fleet.on_event(published.event):
             self._outbox.put(msg)
 
     def _on_record(self, record: dict[str, Any]) -> None:
@@ -413,8 +415,7 @@ class Bridge:
         )
         if self.cfg.commands:
             client.subscribe(self._fleet.topics.commands, qos=1)
-        state = api.state(self._svc)
-        for msg in self._fleet.snapshot(state["online"], state["devices"]):
+        for msg in self._fleet.snapshot(self._svc.presence.online(), self._svc.devices()):
             self._outbox.put(msg)
         self._misc = self._loop.call_later(1.0, self._tick)
 
@@ -434,9 +435,9 @@ class Bridge:
         self._issue(read)
 
     def _issue(self, cmd: Command) -> None:
-        user = User(f"mqtt:{cmd.user}", "", "operator")
+        user = User(f"mqtt:{cmd.user}", "operator")
 
         def done(status: int, body: dict[str, Any]) -> None:
             self._send(self._fleet.result(cmd.device, cmd.id, status, body))
 
-        api.issue_command(self._svc, user, cmd.device, cmd.action, cmd.args, done, take=False)
+        issue_command(self._svc, user, cmd.device, cmd.action, cmd.args, done, take=False)

@@ -1,8 +1,36 @@
-"""The control protocol's wire: what both ends agree on (README, "Devices")."""
+"""The control protocol's wire, both ways: every message, its encoding, its decoders.
+
+What vigil (``server.control.channel``) and a device agent (``server.agent``)
+say to each other, written once (README, "Devices"). Every SCTP message is
+one UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes with a ``type``:
+
+- vigil -> device: ``Challenge``, ``Welcome``, ``Command``, ``Error``
+  (``decode_from_server`` reads them, on the device's side);
+- device -> vigil: ``Hello``, ``Result``, ``Telemetry``
+  (``decode_from_device`` reads them, in vigil).
+
+``encode`` writes any of them. Each decoder returns the message, or a
+one-line error text for an ``{"type": "error"}`` reply: a message that is
+too large, not UTF-8, not JSON, not an object, of an unknown type, or whose
+fields are wrong. A trailing NUL is ignored (C peers such as sctp_darn send
+strlen + 1 bytes).
+
+Control messages travel on stream ``Stream.CONTROL`` (ordered), telemetry on
+``Stream.TELEMETRY`` (may be unordered), with payload protocol id
+``PPID_JSON``; vigil also accepts 0 (unspecified, what most tools send).
+
+Pure: no socket, no clock.
+"""
 
 from __future__ import annotations
 
+import enum
+import json
 import re
+from dataclasses import dataclass
+from typing import Any
+
+from server.link.secret import NONCE_BYTES
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
 DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
@@ -10,3 +38,263 @@ DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
 # arithmetic): SCTP heartbeats every HEARTBEAT_MS, PATH_MAX_RETRANS retransmissions.
 HEARTBEAT_MS = 400
 PATH_MAX_RETRANS = 4
+
+MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
+MAX_NAME = 100  # characters of a device's display name
+MAX_COMMANDS = 64  # commands one device may announce
+
+# Payload protocol identifiers accepted on receive: 0 (unspecified, what most
+# tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
+PPID_JSON = 51
+ACCEPTED_PPIDS = frozenset({0, PPID_JSON})
+
+
+class Stream(enum.IntEnum):
+    CONTROL = 0  # challenge, hello, welcome, command, result, error: ordered
+    TELEMETRY = 1  # telemetry: may be unordered
+
+
+# -- vigil -> device ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Sent as an association comes up: prove your secret over this nonce."""
+
+    nonce: bytes  # NONCE_BYTES random bytes, for this association only
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The hello proved its secret: the association is device ``device`` now."""
+
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Do ``action``; answer with a ``Result`` of the same ``id``."""
+
+    id: str
+    action: str
+    args: dict[str, Any]
+    user: str  # who sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A malformed message (the association stays up), or a refusal (then an ABORT)."""
+
+    error: str
+
+
+# -- device -> vigil ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    device: str
+    name: str
+    commands: tuple[str, ...]
+    hmac: str | None = None  # the proof of its secret (server.link.secret.proof)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    data: dict[str, Any]
+
+
+FromServer = Challenge | Welcome | Command | Error
+FromDevice = Hello | Result | Telemetry
+Message = FromServer | FromDevice
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def _json_of(msg: Message) -> dict[str, Any]:
+    match msg:
+        case Challenge(nonce):
+            return {"type": "challenge", "nonce": nonce.hex()}
+        case Welcome(device):
+            return {"type": "welcome", "device": device}
+        case Command(cid, action, args, user):
+            return {"type": "command", "id": cid, "action": action, "args": args, "user": user}
+        case Error(text):
+            return {"type": "error", "error": text}
+        case Hello(device, name, commands, proof):
+            out = {"type": "hello", "device": device, "name": name, "commands": list(commands)}
+            return out if proof is None else out | {"hmac": proof}
+        case Result(cid, ok, result, error):
+            outcome = {"result": result} if ok else {"error": error}
+            return {"type": "result", "id": cid, "ok": ok, **outcome}
+        case Telemetry(data):
+            return {"type": "telemetry", "data": data}
+    raise TypeError(f"not a control message: {msg!r}")
+
+
+def encode(msg: Message) -> bytes:
+    """One message as the bytes of one SCTP message: JSON, ASCII only.
+
+    ASCII (non-ASCII escaped as \\uXXXX) is still UTF-8 JSON for the peer,
+    and it keeps pysctp's send-failed notification, which decodes the unsent
+    bytes as text, from ever failing on a cut multi-byte character. vigil's
+    messages are compact; a device's keep ``json.dumps``' default spacing,
+    the bytes the reference agent has always sent.
+    """
+    compact = isinstance(msg, Challenge | Welcome | Command | Error)
+    separators = (",", ":") if compact else (", ", ": ")
+    return json.dumps(_json_of(msg), separators=separators).encode("ascii")
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+def too_large(size: int) -> str:
+    """The error text for a message of ``size`` bytes over ``MAX_MESSAGE``."""
+    return f"message too large: {size} bytes (at most {MAX_MESSAGE})"
+
+
+def _object(raw: bytes) -> dict[str, Any] | str:
+    """The JSON object of one message, or the error text for the reply."""
+    if len(raw) > MAX_MESSAGE:
+        return too_large(len(raw))
+    if raw.endswith(b"\0"):  # C peers (sctp_darn) send strlen + 1 bytes
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"message is not UTF-8 (bad byte at offset {e.start})"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"message is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except RecursionError:
+        return "message is not JSON: nested too deeply"
+    if not isinstance(obj, dict):
+        return f"message must be a JSON object, not {type(obj).__name__}"
+    return obj
+
+
+def _hello(obj: dict[str, Any]) -> Hello | str:
+    device, name, commands = obj.get("device"), obj.get("name"), obj.get("commands", [])
+    if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
+        return f"hello: device must be {DEVICE_ID_RULE}"
+    if name is None:
+        name = device
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        return f"hello: name must be a non-empty string of at most {MAX_NAME} characters"
+    if (
+        not isinstance(commands, list)
+        or len(commands) > MAX_COMMANDS
+        or not all(isinstance(c, str) and c for c in commands)
+    ):
+        return f"hello: commands must be a list of at most {MAX_COMMANDS} non-empty strings"
+    if len(set(commands)) != len(commands):
+        return "hello: commands must not repeat"
+    proof = obj.get("hmac")
+    if proof is not None and not isinstance(proof, str):
+        return "hello: hmac must be a string of hex digits"
+    return Hello(device, name, tuple(commands), proof)
+
+
+def _result(obj: dict[str, Any]) -> Result | str:
+    cid, ok = obj.get("id"), obj.get("ok")
+    if not isinstance(cid, str) or not cid:
+        return "result: id must be the command's id (a string)"
+    if not isinstance(ok, bool):
+        return "result: ok must be true or false"
+    if ok:
+        return Result(cid, True, obj.get("result"))
+    error = obj.get("error")
+    if not isinstance(error, str) or not error:
+        return 'result: a failed result needs "error": "<what went wrong>"'
+    return Result(cid, False, error=error)
+
+
+def _telemetry(obj: dict[str, Any]) -> Telemetry | str:
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        return "telemetry: data must be an object"
+    return Telemetry(data)
+
+
+def _challenge(obj: dict[str, Any]) -> Challenge | str:
+    nonce = obj.get("nonce")
+    digits = NONCE_BYTES * 2
+    if not isinstance(nonce, str) or len(nonce) != digits:
+        return f"challenge: nonce must be {digits} hex digits"
+    try:
+        return Challenge(bytes.fromhex(nonce))
+    except ValueError:
+        return f"challenge: nonce must be {digits} hex digits"
+
+
+def _welcome(obj: dict[str, Any]) -> Welcome | str:
+    device = obj.get("device")
+    if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
+        return f"welcome: device must be {DEVICE_ID_RULE}"
+    return Welcome(device)
+
+
+def _command(obj: dict[str, Any]) -> Command | str:
+    cid, action, args, user = obj.get("id"), obj.get("action"), obj.get("args", {}), obj.get("user")
+    if not isinstance(cid, str) or not cid:
+        return "command: id must be a non-empty string"
+    if not isinstance(action, str) or not action:
+        return "command: action must be a non-empty string"
+    if not isinstance(args, dict):
+        return "command: args must be an object"
+    if not isinstance(user, str):
+        return "command: user must be a string"
+    return Command(cid, action, args, user)
+
+
+def _error(obj: dict[str, Any]) -> Error | str:
+    text = obj.get("error")
+    if not isinstance(text, str):
+        return "error: error must be a string"
+    return Error(text)
+
+
+_FROM_DEVICE = {"hello": _hello, "result": _result, "telemetry": _telemetry}
+_FROM_SERVER = {
+    "challenge": _challenge,
+    "welcome": _welcome,
+    "command": _command,
+    "error": _error,
+}
+
+
+def decode_from_device(raw: bytes) -> FromDevice | str:
+    """Parse one message a device sent (vigil's side); the message, or an error text."""
+    obj = _object(raw)
+    if isinstance(obj, str):
+        return obj
+    kind = obj.get("type")
+    decoder = _FROM_DEVICE.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        known = ", ".join(_FROM_DEVICE)
+        return f"unknown message type {kind!r} (a device sends: {known})"
+    return decoder(obj)
+
+
+def decode_from_server(raw: bytes) -> FromServer | str:
+    """Parse one message vigil sent (the device's side); the message, or an error text."""
+    obj = _object(raw)
+    if isinstance(obj, str):
+        return obj
+    kind = obj.get("type")
+    decoder = _FROM_SERVER.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        known = ", ".join(_FROM_SERVER)
+        return f"unknown message type {kind!r} (vigil sends: {known})"
+    return decoder(obj)

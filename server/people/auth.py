@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.base.buckets import Bucket, Rate, retry_after
-from server.config import User
+from server.config import Account
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _MAX_LOCKOUT_ENTRIES = 10000
@@ -123,6 +123,14 @@ class Verdict(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    """Who a request is from: a person who logged in, or a fleet user of the MQTT bridge."""
+
+    name: str
+    role: str  # "operator" or "viewer" (config.ROLES)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthResult:
     verdict: Verdict
     user: User | None = None
@@ -169,7 +177,7 @@ class Authenticator:
 
     def __init__(
         self,
-        users: Iterable[User],
+        users: Iterable[Account],
         failures: int = 5,
         window: float = 60.0,
         budget: HashBudget | None = None,
@@ -178,7 +186,7 @@ class Authenticator:
         self._failures: dict[tuple[str, str], _Failures] = {}
         self.update(users, failures, window)
 
-    def update(self, users: Iterable[User], failures: int, window: float) -> None:
+    def update(self, users: Iterable[Account], failures: int, window: float) -> None:
         """A new user table and lockout rules (SIGHUP); failures so far are kept."""
         self.users = {u.name: u for u in users}
         self.max_failures = failures
@@ -212,7 +220,8 @@ class Authenticator:
                 return AuthResult(Verdict.BUSY, name=name, retry_after=retry_after(wait))
         known = self.users.get(name)
         if verify_password(password, known.password if known else dummy_hash()) and known:
-            result = self._cache[key] = AuthResult(Verdict.OK, known, name)
+            result = AuthResult(Verdict.OK, User(known.name, known.role), name)
+            self._cache[key] = result
             self._remember(header, result)
             self._failures.pop((addr, name), None)
             return result

@@ -89,11 +89,6 @@ class Leases:
     def of(self, device: str) -> Lease | None:
         return self._held.get(device)
 
-    def annotate(self, device: dict[str, Any]) -> dict[str, Any]:
-        """A device's JSON (``control.Device.as_json``) with its ``lease`` (or None)."""
-        lease = self._held.get(device["id"])
-        return {**device, "lease": None if lease is None else lease.as_json()}
-
     def check(self, device: str, user: str) -> Held | None:
         """Held if someone other than ``user`` holds ``device``."""
         lease = self._held.get(device)

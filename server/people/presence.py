@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.base.dates import iso_utc
+from server.feed.events import Person
 
 CLOSED = "closed"
 LOST = "lost"
@@ -126,10 +127,10 @@ class Presence:
         pending = [e.leave_at for e in self._users.values() if e.leave_at is not None]
         return min(pending) if pending else None
 
-    def online(self) -> list[dict[str, str]]:
-        """``[{"user", "since", "addr"}]``, longest online first."""
+    def online(self) -> tuple[Person, ...]:
+        """Everyone online, longest online first."""
         entries = sorted(self._users.items(), key=lambda kv: kv[1].since)
-        return [{"user": n, "since": iso_utc(e.since), "addr": e.addr} for n, e in entries]
+        return tuple(Person(n, iso_utc(e.since), e.addr) for n, e in entries)
 
     def resize(self, max_users: int, grace: float) -> None:
         """New limits (SIGHUP); users already online stay."""

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import LOCAL_USERS_FILE, User
+from server.config import LOCAL_USERS_FILE, Account
 from server.people.auth import has_control
 
 MIN_LENGTH = 10
@@ -61,7 +61,7 @@ def weakness(name: str, password: str) -> str | None:
     return None
 
 
-def render(users: Sequence[User]) -> str:
+def render(users: Sequence[Account]) -> str:
     """The text of a users file with ``users``."""
     parts = [HEADER]
     for u in users:
@@ -72,7 +72,7 @@ def render(users: Sequence[User]) -> str:
     return "".join(parts)
 
 
-def save(state_dir: Path, users: Sequence[User]) -> Path:
+def save(state_dir: Path, users: Sequence[Account]) -> Path:
     """Replace ``state_dir/users.local.toml`` atomically with ``users``; OSError if it fails."""
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     target = state_dir / LOCAL_USERS_FILE

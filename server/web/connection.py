@@ -1,126 +1,74 @@
-"""One accepted connection: the imperative shell around an ``HttpSession``.
+"""One accepted connection: the socket shell around its ``Exchange``.
 
-This is socketserver's "table of partially finished requests", one entry:
-it reads what the socket has, feeds the session, hands each complete
-request to its ``Host`` (the server's request pipeline), and turns the
-outcome (``server.web.outcomes``) into bytes and state. Nothing else writes a
-connection's state: the server asks (``tick``, ``shutdown``, ``close``),
-the connection decides.
+This is socketserver's "table of partially finished requests", one entry,
+in hypercorn's shape: the core (``server.web.exchange.Exchange``) holds the
+state machine (``State``, ``TRANSITIONS``), the HTTP and TLS sessions, the
+output buffer and every deadline, and decides; this shell owns the socket
+and its loop registration and does what the core asks through its
+``Port``: one ``send`` of the queued bytes, our FIN, a new readiness mask,
+the close. It reads the socket (one ``recv`` a readiness event) and, for
+the sweep, the kernel's TCP state, and hands both to the core with the
+time. The module header of ``server.web.exchange`` has the states, the
+deadlines and the error boundary.
 
-States (``State``; ``TRANSITIONS`` is the whole machine):
+The server knows only this shell: it asks (``tick``, ``shutdown``,
+``close``, ``flush``), the core decides, and the core asks the server in
+turn (``Host``: ``admit`` on each head, ``date``, ``log_access``,
+``output_pending``, ``connection_closed``), naming this shell.
 
-- ``HANDSHAKE``: a TLS connection before its handshake is done; closed at
-  ``handshake_timeout`` from accept. Counts as unauthenticated.
-- ``IDLE``: between requests, nothing buffered; closed after the idle
-  timeout (``keepalive_timeout`` once authenticated, else ``header_timeout``).
-- ``READING``: part of a request is buffered; it must be complete within
-  ``header_timeout`` of its first byte, or the answer is 408.
-- ``PARKED``: a ``Deferred`` answer is pending; pipelined requests wait.
-- ``STREAMING``: the response is an endless chunked body (SSE).
-- ``CLOSING``: the last answer is queued; the socket closes once it is written.
-  If the client may still be sending (a body that was refused unread), the
-  close lingers (Apache's lingering close): our side is shut down after
-  the answer and what comes in is discarded, up to ``LINGER_BYTES`` or
-  ``LINGER_SECONDS``, so the client reads the answer instead of a reset.
-- ``CLOSED``.
-
-Output is bounded too: past ``OUT_HIGH_WATER`` bytes queued for a client
-that does not read, no further pipelined request is answered and its
-socket is not read until it does (TCP's own flow control then stops it).
-
-Each request is decided at its head (``Host.admit``: routing,
-authentication, redirect, the user cap) before any byte of its body is
-read; a refusal is answered at once and, if a body was coming, the
-connection closes without reading it. An admitted head gets ``100
-Continue`` if the client waits for one; the whole request then goes to
-what ``admit`` returned (``Proceed``).
-
-The error boundary: an exception while handling a request, opening a
-stream or finishing a deferred answer is logged once with its traceback,
-answered with a 500 JSON error (if no head was sent yet) and the
-connection closes; the server goes on. Errors of this socket (ECONNRESET,
-ETIMEDOUT, EPIPE) close this connection only, as a loss.
-
-Output is queued in ``_out`` and written by ``flush``, which the server
+Output is queued in the core and written by ``flush``, which the server
 calls at the end of each loop pass, after the audit log is on disk: one
 ``send`` per connection per pass, and nothing is acknowledged before it
 is durable. What the kernel does not take stays queued and the socket is
 watched for writability only while it does.
 
-TLS (``server.web.tls``) lives here and nowhere else: ciphertext read from the
-socket goes through the connection's ``TlsSession``, which returns all the
-plaintext it completes (nothing stays buffered where select() cannot see
-it); what the HTTP side queues is encrypted as it is queued, so ``_out``
-always holds bytes for the wire. The gate and the handlers see no
-difference but ``secure``.
+Errors of this socket (ECONNRESET, ETIMEDOUT, EPIPE) close this connection
+only, as a loss. TLS is the core's (a ``TlsSession`` over memory BIOs): the
+socket carries ciphertext, and the gate and the handlers see no difference
+but ``secure``.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from server.base import sockopts
 from server.base.loop import READ, WRITE, Loop
-from server.config import User
-from server.feed.bus import HEARTBEAT
-from server.web.outcomes import Deferred, Outcome, Stream
-from server.web.protocol import Head, HttpSession, Limits, ProtocolError, Request, Response
-from server.web.responses import HSTS, error
-from server.web.tls import TlsClosed, TlsSession
+from server.people.auth import User
+from server.web.exchange import (
+    LINGER_BYTES,
+    LINGER_SECONDS,
+    OUT_HIGH_WATER,
+    TRANSITIONS,
+    Exchange,
+    Proceed,
+    Settings,
+    State,
+    log,
+)
+from server.web.exchange import READ as _READ
+from server.web.exchange import WRITE as _WRITE
+from server.web.protocol import Request, Response
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "LINGER_BYTES",
+    "LINGER_SECONDS",
+    "OUT_HIGH_WATER",
+    "RECV_SIZE",
+    "TRANSITIONS",
+    "Connection",
+    "Host",
+    "Proceed",
+    "Settings",
+    "State",
+]
+
+assert (_READ, _WRITE) == (READ, WRITE), "the core's masks are the loop's"
 
 RECV_SIZE = 65536
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 262144
-# Answers queued and not yet taken by the kernel, past which no further pipelined
-# request is answered until the client reads (a 40-byte request may ask for 30 KB).
-OUT_HIGH_WATER = 262144
-
-# What the server does with a whole request whose head it admitted.
-Proceed = Callable[[Request], Outcome]
-
-
-class State(enum.Enum):
-    HANDSHAKE = "handshake"
-    IDLE = "idle"
-    READING = "reading"
-    PARKED = "parked"
-    STREAMING = "streaming"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_S = State
-TRANSITIONS: dict[State, frozenset[State]] = {
-    _S.HANDSHAKE: frozenset({_S.IDLE, _S.CLOSED}),
-    _S.IDLE: frozenset({_S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
-    _S.READING: frozenset({_S.IDLE, _S.READING, _S.PARKED, _S.STREAMING, _S.CLOSING, _S.CLOSED}),
-    _S.PARKED: frozenset({_S.IDLE, _S.READING, _S.CLOSING, _S.CLOSED}),
-    _S.STREAMING: frozenset({_S.CLOSING, _S.CLOSED}),
-    _S.CLOSING: frozenset({_S.CLOSED}),
-    _S.CLOSED: frozenset(),
-}
-# States in which the next request is read and answered.
-_SERVING = frozenset({_S.IDLE, _S.READING})
-_SHEDDABLE = frozenset({_S.HANDSHAKE, _S.IDLE, _S.READING})
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The limits a connection enforces (new ones take effect on SIGHUP)."""
-
-    limits: Limits
-    header_timeout: float
-    keepalive_timeout: float
-    max_sse_buffer: int
-    handshake_timeout: float
+_ALIVE = (sockopts.TCP_ESTABLISHED, sockopts.TCP_CLOSE_WAIT)
 
 
 class Host(Protocol):
@@ -138,28 +86,9 @@ class Host(Protocol):
 
 
 class Connection:
-    __slots__ = (
-        "_deadline",
-        "_detach",
-        "_dispatching",
-        "_eof",
-        "_host",
-        "_lingering",
-        "_out",
-        "_proceed",
-        "_queued",
-        "_session",
-        "_tls",
-        "_watching",
-        "addr",
-        "id",
-        "last_active",
-        "loopback",
-        "secure",
-        "sock",
-        "state",
-        "user",
-    )
+    """The socket of one connection; its ``Exchange`` decides."""
+
+    __slots__ = ("_core", "_loop", "addr", "id", "loopback", "secure", "sock")
 
     def __init__(
         self,
@@ -170,35 +99,35 @@ class Connection:
         tls: ssl.SSLContext | None = None,
         loopback: bool = False,
     ) -> None:
-        self._host = host
+        loop = host.loop
+        self._loop = loop
         self.sock = sock
         self.id = conn_id
         self.addr = addr
         self.secure = tls is not None
         self.loopback = loopback  # the peer is this machine
-        self._tls = TlsSession(tls) if tls is not None else None
-        self.state = State.HANDSHAKE if tls is not None else State.IDLE
-        self.user: User | None = None  # who the last request authenticated as
-        self.last_active = host.loop.now()
-        self._session = HttpSession(host.settings.limits, HSTS if tls is not None else ())
-        self._out = bytearray()
-        self._queued = False  # told the host we have output
-        self._watching = READ  # what the loop watches this socket for
-        # the 408 deadline while READING, the handshake's while HANDSHAKE
-        self._deadline: float | None = (
-            self.last_active + host.settings.handshake_timeout if tls is not None else None
+        self._core: Exchange[Connection, User] = Exchange(
+            host, self, self, addr, tls, loop.now(), loop.now
         )
-        self._detach: Callable[[], None] | None = None  # ends a stream's subscription
-        self._dispatching = False  # inside process(): a deferred answer must not re-enter
-        self._eof = False  # the peer sent FIN
-        self._proceed: Proceed | None = None  # for the request whose head was admitted
-        self._lingering: int | None = None  # bytes discarded since our side was shut down
 
-    # -- state -------------------------------------------------------------
-    def _to(self, new: State) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"connection {self.id}: {self.state.name} -> {new.name}")
-        self.state = new
+    # -- what the core knows, read by the server ----------------------------
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def user(self) -> User | None:
+        """Who the last request authenticated as."""
+        return self._core.user
+
+    @property
+    def last_active(self) -> float:
+        return self._core.last_active
+
+    @property
+    def sheddable(self) -> bool:
+        """Unauthenticated and not busy: the first to go when connections run out."""
+        return self._core.sheddable
 
     @property
     def local_address(self) -> str:
@@ -206,350 +135,73 @@ class Connection:
         host = str(self.sock.getsockname()[0])
         return f"[{host}]" if ":" in host else host
 
-    @property
-    def sheddable(self) -> bool:
-        """Unauthenticated and not busy: the first to go when connections run out."""
-        return self.user is None and self.state in _SHEDDABLE
-
     # -- events from the loop -------------------------------------------
     def on_event(self, mask: int) -> None:
+        core = self._core
         if mask & WRITE:
-            self._want_flush()
-        if mask & READ and self.state is not State.CLOSED:
-            self._read()
-
-    def _read(self) -> None:
-        data = self._recv()
-        if data is None:
-            return
-        if self._tls is not None:
-            data = self._decrypt(data)
-            if not data:
+            core.writable()
+        if mask & READ and core.state is not State.CLOSED:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
                 return
-        elif not data:
-            self._peer_closed()
-            return
-        self.last_active = self._host.loop.now()
-        if self.state is State.CLOSING:
-            self._discard(len(data))  # the last answer is queued; what follows is not read
-            return
-        self._session.receive(data)
-        if self.state not in _SERVING and self._session.buffered > self._session.max_buffered:
-            log.info("%s: %d bytes sent while busy: closed", self.addr, self._session.buffered)
-            self.close(lost=False)
-            return
-        if self.state is State.IDLE:
-            self._to(State.READING)
-            self._deadline = self.last_active + self._host.settings.header_timeout
-        if self.state is State.READING:
-            self.process()
+            except OSError as e:
+                core.lost(e.strerror or e)
+                return
+            core.received(data, self._loop.now())
 
-    def _decrypt(self, wire: bytes) -> bytes | None:
-        """Plaintext from TLS records (None: nothing yet, or TLS ended)."""
-        tls = self._tls
-        assert tls is not None
-        try:
-            data = tls.receive(wire)
-        except TlsClosed as e:
-            if self.state is State.HANDSHAKE:
-                log.info("%s: TLS handshake failed: %s", self.addr, e)
-                self._write(bytearray(tls.pending()))  # the alert, if it fits
-                self.close(lost=False)
-            else:
-                self._peer_closed()
-            return None
-        handshake = tls.pending()
-        if handshake:
-            self._out += handshake
-            self._want_flush()
-        if self.state is State.HANDSHAKE and tls.established:
-            self._to(State.IDLE)
-            self._deadline = None
-        return data
+    # -- asked by the server, decided by the core -------------------------
+    def flush(self) -> None:
+        """Write what is queued (the host calls this at the end of a pass)."""
+        self._core.flush()
 
-    def _peer_closed(self) -> None:
-        self._eof = True
-        if self.state is State.PARKED:
-            return  # answered (and then closed) when the device replies
-        if self.state is State.CLOSING and self._out:
-            return  # closed once the last answer is written
-        if self._out and self.state is not State.STREAMING:
-            self._to(State.CLOSING)
-        else:
-            self.close(lost=False)
+    def tick(self, now: float, heartbeat: bool) -> None:
+        """Once a second: TCP state, the 408 and idle deadlines, SSE heartbeats."""
+        tcp = sockopts.tcp_state(self.sock)
+        alive = tcp in _ALIVE
+        if not alive:
+            log.debug("%s: connection lost (TCP state %d)", self.addr, tcp)
+        self._core.tick(now, alive, heartbeat)
 
-    def process(self) -> None:
-        """Answer every complete request buffered, until parked, streaming or closing."""
-        self._dispatching = True
-        try:
-            while self.state in _SERVING and len(self._out) <= OUT_HIGH_WATER:
-                item = self._session.next_request()
-                if item is None:
-                    return
-                if isinstance(item, ProtocolError):
-                    self._respond(error(item.status, item.message), None)
-                    self._closing()
-                    return
-                if isinstance(item, Head):
-                    self._admit(item.request)
-                else:
-                    self._dispatch(item)
-        finally:
-            self._dispatching = False
+    def shutdown(self) -> None:
+        """The server stops: end a stream, close if idle; answers in flight finish."""
+        self._core.shutdown()
 
-    def _admit(self, req: Request) -> None:
-        """The server decides on a head; a refusal is answered before the body is read."""
-        try:
-            self.user, verdict = self._host.admit(self, req)
-            if isinstance(verdict, Response):
-                self._session.refuse_body()
-                self._respond(verdict, req)
-            else:
-                self._proceed = verdict
-                self._send(self._session.continue_body())
-        except Exception:
-            self._failed(req)
-
-    def _dispatch(self, req: Request) -> None:
-        """The error boundary around one request."""
-        proceed, self._proceed = self._proceed, None
-        try:
-            assert proceed is not None, "a whole request comes after its admitted head"
-            outcome = proceed(req)
-            if isinstance(outcome, Response):
-                self._respond(outcome, req)
-            elif isinstance(outcome, Stream):
-                self._stream(outcome, req)
-            else:
-                self._park(outcome, req)
-        except Exception:
-            self._failed(req)
-
-    def _failed(self, req: Request) -> None:
-        log.exception("%s: %s %s failed", self.addr, req.method, req.target)
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.STREAMING:
-            self.close(lost=False)  # the head is out: no status can be sent any more
-            return
-        if self.state is State.PARKED:
-            self._to(State.READING)
-        try:
-            self._respond(error(500, "internal server error; the server log has the details"), req)
-        except Exception:  # the session itself is broken: no answer is possible
-            self.close(lost=False)
-            return
-        self._closing()
-
-    def _stream(self, stream: Stream, req: Request) -> None:
-        if req.method == "HEAD":
-            self._respond(Response(200, stream.headers), req)
-            return
-        self._respond(Response(200, stream.headers, stream=True), req)
-        self._detach = stream.open(self.push)
-
-    def _park(self, deferred: Deferred[Any], req: Request) -> None:
-        self._to(State.PARKED)
-        answered = False
-
-        def done(value: Any) -> None:
-            nonlocal answered
-            if answered:
-                raise RuntimeError(f"{req.method} {req.target}: answered twice")
-            answered = True
-            self._unpark(deferred, value, req)
-
-        deferred.start(done)
-
-    def _unpark(self, deferred: Deferred[Any], value: Any, req: Request) -> None:
-        try:
-            response = deferred.finish(value)
-        except Exception:
-            self._failed(req)
-            return
-        if self.state is not State.PARKED:
-            return  # the client has gone; finish() still ran (its audit record)
-        self._to(State.READING)
-        self._respond(response, req)
-        if self._eof:
-            self._closing()
-        elif not self._dispatching:
-            self.process()
-
-    # -- output ----------------------------------------------------------
-    def _respond(self, response: Response, req: Request | None) -> None:
-        """Queue ``response`` to ``req`` (None: an error before a request was read)."""
-        host = self._host
-        self._send(self._session.respond(response, host.date()))
-        host.log_access(self, req, response.status, len(response.body))
-        if response.stream:
-            self._to(State.STREAMING)
-            return
-        if not self._session.next_cycle() or host.stopping:
-            self._closing()
-        elif self._session.idle:
-            self._to(State.IDLE)
-            self._deadline = None
-        else:  # the next, pipelined request has begun
-            self._to(State.READING)
-            self._deadline = host.loop.now() + host.settings.header_timeout
-
-    def _closing(self) -> None:
-        if self.state is not State.CLOSING:
-            self._to(State.CLOSING)
-        if not self._out:
-            self._finish_closing()
+    def close(self, lost: bool) -> None:
+        """Close the socket and tell the host whether the peer was ``lost``."""
+        self._core.close(lost)
 
     def push(self, data: bytes) -> None:
         """Append ``data`` to a streamed body; cut the stream off if the client lags."""
-        if self.state is not State.STREAMING:
-            return
-        self._send(self._session.chunk(data))
-        if len(self._out) > self._host.settings.max_sse_buffer:
-            log.warning(
-                "%s (%s): event stream not read, %d bytes queued: cut off",
-                self.addr,
-                self.user.name if self.user else "-",
-                len(self._out),
-            )
-            self._out.clear()
-            self.close(lost=False)
+        self._core.push(data)
 
-    def _send(self, data: bytes) -> None:
-        if data and self.state is not State.CLOSED:
-            if self._tls is not None:
-                self._tls.send(data)
-                data = self._tls.pending()
-            self._out += data
-            self._want_flush()
+    def process(self) -> None:
+        """Answer every complete request buffered, until parked, streaming or closing."""
+        self._core.process()
 
-    def _want_flush(self) -> None:
-        if not self._queued:
-            self._queued = True
-            self._host.output_pending(self)
-
-    def flush(self) -> None:
-        """Write what is queued (the host calls this at the end of a pass)."""
-        self._queued = False
-        if self.state is State.CLOSED or not self._out:
-            return
-        sent = self._write(self._out)
-        if sent is None:
-            return
-        backed_up = len(self._out) > OUT_HIGH_WATER
-        del self._out[:sent]
-        if backed_up and len(self._out) <= OUT_HIGH_WATER and self.state in _SERVING:
-            self.process()  # the client reads again: answer what it pipelined meanwhile
-        self._watch()
-        if not self._out and self.state is State.CLOSING:
-            self._finish_closing()
-
-    def _finish_closing(self) -> None:
-        """All is written: close, or linger if the client may still be sending."""
-        if self._eof or not self._session.wants_close or self._lingering is not None:
-            self.close(lost=False)
-            return
-        if self._tls is not None and self._tls.established:
-            self._write(bytearray(self._tls.close_notify()))
-            if self.state is State.CLOSED:
-                return  # lost while saying goodbye
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.close(lost=False)
-            return
-        self._lingering = 0
-        self._deadline = self._host.loop.now() + LINGER_SECONDS
-
-    def _discard(self, size: int) -> None:
-        """Input after the last answer: dropped; too much of it ends the linger."""
-        if self._lingering is not None:
-            self._lingering += size
-            if self._lingering > LINGER_BYTES:
-                self.close(lost=False)
-
-    def _watch(self) -> None:
-        """Writability while the kernel has not taken everything; readability unless
-        too much is queued for a client that does not read (TCP pushes back on it)."""
-        out = len(self._out)
-        mask = (READ if out <= OUT_HIGH_WATER else 0) | (WRITE if out else 0)
-        if mask != self._watching and self.state is not State.CLOSED:
-            self._watching = mask
-            self._host.loop.modify(self.sock, mask, self.on_event)
-
-    # -- the transport: the one place TLS plugs in -----------------------
-    def _recv(self) -> bytes | None:
-        """Bytes read (b"" at EOF), or None if nothing was there or the peer was lost."""
-        try:
-            return self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as e:
-            self._lost(e)
-            return None
-
-    def _write(self, data: bytearray) -> int | None:
+    # -- the core's Port: the socket's verbs ---------------------------------
+    def write(self, data: bytes | bytearray) -> int | None:
         """One ``send``: bytes the kernel took (0 if its buffer is full), None if lost."""
         try:
             return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as e:
-            self._lost(e)
+            self._core.lost(e.strerror or e)
             return None
 
-    def _lost(self, e: OSError) -> None:
-        log.debug("%s: connection lost: %s", self.addr, e.strerror or e)
-        self.close(lost=True)
+    def shut_write(self) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
 
-    # -- asked by the server -----------------------------------------------
-    def tick(self, now: float, heartbeat: bool) -> None:
-        """Once a second: TCP state, the 408 and idle deadlines, SSE heartbeats."""
-        tcp = sockopts.tcp_state(self.sock)
-        if tcp not in (sockopts.TCP_ESTABLISHED, sockopts.TCP_CLOSE_WAIT):
-            log.debug("%s: connection lost (TCP state %d)", self.addr, tcp)
-            self.close(lost=True)
-            return
-        state = self.state
-        if state is State.HANDSHAKE:
-            if self._deadline is not None and now > self._deadline:
-                log.info("%s: no TLS handshake within the deadline: closed", self.addr)
-                self.close(lost=False)
-        elif state is State.STREAMING:
-            if heartbeat:
-                self.push(HEARTBEAT)
-        elif state is State.CLOSING:
-            if self._lingering is not None and self._deadline is not None and now > self._deadline:
-                self.close(lost=False)
-        elif state is State.READING:
-            if self._deadline is not None and now > self._deadline:
-                self._respond(error(408, "request not received in time"), None)
-                self._closing()
-        elif state is State.IDLE:
-            settings = self._host.settings
-            idle = settings.keepalive_timeout if self.user else settings.header_timeout
-            if now - self.last_active > idle:
-                self.close(lost=False)
+    def watch(self, mask: int) -> None:
+        self._loop.modify(self.sock, mask, self.on_event)
 
-    def shutdown(self) -> None:
-        """The server stops: end a stream, close if idle; answers in flight finish."""
-        if self.state is State.STREAMING:
-            self._send(self._session.end_stream())
-            self._to(State.CLOSING)
-            self._closing()
-        elif self.state is State.IDLE:
-            self.close(lost=False)
-
-    def close(self, lost: bool) -> None:
-        """Close the socket and tell the host whether the peer was ``lost``."""
-        if self.state is State.CLOSED:
-            return
-        self._to(State.CLOSED)
-        if self._detach is not None:
-            self._detach()
-            self._detach = None
-        self._host.loop.unregister(self.sock)
-        if self._tls is not None and self._tls.established and not lost and self._lingering is None:
-            self._write(bytearray(self._tls.close_notify()))  # best effort, as a FIN is
+    def release(self, goodbye: bytes) -> None:
+        self._loop.unregister(self.sock)
+        if goodbye:
+            self.write(goodbye)
         self.sock.close()
-        self._host.connection_closed(self, lost)

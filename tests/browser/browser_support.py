@@ -21,6 +21,8 @@ from typing import Any
 from tests.support import Vigil, spki_sha256
 from tests.wire import Remote
 
+CONNECTED = "#conn[data-state=connected]"  # the panel's live event stream is up
+
 # Debian's chromium, headless, with the flags this closed network needs (docs/design.md, "Testing").
 CHROMIUM = os.environ.get("VIGIL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -31,10 +31,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.browser_support import CHROMIUM, chromium
+from tests.browser.browser_support import CHROMIUM, CONNECTED, chromium
 from tests.support import CHATTY, USERS, Vigil, make_certificate, password, require
-
-CONNECTED = "#conn[data-state=connected]"
 
 
 @pytest.fixture(scope="session")

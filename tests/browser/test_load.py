@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import CONNECTED
 from playwright.sync_api import expect
 
-from tests.browser.browser_support import VIEWPORTS, LoadWatch
+from tests.browser.browser_support import CONNECTED, VIEWPORTS, LoadWatch
 from tests.support import Vigil
 
 

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import CONNECTED
 from playwright.sync_api import expect
 
-from tests.browser.browser_support import EventStream, call, eventually
+from tests.browser.browser_support import CONNECTED, EventStream, call, eventually
 from tests.support import Vigil
 
 TABS = 8

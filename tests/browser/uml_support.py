@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONNECTED
 from playwright.sync_api import expect
 
-from tests.browser.browser_support import call, chromium
+from tests.browser.browser_support import CONNECTED, call, chromium
 from tests.support import require, write_config
 from tests.uml.kernel import unsupported
 from tests.uml.testhost import TestHost, uml_test_host

@@ -87,11 +87,12 @@ class Panel:
         host: str = "127.0.0.1",
         wrap: Sequence[str] = (),
         key: bytes | None = None,
+        module: str = "server.agent",
     ) -> subprocess.Popen[bytes]:
-        """Start a reference agent with the secret of ``name`` (or ``key``)."""
+        """Start an agent (``python -m`` ``module``) with the secret of ``name`` (or ``key``)."""
         if name not in self.declared:
             self.declare(name)
-        argv = [sys.executable, "-m", "server.agent", "--name", name, "--host", host]
+        argv = [sys.executable, "-m", module, "--name", name, "--host", host]
         argv += ["--port", str(self.sctp_port), *extra]
         proc = subprocess.Popen(
             [*wrap, *argv], cwd=ROOT, env=agent_env(name, key), stderr=subprocess.DEVNULL

@@ -7,8 +7,9 @@ hand-made peers (``Peer``) are one-to-one pysctp sockets whose replies are
 awaited by running the loop until the peer's socket is readable.
 
 The channel knows the devices of ``devicekeys.DEVICES`` with their test
-secrets and lets in loopback peers; ``Bench.audits`` collects the audit
-records it writes. A ``Peer`` reads vigil's challenge as it connects and
+secrets and lets in loopback peers; its sink (tests/controlevents.py)
+keeps the events it published (``Bench.events``) and the audit records of
+its refusals (``Bench.audits``). A ``Peer`` reads vigil's challenge as it connects and
 proves the secret of whatever id it says hello as (``Peer.hello``).
 """
 
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.core.views import device_view
+from tests.controlevents import RecordingEvents
 from tests.sctp.devicekeys import DEVICES, agent_env, secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,16 +58,11 @@ class Bench:
         } | cfg
         self.cfg = ControlConfig(**values)
         self.loop = Loop()
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.audits: list[dict[str, Any]] = []
-        self.channel = ControlChannel(self.loop, self.cfg, self._publish, self._audit)
+        self.sink = RecordingEvents()
+        self.events = self.sink.events  # ("device" | "command", its JSON)
+        self.audits = self.sink.refused  # device_refused records
+        self.channel = ControlChannel(self.loop, self.cfg, self.sink)
         self.procs: list[subprocess.Popen[bytes]] = []
-
-    def _publish(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
-
-    def _audit(self, kind: str, **fields: Any) -> None:
-        self.audits.append({"type": kind, **fields})
 
     def start(self) -> Bench:
         self.channel.start()
@@ -97,11 +95,19 @@ class Bench:
         self.run_until(lambda: time.monotonic() >= end, seconds + 1)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
-        return next((d for d in self.channel.devices() if d["id"] == device_id), None)
+        """The device as the panel shows it (without a lease), or None if unknown."""
+        dev = self.channel.device(device_id)
+        return None if dev is None else device_view(dev, None).as_json()
 
     def online(self, device_id: str) -> bool:
         d = self.device(device_id)
         return d is not None and d["online"]
+
+    def assoc_of(self, device_id: str) -> int | None:
+        """The association device ``device_id`` is on (None: offline); it must be known."""
+        dev = self.channel.device(device_id)
+        assert dev is not None, device_id
+        return dev.assoc
 
     def device_events(self, kind: str) -> list[dict[str, Any]]:
         return [e for t, e in self.events if t == "device" and e["kind"] == kind]

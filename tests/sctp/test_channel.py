@@ -9,13 +9,15 @@ import time
 
 import pytest
 
+from server.core.views import device_view
 from tests.sctp.sctpbench import Bench, Peer
 
 
 def test_hello_welcome_and_device_list(bench: Bench) -> None:
     peer = Peer(bench)
     assert peer.hello("lamp-1", ["on", "off"]) == {"type": "welcome", "device": "lamp-1"}
-    (dev,) = bench.channel.devices()
+    (known,) = bench.channel.known()
+    dev = device_view(known, None).as_json()
     assert dev["id"] == "lamp-1" and dev["name"] == "lamp-1" and dev["online"] is True
     assert dev["commands"] == ["on", "off"]
     assert dev["since"].endswith("Z") and len(dev["since"]) == 20
@@ -26,13 +28,13 @@ def test_heartbeat_settings_reach_the_association(bench: Bench) -> None:
     peer = Peer(bench)
     peer.hello("d1")
     server = bench.channel._sock  # the socket's defaults must have reached the association
-    assoc = bench.channel._registry.devices["d1"].assoc
+    assoc = bench.assoc_of("d1")
     local = peer.sock.getsockname()
     params = server.get_paddrparams(assoc, (local[0], local[1]))
     assert params.hbinterval == bench.cfg.heartbeat_ms
     assert params.pathmaxrxt == bench.cfg.path_max_retrans
     assert server.get_assocparams(assoc).assocmaxrxt == bench.cfg.path_max_retrans
-    from server.control.channel import RTO_INITIAL_MS, RTO_MAX_MS, RTO_MIN_MS
+    from server.link.sctp import RTO_INITIAL_MS, RTO_MAX_MS, RTO_MIN_MS
 
     rto = server.get_rtoinfo(assoc)
     assert (rto.initial, rto.min, rto.max) == (RTO_INITIAL_MS, RTO_MIN_MS, RTO_MAX_MS)

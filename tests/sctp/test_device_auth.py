@@ -42,7 +42,7 @@ def assert_refused(
     assert bench.audits == [
         {"type": "device_refused", "device": device, "addr": "127.0.0.1", "reason": reason}
     ]
-    live = {d.assoc for d in bench.channel._registry.devices.values() if d.online}
+    live = {d.assoc for d in bench.channel.known() if d.online}
     assert set(bench.channel._admission.addrs) == live  # vigil forgot the refused one
 
 
@@ -77,7 +77,7 @@ def test_a_hello_that_proves_nothing_is_refused(
     msg = HELLOS[case](peer)
     peer.send(msg)
     assert_refused(bench, peer, peer.recv(), REASONS[case], msg["device"])
-    assert bench.channel.devices() == [] and not bench.device_events("online")
+    assert bench.channel.known() == [] and not bench.device_events("online")
     (line,) = refused_lines(caplog)  # one line
     assert f"device {msg['device']} from 127.0.0.1 refused" in line, line
 
@@ -87,12 +87,12 @@ def test_a_replayed_hello_is_refused_and_displaces_nobody(bench: Bench) -> None:
     captured = genuine.hello_message("lamp-1")  # what an eavesdropper saw
     genuine.send(captured)
     assert genuine.recv()["type"] == "welcome"
-    assoc = bench.channel._registry.devices["lamp-1"].assoc
+    assoc = bench.assoc_of("lamp-1")
 
     replay = Peer(bench)  # a later association, the captured hello verbatim
     replay.send(captured)
     assert_refused(bench, replay, replay.recv(), "replayed", "lamp-1")
-    assert bench.channel._registry.devices["lamp-1"].assoc == assoc  # still the genuine one
+    assert bench.assoc_of("lamp-1") == assoc  # still the genuine one
     assert len(bench.device_events("online")) == 1 and not bench.device_events("offline")
     r = bench.command("lamp-1", "on")  # commands still reach it
     cmd = genuine.recv()
@@ -137,7 +137,7 @@ def test_a_peer_outside_control_allow_is_refused_as_it_comes_up(
         ]
         (line,) = refused_lines(caplog)
         assert "127.0.0.1 is not in control.allow" in line
-        assert b.channel.devices() == []
+        assert b.channel.known() == []
     finally:
         b.close()
 
@@ -162,7 +162,7 @@ def test_no_hello_in_time_is_refused_at_the_deadline() -> None:
 def test_a_restarted_agent_is_back_at_once(bench: Bench) -> None:
     old = bench.agent("lamp-1", "--reply-delay", "30")
     bench.run_until(lambda: bench.online("lamp-1"), 10)
-    old_assoc = bench.channel._registry.devices["lamp-1"].assoc
+    old_assoc = bench.assoc_of("lamp-1")
     # Stopped, the old agent's kernel still answers heartbeats: to vigil its
     # association is alive, with a command waiting on it.
     old.send_signal(signal.SIGSTOP)
@@ -171,7 +171,7 @@ def test_a_restarted_agent_is_back_at_once(bench: Bench) -> None:
     assert not pending
     try:
         new = bench.agent("lamp-1")
-        took = bench.run_until(lambda: bench.channel._registry.devices["lamp-1"].assoc != old_assoc)
+        took = bench.run_until(lambda: bench.assoc_of("lamp-1") != old_assoc)
         print(f"restarted agent back {took:.2f} s after it started")
         assert took < 3, took
         assert bench.online("lamp-1")

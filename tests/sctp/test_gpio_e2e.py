@@ -2,8 +2,9 @@
 
 The agent is the real command line (``python -m server.agent --gpio`` with
 the shipped example config: an LED on GPIO17, a button on GPIO27) under
-``GPIOZERO_PIN_FACTORY=mock``; the test reads and drives its pins through
-``--mock-control`` (tests/mockpins.py), as a multimeter and a finger would.
+``GPIOZERO_PIN_FACTORY=mock``, run by ``python -m tests.mockagent``, which
+serves the mock pins on ``--mock-control SOCKET`` first; the test reads and
+drives them through it (tests/mockpins.py), as a multimeter and a finger would.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def test_browser_command_switches_the_pin_and_a_press_reaches_every_browser(
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # the agent's environment
     sock = tmp_path / "pins.sock"
     with panel.events("alice") as alice, panel.events("bob") as bob:
-        panel.agent(DEVICE, "--gpio", str(EXAMPLE), "--mock-control", str(sock))
+        panel.agent(
+            DEVICE, "--gpio", str(EXAMPLE), "--mock-control", str(sock), module="tests.mockagent"
+        )
         panel.wait(lambda: panel.online(DEVICE))
         pins = MockPins(sock)
         try:

@@ -98,5 +98,5 @@ def test_sctp_test_garbage_does_not_hurt(bench: Bench, caplog: pytest.LogCapture
     bench.run_until(lambda: tester.poll() is not None, 10)
     bench.run_for(0.5)
     assert "is not JSON" in caplog.text
-    assert bench.channel.devices() == []
+    assert bench.channel.known() == []
     assert Peer(bench).hello("after") == {"type": "welcome", "device": "after"}

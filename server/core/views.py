@@ -1,0 +1,40 @@
+"""How a device and the whole panel look to everyone: built here and nowhere else.
+
+A device's view is the registry's device with its lease (``feed.events.DeviceView``):
+``GET /api/devices``, every device event, the ``reset`` that starts an event stream
+and the fleet's retained state all show this one form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from server.base.dates import iso_utc
+from server.control.registry import Device
+from server.feed.events import DeviceView, LeaseView
+from server.people.leases import Lease, Leases
+from server.people.presence import Presence
+
+
+def device_view(device: Device, lease: Lease | None) -> DeviceView:
+    held = None if lease is None else LeaseView(lease.holder, iso_utc(lease.since))
+    return DeviceView(
+        device.id, device.name, device.commands, device.online, iso_utc(device.since), held
+    )
+
+
+def devices(known: list[Device], leases: Leases) -> list[DeviceView]:
+    """Every known device, as sorted as ``known`` is."""
+    return [device_view(d, leases.of(d.id)) for d in known]
+
+
+def snapshot(
+    presence: Presence, known: list[Device], leases: Leases, control_off: Callable[[], str | None]
+) -> dict[str, Any]:
+    """What a ``reset`` event carries: everything a panel shows."""
+    return {
+        "online": [p.as_json() for p in presence.online()],
+        "devices": [v.as_json() for v in devices(known, leases)],
+        "control_off": control_off(),
+    }
