@@ -363,7 +363,7 @@ def test_etag_and_last_modified_give_304(server: App, static_dir: Path) -> None:
         assert resp.status == 200 and resp.body == FILES["app.js"][0]
 
 
-def test_a_changed_file_is_served_anew(server: App, static_dir: Path) -> None:
+def test_a_changed_file_is_served_anew_within_a_second(server: App, static_dir: Path) -> None:
     path = static_dir / "notes.txt"
     before = get(server, "/notes.txt")
     assert before.body == FILES["notes.txt"][0]
@@ -371,6 +371,9 @@ def test_a_changed_file_is_served_anew(server: App, static_dir: Path) -> None:
         path.write_bytes(b"changed notes, longer than before\n")
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+        same = get(server, "/notes.txt", {"If-None-Match": before.headers["etag"]})
+        assert same.status == 304  # looked at again at most once a second
+        server.advance(1.0)
         after = get(server, "/notes.txt", {"If-None-Match": before.headers["etag"]})
         assert after.status == 200 and after.body == b"changed notes, longer than before\n"
         assert after.headers["etag"] != before.headers["etag"]

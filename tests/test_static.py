@@ -59,6 +59,19 @@ def test_cache_rereads_changed_files(tmp_path: Path) -> None:
     assert second is not None and second.body == b"two!" and second.etag != first.etag
 
 
+def test_a_cached_file_is_looked_at_again_at_most_once_a_second(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one")
+    cache = FileCache(tmp_path)
+    first = cache.get("a.txt", now=10.0)
+    assert first is not None and first.body == b"one"
+    (tmp_path / "a.txt").write_text("two!")
+    assert cache.get("a.txt", now=10.9) is first  # no stat within the second
+    second = cache.get("a.txt", now=11.0)
+    assert second is not None and second.body == b"two!"
+    (tmp_path / "a.txt").unlink()
+    assert cache.get("a.txt", now=11.5) is second and cache.get("a.txt", now=12.0) is None
+
+
 def test_cache_refuses_missing_directories_and_symlinks_out(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()

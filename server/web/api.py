@@ -227,7 +227,7 @@ def audit(svc: Context, call: Call) -> Response:
 def static_file(svc: Context, call: Call) -> Response:
     req = call.request
     rel = static.resolve(req.path)
-    file = svc.files.get(rel) if rel is not None else None
+    file = svc.files.get(rel, svc.now()) if rel is not None else None
     if file is None:
         return error(404, "not found")
     if static.not_modified(file, req.headers):

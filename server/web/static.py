@@ -6,7 +6,10 @@ segments, encoded ``/`` or ``\\`` (``%2f``, ``%5c``), backslashes, NUL,
 invalid percent-encoding. ``FileCache`` then stats the file; the real path
 (symlinks resolved) must still lie inside the directory, so a symlink that
 points out is refused too. Files up to ``max_cached`` bytes stay in memory
-and are re-read when their inode, size or mtime change.
+and are re-read when their inode, size or mtime change; a file served from
+memory is looked at again (one ``stat``) at most every ``RECHECK`` seconds,
+so an edit shows within a second and a busy panel costs no system call per
+request.
 
 Validators (RFC 9110 §8.8, §13.1): a strong ETag from inode, mtime and
 size; Last-Modified from mtime; If-None-Match wins over If-Modified-Since.
@@ -86,6 +89,9 @@ def not_modified(file: File, headers: dict[str, str]) -> bool:
     return since is not None and file.mtime <= since
 
 
+RECHECK = 1.0  # seconds a cached file is served without a stat
+
+
 class FileCache:
     """Files below ``root``, kept in memory up to ``max_cached`` bytes each."""
 
@@ -93,9 +99,19 @@ class FileCache:
         self.root = os.path.realpath(root)
         self.max_cached = max_cached
         self._files: dict[str, File] = {}
+        self._checked: dict[str, float] = {}  # when each cached file was last stat'ed
 
-    def get(self, rel: str) -> File | None:
-        """The current content of ``rel``, or None if missing, not a file or outside."""
+    def get(self, rel: str, now: float | None = None) -> File | None:
+        """The current content of ``rel``, or None if missing, not a file or outside.
+
+        ``now`` (monotonic seconds): a file cached and looked at less than
+        ``RECHECK`` seconds before is served without looking again.
+        """
+        if now is not None:
+            cached = self._files.get(rel)
+            if cached is not None and now - self._checked[rel] < RECHECK:
+                return cached
+            self._checked[rel] = now
         full = os.path.join(self.root, rel)
         try:
             st = os.stat(full)
