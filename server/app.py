@@ -240,10 +240,6 @@ class Server:
     def conns(self) -> dict[int, Connection]:
         return self.acceptor.conns
 
-    def adopt(self, sock: socket.socket, addr: str, secure: bool = False) -> Connection:
-        """Serve ``sock`` (non-blocking, options set) from now on; over TLS if ``secure``."""
-        return self.acceptor.adopt(sock, addr, secure)
-
     def shutdown(self) -> None:
         """Stop accepting, finish what is in flight, then stop the loop (≤ 1.5 s)."""
         if self.stopping:
