@@ -52,7 +52,8 @@ from server.people.presence import Presence
 from server.web import api
 from server.web.acceptor import Acceptor
 from server.web.accesslog import AccessLog
-from server.web.connection import Connection, Proceed, Settings
+from server.web.connection import Connection
+from server.web.exchange import Proceed, Settings
 from server.web.gate import Gate, too_many
 from server.web.https import ServedCertificate
 from server.web.outcomes import Outcome

@@ -59,7 +59,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from server.web.connection import State
+from server.web.exchange import State
 from tests.fuzzing import (
     DEVICE,
     SECRET,

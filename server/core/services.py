@@ -38,7 +38,5 @@ class Services:
 
     def snapshot(self) -> dict[str, Any]:
         """What a ``reset`` event carries: everything a panel shows."""
-        return views.snapshot(self.presence, self.control.known(), self.leases, self._off)
-
-    def _off(self) -> str | None:
-        return self.control.off_message
+        control = self.control
+        return views.snapshot(self.presence, control.known(), self.leases, control.off_message)

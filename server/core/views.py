@@ -7,7 +7,6 @@ and the fleet's retained state all show this one form.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from server.base.dates import iso_utc
@@ -30,11 +29,11 @@ def devices(known: list[Device], leases: Leases) -> list[DeviceView]:
 
 
 def snapshot(
-    presence: Presence, known: list[Device], leases: Leases, control_off: Callable[[], str | None]
+    presence: Presence, known: list[Device], leases: Leases, control_off: str | None
 ) -> dict[str, Any]:
     """What a ``reset`` event carries: everything a panel shows."""
     return {
         "online": [p.as_json() for p in presence.online()],
         "devices": [v.as_json() for v in devices(known, leases)],
-        "control_off": control_off(),
+        "control_off": control_off,
     }

@@ -25,7 +25,8 @@ from server.base.addresses import AllowList, display_address, is_loopback
 from server.base.loop import READ, Loop
 from server.base.quiet import Throttled
 from server.base.sockopts import Keepalive, configure_accepted
-from server.web.connection import Connection, Host, State
+from server.web.connection import Connection, Host
+from server.web.exchange import State
 
 log = logging.getLogger(__name__)
 

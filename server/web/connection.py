@@ -37,33 +37,10 @@ from typing import Protocol
 from server.base import sockopts
 from server.base.loop import READ, WRITE, Loop
 from server.people.auth import User
-from server.web.exchange import (
-    LINGER_BYTES,
-    LINGER_SECONDS,
-    OUT_HIGH_WATER,
-    TRANSITIONS,
-    Exchange,
-    Proceed,
-    Settings,
-    State,
-    log,
-)
 from server.web.exchange import READ as _READ
 from server.web.exchange import WRITE as _WRITE
+from server.web.exchange import Exchange, Proceed, Settings, State, log
 from server.web.protocol import Request, Response
-
-__all__ = [
-    "LINGER_BYTES",
-    "LINGER_SECONDS",
-    "OUT_HIGH_WATER",
-    "RECV_SIZE",
-    "TRANSITIONS",
-    "Connection",
-    "Host",
-    "Proceed",
-    "Settings",
-    "State",
-]
 
 assert (_READ, _WRITE) == (READ, WRITE), "the core's masks are the loop's"
 
