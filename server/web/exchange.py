@@ -104,6 +104,8 @@ Proceed = Callable[[Request], Outcome]
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
     HANDSHAKE = "handshake"
     IDLE = "idle"
     READING = "reading"
@@ -328,10 +330,11 @@ class Exchange(Generic[C, U]):
         self.close(lost=True)
 
     def process(self) -> None:
-        """Answer every complete request buffered, until parked, streaming or closing."""
+        """Answer every complete request buffered, until parked, streaming or closing
+        (``IDLE``: nothing is buffered)."""
         self._dispatching = True
         try:
-            while self.state in _SERVING and len(self._out) <= OUT_HIGH_WATER:
+            while self.state is State.READING and len(self._out) <= OUT_HIGH_WATER:
                 item = self._session.next_request()
                 if item is None:
                     return

@@ -124,26 +124,43 @@ class Head:
 
 
 Headers = Sequence[tuple[str, str]]
-_ENCODED: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
-_MAX_ENCODED = 256
+# The headers h11 frames a response by; it is handed these and formats them itself.
+_FRAMING = frozenset(("connection", "content-length", "transfer-encoding"))
 
 
-def _encoded(headers: Headers) -> list[tuple[bytes, bytes]]:
-    """``headers`` as h11 takes them; a tuple (the constant headers of JSON and of
-    each static file) is encoded and checked once, then found in a cache."""
+@dataclass(frozen=True, slots=True)
+class _Formatted:
+    framing: list[tuple[bytes, bytes]]  # for h11
+    block: bytes  # the rest, as they go on the wire: "Name: value\r\n" each
+
+
+_FORMATTED: dict[tuple[tuple[str, str], ...], _Formatted] = {}
+_MAX_FORMATTED = 256
+
+
+def _formatted(headers: Headers) -> _Formatted:
+    """``headers`` split into those h11 frames the response by and the wire form of the
+    rest; a tuple (the constant headers of JSON and of each static file) is formatted
+    and checked once, then found in a cache."""
     if isinstance(headers, tuple):
-        cached = _ENCODED.get(headers)
+        cached = _FORMATTED.get(headers)
         if cached is not None:
             return cached
-    out = []
+    framing = []
+    block = []
     for name, value in headers:
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name} would split the response")
-        out.append((name.encode("ascii"), value.encode("latin-1")))
+        line = f"{name}: {value}"
+        if "\r" in line or "\n" in line or not name.isascii() or ":" in name:
+            raise ValueError(f"header {name!r} would split the response")
+        if name.lower() in _FRAMING:
+            framing.append((name.encode("ascii"), value.encode("latin-1")))
+        else:
+            block.append(f"{line}\r\n".encode("latin-1"))
+    out = _Formatted(framing, b"".join(block))
     if isinstance(headers, tuple):
-        if len(_ENCODED) >= _MAX_ENCODED:
-            _ENCODED.clear()
-        _ENCODED[headers] = out
+        if len(_FORMATTED) >= _MAX_FORMATTED:
+            _FORMATTED.clear()
+        _FORMATTED[headers] = out
     return out
 
 
@@ -168,13 +185,16 @@ class ProtocolError:
     message: str
 
 
-def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], int]:
+    """Lower-case names to values (repeats joined with ", ") and the head's size."""
     out: dict[str, str] = {}
+    size = 0
     for name, value in raw:
-        key = name.decode("ascii")
+        size += len(name) + len(value) + 4
+        key = name.lower().decode("ascii")
         text = value.decode("latin-1")
         out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
+    return out, size
 
 
 class HttpSession:
@@ -189,13 +209,14 @@ class HttpSession:
         "_received",
         "_request",
         "_wire_start",
-        "extra_headers",
+        "_extra",
         "limits",
     )
 
     def __init__(self, limits: Limits, extra_headers: Headers = ()) -> None:
         self.limits = limits
-        self.extra_headers = _encoded(tuple(extra_headers))  # on every response (HSTS)
+        # on every response (HSTS), after Date and Server
+        self._extra = b"Server: %s\r\n%s" % (SERVER_BYTES, _formatted(tuple(extra_headers)).block)
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._head: h11.Request | None = None
         self._request: Request | None = None  # the request being read (its head has come)
@@ -246,11 +267,12 @@ class HttpSession:
         try:
             while True:
                 event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    return self._check_request_line()
-                if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                    return None
-                if isinstance(event, h11.Data):
+                # h11's events are ABCs, for which isinstance() is a call in Python
+                if type(event) is h11.Request:
+                    return self._start(event)
+                if type(event) is h11.EndOfMessage:
+                    return self._finish()
+                if type(event) is h11.Data:
                     self._body.append(event.data)
                     self._body_size += len(event.data)
                     if self._body_size > self.limits.max_body:
@@ -259,10 +281,10 @@ class HttpSession:
                         self.limits.max_body + 1024
                     ):
                         return self._refuse(413, "request body framing too large")
-                elif isinstance(event, h11.Request):
-                    return self._start(event)
-                elif isinstance(event, h11.EndOfMessage):
-                    return self._finish()
+                elif event is h11.NEED_DATA:
+                    return self._check_request_line()
+                else:  # PAUSED, ConnectionClosed
+                    return None
         except h11.RemoteProtocolError as e:
             status = e.error_status_hint
             if status == 431 and self._head is None and self._line_too_long():
@@ -285,21 +307,20 @@ class HttpSession:
             return self._refuse(414, "request target too long")
         if event.http_version not in VERSIONS:
             return self._refuse(505, "only HTTP/1.1 (and 1.0) is served")
+        headers, size = _headers(event.headers.raw_items())
         # h11 checks max_incomplete_event_size only while the head is incomplete;
         # a whole oversized head that arrives in one read must be refused here.
-        if sum(len(n) + len(v) + 4 for n, v in event.headers) > self.limits.max_header_bytes:
+        if size > self.limits.max_header_bytes:
             return self._refuse(431, "request header fields too large")
-        names = [name for name, _ in event.headers]
-        if b"content-length" in names:
-            if b"transfer-encoding" in names:
+        length = headers.get("content-length")
+        if length is not None:
+            if "transfer-encoding" in headers:
                 return self._refuse(400, "Content-Length and Transfer-Encoding together")
-            length = next(v for n, v in event.headers if n == b"content-length")
-            if int(length) > self.limits.max_body:
+            if int(length) > self.limits.max_body:  # h11 has made it one number
                 return self._refuse(413, "request body too large")
         target = event.target
         if b"#" in target:
             return self._refuse(400, "a request target has no fragment (#)")
-        headers = _headers(event.headers)
         if not target.startswith(b"/") and b"://" in target:  # absolute form
             scheme, _, rest = target.partition(b"://")
             authority, slash, path = rest.partition(b"/")
@@ -364,32 +385,36 @@ class HttpSession:
     def respond(self, response: Response, date: bytes) -> bytes:
         """Bytes of ``response`` (head and, unless streamed or HEAD, the body).
 
-        Header names and values come from the server itself, never from a
-        request, so h11's per-header regex validation (the costliest step of
-        a small response) is skipped; a CR or LF would still be refused.
+        h11 frames the response: it is given the status and the headers that
+        decide framing and keep-alive (``Connection``, ``Content-Length``,
+        ``Transfer-Encoding``) and writes the status line and those. The rest
+        come from the server itself, never from a request; they are formatted
+        once per constant tuple (``_formatted``: a CR or LF is refused) and
+        joined to h11's head before its final empty line, so h11 does not
+        validate and copy them again on every response.
         """
         conn = self._conn
         head_only = self._head is not None and self._head.method == b"HEAD"
-        headers = [
-            (b"Date", date),
-            (b"Server", SERVER_BYTES),
-            *self.extra_headers,
-            *_encoded(response.headers),
-        ]
-        if self._close:
-            headers.append((b"Connection", b"close"))
-        if not response.stream and response.status != 304:
-            headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
+        formatted = _formatted(response.headers)
+        framing = formatted.framing
+        if self._close or (not response.stream and response.status != 304):
+            framing = framing.copy()
+            if self._close:
+                framing.append((b"Connection", b"close"))
+            if not response.stream and response.status != 304:
+                framing.append((b"Content-Length", b"%d" % len(response.body)))
         out = conn.send(
             h11.Response(
                 status_code=response.status,
-                headers=headers,
+                headers=framing,
                 reason=_reason(response.status),
                 _parsed=True,
             )
         )
+        assert out is not None and out.endswith(b"\r\n\r\n")
+        out = b"%sDate: %s\r\n%s%s\r\n" % (out[:-2], date, self._extra, formatted.block)
         if response.stream:
-            return out or b""
+            return out
         if response.body and not head_only and response.status != 304:
             out += conn.send(h11.Data(data=response.body)) or b""
         return out + (conn.send(h11.EndOfMessage()) or b"")
