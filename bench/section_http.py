@@ -47,7 +47,9 @@ ME = "/api/me"
 HEALTH = "/healthz"
 STATIC_VS_STDLIB = 1.5  # at least, by req/s
 ME_VS_AIOHTTP = 0.6  # at least, by req/s
-CPU_VS_H11 = 1.25  # at most, by CPU µs/req
+CPU_VS_H11 = 1.15  # at most, by CPU µs/req
+P99_VS_H11 = 1.5  # at most, at the top number of connections
+VS_TORNADO = 1.6  # at least, by req/s
 AUTH_COST_PCT = 10.0
 P99_LIMIT_MS = 10.0
 RSS_LIMIT_MIB = 24.0
@@ -138,6 +140,26 @@ def http(bench: Bench) -> None:
             runs["vigil", path, c],
             runs["h11", path, c],
             CPU_VS_H11,
+        )
+        for path in (PAGE, ME)
+        for c in CONNS
+    ]
+    checks += [
+        Check(
+            f"vigil p99 ÷ bare h11's, {path}, {top} conns",
+            runs["vigil", path, top].p99_us / runs["h11", path, top].p99_us,
+            "≤",
+            P99_VS_H11,
+            "x",
+        )
+        for path in (PAGE, ME)
+    ]
+    checks += [
+        faster_check(
+            f"vigil / tornado, {path}, {c} conns",
+            runs["vigil", path, c],
+            runs.get(("tornado", path, c)),
+            VS_TORNADO,
         )
         for path in (PAGE, ME)
         for c in CONNS
