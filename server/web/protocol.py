@@ -205,11 +205,11 @@ class HttpSession:
         "_body_size",
         "_close",
         "_conn",
+        "_extra",
         "_head",
         "_received",
         "_request",
         "_wire_start",
-        "_extra",
         "limits",
     )
 
