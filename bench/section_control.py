@@ -10,7 +10,7 @@ and every syscall is trapped, so the figures are an upper bound.
 - round trip: 10 operators (user01..user10), one keep-alive connection
   each (wrk -t10 -c10), each commanding a device of their own (desk-01..,
   since a device's lease lets one operator at a time through): POST
-  /api/devices/desk-NN/commands {"action": "toggle"} → vigil → SCTP → the
+  /api/devices/desk-NN/commands {"entity": "power", "value": true} → vigil → SCTP → the
   reference agent → result → HTTP 200; p50 / p99 of wrk's latencies.
 - detection: the agent is killed with SIGKILL (its kernel sends ABORT), or
   its cable is pulled (network namespace + veth, tests/uml/guestnet.py; no
@@ -73,7 +73,7 @@ function setup(thread)
 end
 function init(args)
   wrk.method = "POST"
-  wrk.body = '{"action": "toggle"}'
+  wrk.body = '{"entity": "power", "value": true}'
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Basic " .. args[2 * idx - 1]
   wrk.path = "/api/devices/" .. args[2 * idx] .. "/commands"
@@ -268,7 +268,9 @@ def round_trip(
         raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
 
     for user, desk in zip(OPERATORS, DESKS, strict=True):  # each pays the slow hash once
-        status, body = panel.curl("POST", f"/api/devices/{desk}/commands", user, {"action": "on"})
+        status, body = panel.curl(
+            "POST", f"/api/devices/{desk}/commands", user, {"entity": "power", "value": True}
+        )
         assert status == 200, (user, status, body)
     if warmup:
         wrk(warmup)
@@ -339,7 +341,7 @@ def pull_once(panel: Any, events: Any, net: Any, name: str) -> Generator[None, N
     begun = time.monotonic()
     agent = panel.agent(name, "--reply-delay", "120", host=net.vigil_ip, wrap=net.wrap(()))
     yield from until(lambda: found(events, events.device("online", name, begun)))
-    pending = panel.post_later(name, "toggle")  # stays pending: the agent takes 120 s
+    pending = panel.post_later(name, "power", True)  # stays pending: the agent takes 120 s
     yield from until(lambda: found(events, issued(name, begun)))
     resume = time.monotonic() + random.uniform(0.3, 1.3)  # any phase of the heartbeat
     yield from until(lambda: time.monotonic() >= resume)
@@ -408,7 +410,7 @@ def false_offlines(home: Path) -> dict[str, Any]:
                 )
                 sent = []
                 for i in range(LOSS_SECONDS):
-                    sent.append(panel.post_later(names[i % LOSS_AGENTS], "toggle"))
+                    sent.append(panel.post_later(names[i % LOSS_AGENTS], "power", True))
                     time.sleep(max(0.0, start + i + 1 - time.monotonic()))
                 end = time.monotonic()
                 dropped = net.dropped()

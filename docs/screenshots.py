@@ -5,8 +5,8 @@
 Boots the UML test host (tests/uml/testhost.py: vigil with real SCTP and the
 reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
 ``linux.uml``), opens the panel in Debian's chromium as two people, alice on
-a 1280x800 desktop and bob on a 360x780 phone, lets bob press a few buttons
-(which gives him the lamp's lease: alice sees it held) and both chat, waits
+a 1280x800 desktop and bob on a 360x780 phone, lets bob switch the lamp on
+and dim it (which gives him the lamp's lease: alice sees it held) and both chat, waits
 for the temperature chart to fill in, and saves what each of them sees (in
 docs/, or ``--out DIR``).
 The panel is opened over HTTPS, chromium trusting the certificate vigil
@@ -25,17 +25,14 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-sys.path[:0] = [
-    str(ROOT),
-    str(ROOT / "tests"),
-    str(ROOT / "tests" / "uml"),
-    str(ROOT / "tests" / "browser"),
-]
+sys.path[:0] = [str(ROOT)]  # run as a file: the tests package is the repository's
 
-from browser_support import chromium  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from support import password, write_config  # noqa: E402
-from testhost import uml_test_host  # noqa: E402
+
+from tests.browser.browser_support import chromium  # noqa: E402
+from tests.browser.uml_support import entity, message, power  # noqa: E402
+from tests.support import password, write_config  # noqa: E402
+from tests.uml.testhost import uml_test_host  # noqa: E402
 
 CHART_S = 120  # seconds of telemetry in the chart of the screenshots
 
@@ -45,14 +42,15 @@ def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
     page = ctx.new_page()
     page.goto(base + "/")
     page.wait_for_selector("#conn[data-state=connected]")
-    expect(page.locator('.device[data-id="lamp-1"] button.cmd')).to_have_count(4)
+    expect(power(page, "lamp-1")).to_be_visible()
     return page
 
 
-def press(page: Any, action: str) -> None:
-    page.click(f'.device[data-id="lamp-1"] button.cmd[data-action="{action}"]')
-    result = page.locator('.device[data-id="lamp-1"] .result')
-    expect(result).to_have_attribute("data-kind", "ok")
+def dim(page: Any, percent: int) -> None:
+    field = entity(page, "lamp-1", "brightness").get_by_role("spinbutton")
+    field.fill(str(percent))
+    field.press("Enter")
+    expect(message(page, "lamp-1", "brightness")).to_contain_text("ok")
 
 
 def say(page: Any, text: str) -> None:
@@ -91,9 +89,10 @@ def main() -> int:
             has_touch=True,
         )
         say(alice, "Morning! Checking the hall lamp before the visitors arrive.")
-        press(bob, "status")
-        press(bob, "on")  # bob's first command takes the lamp's lease: alice sees "held by bob"
-        say(bob, "It's on, 23 °C next to it. I'll hold it until they're in.")
+        power(bob, "lamp-1").click()  # bob's first command takes the lease: "held by bob"
+        expect(power(bob, "lamp-1")).to_have_attribute("aria-checked", "true")
+        dim(bob, 60)
+        say(bob, "It's on at 60 %, 22 °C next to it. I'll hold it until they're in.")
         expect(alice.locator('.device[data-id="lamp-1"] .lease')).to_have_attribute(
             "data-holder", "bob"
         )

@@ -43,6 +43,7 @@ from server.base.loop import Loop, Timer
 from server.base.notify import Notifier
 from server.config import Config, ConfigError
 from server.control.channel import ControlChannel
+from server.core import commands
 from server.core.announcer import Announcer
 from server.feed.audit import AuditLog
 from server.feed.bus import EventBus
@@ -126,6 +127,7 @@ class Server:
         self.announcer = Announcer(self.events, self.audit, self.presence, self.leases)
         self.control = ControlChannel(loop, cfg.control, self.announcer)
         self.announcer.device = self.control.device
+        self.announcer.state = self.control.state
         self.services = api.Context(
             self.presence,
             self.events,
@@ -138,6 +140,7 @@ class Server:
             *_rates(cfg),
             files=FileCache(cfg.http.static_dir),
         )
+        self.announcer.vanished = partial(commands.safe_state, self.services)
         self.gate = Gate(api.ROUTER, self.auth, self.presence, time.time)
         self.https = ServedCertificate(cfg.tls, cfg.state.dir)
         self.acceptor = Acceptor(loop, self, lambda: self.https.context)

@@ -434,12 +434,18 @@ def _entries(
         yield at, entry
 
 
+# The name vigil's own commands go out under (a safe state): no account may take it.
+RESERVED_USER = "vigil"
+
+
 def _users(where: str, raw: Any) -> list[Account]:
     users = []
     for at, entry in _entries(where, "auth.users", raw, {"name", "password", "role"}):
         name, password, role = entry.get("name"), entry.get("password"), entry.get("role")
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"{at}: name must be a non-empty string without ':'")
+        if name == RESERVED_USER:
+            raise ConfigError(f"{at}: {name!r} is vigil's own name (its safe-state commands)")
         if not isinstance(password, str) or not password.startswith("scrypt$"):
             raise ConfigError(
                 f"{at} ({name}): password must be a hash from 'python -m server hash-password'"

@@ -13,14 +13,19 @@
 // events have ids), so nothing is lost or shown twice in the gap between
 // the two.
 //
+// A device's card is built from the entities it declares (entities.js):
+// a control or a reading each, showing the device view's `state`, which
+// device events, and the results of commands, keep current.
+//
 // When the browser gives up the stream (readyState CLOSED, e.g. after a
 // 503) we check /api/me again (which shows the "panel is full" view when
 // needed) and reopen it, resuming after the last event id. A `reset` on a
 // resumed stream means the server could not replay what we missed: resync.
 
 import { api, errorText } from "./api.js";
-import { Series, chart } from "./chart.js";
+import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, timeEl } from "./dom.js";
+import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
 import { startStream } from "./stream.js";
 
 const FEED_MAX = 200;
@@ -35,6 +40,7 @@ const state = {
   devices: new Map(), // id -> device view (see deviceView)
   chatIds: new Set(),
   feedRows: new Map(), // command id -> <li>
+  feedCommands: new Map(), // command id -> the event or audit record its <li> shows
   auditPresence: new Set(), // "join:alice", "leave:bob" in the last audit snapshot
 };
 
@@ -178,6 +184,7 @@ function applyReset(data, initial) {
   off.hidden = state.controlOff === null;
   off.textContent = state.controlOff || "";
   setDevices(Array.isArray(data.devices) ? data.devices : []);
+  sayCommandsAgain();
   state.based = true;
   for (const dev of state.devices.values()) loadHistory(dev);
   if (!initial) resync();
@@ -353,27 +360,24 @@ function deviceView(entry) {
   const dev = {
     entry,
     key,
-    telemetry: {}, // name -> latest value
-    series: new Map(), // numeric name -> Series (the last 5 minutes)
-    charts: new Map(), // name -> chart()
+    rows: new Map(), // entity key -> entityRow() (static/entities.js)
+    rowsOf: null, // the entities (as JSON) the rows were built from
+    series: new Map(), // entity key -> Series (the last 5 minutes of a number or sensor)
     telemetryAt: null,
     historyLoading: false,
-    busy: new Set(),
+    busy: new Map(), // entity key -> {next}: a command in flight, and the value to send after it
     leaseBusy: false,
     leaseEnd: null, // {holder, reason, by} of the last lease end seen here
-    commandsKey: null,
     name: h("h3", { className: "dev-name", id: `${key}-name` }),
     ident: h("span", { className: "dev-id" }),
     status: h("span", { className: "dev-status" }),
     since: h("span", { className: "dev-since" }),
     lease: h("p", { className: "lease", id: `${key}-lease` }),
     leaseBtn: h("button", { type: "button", className: "lease-btn" }),
-    tele: h("dl", { className: "telemetry" }),
-    teleAt: h("p", { className: "tele-at" }),
-    buttons: h("div", {
-      className: "commands", role: "group", "aria-labelledby": `${key}-name`,
-      "aria-describedby": `${key}-lease`,
+    entities: h("ul", {
+      className: "entities", "aria-labelledby": `${key}-name`, "aria-describedby": `${key}-lease`,
     }),
+    teleAt: h("p", { className: "tele-at" }),
     result: h("p", { className: "result", "aria-live": "polite" }),
   };
   dev.leaseBtn.addEventListener("click", () => leaseAction(dev));
@@ -381,7 +385,7 @@ function deviceView(entry) {
     h("div", { className: "dev-head" }, dev.name, dev.status),
     h("p", { className: "dev-meta" }, dev.ident, " · ", dev.since),
     h("div", { className: "lease-row" }, dev.lease, dev.leaseBtn),
-    dev.tele, dev.teleAt, dev.buttons, dev.result);
+    dev.entities, dev.teleAt, dev.result);
   return dev;
 }
 
@@ -438,24 +442,81 @@ function renderLease(dev) {
   else btn.removeAttribute("title");
 }
 
-function renderTelemetry(dev) {
-  const keys = Object.keys(dev.telemetry).sort();
+/** The entities a device declares (their shape is vigil's to check: only what we read here). */
+function entitiesOf(e) {
+  if (!Array.isArray(e.entities)) return [];
+  return e.entities.filter((x) => x && typeof x === "object" && typeof x.key === "string"
+    && typeof x.kind === "string" && typeof x.label === "string"
+    && (x.kind !== "select" || Array.isArray(x.options))
+    && (x.kind !== "number" || (Number.isFinite(x.min) && Number.isFinite(x.max))));
+}
+
+/** The state of one entity (null while unknown). */
+function stateOf(dev, key) {
+  const s = dev.entry.state;
+  return s && typeof s === "object" && s[key] !== undefined ? s[key] : null;
+}
+
+function setState(dev, key, value) {
+  const s = dev.entry.state && typeof dev.entry.state === "object" ? dev.entry.state : {};
+  dev.entry.state = { ...s, [key]: value };
+}
+
+/** The rows of the device's entities: built when they change, else their states updated. */
+function renderEntities(dev) {
+  const list = entitiesOf(dev.entry);
+  const json = JSON.stringify(list);
+  if (dev.rowsOf !== json) {
+    dev.rowsOf = json;
+    const asked = (row, v) => ask(dev, row, v);
+    dev.rows = new Map(list.map((e) => [e.key, entityRow(e, dev.key, asked)]));
+    replace(dev.entities, dev.rows.size
+      ? [...dev.rows.values()].map((r) => r.el)
+      : h("li", { className: "empty" }, "no entities announced"));
+    drawCharts(dev);
+  }
+  for (const [key, row] of dev.rows) {
+    // A number or a select keeps showing the value asked for until the device answers.
+    if (!dev.busy.has(key) || ONE_AT_A_TIME.has(row.entity.kind)) row.update(stateOf(dev, key));
+  }
+  gateRows(dev);
+}
+
+// Kinds that take one press at a time: disabled while their command is in flight.
+// A number or a select stays usable; its newest value is sent when the device has answered.
+const ONE_AT_A_TIME = new Set(["switch", "button"]);
+
+/** Enable or disable the controls, with the reason as their title. */
+function gateRows(dev) {
+  const e = dev.entry;
+  const lease = leaseOf(e);
+  // Held by someone else: still usable (the server answers 409, shown by the control).
+  const held = lease !== null && !mine(lease) ? `held by ${fmtValue(lease.holder)}` : null;
+  for (const [key, row] of dev.rows) {
+    if (!CONTROLS.has(row.entity.kind)) continue;
+    const busy = dev.busy.has(key);
+    let why = null;
+    if (!state.me) why = "loading…";
+    else if (!isOperator()) why = "viewers cannot send commands";
+    else if (!e.online) why = "the device is offline";
+    else if (busy && ONE_AT_A_TIME.has(row.entity.kind)) why = "waiting for the device";
+    row.gate(why, held);
+    row.el.setAttribute("aria-busy", busy ? "true" : "false");
+  }
+}
+
+function seriesOf(dev, key) {
+  let series = dev.series.get(key);
+  if (!series) {
+    series = new Series();
+    dev.series.set(key, series);
+  }
+  return series;
+}
+
+function drawCharts(dev) {
   const now = Date.now();
-  replace(dev.tele, keys.map((k) => {
-    const series = dev.series.get(k);
-    let c = null;
-    if (series) {
-      c = dev.charts.get(k);
-      if (!c) {
-        c = chart();
-        dev.charts.set(k, c);
-      }
-      c.draw(series, now);
-    }
-    return [h("dt", null, k), h("dd", null, h("span", { className: "val" },
-      fmtValue(dev.telemetry[k])), c ? c.el : null)];
-  }));
-  dev.tele.hidden = keys.length === 0;
+  for (const [key, row] of dev.rows) if (row.chart) row.chart.draw(seriesOf(dev, key), now);
   dev.teleAt.hidden = !dev.telemetryAt;
   if (dev.telemetryAt) {
     dev.teleAt.replaceChildren(document.createTextNode("telemetry at "),
@@ -473,40 +534,12 @@ function renderDevice(dev) {
   dev.since.replaceChildren(document.createTextNode(e.online ? "up since " : "down since "),
     timeEl(e.since));
   renderLease(dev);
-  renderTelemetry(dev);
-
-  const cmds = Array.isArray(e.commands) ? e.commands.filter((c) => typeof c === "string") : [];
-  const ckey = JSON.stringify(cmds);
-  if (dev.commandsKey !== ckey) {
-    dev.commandsKey = ckey;
-    replace(dev.buttons, cmds.length ? cmds.map((action) => {
-      const b = h("button", { type: "button", className: "cmd", "data-action": action }, action);
-      b.addEventListener("click", () => sendCommand(dev, action, b));
-      return b;
-    }) : h("span", { className: "empty" }, "no commands announced"));
-  }
-  const lease = leaseOf(e);
-  const other = lease !== null && !mine(lease) ? `held by ${fmtValue(lease.holder)}` : null;
-  for (const b of dev.buttons.querySelectorAll("button")) {
-    const busy = dev.busy.has(b.dataset.action);
-    let why = null;
-    if (!state.me) why = "loading…";
-    else if (!isOperator()) why = "viewers cannot send commands";
-    else if (!e.online) why = "the device is offline";
-    else if (busy) why = "waiting for the device";
-    b.disabled = why !== null;
-    // Held by someone else: still pressable (the server answers 409, shown inline).
-    const title = why ?? other;
-    if (title) b.title = title;
-    else b.removeAttribute("title");
-    b.classList.toggle("held", why === null && other !== null);
-    b.setAttribute("aria-busy", busy ? "true" : "false");
-  }
+  renderEntities(dev);
 }
 
 // Chart redraws: the 5-minute window moves on even while a device is quiet.
 setInterval(() => {
-  for (const dev of state.devices.values()) if (dev.series.size) renderTelemetry(dev);
+  for (const dev of state.devices.values()) drawCharts(dev);
 }, 5000);
 
 /** GET /api/devices/{id}/telemetry: the last minutes, so a chart is full at once. */
@@ -517,33 +550,20 @@ async function loadHistory(dev) {
   dev.historyLoading = false;
   const metrics = r.ok && r.body && typeof r.body.metrics === "object" ? r.body.metrics : null;
   if (!metrics) return;
-  for (const [name, points] of Object.entries(metrics)) {
-    if (!Array.isArray(points)) continue;
-    let series = dev.series.get(name);
-    if (!series) {
-      series = new Series();
-      dev.series.set(name, series);
-    }
-    series.merge(points);
-    const last = points[points.length - 1];
-    if (!(name in dev.telemetry) && Array.isArray(last)) dev.telemetry[name] = last[1];
+  for (const [key, points] of Object.entries(metrics)) {
+    if (Array.isArray(points)) seriesOf(dev, key).merge(points);
   }
-  renderTelemetry(dev);
+  drawCharts(dev);
 }
 
+/** A reading: its numbers go to the charts (its states came with the device view). */
 function addTelemetry(dev, data) {
   const now = Date.now();
-  for (const [name, v] of Object.entries(data)) {
-    dev.telemetry[name] = v;
-    if (typeof v !== "number" || !Number.isFinite(v)) continue;
-    let series = dev.series.get(name);
-    if (!series) {
-      series = new Series();
-      dev.series.set(name, series);
-    }
-    series.add(now, v);
+  for (const [key, v] of Object.entries(data)) {
+    if (typeof v === "number" && Number.isFinite(v)) seriesOf(dev, key).add(now, v);
   }
   dev.telemetryAt = new Date(now);
+  drawCharts(dev);
 }
 
 function applyDevice(d) {
@@ -556,7 +576,6 @@ function applyDevice(d) {
   const label = `${fmtValue(entry.name || entry.id)} (${entry.id})`;
   if (d.kind === "telemetry" && d.data && typeof d.data === "object") {
     addTelemetry(dev, d.data);
-    renderTelemetry(dev);
   } else if (d.kind === "online" || d.kind === "offline") {
     dev.entry.online = d.kind === "online";
     renderDevice(dev);
@@ -614,19 +633,49 @@ async function leaseRequest(dev, method, payload) {
   }
 }
 
-/** "alice holds lamp-1 since 10:02 — take over?" in the <dialog>; true if confirmed. */
-function confirmTakeOver(dev, lease) {
-  const dlg = $("takeover");
-  $("takeover-text").textContent =
-    `${fmtValue(lease.holder)} holds ${dev.entry.id} since ${clockText(lease.since)} — take over?`;
+/**
+ * Show one of index.html's <dialog>s; true if it was closed with its button of value `ok`
+ * (Cancel and Escape are false). Focus goes back to `back` afterwards.
+ */
+function modal(dlg, ok, back) {
   dlg.returnValue = "";
   dlg.showModal();
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => {
-      resolve(dlg.returnValue === "take");
-      if (dev.leaseBtn.isConnected) dev.leaseBtn.focus();
+      resolve(dlg.returnValue === ok);
+      if (back && back.isConnected) back.focus();
     }, { once: true });
   });
+}
+
+/** "alice holds lamp-1 since 10:02 — take over?" in the <dialog>; true if confirmed. */
+function confirmTakeOver(dev, lease) {
+  $("takeover-text").textContent =
+    `${fmtValue(lease.holder)} holds ${dev.entry.id} since ${clockText(lease.since)} — take over?`;
+  return modal($("takeover"), "take", dev.leaseBtn);
+}
+
+/** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`; true if confirmed. */
+function confirmCommand(dev, e, value, back) {
+  const device = `${fmtValue(dev.entry.name || dev.entry.id)} (${dev.entry.id})`;
+  $("confirm-title").textContent = question(e, value);
+  const action = e.kind === "button" ? e.label : `${e.label} → ${valueText(e, value)}`;
+  $("confirm-text").textContent = `${device}: ${action}`;
+  $("confirm-ok").textContent = verb(e, value);
+  return modal($("confirm"), "send", back);
+}
+
+/** What a person's change of a control asks for: confirmed first where the entity says so. */
+async function ask(dev, row, value) {
+  const e = row.entity;
+  if (e.confirm) {
+    const back = row.el.contains(document.activeElement) ? document.activeElement : row.control;
+    if (!(await confirmCommand(dev, e, value, back))) {
+      row.update(stateOf(dev, e.key)); // cancelled: the control shows the state again
+      return;
+    }
+  }
+  sendCommand(dev, e, value);
 }
 
 const STATUS_TEXT = {
@@ -638,36 +687,49 @@ const STATUS_TEXT = {
   504: "no answer in time",
 };
 
-async function sendCommand(dev, action, button) {
-  if (dev.busy.has(action)) return;
-  dev.busy.add(action);
-  renderDevice(dev);
+/** POST {entity, value}; the answer is shown beside the control, its state on it. */
+async function sendCommand(dev, e, value) {
+  const busy = dev.busy.get(e.key);
+  if (busy) {
+    busy.next = value; // sent when the device has answered this one: the newest value wins
+    return;
+  }
+  dev.busy.set(e.key, { next: undefined });
+  gateRows(dev);
+  const say = (kind, text) => dev.rows.get(e.key)?.say(kind, text);
+  const what = valueText(e, value);
+  say("pending", e.kind === "button" ? "pressing…" : `sending ${what}…`);
   const t0 = performance.now();
-  setResult(dev, "pending", `${action}: sending…`);
   const r = await api("POST", `/api/devices/${encodeURIComponent(dev.entry.id)}/commands`,
-    { action, args: {} });
+    { entity: e.key, value });
   const ms = Math.round(performance.now() - t0);
-  dev.busy.delete(action);
-  if (r.status === 409 && r.body && typeof r.body.holder === "string") {
-    dev.entry.lease = { holder: r.body.holder, since: r.body.since };
+  const { next } = dev.busy.get(e.key);
+  dev.busy.delete(e.key);
+  const body = r.body && typeof r.body === "object" ? r.body : {};
+  if (r.status === 409 && typeof body.holder === "string") {
+    dev.entry.lease = { holder: body.holder, since: body.since };
   }
-  renderDevice(dev);
-  if (r.status === 200 && r.body && typeof r.body === "object") {
-    if (r.body.ok) {
-      const res = r.body.result;
-      const shown = res === undefined || res === null ? "" : `: ${fmtValue(res)}`;
-      setResult(dev, "ok", `${action} → ok${shown} (${ms} ms)`);
-    } else {
-      setResult(dev, "fail", `${action} → failed: ${fmtValue(r.body.error)} (${ms} ms)`);
+  if (r.status === 200 && body.ok === true) {
+    if (e.kind === "button") say("ok", `pressed: ok (${ms} ms)`);
+    else {
+      const now = body.state === undefined ? value : body.state;
+      setState(dev, e.key, now);
+      say("ok", `${valueText(e, now)}: ok (${ms} ms)`);
     }
+  } else if (body.ok === false) {
+    say("fail", `${what}: failed: ${fmtValue(body.error)} (${ms} ms)`);
   } else {
-    const what = STATUS_TEXT[r.status] || (r.status ? `error ${r.status}` : "network error");
-    const msg = r.body && typeof r.body.error === "string" ? `: ${r.body.error}` : "";
-    setResult(dev, "fail", `${action} → ${what}${msg}`);
+    const why = STATUS_TEXT[r.status] || (r.status ? `error ${r.status}` : "network error");
+    say("fail", typeof body.error === "string" ? `${why}: ${body.error}` : why);
   }
-  if (document.activeElement === document.body && button.isConnected) button.focus();
+  const row = dev.rows.get(e.key);
+  const refocus = row && row.control && document.activeElement === document.body;
+  renderDevice(dev);
+  if (refocus && row.control.isConnected) row.control.focus();
+  if (next !== undefined) sendCommand(dev, e, next);
 }
 
+/** A word about the device's lease on its card ("bob took lamp-1 over from you"). */
 function setResult(dev, kind, text) {
   dev.result.dataset.kind = kind;
   dev.result.replaceChildren(document.createTextNode(text), " · ",
@@ -687,11 +749,15 @@ async function loadAudit() {
   const t = (x) => Date.parse(x.time);
   if (recs.length > 1 && t(recs[0]) < t(recs[recs.length - 1])) recs = recs.reverse();
   state.feedRows.clear();
+  state.feedCommands.clear();
   state.auditPresence = new Set(recs
     .filter((x) => x.type === "login" || x.type === "leave")
     .map((x) => `${x.type === "login" ? "join" : "leave"}:${x.user}`));
   $("feed").replaceChildren();
-  for (const rec of [...recs].reverse()) addFeed(...auditRow(rec));
+  for (const rec of [...recs].reverse()) {
+    if (rec.type === "command") addCommand(rec);
+    else addFeed(...auditRow(rec));
+  }
 }
 
 function auditRow(rec) {
@@ -702,8 +768,6 @@ function auditRow(rec) {
         rec.time];
     case "leave":
       return ["leave", null, presenceText("leave", rec.user, null, rec.reason), rec.time];
-    case "command":
-      return [rec.ok === false ? "fail" : "command", rec.id ?? null, commandText(rec), rec.time];
     case "chat":
       return ["chat", null, `${who} said: ${fmtValue(rec.text)}`, rec.time];
     case "lease":
@@ -722,15 +786,33 @@ function auditRow(rec) {
   }
 }
 
-/** "alice: lamp-1 on → ok, 4 ms" for command events and audit records. */
+/** The entity `key` of device `id` as the panel knows it, or null. */
+function entityOf(id, key) {
+  const dev = state.devices.get(id);
+  return (dev && entitiesOf(dev.entry).find((e) => e.key === key)) || null;
+}
+
+/**
+ * "bob set lamp-1 brightness 40 % → ok, 4 ms", "vigil set lamp-1 power off: safe state:
+ * alice lost → ok", "bob pressed pump-1 flush → sent…": for command events and audit records
+ * (records from before entities name an `action` instead, shown as it was).
+ */
 function commandText(c) {
-  const args = c.args && typeof c.args === "object" && Object.keys(c.args).length
-    ? ` ${JSON.stringify(c.args)}` : "";
-  let text = `${fmtValue(c.user)}: ${fmtValue(c.device)} ${fmtValue(c.action)}${args}`;
+  const e = entityOf(c.device, c.entity);
+  const where = `${fmtValue(c.device)} ${fmtValue(c.entity ?? c.action)}`;
+  let text;
+  if (e && e.kind === "button") text = `${fmtValue(c.user)} pressed ${where}`;
+  else {
+    const value = !("value" in c) ? "" : ` ${e ? valueText(e, c.value) : fmtValue(c.value)}`;
+    text = `${fmtValue(c.user)} set ${where}${value}`;
+  }
+  if (typeof c.reason === "string" && c.reason) text += `: ${c.reason}`;
   if (c.phase === "issued") return `${text} → sent…`;
   if (c.ok === true) {
     text += " → ok";
-    if (c.result !== undefined && c.result !== null) text += ` (${fmtValue(c.result)})`;
+    if (e && e.kind !== "button" && "state" in c && c.state !== c.value) {
+      text += ` (now ${valueText(e, c.state)})`;
+    }
   } else if (c.ok === false || c.phase === "failed") {
     text += ` → failed: ${fmtValue(c.error ?? "error")}`;
     if (c.status && c.status !== 200) text += ` [${c.status}]`;
@@ -739,9 +821,34 @@ function commandText(c) {
   return text;
 }
 
-function applyCommand(c) {
+/** A command event or record in the feed; it is said again when the devices change. */
+function addCommand(c) {
   const kind = c.phase === "issued" ? "pending" : c.ok ? "command" : "fail";
-  addFeed(kind, c.id ?? null, commandText(c));
+  addFeed(kind, c.id ?? null, commandText(c), c.time);
+  if (c.id !== undefined && c.id !== null) state.feedCommands.set(String(c.id), c);
+}
+
+/**
+ * The feed's commands in the words of the devices as now known: the audit log can come
+ * before the devices do, and a command names an entity that only they describe.
+ */
+function sayCommandsAgain() {
+  for (const [id, c] of state.feedCommands) {
+    const row = state.feedRows.get(id);
+    if (row) row.querySelector(".ev-text").textContent = commandText(c);
+    else state.feedCommands.delete(id);
+  }
+}
+
+/** A command in the feed; its result's state on the control at once, for everyone. */
+function applyCommand(c) {
+  addCommand(c);
+  const dev = state.devices.get(c.device);
+  const e = entityOf(c.device, c.entity);
+  if (dev && e && e.kind !== "button" && c.phase === "result" && c.ok && "state" in c) {
+    setState(dev, e.key, c.state);
+    renderEntities(dev);
+  }
 }
 
 /** Put a row at the top of the feed, replacing the row of the same command id. */

@@ -1,9 +1,11 @@
-// Telemetry charts: the last WINDOW_MS of one numeric metric as a small
-// inline SVG line (no library; CSP-clean: classes only, no style attributes).
+// Telemetry charts: the last WINDOW_MS of one numeric entity (a sensor, a
+// number) as a small inline SVG line (no library; CSP-clean: classes only,
+// no style attributes).
 //
 // The chart is decoration for sighted users: it is aria-hidden, and the
-// latest value stays beside it as text. Its lowest and highest values are
-// data-min / data-max on the wrapper, which the stylesheet shows as labels.
+// latest value stays beside it as text. Its lowest and highest values, with
+// the entity's unit, are data-min / data-max on the wrapper, which the
+// stylesheet shows as the labels of its axis ("19.5 °C", "22 °C").
 // A Series keeps at most one point a second (the last value of that
 // second), like the server's history, so 5 minutes are at most 300 points.
 
@@ -55,7 +57,8 @@ function label(v) {
 }
 
 /** A chart: {el, draw(series, now)}; el is the wrapper to put beside the value. */
-export function chart() {
+export function chart(unit) {
+  const axis = (v) => (unit ? `${label(v)} ${unit}` : label(v));
   const svg = svgEl("svg", {
     class: "spark", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
     "aria-hidden": "true", focusable: "false",
@@ -85,8 +88,8 @@ export function chart() {
       if (v < lo) lo = v;
       if (v > hi) hi = v;
     }
-    el.dataset.min = label(lo);
-    el.dataset.max = label(hi);
+    el.dataset.min = axis(lo);
+    el.dataset.max = axis(hi);
     const span = hi - lo || Math.abs(hi) * 0.1 || 1;
     const top = hi + span * 0.1;
     const bottom = lo - span * 0.1;

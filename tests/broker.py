@@ -13,7 +13,8 @@ Users (``USERS``; passwords are the names reversed, as in tests/support.py):
 ``vigil/+/devices/+/command``: a fleet tool cannot forge a vigil's status).
 
 ``Subscriber`` is ``mosquitto_sub -v`` as ``fleet``, read line by line
-(``expect``: the first message matching a topic pattern and a predicate);
+(``expect``: the first message matching a topic pattern and a predicate,
+running an in-process vigil's loop meanwhile if given one);
 ``publish`` is one ``mosquitto_pub``. ``mqtt_sections`` is the ``[mqtt]``
 of a vigil config that talks to this broker (also before it exists: the
 UML test host's vigil is configured before the tap, and so the broker's
@@ -215,9 +216,11 @@ class Subscriber:
         topic: str,
         check: Callable[[Message], bool] = lambda _m: True,
         timeout: float = 10.0,
+        pump: Callable[[], None] | None = None,
     ) -> Message:
         """The first message not yet expected whose topic matches the regex ``topic`` and
-        that passes ``check`` (the others stay for later calls)."""
+        that passes ``check`` (the others stay for later calls). ``pump``: run between
+        short waits (the loop of a vigil in this process, which publishes only then)."""
         deadline = time.monotonic() + timeout
         while True:
             for i, msg in enumerate(self._pending):
@@ -227,7 +230,11 @@ class Subscriber:
             if time.monotonic() > deadline:
                 got = "\n".join(f"{m.topic} {m.payload[:200]}" for m in self.seen[-30:])
                 raise AssertionError(f"no message on /{topic}/ within {timeout} s; got:\n{got}")
-            self._pending += self._lines(deadline - time.monotonic())
+            wait = deadline - time.monotonic()
+            if pump is not None:
+                pump()
+                wait = min(wait, 0.005)
+            self._pending += self._lines(wait)
 
     def drain(self, seconds: float) -> list[Message]:
         """What was not yet expected, and everything that arrives within ``seconds``."""

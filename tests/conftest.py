@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,12 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
 def app(make_app: Callable[..., App]) -> App:
     """An in-process vigil with the default test config."""
     return make_app()
+
+
+@pytest.fixture
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fails the test if anything logged an exception with its traceback."""
+    caplog.set_level(logging.INFO, logger="server")
+    yield
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks[0].getMessage()

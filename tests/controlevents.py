@@ -26,15 +26,15 @@ class RecordingEvents:
 
     def device_online(self, device: Device) -> None:
         self.calls.append(("device_online", (device,)))
-        self._device(DeviceOnline(device_view(device, None)))
+        self._device(DeviceOnline(device_view(device, {}, None)))
 
     def device_offline(self, device: Device, replaced: bool) -> None:
         self.calls.append(("device_offline", (device, replaced)))
-        self._device(DeviceOffline(device_view(device, None), replaced))
+        self._device(DeviceOffline(device_view(device, {}, None), replaced))
 
     def telemetry(self, device: Device, data: dict[str, Any]) -> None:
         self.calls.append(("telemetry", (device, data)))
-        self._device(Telemetry(device_view(device, None), data))
+        self._device(Telemetry(device_view(device, {}, None), data))
 
     def _device(self, event: DeviceEvent) -> None:
         self.events.append(("device", event.as_json()))

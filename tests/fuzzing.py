@@ -448,13 +448,13 @@ def raw_json(draw: st.DrawFn) -> bytes:
                 b"9" * min(n, 20000),
                 b'{"text":"\\ud800"}',
                 b'{"text":"\\udfff\\ud800"}',
-                b'{"action":"on","args":{"x":"\\ud83d"}}',
-                b'{"action":"on","args":{"x":NaN}}',
-                b'{"action":"on","args":{"x":Infinity,"y":-Infinity}}',
-                b'{"action":"on","args":{"x":1e400}}',
-                b'{"action":"on","args":{"x":-1e400}}',
-                b'{"action":"on","args":{"n":' + b"9" * min(n, 5000) + b"}}",
-                b'{"action":"on","action":"off"}',
+                b'{"entity":"power","value":"\\ud83d"}',
+                b'{"entity":"brightness","value":NaN}',
+                b'{"entity":"brightness","value":Infinity}',
+                b'{"entity":"brightness","value":1e400}',
+                b'{"entity":"brightness","value":-1e400}',
+                b'{"entity":"brightness","value":' + b"9" * min(n, 5000) + b"}",
+                b'{"entity":"power","entity":"brightness","value":50}',
                 b'{"text":"\xff"}',
                 b'\xef\xbb\xbf{"text":"bom"}',
                 b'{"text":"a"} trailing',
@@ -470,15 +470,17 @@ def raw_json(draw: st.DrawFn) -> bytes:
 
 
 def command_bodies() -> st.SearchStrategy[bytes]:
-    action = weighted(
-        (6, st.sampled_from(["on", "off"])),
-        (1, st.sampled_from(["", "blink", "on\x00", "ön", "ON", " on"])),
+    entity = weighted(
+        (6, st.sampled_from(["power", "brightness", "temperature"])),
+        (1, st.sampled_from(["", "blink", "power\x00", "pöwer", "POWER", " power", "x" * 33])),
         (1, json_values),
     )
-    args = weighted(
-        (4, st.dictionaries(st.text(max_size=8), json_values, max_size=4)), (1, json_values)
+    value = weighted(
+        (3, st.booleans()),
+        (3, st.one_of(st.integers(-10, 110), st.floats(allow_nan=False, allow_infinity=False))),
+        (1, json_values),
     )
-    obj = st.fixed_dictionaries({"action": action}, optional={"args": args, "extra": json_values})
+    obj = st.fixed_dictionaries({"entity": entity}, optional={"value": value, "extra": json_values})
     return weighted((6, obj.map(_dumps)), (1, json_values.map(_dumps)), (2, raw_json()))
 
 

@@ -4,8 +4,9 @@
         --name gpio-1 --gpio CONFIG [any other option of python -m server.agent]
 
 Tests only (production has no such option): it serves gpiozero's mock pins
-on unix socket SOCKET (``serve_mock_pins``), then runs the real agent,
-``server.agent.run.main``, with the other arguments. Through the socket a
+(PWM-capable ones, so ``pwm`` outputs work) on unix socket SOCKET
+(``serve_mock_pins``), then runs the real agent, ``server.agent.run.main``,
+with the other arguments. Through the socket a
 test in another process (``tests.mockpins.MockPins``) reads the agent's
 output pins and drives its input pins, as a person with a multimeter and a
 finger would.
@@ -22,7 +23,7 @@ import threading
 from pathlib import Path
 
 from gpiozero import Device, GPIOZeroError
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from server.agent import run
 
@@ -36,8 +37,9 @@ def serve_mock_pins(path: Path) -> socketserver.UnixStreamServer:
     otherwise), so a real pin can never be driven this way. One request a
     line: ``PIN`` answers the pin's state, ``PIN high`` or ``PIN low`` first
     drives an input (a button pressed to ground is ``low``); answers are
-    ``0``, ``1`` or ``error: …``. Driving a pin runs gpiozero's callbacks in
-    this thread, as a real pin factory runs them in its own.
+    ``0``, ``1``, a PWM pin's duty cycle (``0.4``) or ``error: …``. Driving
+    a pin runs gpiozero's callbacks in this thread, as a real pin factory
+    runs them in its own.
     """
     factory = Device.pin_factory
     if not isinstance(factory, MockFactory):
@@ -63,7 +65,7 @@ def serve_mock_pins(path: Path) -> socketserver.UnixStreamServer:
             pin.drive_low()
         elif words[1:]:
             return f"error: {' '.join(words[1:])!r} is not high or low"
-        return str(int(pin.state))
+        return f"{float(pin.state):g}"
 
     if path.is_socket():  # left by an earlier run
         path.unlink()
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if ours.gpio is None:
             raise ValueError("--mock-control needs --gpio CONFIG")
         if os.environ.get("GPIOZERO_PIN_FACTORY") == "mock":
-            Device.ensure_pin_factory()  # gpiozero's MockFactory, which the agent's pins use
+            # gpiozero's MockFactory, which the agent's pins use; PWM-capable, as a Pi's pins
+            Device.pin_factory = MockFactory(pin_class=MockPWMPin)
         serve_mock_pins(ours.mock_control)
     except ValueError as e:
         print(f"agent {ours.name}: {e}", file=sys.stderr)

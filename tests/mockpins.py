@@ -35,9 +35,9 @@ class MockPins:
         self._file.flush()
         return self._file.readline().strip()
 
-    def state(self, pin: int | str) -> int:
-        """The pin's level: 1 high, 0 low."""
-        return int(self.ask(str(pin)))
+    def state(self, pin: int | str) -> float:
+        """The pin's level: 1 high, 0 low; a PWM pin's duty cycle (0.4: high 40 % of the time)."""
+        return float(self.ask(str(pin)))
 
     def drive(self, pin: int | str, level: str) -> None:
         """Drive input ``pin`` ``"high"`` or ``"low"`` (a button to ground pressed: low)."""

@@ -29,9 +29,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
@@ -302,3 +305,34 @@ class Vigil:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class Chatter:
+    """``user`` posts a chat message every ``interval`` s, so every stream gets events."""
+
+    def __init__(self, vigil: Vigil, user: str = "alice", interval: float = 0.2) -> None:
+        self._client = https_client(vigil, user)
+        self._interval = interval
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self._interval):
+            n += 1
+            r = self._client.post("/api/chat", json={"text": f"tick {n}"})
+            if r.status_code != 200:
+                self.errors.append(f"{r.status_code} {r.text}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._client.close()
+
+
+def https_client(vigil: Vigil, user: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=vigil.https, headers={"Authorization": basic(user)}, verify=vigil.ssl_context()
+    )

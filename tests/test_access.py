@@ -78,7 +78,7 @@ def test_lockout_with_default_settings_says_when_to_retry(make_app: Callable[...
 
 
 def test_viewer_cannot_send_commands(app: App) -> None:
-    body = {"action": "on", "args": {}}
+    body = {"entity": "power", "value": True}
     c = app.client()
     assert c.me("vera").json() == {"user": "vera", "role": "viewer"}
     resp = c.post("/api/devices/lamp-1/commands", body, "vera")

@@ -100,7 +100,7 @@ def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vigil]:
 def test_refused_commands_with_big_args_keep_memory_flat(attacked: Vigil) -> None:
     """A viewer's 63 KB command of 21,000 empty lists, 1,100 times, once took vigil from
     26 MB to 1,517 MB; one GET /api/audit?limit=1000 then blocked everyone for 25 s."""
-    body = b'{"action": "on", "args": {"x": [' + b",".join([b"[]"] * 21000) + b"]}}"
+    body = b'{"entity": "power", "value": [' + b",".join([b"[]"] * 21000) + b"]}"
     one = request(
         "POST",
         "/api/devices/lamp-1/commands",

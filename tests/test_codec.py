@@ -20,8 +20,11 @@ from server.link.codec import (
     decode_from_server,
     encode,
 )
+from tests.fakedevice import LAMP, described
 
 NONCE = bytes(range(32))
+BELL = described({"key": "bell", "kind": "button", "label": "Bell ü", "safe": True})
+LAMP_JSON = [e.as_json() for e in LAMP]
 
 
 def raw(obj: object) -> bytes:
@@ -31,21 +34,26 @@ def raw(obj: object) -> bytes:
 # -- round trips ------------------------------------------------------------
 
 FROM_DEVICE = [
-    Hello("lamp-1", "Lamp", ("on", "off"), "ab" * 32),
-    Hello("d", "d", ()),
-    Hello("d", "Lampe ü", ("ein", "aus")),
-    Result("c1", True, {"on": True, "t": 21.5}),
-    Result("c1", True, None),
-    Result("c1", True, [1, "zwei", None]),
+    Hello("lamp-1", "Lamp", LAMP, hmac="ab" * 32),
+    Hello("d", "Lampe ü", BELL),
+    Hello("d", "d", (), protocol=None),  # an older agent's hello still decodes ...
+    Hello("d", "d", (), protocol=1),  # ... so that vigil can say which protocol it speaks
+    Result("c1", True, 40),
+    Result("c1", True, 21.5),
+    Result("c1", True, False),
+    Result("c1", True, "zwei ü"),
+    Result("c1", True),  # no state: vigil takes the value it sent
     Result("c1", False, error="bulb broken"),
-    Telemetry({"on": False, "temperature": 21.02}),
+    Telemetry({"power": False, "temperature": 21.02, "mode": None}),
     Telemetry({}),
 ]
 FROM_SERVER = [
     Challenge(NONCE),
     Welcome("lamp-1"),
-    Command("a1b2c3-1", "on", {}, "alice"),
-    Command("a1b2c3-2", "set", {"level": 3, "name": "ü"}, "bob"),
+    Command("a1b2c3-1", "power", True, "alice"),
+    Command("a1b2c3-2", "brightness", 40.5, "bob"),
+    Command("a1b2c3-3", "mode", "ü", "bob"),
+    Command("a1b2c3-4", "bell", None, "vigil"),
     Error("hello refused: authentication failed"),
     Error("naïve"),
 ]
@@ -93,30 +101,43 @@ def test_vigils_messages_are_compact_ascii_json() -> None:
     assert (
         encode(Challenge(NONCE)) == b'{"type":"challenge","nonce":"' + NONCE.hex().encode() + b'"}'
     )
-    assert encode(Command("c-1", "on", {"level": 3}, "al")) == (
-        b'{"type":"command","id":"c-1","action":"on","args":{"level":3},"user":"al"}'
+    assert encode(Command("c-1", "brightness", 40, "al")) == (
+        b'{"type":"command","id":"c-1","entity":"brightness","value":40,"user":"al"}'
+    )
+    assert encode(Command("c-2", "bell", None, "vigil")) == (
+        b'{"type":"command","id":"c-2","entity":"bell","value":null,"user":"vigil"}'
     )
 
 
 def test_a_devices_messages_are_the_bytes_the_reference_agent_always_sent() -> None:
     """json.dumps' default spacing, ASCII, keys in the order of the README's table."""
-    hello = Hello("lamp-1", "Lamp lamp-1", ("on", "off"), "ab")
+    hello = Hello("lamp-1", "Lamp lamp-1", LAMP, hmac="ab")
     assert (
         encode(hello)
         == json.dumps(
             {
                 "type": "hello",
+                "protocol": 2,
                 "device": "lamp-1",
                 "name": "Lamp lamp-1",
-                "commands": ["on", "off"],
+                "entities": LAMP_JSON,
                 "hmac": "ab",
             }
         ).encode()
     )
-    assert b'"hmac"' not in encode(Hello("d", "d", ()))  # no proof: no key
-    assert encode(Result("c", True, {"on": True})) == (
-        b'{"type": "result", "id": "c", "ok": true, "result": {"on": true}}'
+    assert LAMP_JSON[2] == {
+        "key": "temperature",
+        "kind": "sensor",
+        "label": "Temperature",
+        "unit": "°C",
+        "device_class": "temperature",
+        "state_class": "measurement",
+    }
+    assert b'"hmac"' not in encode(Hello("d", "d", LAMP))  # no proof: no key
+    assert encode(Result("c", True, 40)) == (
+        b'{"type": "result", "id": "c", "ok": true, "state": 40}'
     )
+    assert encode(Result("c", True)) == b'{"type": "result", "id": "c", "ok": true}'
     assert encode(Result("c", False, error="hot")) == (
         b'{"type": "result", "id": "c", "ok": false, "error": "hot"}'
     )
@@ -131,27 +152,44 @@ def test_encode_refuses_what_is_not_a_message() -> None:
 # -- decoding a device's messages (vigil's side) -----------------------------------
 
 
+def hello(**fields: object) -> bytes:
+    """A hello of protocol 2 declaring the lamp, with ``fields`` changed."""
+    return raw({"type": "hello", "protocol": 2, "device": "x", "entities": LAMP_JSON, **fields})
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
+        (hello(device="lamp-1", name="Lamp"), Hello("lamp-1", "Lamp", LAMP)),
+        (hello(device="s.1_x-2"), Hello("s.1_x-2", "s.1_x-2", LAMP)),  # name: the id
+        (hello(device="d") + b"\n\0", Hello("d", "d", LAMP)),
         (
-            raw({"type": "hello", "device": "lamp-1", "name": "Lamp", "commands": ["on", "off"]}),
-            Hello("lamp-1", "Lamp", ("on", "off")),
+            '{"type":"hello","protocol":2,"device":"d","name":"Lampe ü","entities":[{"key":"bell",'
+            '"kind":"button","label":"Bell ü","safe":true}]}'.encode(),
+            Hello("d", "Lampe ü", BELL),
         ),
-        (raw({"type": "hello", "device": "s.1_x-2"}), Hello("s.1_x-2", "s.1_x-2", ())),
-        (raw({"type": "hello", "device": "d", "commands": []}) + b"\n\0", Hello("d", "d", ())),
+        (hello(device="d", hmac="ab12"), Hello("d", "d", LAMP, hmac="ab12")),
+        # a hello of another protocol, or none: decoded without entities, for vigil to refuse
         (
-            raw({"type": "result", "id": "c1", "ok": True, "result": {"on": 1}}),
-            Result("c1", True, {"on": 1}),
+            raw({"type": "hello", "device": "d", "commands": ["on", "off"], "hmac": "ab12"}),
+            Hello("d", "d", (), protocol=None, hmac="ab12"),
         ),
+        (raw({"type": "hello", "protocol": 1, "device": "d"}), Hello("d", "d", (), protocol=1)),
+        (hello(device="d", protocol=3, entities="ignored"), Hello("d", "d", (), protocol=3)),
+        (hello(device="d", protocol="2"), Hello("d", "d", (), protocol=None)),
+        (hello(device="d", protocol=True), Hello("d", "d", (), protocol=None)),
+        (raw({"type": "result", "id": "c1", "ok": True, "state": 40}), Result("c1", True, 40)),
+        (raw({"type": "result", "id": "c1", "ok": True, "state": None}), Result("c1", True)),
         (raw({"type": "result", "id": "c1", "ok": True}), Result("c1", True, None)),
         (
-            raw({"type": "result", "id": "c1", "ok": False, "error": "hot"}),
+            raw({"type": "result", "id": "c1", "ok": False, "error": "hot", "state": 1}),
             Result("c1", False, error="hot"),
         ),
+        (
+            raw({"type": "result", "id": "c1", "ok": False, "error": "e" * 500}),
+            Result("c1", False, error="e" * 500),
+        ),
         (raw({"type": "telemetry", "data": {"t": 21.5}}), Telemetry({"t": 21.5})),
-        ('{"type":"hello","device":"d","name":"Lampe ü"}'.encode(), Hello("d", "Lampe ü", ())),
-        (raw({"type": "hello", "device": "d", "hmac": "ab12"}), Hello("d", "d", (), "ab12")),
     ],
 )
 def test_decode_from_device_valid(data: bytes, expected: codec.FromDevice) -> None:
@@ -175,8 +213,11 @@ FRAMING_ERRORS = [
 ]
 
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
+KEY_RULE = "1-32 characters of a-z 0-9 _, starting with a letter"
 HELLO_NAME = "hello: name must be a non-empty string of at most 100 characters"
-HELLO_COMMANDS = "hello: commands must be a list of at most 64 non-empty strings"
+HELLO_ENTITIES = "hello: entities must be a list of 1-32 objects"
+STATE = "result: state must be true, false, a number, a text or null"
+FAILED = 'result: a failed result needs "error": "<what went wrong>" (500 at most)'
 
 
 @pytest.mark.parametrize(
@@ -193,23 +234,34 @@ HELLO_COMMANDS = "hello: commands must be a list of at most 64 non-empty strings
             "unknown message type 'welcome' (a device sends: hello, result, telemetry)",
         ),
         (raw({"type": "hello"}), f"hello: device must be {ID_RULE}"),
+        (hello(device="-x"), f"hello: device must be {ID_RULE}"),
+        (hello(device="x" * 65), f"hello: device must be {ID_RULE}"),
+        (hello(device="a/b"), f"hello: device must be {ID_RULE}"),
         (raw({"type": "hello", "device": "-x"}), f"hello: device must be {ID_RULE}"),
-        (raw({"type": "hello", "device": "x" * 65}), f"hello: device must be {ID_RULE}"),
-        (raw({"type": "hello", "device": "a/b"}), f"hello: device must be {ID_RULE}"),
-        (raw({"type": "hello", "device": "x", "name": ""}), HELLO_NAME),
-        (raw({"type": "hello", "device": "x", "name": "n" * 101}), HELLO_NAME),
-        (raw({"type": "hello", "device": "x", "name": 7}), HELLO_NAME),
-        (raw({"type": "hello", "device": "x", "commands": "on"}), HELLO_COMMANDS),
-        (raw({"type": "hello", "device": "x", "commands": [""]}), HELLO_COMMANDS),
-        (raw({"type": "hello", "device": "x", "commands": [1]}), HELLO_COMMANDS),
-        (raw({"type": "hello", "device": "x", "commands": ["a"] * 65}), HELLO_COMMANDS),
-        (
-            raw({"type": "hello", "device": "x", "commands": ["a", "a"]}),
-            "hello: commands must not repeat",
-        ),
+        (hello(name=""), HELLO_NAME),
+        (hello(name="n" * 101), HELLO_NAME),
+        (hello(name=7), HELLO_NAME),
+        (raw({"type": "hello", "device": "x", "name": ""}), HELLO_NAME),  # before the protocol
+        (hello(hmac=12), "hello: hmac must be a string of hex digits"),
         (
             raw({"type": "hello", "device": "x", "hmac": 12}),
             "hello: hmac must be a string of hex digits",
+        ),
+        (hello(entities=None), HELLO_ENTITIES),
+        (raw({"type": "hello", "protocol": 2, "device": "x"}), HELLO_ENTITIES),
+        (hello(entities=[]), HELLO_ENTITIES),
+        (hello(entities=["on", "off"]), "hello: entities[0] must be an object"),
+        (
+            hello(entities=[{"key": "On", "kind": "switch", "label": "On"}]),
+            f"hello: entities[0]: key must be {KEY_RULE}",
+        ),
+        (
+            hello(entities=[*LAMP_JSON, LAMP_JSON[0]]),
+            "hello: entities[3]: key 'power' is used twice",
+        ),
+        (
+            hello(entities=[{**LAMP_JSON[1], "safe": 140}]),
+            "hello: entities[0] (brightness): safe: 140 is above max 100",
         ),
         (raw({"type": "result", "ok": True}), "result: id must be the command's id (a string)"),
         (
@@ -217,14 +269,13 @@ HELLO_COMMANDS = "hello: commands must be a list of at most 64 non-empty strings
             "result: id must be the command's id (a string)",
         ),
         (raw({"type": "result", "id": "c", "ok": 1}), "result: ok must be true or false"),
-        (
-            raw({"type": "result", "id": "c", "ok": False}),
-            'result: a failed result needs "error": "<what went wrong>"',
-        ),
-        (
-            raw({"type": "result", "id": "c", "ok": False, "error": ""}),
-            'result: a failed result needs "error": "<what went wrong>"',
-        ),
+        (raw({"type": "result", "id": "c", "ok": True, "state": [40]}), STATE),
+        (raw({"type": "result", "id": "c", "ok": True, "state": {"on": True}}), STATE),
+        (b'{"type": "result", "id": "c", "ok": true, "state": NaN}', STATE),
+        (b'{"type": "result", "id": "c", "ok": true, "state": -Infinity}', STATE),
+        (raw({"type": "result", "id": "c", "ok": False}), FAILED),
+        (raw({"type": "result", "id": "c", "ok": False, "error": ""}), FAILED),
+        (raw({"type": "result", "id": "c", "ok": False, "error": "e" * 501}), FAILED),
         (raw({"type": "telemetry", "data": [1]}), "telemetry: data must be an object"),
         (raw({"type": "telemetry"}), "telemetry: data must be an object"),
     ],
@@ -242,8 +293,12 @@ def test_decode_from_device_errors(data: bytes, error: str) -> None:
         (raw({"type": "challenge", "nonce": "AB" * 32}), Challenge(b"\xab" * 32)),
         (raw({"type": "welcome", "device": "lamp-1"}), Welcome("lamp-1")),
         (
-            raw({"type": "command", "id": "c", "action": "on", "user": "al"}),
-            Command("c", "on", {}, "al"),
+            raw({"type": "command", "id": "c", "entity": "brightness", "value": 40, "user": "al"}),
+            Command("c", "brightness", 40, "al"),
+        ),
+        (
+            raw({"type": "command", "id": "c", "entity": "bell", "user": "vigil"}),
+            Command("c", "bell", None, "vigil"),  # a button: the value may be left out
         ),
         (raw({"type": "error", "error": ""}), Error("")),
     ],
@@ -274,26 +329,37 @@ NONCE_RULE = "challenge: nonce must be 64 hex digits"
         (raw({"type": "welcome"}), f"welcome: device must be {ID_RULE}"),
         (raw({"type": "welcome", "device": "a b"}), f"welcome: device must be {ID_RULE}"),
         (
-            raw({"type": "command", "action": "on", "user": "al"}),
+            raw({"type": "command", "entity": "power", "value": True, "user": "al"}),
             "command: id must be a non-empty string",
         ),
         (
-            raw({"type": "command", "id": "", "action": "on", "user": "al"}),
+            raw({"type": "command", "id": "", "entity": "power", "value": True, "user": "al"}),
             "command: id must be a non-empty string",
         ),
         (
-            raw({"type": "command", "id": "c", "user": "al"}),
-            "command: action must be a non-empty string",
+            raw({"type": "command", "id": "c", "value": True, "user": "al"}),
+            f"command: entity must be {KEY_RULE}",
         ),
         (
-            raw({"type": "command", "id": "c", "action": "", "user": "al"}),
-            "command: action must be a non-empty string",
+            raw({"type": "command", "id": "c", "entity": "Power", "value": True, "user": "al"}),
+            f"command: entity must be {KEY_RULE}",
         ),
         (
-            raw({"type": "command", "id": "c", "action": "on", "args": [], "user": "al"}),
-            "command: args must be an object",
+            raw({"type": "command", "id": "c", "entity": "", "value": True, "user": "al"}),
+            f"command: entity must be {KEY_RULE}",
         ),
-        (raw({"type": "command", "id": "c", "action": "on"}), "command: user must be a string"),
+        (
+            raw({"type": "command", "id": "c", "entity": "power", "value": [1], "user": "al"}),
+            "command: value must be true, false, a number, a text or null",
+        ),
+        (
+            raw({"type": "command", "id": "c", "entity": "power", "value": {}, "user": "al"}),
+            "command: value must be true, false, a number, a text or null",
+        ),
+        (
+            raw({"type": "command", "id": "c", "entity": "power", "value": True}),
+            "command: user must be a string",
+        ),
         (raw({"type": "error"}), "error: error must be a string"),
         (raw({"type": "error", "error": 1}), "error: error must be a string"),
     ],
@@ -310,4 +376,17 @@ def test_the_size_limit_is_the_same_both_ways() -> None:
     assert (
         decode_from_device(fits)
         == "unknown message type None (a device sends: hello, result, telemetry)"
+    )
+
+
+def test_a_number_of_more_digits_than_python_reads_is_an_error_reply_not_a_crash() -> None:
+    raw = b'{"type": "telemetry", "data": {"speed": ' + b"9" * 5000 + b"}}"
+    error = codec.decode_from_device(raw)
+    assert isinstance(error, str) and error.startswith("message is not JSON vigil reads: ")
+
+
+def test_a_command_value_that_is_not_finite_is_refused() -> None:
+    raw = b'{"type": "command", "id": "c", "entity": "speed", "value": NaN, "user": "a"}'
+    assert codec.decode_from_server(raw) == (
+        "command: value must be true, false, a number, a text or null"
     )

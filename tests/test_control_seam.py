@@ -17,11 +17,16 @@ import pytest
 
 from server.base.loop import Loop
 from server.config import ControlConfig, DeviceKey
+from server.control import registry as control
 from server.control.channel import ControlChannel
 from server.link import codec
 from server.link.codec import Challenge, Command, Error, Hello, Result, Telemetry, Welcome
+from server.link.entities import Entity
 from server.link.secret import proof
 from tests.controlevents import RecordingEvents
+from tests.fakedevice import LAMP, described
+
+BELL = described({"key": "bell", "kind": "button", "label": "Bell"})[0]
 
 SECRET = bytes(range(32))
 ADDR = "127.0.0.1"
@@ -54,24 +59,27 @@ class Wire:
         return [m for a, m, _ in self.sent if a == assoc]
 
 
+def config() -> ControlConfig:
+    return ControlConfig(
+        enabled=False,
+        host="127.0.0.1",
+        port=0,
+        streams=5,
+        heartbeat_ms=400,
+        path_max_retrans=4,
+        command_timeout=5.0,
+        hello_timeout=5.0,
+        allow=(ipaddress.ip_network("127.0.0.0/8"),),
+        devices=(DeviceKey("lamp-1", SECRET),),
+    )
+
+
 class Setup:
     def __init__(self) -> None:
         self.clock = Clock()
         self.loop = Loop(clock=self.clock)
-        cfg = ControlConfig(
-            enabled=False,
-            host="127.0.0.1",
-            port=0,
-            streams=5,
-            heartbeat_ms=400,
-            path_max_retrans=4,
-            command_timeout=5.0,
-            hello_timeout=5.0,
-            allow=(ipaddress.ip_network("127.0.0.0/8"),),
-            devices=(DeviceKey("lamp-1", SECRET),),
-        )
         self.sink = RecordingEvents()
-        self.channel = ControlChannel(self.loop, cfg, self.sink)
+        self.channel = ControlChannel(self.loop, config(), self.sink)
         self.wire = Wire()
         self.channel.attach(self.wire)
         self.replies: list[tuple[int, dict[str, Any]]] = []
@@ -81,18 +89,31 @@ class Setup:
             self.loop.run_once(0)
 
     def prove(
-        self, assoc: int, device: str = "lamp-1", commands: tuple[str, ...] = ("on",)
+        self,
+        assoc: int,
+        device: str = "lamp-1",
+        declared: tuple[Entity, ...] = LAMP,
+        protocol: int | None = 2,
     ) -> None:
-        """An association comes up and says a proven hello."""
+        """An association comes up and says a hello with the right hmac."""
         self.channel.association_up(assoc, ADDR)
         (challenge,) = self.wire.to(assoc)
         assert isinstance(challenge, Challenge) and len(challenge.nonce) == 32
-        self.channel.receive(
-            assoc, Hello(device, device, commands, proof(SECRET, challenge.nonce, device))
-        )
+        signed = proof(SECRET, challenge.nonce, device)
+        self.channel.receive(assoc, Hello(device, device, declared, protocol, signed))
 
-    def command(self, action: str = "on") -> None:
-        self.channel.command("lamp-1", action, {}, "alice", lambda *r: self.replies.append(r))
+    def command(
+        self, entity: str = "power", value: object = True, reason: str | None = None
+    ) -> None:
+        user = "alice" if reason is None else "vigil"
+        done = self.replies.append
+        self.channel.command("lamp-1", entity, value, user, lambda *r: done(r), reason)
+
+    def sent_command(self, assoc: int = 7) -> Command:
+        return [m for m in self.wire.to(assoc) if isinstance(m, Command)][-1]
+
+    def command_events(self) -> list[dict[str, Any]]:
+        return [ev for kind, ev in self.sink.events if kind == "command"]
 
     def kinds(self) -> list[str]:
         out = []
@@ -117,37 +138,197 @@ def test_a_proven_device_is_welcomed_commanded_and_reports(s: Setup) -> None:
     s.prove(7)
     assert s.wire.to(7)[1:] == [Welcome("lamp-1")]
     (dev,) = s.channel.known()
-    assert (dev.id, dev.online, dev.assoc, dev.commands) == ("lamp-1", True, 7, ("on",))
+    assert (dev.id, dev.online, dev.assoc, dev.entities) == ("lamp-1", True, 7, LAMP)
     assert s.sink.calls == [("device_online", (dev,))]
+    assert s.channel.state("lamp-1") == {"power": None, "brightness": None, "temperature": None}
 
-    s.command()
-    (cmd,) = [m for m in s.wire.to(7) if isinstance(m, Command)]
-    assert (cmd.action, cmd.args, cmd.user) == ("on", {}, "alice")
-    s.channel.receive(7, Result(cmd.id, True, {"on": True}))
-    assert s.replies == [(200, {"id": cmd.id, "ok": True, "result": {"on": True}})]
+    s.command("brightness", 40)
+    cmd = s.sent_command()
+    assert (cmd.entity, cmd.value, cmd.user) == ("brightness", 40, "alice")
+    s.channel.receive(7, Result(cmd.id, True, 38))  # where the dimmer ended up
+    assert s.replies == [(200, {"id": cmd.id, "ok": True, "state": 38})]
+    assert s.channel.state("lamp-1")["brightness"] == 38  # at once, before any telemetry
 
-    s.channel.receive(7, Telemetry({"t": 21.5}))
+    s.channel.receive(7, Telemetry({"temperature": 21.5}))
     s.pump()
     assert s.kinds() == ["device_online", "command issued", "command result", "telemetry"]
     issued, result = (args[0] for name, args in s.sink.calls if name == "command")
     assert (issued.id, issued.phase, issued.status) == (cmd.id, "issued", 0)
-    assert (result.phase, result.ok, result.result, result.status) == (
-        "result",
-        True,
-        {"on": True},
-        200,
+    assert (result.phase, result.ok, result.state, result.status) == ("result", True, 38, 200)
+    assert s.command_events()[1] == {
+        "id": cmd.id,
+        "device": "lamp-1",
+        "entity": "brightness",
+        "value": 40,
+        "user": "alice",
+        "phase": "result",
+        "ok": True,
+        "state": 38,
+        "status": 200,
+        "latency_ms": 0,
+    }
+    assert s.sink.calls[-1] == ("telemetry", (s.channel.device("lamp-1"), {"temperature": 21.5}))
+    assert s.channel.state("lamp-1") == {"power": None, "brightness": 38, "temperature": 21.5}
+    history = s.channel.telemetry("lamp-1")
+    assert history is not None and list(history["metrics"]) == ["temperature"]  # kept
+    assert s.wire.to(7)[-1] == cmd  # no error reply: everything was right
+
+
+@pytest.mark.parametrize(
+    ("entity", "value", "sent", "state"),
+    [
+        ("power", False, False, False),  # no state in the result: the value sent
+        ("brightness", 40, 40, 40),
+        ("bell", None, None, None),  # a button has no state
+        ("bell", True, None, None),  # pressed: sent as null
+    ],
+)
+def test_a_result_without_state(
+    s: Setup, entity: str, value: object, sent: object, state: object
+) -> None:
+    s.prove(7, declared=(*LAMP, BELL))
+    s.command(entity, value)
+    cmd = s.sent_command()
+    assert (cmd.entity, cmd.value) == (entity, sent)
+    s.channel.receive(7, Result(cmd.id, True))
+    assert s.replies == [(200, {"id": cmd.id, "ok": True, "state": state})]
+    assert s.command_events()[-1]["state"] == state
+    assert s.channel.state("lamp-1").get(entity) == state
+
+
+def test_an_impossible_state_in_a_result_leaves_the_last_one(s: Setup) -> None:
+    s.prove(7)
+    s.channel.receive(7, Telemetry({"power": False}))
+    s.command("power", True)
+    cmd = s.sent_command()
+    s.channel.receive(7, Result(cmd.id, True, "on"))
+    assert s.replies == [(200, {"id": cmd.id, "ok": True, "state": False})]
+    assert s.command_events()[-1]["state"] is False
+    assert s.channel.state("lamp-1")["power"] is False
+
+
+def test_a_failed_result_is_answered_with_its_error(s: Setup) -> None:
+    s.prove(7)
+    s.channel.receive(7, Telemetry({"power": False}))
+    s.command("power", True)
+    cmd = s.sent_command()
+    s.channel.receive(7, Result(cmd.id, False, error="relay stuck"))
+    assert s.replies == [(200, {"id": cmd.id, "ok": False, "error": "relay stuck"})]
+    event = s.command_events()[-1]
+    assert (event["ok"], event["error"], "state" in event) == (False, "relay stuck", False)
+    assert s.channel.state("lamp-1")["power"] is False
+
+
+@pytest.mark.parametrize(
+    ("entity", "value", "error"),
+    [
+        ("brightness", 140, "lamp-1.brightness: 140 is above max 100"),
+        ("foo", 1, "lamp-1.foo: no such entity (lamp-1 has: power, brightness, temperature)"),
+        ("temperature", 20, "lamp-1.temperature: a sensor only reports: it takes no commands"),
+    ],
+)
+def test_a_refused_command_sends_nothing(s: Setup, entity: str, value: object, error: str) -> None:
+    s.prove(7)
+    assert s.channel.check("lamp-1", entity, value) == control.Refusal(400, error)
+    s.command(entity, value)
+    assert s.replies == [(400, {"error": error})]
+    assert s.wire.to(7)[1:] == [Welcome("lamp-1")] and s.kinds() == ["device_online"]
+
+
+def test_check_says_why_a_command_would_be_refused(s: Setup) -> None:
+    assert s.channel.check("lamp-1", "power", True) == control.Refusal(
+        404, "unknown device 'lamp-1'"
     )
-    assert s.sink.calls[-1] == ("telemetry", (s.channel.device("lamp-1"), {"t": 21.5}))
-    assert s.channel.telemetry("lamp-1") is not None  # History.add ran before it was announced
+    s.prove(7)
+    assert s.channel.check("lamp-1", "power", True) is None
+    s.channel.association_lost(7, "lost")
+    assert s.channel.check("lamp-1", "power", True) == control.Refusal(
+        503, "device 'lamp-1' is offline"
+    )
+    off = ControlChannel(s.loop, config(), RecordingEvents())  # never started
+    assert off.check("lamp-1", "power", True) == control.Refusal(
+        503, "control channel off: not started"
+    )
+
+
+def test_a_safe_state_command_is_vigils_with_its_reason(s: Setup) -> None:
+    s.prove(7)
+    s.command("power", False, reason="safe state: alice lost")
+    cmd = s.sent_command()
+    assert (cmd.entity, cmd.value, cmd.user) == ("power", False, "vigil")
+    s.channel.receive(7, Result(cmd.id, True))
+    issued, result = s.command_events()
+    assert (issued["user"], issued["reason"]) == ("vigil", "safe state: alice lost")
+    assert (result["reason"], result["state"]) == ("safe state: alice lost", False)
+
+
+def test_telemetry_drops_what_is_wrong_with_one_error_and_keeps_the_rest(s: Setup) -> None:
+    s.prove(7)
+    s.channel.receive(7, Telemetry({"t": 21.5, "temperature": 21.5, "power": "on"}))
+    s.pump()
+    assert s.wire.to(7)[-1] == Error(
+        "telemetry: dropped lamp-1.t: no such entity (lamp-1 has: power, brightness, "
+        'temperature); lamp-1.power: "on" is not true or false'
+    )
+    assert s.kinds() == ["device_online", "telemetry"]
+    assert s.sink.calls[-1][1][1] == {"temperature": 21.5}
+    assert s.channel.state("lamp-1") == {"power": None, "brightness": None, "temperature": 21.5}
+    assert s.channel.device("lamp-1").online  # an error reply, not a refusal
+
+
+def test_telemetry_with_nothing_right_announces_nothing(s: Setup) -> None:
+    s.prove(7)
+    s.channel.receive(7, Telemetry({"t": 21.5}))
+    s.pump()
+    assert s.wire.to(7)[-1] == Error(
+        "telemetry: dropped lamp-1.t: no such entity (lamp-1 has: power, brightness, temperature)"
+    )
+    assert s.kinds() == ["device_online"] and s.channel.telemetry("lamp-1") == {
+        "device": "lamp-1",
+        "window_s": 300,
+        "metrics": {},
+    }
 
 
 def test_a_wrong_hmac_is_refused_and_nothing_registered(s: Setup) -> None:
     s.channel.association_up(7, ADDR)
-    s.channel.receive(7, Hello("lamp-1", "lamp-1", ("on",), "00" * 32))
+    s.channel.receive(7, Hello("lamp-1", "lamp-1", LAMP, hmac="00" * 32))
     reply = "hello refused: authentication failed"
     assert s.wire.sent[1:] == [(7, Error(reply), False), (7, Error(reply), True)]
     assert s.sink.calls == [("device_refused", ("lamp-1", ADDR, "wrong hmac"))]
     assert s.channel.known() == []
+
+
+@pytest.mark.parametrize(
+    ("protocol", "says"), [(None, "no protocol"), (1, "protocol 1"), (3, "protocol 3")]
+)
+def test_a_proven_hello_of_another_protocol_is_refused(
+    s: Setup, protocol: int | None, says: str
+) -> None:
+    s.prove(7, declared=(), protocol=protocol)
+    reply = (
+        'hello refused: vigil speaks protocol 2 ("protocol": 2 and "entities"; README, Devices); '
+        f"this hello says {says}"
+    )
+    assert s.wire.sent[1:] == [(7, Error(reply), False), (7, Error(reply), True)]
+    assert s.sink.calls == [("device_refused", ("lamp-1", ADDR, "protocol"))]
+    assert s.sink.refused == [
+        {"type": "device_refused", "device": "lamp-1", "addr": ADDR, "reason": "protocol"}
+    ]
+    assert s.channel.known() == []
+
+
+def test_an_unproven_hello_of_another_protocol_learns_nothing(s: Setup) -> None:
+    """Only the hmac tells a device which protocol vigil speaks."""
+    s.prove(7, device="lamp-9", declared=(), protocol=None)  # not declared
+    s.channel.association_up(8, ADDR)
+    s.channel.receive(8, Hello("lamp-1", "lamp-1", (), 1, "00" * 32))  # wrong hmac
+    reply = Error("hello refused: authentication failed")
+    assert s.wire.to(7)[1:] == [reply, reply] and s.wire.to(8)[1:] == [reply, reply]
+    assert s.sink.calls == [
+        ("device_refused", ("lamp-9", ADDR, "unknown device")),
+        ("device_refused", ("lamp-1", ADDR, "wrong hmac")),
+    ]
 
 
 def test_an_address_outside_allow_is_refused_at_once(s: Setup) -> None:
@@ -201,6 +382,6 @@ def test_a_newer_association_replaces_the_old_in_order(s: Setup) -> None:
 
 
 def test_admit_proven_is_a_device_without_the_exchange(s: Setup) -> None:
-    dev = s.channel.admit_proven(3, Hello("fake", "Fake", ("go",)))
+    dev = s.channel.admit_proven(3, Hello("fake", "Fake", (BELL,)))
     assert s.wire.to(3) == [Welcome("fake")] and s.sink.calls == [("device_online", (dev,))]
-    assert s.channel.unavailable("fake", "go") is None
+    assert s.channel.unavailable("fake") is None and s.channel.check("fake", "bell", None) is None

@@ -24,12 +24,14 @@ from server.base.addresses import AllowList
 from server.config import LOCAL_DEVICES_FILE, DeviceKey, load
 from server.control.admission import (
     RECENT_NONCES,
+    REFUSED,
     Admission,
     Challenge,
     Denial,
     Reason,
 )
 from server.link import codec
+from server.link.entities import PROTOCOL
 from server.link.secret import parse_secret, proof
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +65,10 @@ def test_correct_hmac_is_admitted_once() -> None:
     adm = admission()
     ch = arrive(adm, 7, 1, now=10.0)
     assert ch.deadline == 15.0 and adm.knows(7) and adm.addrs[7] == ADDR
-    assert adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1").upper(), 14.9) is None
+    assert adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1").upper(), PROTOCOL, 14.9) is None
     assert adm.knows(7) and 7 not in adm.open
     # the challenge is spent: the same hello again on the same association is late
-    again = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), 11.0)
+    again = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 11.0)
     assert again is not None and again.reason is Reason.LATE
 
 
@@ -83,7 +85,7 @@ def test_correct_hmac_is_admitted_once() -> None:
 def test_refusals(device: str, given: str | None, reason: Reason, in_detail: str) -> None:
     adm = admission()
     arrive(adm, 7, 1)
-    d = adm.prove(7, device, given, 1.0)
+    d = adm.prove(7, device, given, PROTOCOL, 1.0)
     assert isinstance(d, Denial) and d.reason is reason and in_detail in d.detail
     assert (d.device, d.addr) == (device, ADDR)
     assert 7 not in adm.open  # no second guess on this association
@@ -91,26 +93,66 @@ def test_refusals(device: str, given: str | None, reason: Reason, in_detail: str
         assert d.reply == "hello refused: authentication failed"
 
 
+@pytest.mark.parametrize(
+    ("protocol", "says"), [(None, "no protocol"), (1, "protocol 1"), (3, "protocol 3")]
+)
+def test_a_proven_hello_of_another_protocol_is_refused(protocol: int | None, says: str) -> None:
+    adm = admission()
+    arrive(adm, 7, 1)
+    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), protocol, 1.0)
+    assert d == Denial(
+        Reason.PROTOCOL,
+        f"hello of {says}; vigil speaks protocol 2 (an older agent?)",
+        'hello refused: vigil speaks protocol 2 ("protocol": 2 and "entities"; README, Devices); '
+        f"this hello says {says}",
+        "lamp-1",
+        ADDR,
+    )
+    assert Reason.PROTOCOL.value == "protocol"  # the audit record's reason
+    assert 7 not in adm.open  # the challenge is spent: an updated agent starts over
+    again = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 1.5)
+    assert again is not None and again.reason is Reason.LATE
+
+
+@pytest.mark.parametrize(
+    ("device", "given", "reason"),
+    [
+        ("lamp-2", proof(SECRET, nonce(1), "lamp-2"), Reason.UNKNOWN),
+        ("lamp-1", proof(b"another secret!!", nonce(1), "lamp-1"), Reason.WRONG),
+        ("lamp-1", None, Reason.NO_HMAC),
+    ],
+)
+def test_only_a_proven_device_learns_the_protocol(
+    device: str, given: str | None, reason: Reason
+) -> None:
+    adm = admission()
+    arrive(adm, 7, 1)
+    d = adm.prove(7, device, given, None, 1.0)
+    assert d is not None and d.reason is reason and "protocol" not in d.reply
+    if reason is not Reason.NO_HMAC:
+        assert d.reply == REFUSED == "hello refused: authentication failed"
+
+
 def test_a_replayed_hello_is_refused_and_named() -> None:
     adm = admission()
     arrive(adm, 7, 1)
     captured = proof(SECRET, nonce(1), "lamp-1")
-    assert adm.prove(7, "lamp-1", captured, 1.0) is None
+    assert adm.prove(7, "lamp-1", captured, PROTOCOL, 1.0) is None
     arrive(adm, 8, 2)  # a later association replays association 7's hello
-    d = adm.prove(8, "lamp-1", captured, 2.0)
+    d = adm.prove(8, "lamp-1", captured, PROTOCOL, 2.0)
     assert d is not None and d.reason is Reason.REPLAYED
     # a capture older than the remembered challenges is refused all the same
     for i in range(RECENT_NONCES):
         arrive(adm, 100 + i, 1000 + i)
     arrive(adm, 9, 3)
-    d = adm.prove(9, "lamp-1", captured, 3.0)
+    d = adm.prove(9, "lamp-1", captured, PROTOCOL, 3.0)
     assert d is not None and d.reason is Reason.WRONG
 
 
 def test_late_hello_and_no_hello() -> None:
     adm = admission(window=2.0)
     arrive(adm, 7, 1, now=0.0)
-    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), 2.5)
+    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 2.5)
     assert d is not None and d.reason is Reason.LATE and "2.5 s after the challenge" in d.detail
     arrive(adm, 8, 2, now=10.0)
     assert adm.due(8, 11.9) is None  # a timer that fires early changes nothing
@@ -118,7 +160,7 @@ def test_late_hello_and_no_hello() -> None:
     assert d is not None and d.reason is Reason.NO_HELLO and d.addr == ADDR and d.device is None
     assert adm.due(8, 13.0) is None  # once
     arrive(adm, 9, 3, now=20.0)
-    assert adm.prove(9, "lamp-1", proof(SECRET, nonce(3), "lamp-1"), 21.0) is None
+    assert adm.prove(9, "lamp-1", proof(SECRET, nonce(3), "lamp-1"), PROTOCOL, 21.0) is None
     assert adm.due(9, 22.0) is None  # proven in time: its timer finds nothing to refuse
 
 
@@ -137,7 +179,7 @@ def test_ipv4_mapped_loopback_is_allowed() -> None:
 def test_no_devices_declared_refuses_every_hello_with_a_hint() -> None:
     adm = Admission((), LOOPBACK, 5.0)
     arrive(adm, 7, 1)
-    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), 1.0)
+    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 1.0)
     assert d is not None and d.reason is Reason.UNKNOWN
     assert d.detail == "no devices declared: python -m server add-device lamp-1"
 

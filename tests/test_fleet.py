@@ -1,4 +1,5 @@
-"""server.fleet.model (topics, payloads, outbox, commands) and the [mqtt] config, with values."""
+"""server.fleet.model (topics, payloads, Home Assistant discovery, outbox, commands) and
+the [mqtt] config, with values."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from server.config import ConfigError, MqttConfig, load
 from server.feed.events import (
     ChatMessage,
     CommandEvent,
+    DeviceOnline,
     DeviceView,
     LeaseChanged,
     LeaseView,
@@ -22,6 +24,9 @@ from server.feed.events import (
     Telemetry,
 )
 from server.fleet.model import Command, Fleet, Message, Outbox, Rejection, Topics
+from server.link.entities import Kind
+from tests.fakedevice import LAMP as LAMP_ENTITIES
+from tests.fakedevice import described
 
 CFG = MqttConfig(
     enabled=True,
@@ -38,7 +43,37 @@ CFG = MqttConfig(
     command_users=("node-red", "homeassistant"),
     homeassistant=True,
 )
-LAMP = DeviceView("lamp-1", "Lamp", ("on", "off"), True, "2026-12-01T10:00:00Z", None)
+LAMP = DeviceView(
+    id="lamp-1",
+    name="Lamp",
+    entities=LAMP_ENTITIES,
+    state={"power": None, "brightness": None, "temperature": None},
+    online=True,
+    since="2026-12-01T10:00:00Z",
+    lease=None,
+)
+# One entity of every kind, with the fields Home Assistant takes.
+EVERYTHING = described(
+    {"key": "power", "kind": "switch", "label": "Power"},
+    {"key": "speed", "kind": "number", "label": "Speed", "min": 0, "max": 3000, "step": 10,
+     "unit": "rpm"},
+    {"key": "level", "kind": "number", "label": "Level", "min": 0, "max": 1},
+    {"key": "mode", "kind": "select", "label": "Mode", "options": ["eco", "fast"]},
+    {"key": "flush", "kind": "button", "label": "Flush", "confirm": "Flush the tank?"},
+    {"key": "temperature", "kind": "sensor", "label": "Temperature", "unit": "°C",
+     "device_class": "temperature", "state_class": "measurement"},
+    {"key": "door", "kind": "binary_sensor", "label": "Door", "device_class": "door"},
+    {"key": "note", "kind": "text_sensor", "label": "Note"},
+)  # fmt: skip
+PUMP = DeviceView(
+    id="pump.2",
+    name="Pump",
+    entities=EVERYTHING,
+    state={e.key: None for e in EVERYTHING if e.stateful},
+    online=True,
+    since="2026-12-01T10:00:00Z",
+    lease=None,
+)
 ALICE = Person("alice", "2026-12-01T10:00:00Z", "10.0.0.5")
 
 
@@ -79,7 +114,19 @@ def test_snapshot_is_everything_retained() -> None:
         "count": 1,
         "users": [{"user": "alice", "since": "2026-12-01T10:00:00Z"}],  # no address
     }
-    assert json.loads(msgs[2].payload) == {**LAMP.as_json(), "telemetry": None}
+    state = json.loads(msgs[2].payload)
+    assert state == LAMP.as_json()
+    assert state["entities"][1] == {
+        "key": "brightness",
+        "kind": "number",
+        "label": "Brightness",
+        "unit": "%",
+        "min": 0,
+        "max": 100,
+        "step": 1,
+    }
+    assert state["entities"][2]["device_class"] == "temperature"
+    assert state["state"] == {"power": None, "brightness": None, "temperature": None}
 
 
 def test_addresses_when_configured() -> None:
@@ -91,19 +138,21 @@ def test_addresses_when_configured() -> None:
 def test_events_to_messages() -> None:
     fleet = Fleet(replace(CFG, homeassistant=False))
     fleet.snapshot((), [LAMP])
-    tele = fleet.on_event(Telemetry(LAMP, {"temperature": 21.5}))
+    now = replace(LAMP, state={"power": True, "brightness": 40, "temperature": 21.5})
+    tele = fleet.on_event(Telemetry(now, {"power": True, "brightness": 40, "temperature": 21.5}))
     assert [(m.topic, m.retain, m.qos, m.kind) for m in tele] == [
         ("vigil/barn/devices/lamp-1/telemetry", False, 0, "telemetry"),
         ("vigil/barn/devices/lamp-1/state", True, 1, "state"),
     ]
-    assert json.loads(tele[1].payload)["telemetry"] == {"temperature": 21.5}
-    held = replace(LAMP, lease=LeaseView("bob", "2026-12-01T10:02:03Z"))
+    assert json.loads(tele[0].payload)["temperature"] == 21.5
+    assert json.loads(tele[1].payload)["state"]["brightness"] == 40
+    held = replace(now, lease=LeaseView("bob", "2026-12-01T10:02:03Z"))
     [state] = fleet.on_event(LeaseChanged("start", held, "bob", None))
     body = json.loads(state.payload)
-    assert body["lease"]["holder"] == "bob" and body["telemetry"] == {"temperature": 21.5}
-    command = CommandEvent("c1", "lamp-1", "on", {}, "bob", "issued")
-    assert fleet.on_event(command) == []  # activity comes from the audit record
-    record = {"seq": 7, "type": "command", "user": "bob", "status": 409, "latency_ms": 0.1}
+    assert body["lease"]["holder"] == "bob" and body["state"]["power"] is True
+    issued = CommandEvent("c1", "lamp-1", "brightness", 60, "bob", "issued")
+    assert fleet.on_event(issued) == []  # activity comes from the audit record
+    record = {"seq": 7, "type": "command", "user": "bob", "entity": "power", "status": 409}
     [act] = fleet.on_record(record)
     assert (act.topic, act.retain, act.kind) == ("vigil/barn/activity", False, "activity")
     assert json.loads(act.payload) == record
@@ -111,42 +160,177 @@ def test_events_to_messages() -> None:
     assert fleet.on_event(ChatMessage(9, "bob", "hi", "2026-12-01T10:02:04Z")) == []
 
 
-def test_home_assistant_switch_and_sensors() -> None:
+def test_a_commands_result_is_the_devices_state_at_once() -> None:
     fleet = Fleet(CFG)
-    first = fleet.snapshot((), [LAMP])
-    [switch] = [m for m in first if m.kind == "discovery"]
-    assert switch.topic == "homeassistant/switch/vigil_barn/lamp-1/config" and switch.retain
-    entity = json.loads(switch.payload)
-    assert entity["command_topic"] == "vigil/barn/devices/lamp-1/command"
-    assert json.loads(entity["payload_on"]) == {
-        "action": "on",
-        "args": {},
-        "id": "homeassistant",
-        "user": "homeassistant",
+    fleet.snapshot((), [LAMP])
+    issued = CommandEvent("c1", "lamp-1", "brightness", 60, "bob", "issued")
+    answered = replace(issued, phase="result", status=200, ok=True, state=60, latency_ms=3)
+    [state] = fleet.on_event(answered)  # no discovery again: the device is the same
+    assert state.topic == "vigil/barn/devices/lamp-1/state" and state.retain
+    assert json.loads(state.payload)["state"] == {
+        "power": None,
+        "brightness": 60,
+        "temperature": None,
     }
-    assert entity["availability_mode"] == "all"
-    assert entity["availability"][0] == {"topic": "vigil/barn/status"}
-    assert entity["device"]["identifiers"] == ["vigil_barn_lamp-1"]
-    reading = {"temperature": 21.5, "on": True, "count": 3, "mode": "eco"}
-    msgs = fleet.on_event(Telemetry(LAMP, reading))
-    sensors = [m.topic for m in msgs if m.kind == "discovery"]
-    assert sensors == [  # numbers only (not bool, not text), each announced once
-        "homeassistant/sensor/vigil_barn/lamp-1_count/config",
-        "homeassistant/sensor/vigil_barn/lamp-1_temperature/config",
+    later = replace(answered, entity="power", value=True, state=True)
+    assert json.loads(fleet.on_event(later)[0].payload)["state"]["brightness"] == 60  # kept
+    failed = replace(issued, value=70, phase="failed", status=502, error="it failed")
+    assert fleet.on_event(failed) == []
+    pressed = CommandEvent("c2", "pump.2", "flush", None, "bob", "result", ok=True, status=200)
+    assert fleet.on_event(pressed) == []  # a device not seen yet (and a button has no state)
+
+
+def configs(msgs: list[Message]) -> dict[str, dict[str, Any]]:
+    """Discovery topic -> config (None: emptied)."""
+    return {
+        m.topic: json.loads(m.payload) if m.payload else None for m in msgs if m.kind == "discovery"
+    }
+
+
+def ha(key: str, value: str) -> dict[str, Any]:
+    """A Home Assistant command as vigil reads it, with ``value`` as HA fills it in."""
+    return {"entity": key, "value": value, "id": "homeassistant", "user": "homeassistant"}
+
+
+def filled(template: str, value: str) -> str:
+    """A command template as Home Assistant renders it with ``value`` (JSON text)."""
+    for placeholder in ("{{ value | to_json }}", "{{ value }}"):
+        template = template.replace(placeholder, value)
+    return template
+
+
+def test_home_assistant_gets_one_entity_per_entity_with_its_type() -> None:
+    msgs = Fleet(CFG).snapshot((), [PUMP])
+    got = configs(msgs)
+    prefix = "homeassistant/{}/vigil_barn/pump_2_{}/config"
+    assert list(got) == [
+        prefix.format("switch", "power"),
+        prefix.format("number", "speed"),
+        prefix.format("number", "level"),
+        prefix.format("select", "mode"),
+        prefix.format("button", "flush"),
+        prefix.format("sensor", "temperature"),
+        prefix.format("binary_sensor", "door"),
+        prefix.format("sensor", "note"),
     ]
-    again = fleet.on_event(Telemetry(LAMP, reading))
-    assert not [m for m in again if m.kind == "discovery"]
-    assert len([m for m in fleet.snapshot((), [LAMP]) if m.kind == "discovery"]) == 3
+    assert all(m.retain for m in msgs if m.kind == "discovery")
+    power, speed, level, mode, flush, temperature, door, note = got.values()
+    state = "vigil/barn/devices/pump.2/state"
+    command = "vigil/barn/devices/pump.2/command"
+    for config in got.values():
+        assert config["availability"] == [
+            {"topic": "vigil/barn/status"},
+            {
+                "topic": state,
+                "value_template": "{{ 'online' if value_json.online else 'offline' }}",
+            },
+        ]
+        assert config["availability_mode"] == "all"
+        assert config["device"] == {
+            "identifiers": ["vigil_barn_pump_2"],
+            "name": "Pump",
+            "manufacturer": "vigil",
+        }
+    assert (power["name"], power["unique_id"]) == ("Power", "vigil_barn_pump_2_power")
+    assert power["state_topic"] == state and power["command_topic"] == command
+    assert power["value_template"] == "{{ value_json['state']['power'] }}"
+    assert (power["state_on"], power["state_off"]) == ("True", "False")  # JSON true, rendered
+    assert json.loads(power["payload_on"]) == ha("power", True)
+    assert json.loads(power["payload_off"]) == ha("power", False)
+    assert {k: speed[k] for k in ("min", "max", "step", "unit_of_measurement")} == {
+        "min": 0,
+        "max": 3000,
+        "step": 10,
+        "unit_of_measurement": "rpm",
+    }
+    assert json.loads(filled(speed["command_template"], "2500")) == ha("speed", 2500)
+    assert speed["command_topic"] == command
+    assert level["step"] == 0.001 and "unit_of_measurement" not in level  # no step: HA's finest
+    assert json.loads(filled(level["command_template"], "0.25")) == ha("level", 0.25)
+    assert mode["options"] == ["eco", "fast"]
+    assert json.loads(filled(mode["command_template"], '"fast"')) == ha("mode", "fast")
+    assert json.loads(flush["payload_press"]) == ha("flush", None)
+    assert "state_topic" not in flush and "value_template" not in flush  # no state
+    assert {k: temperature[k] for k in ("unit_of_measurement", "device_class", "state_class")} == {
+        "unit_of_measurement": "°C",
+        "device_class": "temperature",
+        "state_class": "measurement",
+    }
+    assert "command_topic" not in temperature
+    assert (door["device_class"], door["payload_on"], door["payload_off"]) == (
+        "door",
+        "True",
+        "False",
+    )
+    assert note["value_template"] == "{{ value_json['state']['note'] }}"
+    assert not {"unit_of_measurement", "device_class", "command_topic"} & set(note)
+
+
+def test_home_assistant_commands_are_commands_vigil_reads() -> None:
+    fleet = Fleet(CFG)
+    got = configs(fleet.snapshot((), [PUMP]))
+
+    def config(component: str, key: str) -> dict[str, Any]:
+        return got[f"homeassistant/{component}/vigil_barn/pump_2_{key}/config"]
+
+    sent = [
+        config("switch", "power")["payload_on"],
+        filled(config("number", "speed")["command_template"], "40"),
+        filled(config("select", "mode")["command_template"], '"eco"'),
+        config("button", "flush")["payload_press"],
+    ]
+    command = config("switch", "power")["command_topic"]
+    assert [fleet.command(command, text.encode(), False) for text in sent] == [
+        Command("pump.2", "power", True, "homeassistant", "homeassistant"),
+        Command("pump.2", "speed", 40, "homeassistant", "homeassistant"),
+        Command("pump.2", "mode", "eco", "homeassistant", "homeassistant"),
+        Command("pump.2", "flush", None, "homeassistant", "homeassistant"),
+    ]
 
 
 def test_home_assistant_without_fleet_commands_is_read_only() -> None:
     for cfg in (replace(CFG, commands=False), replace(CFG, command_users=("node-red",))):
-        msgs = Fleet(cfg).snapshot((), [LAMP])
-        [entity] = [m for m in msgs if m.kind == "discovery"]
-        assert entity.topic == "homeassistant/binary_sensor/vigil_barn/lamp-1/config"
-        assert "command_topic" not in json.loads(entity.payload)
-    plain = Fleet(CFG).snapshot((), [replace(LAMP, commands=("status",))])
-    assert not [m for m in plain if m.kind == "discovery"]  # no on/off: no switch
+        got = configs(Fleet(cfg).snapshot((), [PUMP]))
+        prefix = "homeassistant/{}/vigil_barn/pump_2_{}/config"
+        assert list(got) == [  # no button: it has nothing to show
+            prefix.format("binary_sensor", "power"),
+            prefix.format("sensor", "speed"),
+            prefix.format("sensor", "level"),
+            prefix.format("sensor", "mode"),
+            prefix.format("sensor", "temperature"),
+            prefix.format("binary_sensor", "door"),
+            prefix.format("sensor", "note"),
+        ]
+        assert not [c for c in got.values() if "command_topic" in c or "command_template" in c]
+        power = got[prefix.format("binary_sensor", "power")]
+        speed = got[prefix.format("sensor", "speed")]
+        assert (power["payload_on"], power["payload_off"]) == ("True", "False")
+        assert speed["unit_of_measurement"] == "rpm"
+        assert speed["value_template"] == "{{ value_json['state']['speed'] }}"
+
+
+def test_home_assistant_hears_again_when_a_device_describes_itself_anew() -> None:
+    fleet = Fleet(CFG)
+    assert len(configs(fleet.snapshot((), [LAMP]))) == 3
+    warm = replace(LAMP, state={"power": True, "brightness": 40, "temperature": 21.5})
+    assert configs(fleet.on_event(Telemetry(warm, {"temperature": 21.5}))) == {}  # same
+    assert len(configs(fleet.snapshot((), [LAMP]))) == 3  # a reconnect: all again
+    power, brightness, temperature = LAMP_ENTITIES
+    # the device says hello again: brightness renamed, the switch now read-only
+    reading = replace(power, kind=Kind.BINARY_SENSOR)
+    again = replace(
+        LAMP,
+        entities=(reading, replace(brightness, label="Dimmer"), temperature),
+    )
+    got = configs(fleet.on_event(DeviceOnline(again)))
+    assert got["homeassistant/number/vigil_barn/lamp-1_brightness/config"]["name"] == "Dimmer"
+    assert "homeassistant/binary_sensor/vigil_barn/lamp-1_power/config" in got
+    assert got["homeassistant/switch/vigil_barn/lamp-1_power/config"] is None  # HA forgets it
+    renamed = configs(fleet.on_event(DeviceOnline(replace(again, name="Porch lamp"))))
+    assert {c["device"]["name"] for c in renamed.values()} == {"Porch lamp"}
+    assert configs(fleet.on_event(DeviceOnline(replace(again, name="Porch lamp")))) == {}
+    new = configs(fleet.on_event(DeviceOnline(replace(LAMP, id="lamp-2"))))
+    assert len(new) == 3 and all("lamp-2_" in topic for topic in new)
 
 
 TOPIC = "vigil/barn/devices/lamp-1/command"
@@ -163,12 +347,19 @@ def refused(payload: Any, **kw: Any) -> tuple[str, dict[str, Any]]:
     return out.message.topic, json.loads(out.message.payload)
 
 
-def test_a_valid_command() -> None:
-    assert read({"action": "on", "id": "x1", "user": "node-red"}) == Command(
-        "lamp-1", "on", {}, "x1", "node-red"
+def test_a_command_names_an_entity_and_a_value() -> None:
+    assert read({"entity": "brightness", "value": 40, "id": "x1", "user": "node-red"}) == Command(
+        "lamp-1", "brightness", 40, "x1", "node-red"
     )
-    assert read({"action": "dim", "args": {"to": 3}, "id": 9, "user": "node-red"}) == Command(
-        "lamp-1", "dim", {"to": 3}, 9, "node-red"
+    assert read({"entity": "mode", "value": "eco", "id": 9, "user": "node-red"}) == Command(
+        "lamp-1", "mode", "eco", 9, "node-red"
+    )
+    # a button's value may be left out; the entity and value are the command path's to check
+    assert read({"entity": "flush", "id": "b", "user": "node-red"}) == Command(
+        "lamp-1", "flush", None, "b", "node-red"
+    )
+    assert read({"action": "on", "id": "old", "user": "node-red"}) == Command(
+        "lamp-1", None, None, "old", "node-red"
     )
     assert read(b"") is None  # clearing a retained message
 
@@ -177,14 +368,13 @@ def test_a_valid_command() -> None:
     ("payload", "cid", "status", "words"),
     [
         (b"\xff", None, 400, "not UTF-8 JSON"),
+        (b'{"entity": "power", "value": NaN, "id": "n", "user": "node-red"}', None, 400, "NaN"),
         (b"[1]", None, 400, "must be"),
-        ({"action": "on", "user": "node-red"}, None, 400, "needs an id"),
-        ({"action": "on", "id": True, "user": "node-red"}, None, 400, "needs an id"),
-        ({"action": "on", "id": "x" * 201, "user": "node-red"}, None, 400, "at most 200"),
-        ({"action": "", "id": "a", "user": "node-red"}, "a", 400, "must be"),
-        ({"action": "on", "args": 3, "id": "a", "user": "node-red"}, "a", 400, "must be"),
-        ({"action": "on", "id": "a"}, "a", 400, "names its user"),
-        ({"action": "on", "id": "a", "user": "eve"}, "a", 403, "'eve' may not send"),
+        ({"entity": "power", "value": True, "user": "node-red"}, None, 400, "needs an id"),
+        ({"entity": "power", "id": True, "user": "node-red"}, None, 400, "needs an id"),
+        ({"entity": "power", "id": "x" * 201, "user": "node-red"}, None, 400, "at most 200"),
+        ({"entity": "power", "value": True, "id": "a"}, "a", 400, "names its user"),
+        ({"entity": "power", "id": "a", "user": "eve"}, "a", 403, "'eve' may not send"),
         (b"x" * 65537, None, 413, "at most 65536 bytes"),
     ],
 )
@@ -196,25 +386,29 @@ def test_refused_commands(payload: Any, cid: Any, status: int, words: str) -> No
 
 
 def test_retained_and_misplaced_commands() -> None:
-    _, body = refused({"action": "on", "id": "r", "user": "node-red"}, retained=True)
+    command = {"entity": "power", "value": True, "id": "r", "user": "node-red"}
+    _, body = refused(command, retained=True)
     assert body["id"] == "r" and "retained" in body["error"]
-    topic, body = refused({"action": "on"}, topic="vigil/barn/devices/x/command/extra")
+    topic, body = refused({"entity": "power"}, topic="vigil/barn/devices/x/command/extra")
     assert topic == "vigil/barn/error" and body["status"] == 400
 
 
 def test_result_keeps_the_senders_id() -> None:
     fleet = Fleet(CFG)
-    ok = fleet.result("lamp-1", "x1", 200, {"id": "ab-1", "ok": True, "result": {"on": True}})
+    ok = fleet.result("lamp-1", "x1", 200, {"id": "ab-1", "ok": True, "state": 40})
     assert json.loads(ok.payload) == {
         "id": "x1",
         "status": 200,
         "ok": True,
         "command": "ab-1",
-        "result": {"on": True},
+        "state": 40,
     }
     held = {"error": "lamp-1 is held by bob since 10:02:03 UTC", "holder": "bob", "since": "t"}
     body = json.loads(fleet.result("lamp-1", 4, 409, held).payload)
     assert body == {"id": 4, "status": 409, "ok": False, **held}
+    rule = {"error": "lamp-1.brightness: 140 is above max 100"}
+    body = json.loads(fleet.result("lamp-1", "x2", 400, rule).payload)
+    assert body == {"id": "x2", "status": 400, "ok": False, **rule}
 
 
 def msg(topic: str, kind: str = "activity", retain: bool = False) -> Message:

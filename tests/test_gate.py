@@ -57,11 +57,12 @@ def test_a_parked_answer_that_fails_is_a_500_not_a_hang(
 ) -> None:
     lamp = app.device("lamp-1", answers=False)
     c = app.client()
-    c.send(request("POST", "/api/devices/lamp-1/commands", JSON, b'{"action": "on"}'))
+    body = b'{"entity": "power", "value": true}'
+    c.send(request("POST", "/api/devices/lamp-1/commands", JSON, body))
     app.pump()
-    assert lamp.commands == ["on"]  # parked: the device has the command
+    assert lamp.commands == [("power", True)]  # parked: the device has the command
     monkeypatch.setattr(auditmod.os, "write", disk_full)
-    lamp.answer(result={"on": True})  # the device answers later; its record cannot be written
+    lamp.answer(state=True)  # the device answers later; its record cannot be written
     assert c.response().status == 500
     assert c.closed()
 

@@ -1,10 +1,12 @@
-"""The GPIO agent's pins (server/agent/gpio.py) on gpiozero's mock pins, its config, its CLI.
+"""The GPIO agent's pins (server/agent/gpio.py) on gpiozero's mock pins, its config, its CLI;
+the reference agent's answer to a command (``Agent.command``) and its simulated ``Lamp``.
 
 End to end through vigil over real SCTP: tests/sctp/test_gpio_e2e.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import select
@@ -16,15 +18,20 @@ from pathlib import Path
 
 import pytest
 from gpiozero import Device
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from server.agent.gpio import MAX_QUEUED, Pins, PinSpec, load_config, parse_config
+from server.agent.gpio import MAX_QUEUED, Pins, load_config, parse_config
+from server.agent.hardware import Hardware, Lamp
+from server.agent.run import Agent
+from server.link import entities
+from server.link.codec import Command, Result
+from server.link.entities import Value
 from tests.mockagent import serve_mock_pins
 from tests.mockpins import MockPins
 from tests.support import ROOT
 
 EXAMPLE = ROOT / "dist" / "agents" / "gpio-example.toml"
-LED_AND_BUTTON = """
+PINS = """
 [[output]]
 name = "led"
 kind = "led"
@@ -35,19 +42,27 @@ name = "relay1"
 kind = "relay"
 pin = 22
 active_high = false
+safe = false
+label = "Heater"
+
+[[output]]
+name = "dimmer"
+kind = "pwm"
+pin = 18
 
 [[input]]
 name = "button"
 kind = "button"
 pin = 27
 """
+OFF = {"led": False, "relay1": False, "dimmer": 0, "button": False}
 
 
 @pytest.fixture
 def factory() -> Iterator[MockFactory]:
-    """gpiozero's mock pins in this process (a Raspberry Pi 3B's header), fresh for each test."""
+    """gpiozero's mock pins, PWM-capable, in this process (a Raspberry Pi 3B's header)."""
     saved = Device.pin_factory
-    Device.pin_factory = mock = MockFactory()
+    Device.pin_factory = mock = MockFactory(pin_class=MockPWMPin)
     yield mock
     mock.reset()
     Device.pin_factory = saved
@@ -55,35 +70,78 @@ def factory() -> Iterator[MockFactory]:
 
 @pytest.fixture
 def pins(factory: MockFactory) -> Iterator[Pins]:
-    p = Pins(parse_config(LED_AND_BUTTON, "gpio.toml"), "gpio.toml")
+    p = Pins(parse_config(PINS, "gpio.toml"), "gpio.toml")
     yield p
     p.close()
 
 
-def changes_within(p: Pins, timeout: float = 5) -> list[dict[str, bool]]:
+def changes_within(p: Pins, timeout: float = 5) -> list[dict[str, Value]]:
     """What the agent's loop would send once the pins' pipe is readable."""
     assert select.select([p.fileno()], [], [], timeout)[0], "the pins never woke the loop"
     return p.changes()
 
 
+def command(hw: Hardware, key: str, value: Value, device: str = "g1") -> Result:
+    """What the agent answers vigil's command ``c1`` to set ``key`` to ``value``."""
+    agent = Agent(argparse.Namespace(name=device), b"", hw)
+    return agent.command(Command("c1", key, value, "alice"))
+
+
+def hello_entities(p: Pins) -> list[dict[str, object]]:
+    """The entities as the hello carries them, read back as vigil reads them."""
+    wire = [e.as_json() for e in p.entities]
+    assert entities.parse(wire) == p.entities  # vigil takes the hello as it is
+    return wire
+
+
 def test_the_example_config_and_every_key_it_mentions() -> None:
     specs = load_config(EXAMPLE)
-    assert specs == (
-        PinSpec("led", "led", 17),
-        PinSpec("button", "button", 27, bounce_time=0.05),
-    )
+    assert [(s.name, s.kind, s.pin, s.bounce_time) for s in specs] == [
+        ("led", "led", 17, None),
+        ("button", "button", 27, 0.05),
+    ]
     # its commented entries and keys are real: uncommented, they parse too
     text = re.sub(r"(?m)^# (\[\[|\w+ = )", r"\1", EXAMPLE.read_text())
     every = parse_config(text, "example")
     assert [(s.name, s.kind, s.pin) for s in every] == [
         ("led", "led", 17),
-        ("relay1", "relay", 22),
+        ("heater", "relay", 22),
+        ("dimmer", "pwm", 18),
         ("button", "button", 27),
         ("door", "contact", 23),
         ("pir", "motion", 24),
     ]
-    assert [s.name for s in every if not s.active_high] == ["relay1"]
+    assert [s.name for s in every if not s.active_high] == ["heater"]
     assert [s.name for s in every if not s.output and not s.pull_up] == ["pir"]
+    assert [s.entity.as_json() for s in every] == [
+        {"key": "led", "kind": "switch", "label": "Porch light"},
+        {
+            "key": "heater",
+            "kind": "switch",
+            "label": "heater",
+            "confirm": "Switch the heater?",
+            "safe": False,
+        },
+        {
+            "key": "dimmer",
+            "kind": "number",
+            "label": "dimmer",
+            "unit": "%",
+            "min": 0,
+            "max": 100,
+            "step": 1,
+            "safe": 0,
+        },
+        {"key": "button", "kind": "binary_sensor", "label": "button"},
+        {"key": "door", "kind": "binary_sensor", "label": "door", "device_class": "door"},
+        {"key": "pir", "kind": "binary_sensor", "label": "pir", "device_class": "motion"},
+    ]
+
+
+LED = "[[output]]\nname = 'led'\nkind = 'led'\npin = 17\n"
+RELAY = "[[output]]\nname = 'r'\nkind = 'relay'\npin = 22\n"
+PWM = "[[output]]\nname = 'dim'\nkind = 'pwm'\npin = 18\n"
+CONTACT = "[[input]]\nname = 'door'\nkind = 'contact'\npin = 23\n"
 
 
 @pytest.mark.parametrize(
@@ -94,22 +152,29 @@ def test_the_example_config_and_every_key_it_mentions() -> None:
         ("output = 1\n", "gpio.toml: output must be tables: [[output]]"),
         ("", "gpio.toml: no [[output]] or [[input]]: nothing to drive"),
         (
-            "[[output]]\nname = 'led'\nkind = 'led'\npin = 17\ncolour = 'red'\n",
-            "[[output]] 1: unknown key 'colour' (allowed: name, kind, pin, active_high)",
+            LED + "colour = 'red'\n",
+            "[[output]] 1: unknown key 'colour' "
+            "(allowed: name, kind, pin, label, active_high, safe, confirm)",
         ),
         (
             "[[input]]\nname = 'b'\nkind = 'button'\npin = 27\nactive_high = true\n",
-            "unknown key 'active_high' (allowed: name, kind, pin, pull_up, bounce_time)",
+            "unknown key 'active_high' "
+            "(allowed: name, kind, pin, label, pull_up, bounce_time, device_class)",
         ),
-        ("[[output]]\nname = 'my led'\nkind = 'led'\npin = 17\n", "name must be 1-32 characters"),
-        ("[[output]]\nkind = 'led'\npin = 17\n", "name must be 1-32 characters of A-Z"),
+        (CONTACT + "safe = false\n", "unknown key 'safe' (allowed: name, kind, pin, label,"),
+        (
+            "[[output]]\nname = 'my led'\nkind = 'led'\npin = 17\n",
+            "name must be 1-32 characters of a-z 0-9 _, starting with a letter, not 'my led'",
+        ),
+        ("[[output]]\nname = 'LED'\nkind = 'led'\npin = 17\n", "name must be 1-32 characters"),
+        ("[[output]]\nkind = 'led'\npin = 17\n", "name must be 1-32 characters of a-z"),
         (
             "[[output]]\nname = 'led'\nkind = 'lamp'\npin = 17\n",
-            "[[output]] 1: led: kind must be one of led, relay, not 'lamp'",
+            "[[output]] 1: led: kind must be one of led, relay, pwm, not 'lamp'",
         ),
         (
             "[[output]]\nname = 'b'\nkind = 'button'\npin = 27\n",
-            "b: kind must be one of led, relay, not 'button' (an input)",
+            "b: kind must be one of led, relay, pwm, not 'button' (an input)",
         ),
         (
             "[[input]]\nname = 'r'\nkind = 'relay'\npin = 27\n",
@@ -118,27 +183,38 @@ def test_the_example_config_and_every_key_it_mentions() -> None:
         ("[[output]]\nname = 'led'\nkind = 'led'\n", "led: pin must be a GPIO number (17)"),
         ("[[output]]\nname = 'led'\nkind = 'led'\npin = -1\n", "led: pin must be a GPIO number"),
         ("[[output]]\nname = 'led'\nkind = 'led'\npin = true\n", "led: pin must be a GPIO number"),
-        (
-            "[[output]]\nname = 'r'\nkind = 'relay'\npin = 22\nactive_high = 'no'\n",
-            "r: active_high must be true or false, not 'no'",
-        ),
+        (RELAY + "active_high = 'no'\n", "r: active_high must be true or false, not 'no'"),
         (
             "[[input]]\nname = 'b'\nkind = 'button'\npin = 27\nbounce_time = 5\n",
             "b: bounce_time must be seconds from 0 to 1, not 5",
         ),
+        (RELAY + "safe = 'off'\n", '[[output]] 1: r: safe: "off" is not true or false'),
+        (PWM + "safe = 140\n", "dim: safe: 140 is above max 100"),
+        (PWM + "safe = 2.5\n", "dim: safe: 2.5 is off the step 1 (from 0)"),
+        (PWM + "safe = true\n", "dim: safe: true is not a number"),
+        (RELAY + "confirm = ''\n", "r: confirm must be true, false or a question of at most 200"),
+        (RELAY + f"label = '{'x' * 65}'\n", "r: label must be a non-empty string of at most 64"),
         (
-            "[[output]]\nname = 'x'\nkind = 'led'\npin = 17\n"
-            "[[input]]\nname = 'x'\nkind = 'button'\npin = 27\n",
-            "gpio.toml: input x: name x is also output x",
+            "[[input]]\nname = 'b'\nkind = 'button'\npin = 27\ndevice_class = 'doorbell'\n",
+            "b: device_class must be one of battery,",
         ),
         (
-            "[[output]]\nname = 'led'\nkind = 'led'\npin = 17\n"
-            "[[input]]\nname = 'b'\nkind = 'button'\npin = 17\n",
+            CONTACT + "device_class = 'moisture'\n",
+            "door: a contact's device_class is one of door, garage_door, opening, window "
+            "(true: open), not 'moisture'; for a circuit that is true when closed "
+            "(a float switch: moisture), kind button",
+        ),
+        (
+            LED + "[[input]]\nname = 'led'\nkind = 'button'\npin = 27\n",
+            "gpio.toml: input led: name led is also output led",
+        ),
+        (
+            LED + "[[input]]\nname = 'b'\nkind = 'button'\npin = 17\n",
             "gpio.toml: input b: pin 17 is also output led",
         ),
         (
-            "".join(f"[[output]]\nname = 'o{i}'\nkind = 'led'\npin = {i}\n" for i in range(22)),
-            "gpio.toml: 22 outputs, at most 21 (64 commands)",
+            "".join(f"[[output]]\nname = 'o{i}'\nkind = 'led'\npin = {i}\n" for i in range(33)),
+            "gpio.toml: 33 pins, at most 32 (a device's entities)",
         ),
     ],
 )
@@ -174,32 +250,105 @@ def test_pins_gpiozero_refuses(
     Pins(parse_config("[[output]]\nname = 'a'\nkind = 'led'\npin = 17\n", "x"), "x").close()
 
 
-def test_commands_switch_the_pins(pins: Pins, factory: MockFactory) -> None:
-    led, relay = factory.pin(17), factory.pin(22)
-    assert pins.commands == (
-        *("led on", "led off", "led toggle"),
-        *("relay1 on", "relay1 off", "relay1 toggle"),
-        "status",
-    )
+def test_the_hello_declares_every_pin_with_its_safe_value(pins: Pins) -> None:
     assert pins.interval is None
-    off = {"led": False, "relay1": False, "button": False}
-    assert pins.run("status", {}) == off
-    assert (led.state, relay.state) == (0, 1)  # the relay board is active-low: off is high
-    assert pins.run("led on", {}) == {**off, "led": True} and led.state == 1
-    assert pins.run("relay1 on", {}) == {**off, "led": True, "relay1": True}
-    assert relay.state == 0
-    assert pins.run("led toggle", {})["led"] is False and led.state == 0
-    assert pins.run("relay1 off", {})["relay1"] is False and relay.state == 1
-    for action in ("explode", "button on", "led", "led blink", "status on"):
-        with pytest.raises(ValueError, match=f"unknown action '{action}' \\(known: led on, "):
-            pins.run(action, {})
+    assert hello_entities(pins) == [
+        {"key": "led", "kind": "switch", "label": "led"},
+        {"key": "relay1", "kind": "switch", "label": "Heater", "safe": False},
+        {
+            "key": "dimmer",
+            "kind": "number",
+            "label": "dimmer",
+            "unit": "%",
+            "min": 0,
+            "max": 100,
+            "step": 1,
+        },
+        {"key": "button", "kind": "binary_sensor", "label": "button"},
+    ]
 
 
-def test_switched_outputs_are_sent_like_inputs(pins: Pins) -> None:
-    pins.run("led on", {})
-    pins.run("led off", {})
-    assert [r["led"] for r in changes_within(pins)] == [True, False]
-    assert pins.changes() == []
+def test_commands_set_the_pins(pins: Pins, factory: MockFactory) -> None:
+    led, relay, dimmer = factory.pin(17), factory.pin(22), factory.pin(18)
+    assert pins.reading() == OFF
+    assert (led.state, relay.state, dimmer.state) == (0, 1, 0)  # the relay board is active-low
+    assert command(pins, "led", True) == Result("c1", True, state=True) and led.state == 1
+    assert command(pins, "relay1", True).state is True and relay.state == 0
+    assert command(pins, "dimmer", 40) == Result("c1", True, state=40)
+    assert dimmer.state == pytest.approx(0.4)  # the duty cycle: high 40 % of the time
+    assert command(pins, "dimmer", 57).state == 57 and dimmer.state == pytest.approx(0.57)
+    assert pins.reading() == {"led": True, "relay1": True, "dimmer": 57, "button": False}
+    assert command(pins, "led", False).state is False and led.state == 0
+    assert command(pins, "relay1", False).state is False and relay.state == 1
+    assert command(pins, "dimmer", 0).state == 0 and dimmer.state == 0
+    assert pins.changes() == []  # vigil takes a command's state from its result
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("dimmer", 140, "g1.dimmer: 140 is above max 100"),
+        ("dimmer", 40.5, "g1.dimmer: 40.5 is off the step 1 (from 0)"),
+        ("dimmer", True, "g1.dimmer: true is not a number"),
+        ("led", "on", 'g1.led: "on" is not true or false'),
+        ("button", True, "g1.button: a binary_sensor only reports: it takes no commands"),
+        ("fan", True, "g1.fan: no such entity (g1 has: led, relay1, dimmer, button)"),
+    ],
+)
+def test_a_command_the_entity_does_not_allow_never_reaches_a_pin(
+    pins: Pins, factory: MockFactory, key: str, value: Value, error: str
+) -> None:
+    """vigil checks first; the agent checks again, whoever sent it."""
+    assert command(pins, key, value) == Result("c1", False, error=error)
+    assert pins.reading() == OFF
+    assert [factory.pin(n).state for n in (17, 22, 18)] == [0, 1, 0]
+
+
+def test_the_lamp_dims_and_warms_the_room() -> None:
+    lamp = Lamp(1.0)
+    wire = [e.as_json() for e in lamp.entities]
+    assert entities.parse(wire) == lamp.entities
+    assert wire == [
+        {"key": "power", "kind": "switch", "label": "Power", "safe": False},
+        {
+            "key": "brightness",
+            "kind": "number",
+            "label": "Brightness",
+            "min": 0,
+            "max": 100,
+            "step": 1,
+            "unit": "%",
+        },
+        {
+            "key": "temperature",
+            "kind": "sensor",
+            "label": "Temperature",
+            "unit": "°C",
+            "device_class": "temperature",
+            "state_class": "measurement",
+        },
+    ]
+    cold = lamp.reading()
+    assert (cold["power"], cold["brightness"]) == (False, 100)
+    assert command(lamp, "power", True, "lamp-1") == Result("c1", True, state=True)
+    assert command(lamp, "brightness", 40, "lamp-1") == Result("c1", True, state=40)
+    warm = lamp.reading()
+    assert (warm["power"], warm["brightness"]) == (True, 40)
+    assert isinstance(cold["temperature"], float) and isinstance(warm["temperature"], float)
+    assert warm["temperature"] > cold["temperature"] + 0.3  # +1 °C at 40 %, noise 0.65 at most
+    refused = command(lamp, "temperature", 30, "lamp-1")
+    assert refused.error == "lamp-1.temperature: a sensor only reports: it takes no commands"
+    assert command(lamp, "brightness", -1, "lamp-1").error == "lamp-1.brightness: -1 is below min 0"
+    assert lamp.reading()["brightness"] == 40
+
+
+def test_the_hardwares_own_error_is_the_results() -> None:
+    class Burnt(Lamp):
+        def set(self, key: str, value: Value) -> Value:
+            raise ValueError("the bulb is burnt out")
+
+    failed = command(Burnt(1.0), "power", True, "lamp-1")
+    assert failed == Result("c1", False, error="the bulb is burnt out")
 
 
 def test_a_press_from_gpiozeros_thread_is_two_readings_in_order(
@@ -216,7 +365,7 @@ def test_a_press_from_gpiozeros_thread_is_two_readings_in_order(
     presser.start()
     presser.join()
     # both edges came before the loop looked: still two readings, press first
-    assert [r["button"] for r in changes_within(pins)] == [True, False]
+    assert changes_within(pins) == [{**OFF, "button": True}, OFF]
     assert pins.changes() == [] and pins.reading()["button"] is False
 
 
@@ -232,12 +381,17 @@ def test_more_changes_than_kept_end_with_what_the_pins_say(
     assert len(got) == MAX_QUEUED + 1 and got[-1]["button"] is True
 
 
-def test_inputs_of_every_kind(factory: MockFactory) -> None:
+def test_inputs_of_every_kind_with_their_device_class(factory: MockFactory) -> None:
     text = """
     [[input]]
     name = "door"
     kind = "contact"
     pin = 23
+    device_class = "door"
+    [[input]]
+    name = "window"
+    kind = "contact"
+    pin = 25
     [[input]]
     name = "pir"
     kind = "motion"
@@ -245,13 +399,38 @@ def test_inputs_of_every_kind(factory: MockFactory) -> None:
     """
     p = Pins(parse_config(text, "x"), "x")
     try:
-        assert p.commands == ("status",)
-        assert p.reading() == {"door": False, "pir": False}
-        factory.pin(23).drive_low()  # the reed switch closes to ground
+        assert [(e["key"], e["kind"], e.get("device_class")) for e in hello_entities(p)] == [
+            ("door", "binary_sensor", "door"),
+            ("window", "binary_sensor", "opening"),
+            ("pir", "binary_sensor", "motion"),
+        ]
+        # the reed switches are closed (the door and window shut), nobody moves
+        for pin in (23, 25):
+            factory.pin(pin).drive_low()
+        assert changes_within(p)[-1] == {"door": False, "window": False, "pir": False}
+        factory.pin(23).drive_high()  # the door opens: its reed switch opens
         factory.pin(24).drive_high()  # the PIR module drives its output high
-        assert changes_within(p) == [{"door": True, "pir": False}, {"door": True, "pir": True}]
+        assert changes_within(p) == [
+            {"door": True, "window": False, "pir": False},
+            {"door": True, "window": False, "pir": True},
+        ]
+        assert p.reading() == {"door": True, "window": False, "pir": True}
     finally:
         p.close()
+
+
+def test_a_pwm_pin_needs_a_factory_that_can_do_pwm(factory: MockFactory) -> None:
+    Device.pin_factory = MockFactory()  # gpiozero's default mock pins: no PWM
+    try:
+        with pytest.raises(ValueError) as caught:
+            Pins(parse_config(PINS, "gpio.toml"), "gpio.toml")
+    finally:
+        Device.pin_factory.reset()
+        Device.pin_factory = factory
+    assert str(caught.value) == (
+        "gpio.toml: output dimmer: pin 18: this pin factory has no PWM "
+        "(gpiozero's mock pins: GPIOZERO_MOCK_PIN_CLASS=mockpwmpin)"
+    )
 
 
 def test_mock_control_reads_and_drives_pins(
@@ -260,8 +439,9 @@ def test_mock_control_reads_and_drives_pins(
     server = serve_mock_pins(tmp_path / "pins.sock")
     mock = MockPins(tmp_path / "pins.sock")
     try:
-        pins.run("led on", {})
-        assert mock.state(17) == 1 and mock.state("GPIO22") == 1
+        command(pins, "led", True)
+        command(pins, "dimmer", 25)
+        assert mock.state(17) == 1 and mock.state("GPIO22") == 1 and mock.state(18) == 0.25
         mock.drive(27, "low")
         assert changes_within(pins)[-1]["button"] is True
         assert mock.ask("27 sideways") == "error: 'sideways' is not high or low"

@@ -13,24 +13,10 @@ from collections.abc import Callable
 import pytest
 
 from server.control import registry as control
-from tests.testclient import App, Client, FakeDevice
+from tests.testclient import App, Client, FakeDevice, online, watch
 from tests.wire import Resp
 
 JSON = {"Content-Type": "application/json"}
-
-
-def online(app: App, user: str) -> Client:
-    c = app.client()
-    assert c.me(user).status == 200
-    return c
-
-
-def watch(app: App, user: str = "vera") -> Client:
-    """A viewer's event stream, its reset read."""
-    c = app.client()
-    assert c.get("/api/events", user).status == 200
-    assert [e.type for e in c.events()] == ["reset"]
-    return c
 
 
 def lease_events(c: Client) -> list[tuple[str, str, str | None, str | None]]:
@@ -42,9 +28,9 @@ def lease_events(c: Client) -> list[tuple[str, str, str | None, str | None]]:
     ]
 
 
-def command(c: Client, user: str, lamp: FakeDevice, action: str = "on") -> Resp:
-    """POST a command as ``user`` (the device answers it if it gets it)."""
-    return c.post(f"/api/devices/{lamp.id}/commands", {"action": action}, user)
+def command(c: Client, user: str, lamp: FakeDevice, on: bool = True) -> Resp:
+    """POST a command as ``user``: the lamp's power on or off (it answers if it gets it)."""
+    return c.post(f"/api/devices/{lamp.id}/commands", {"entity": "power", "value": on}, user)
 
 
 @pytest.fixture
@@ -58,16 +44,16 @@ def test_a_command_on_a_free_device_takes_it_and_others_get_409(app: App, lamp: 
     assert lease_events(viewer) == [("start", "alice", None, None)]
     (device,) = alice.get("/api/devices").json()
     assert device["lease"]["holder"] == "alice"
-    refused = command(bob, "bob", lamp, "off")
+    refused = command(bob, "bob", lamp, on=False)
     assert refused.status == 409
     body = refused.json()
     assert body["holder"] == "alice" and body["since"] == device["lease"]["since"]
     assert body["error"].startswith("lamp-1 is held by alice since ")
-    assert lamp.commands == ["on"]  # bob's "off" never reached the device
-    assert command(alice, "alice", lamp, "off").status == 200  # her own: renewed, no new event
+    assert lamp.commands == [("power", True)]  # bob's "off" never reached the device
+    assert command(alice, "alice", lamp, on=False).status == 200  # her own: renewed, no new event
     assert lease_events(viewer) == []
-    statuses = [(r["user"], r["action"], r["status"]) for r in app.records("command")]
-    assert statuses == [("alice", "on", 200), ("bob", "off", 409), ("alice", "off", 200)]
+    statuses = [(r["user"], r["value"], r["status"]) for r in app.records("command")]
+    assert statuses == [("alice", True, 200), ("bob", False, 409), ("alice", False, 200)]
     (start,) = app.records("lease")
     assert (start["change"], start["device"], start["user"]) == ("start", "lamp-1", "alice")
 
@@ -97,7 +83,7 @@ def test_release_frees_the_device_for_the_next_operator(app: App, lamp: FakeDevi
     released = alice.request("DELETE", "/api/devices/lamp-1/lease")
     assert (released.status, released.json()) == (200, {"device": "lamp-1", "lease": None})
     assert alice.request("DELETE", "/api/devices/lamp-1/lease").status == 200  # free: fine
-    assert command(bob, "bob", lamp, "off").status == 200
+    assert command(bob, "bob", lamp, on=False).status == 200
     assert lease_events(viewer) == [
         ("start", "alice", None, None),
         ("end", "alice", "released", None),
@@ -168,12 +154,12 @@ def test_a_lease_needs_the_control_channel(app: App) -> None:
 
 
 def test_telemetry_history_is_served_for_a_panel_opened_later(app: App, lamp: FakeDevice) -> None:
-    lamp.telemetry({"temp_c": 21.5, "on": True, "label": "kitchen"})
+    lamp.telemetry({"temperature": 21.5, "power": True})
     history = online(app, "vera").get("/api/devices/lamp-1/telemetry", "vera").json()
     assert history["device"] == "lamp-1" and history["window_s"] == control.HISTORY_SECONDS
-    ((at, value),) = history["metrics"]["temp_c"]
+    ((at, value),) = history["metrics"]["temperature"]
     assert value == 21.5 and isinstance(at, int)
-    assert set(history["metrics"]) == {"temp_c"}  # numbers only
+    assert set(history["metrics"]) == {"temperature"}  # numbers only
     assert app.client().get("/api/devices/lamp-9/telemetry").status == 404
 
 

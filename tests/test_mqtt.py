@@ -1,9 +1,12 @@
-"""The MQTT fleet bridge against Debian's Mosquitto (tests/broker.py), vigil as a process.
+"""The MQTT fleet bridge against Debian's Mosquitto (tests/broker.py).
 
-What needs no device: status and its last will, presence, two sites on one
-broker, TLS, refused commands, and HTTP while the broker is dead or
-unreachable. Devices (state, telemetry, Home Assistant, commands reaching
-an agent over real SCTP) are in tests/test_mqtt_uml.py.
+vigil as a process, for what needs no device: status and its last will,
+presence, two sites on one broker, TLS, refused commands, and HTTP while
+the broker is dead or unreachable. vigil in this process (tests/testclient.py)
+with a ``FakeDevice``, for commands from the fleet and Home Assistant: a
+value the entity cannot take is refused with its rule and never reaches
+the device, a valid one does and its state is published at once. The
+reference agent over real SCTP is in tests/test_mqtt_uml.py.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import Broker
+from tests.broker import Broker, Subscriber
+from tests.fakedevice import LAMP, described
 from tests.support import Vigil, make_certificate, require
+from tests.testclient import App
 from tests.wire import Remote
 
 
@@ -128,7 +133,8 @@ def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
 ) -> None:
     topic = "vigil/site-a/devices/lamp-1/command"
     # retained: the broker would hand it to vigil again at every reconnect
-    broker.publish(topic, '{"id": "r1", "action": "on", "user": "node-red"}', "-r")
+    command = {"id": "r1", "entity": "power", "value": True, "user": "node-red"}
+    broker.publish(topic, command, "-r")
     with broker.subscribe("vigil/site-a/devices/+/result") as sub:
         vigil = start_vigil(broker.mqtt_sections(commands=True, command_users=["node-red"]))
         body = sub.expect("vigil/site-a/devices/lamp-1/result").json()
@@ -136,13 +142,13 @@ def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
     broker.publish(topic, "", "-r")  # clear it
     cases = [
         ("not json", None, 400, "not UTF-8 JSON"),
-        ('{"action": "on", "user": "node-red"}', None, 400, "needs an id"),
-        ('{"id": "a1", "user": "node-red"}', "a1", 400, "the message must be"),
-        ('{"id": 7, "action": "on", "args": [], "user": "node-red"}', 7, 400, "must be"),
-        ('{"id": "a2", "action": "on"}', "a2", 400, "names its user"),
-        ('{"id": "a3", "action": "on", "user": "mallory"}', "a3", 403, "'mallory' may not"),
-        # a device that does not exist here (control channel off): the command path says so
-        ('{"id": "a4", "action": "on", "user": "node-red"}', "a4", 503, "control channel off"),
+        ('{"entity": "power", "value": true, "user": "node-red"}', None, 400, "needs an id"),
+        ('{"id": "a2", "entity": "power", "value": true}', "a2", 400, "names its user"),
+        ('{"id": "a3", "entity": "power", "user": "mallory"}', "a3", 403, "'mallory' may not"),
+        # the command path's own checks, as for HTTP: the form, then the device
+        ('{"id": "a1", "action": "on", "user": "node-red"}', "a1", 400, '{"entity": "<key>"'),
+        ('{"id": 7, "entity": "power", "value": [], "user": "node-red"}', 7, 400, "must be"),
+        ('{"id": 4, "entity": "power", "value": true, "user": "node-red"}', 4, 503, "control"),
     ]
     with broker.subscribe("vigil/site-a/devices/+/result") as sub:
         time.sleep(0.2)
@@ -153,7 +159,7 @@ def test_malformed_and_unauthorised_commands_are_answered_and_change_nothing(
             assert (body["id"], body["status"], body["ok"]) == (cid, status, False), body
             assert words in body["error"], body
     records = (vigil.config.parent / "audit.jsonl").read_text()
-    assert '"user":"mqtt:node-red"' in records  # only a4 reached the command path
+    assert records.count('"user":"mqtt:node-red"') == 1  # only a4 was a command (refused)
     assert "mallory" not in records
 
 
@@ -164,7 +170,7 @@ def test_commands_off_by_default(broker: Broker, start_vigil: Callable[..., Vigi
         sub.expect("vigil/site-a/status")
         broker.publish(
             "vigil/site-a/devices/lamp-1/command",
-            {"id": "x", "action": "on", "user": "node-red"},
+            {"id": "x", "entity": "power", "value": True, "user": "node-red"},
         )
         assert not [m for m in sub.drain(1.0) if m.topic.endswith("/result")]
 
@@ -248,3 +254,110 @@ def test_mqtt_turned_on_by_sighup(broker: Broker, start_vigil: Callable[..., Vig
         vigil.config.write_text(text)
         vigil.signal(signal.SIGHUP)
         assert online(sub.expect("vigil/site-a/status"))
+
+
+# -- vigil in this process, a device that meets its control channel ---------------------
+
+STATUS = "vigil/site-a/status"
+STATE = "vigil/site-a/devices/lamp-1/state"
+COMMAND = "vigil/site-a/devices/lamp-1/command"
+RESULT = "vigil/site-a/devices/lamp-1/result"
+ACTIVITY = "vigil/site-a/activity"
+MODE = described({"key": "mode", "kind": "select", "label": "Mode", "options": ["eco", "boost"]})
+
+
+@pytest.fixture
+def fleet_app(broker: Broker, make_app: Callable[..., App]) -> App:
+    """vigil in this process, connected to the broker, fleet commands and HA on."""
+    sections = broker.mqtt_sections(
+        commands=True, command_users=["node-red", "homeassistant"], homeassistant=True
+    )
+    app: App = make_app(sections)
+    bridge = app.server.mqtt
+    assert bridge is not None
+    deadline = time.monotonic() + 10
+    while not bridge.connected:
+        assert time.monotonic() < deadline, "the bridge did not connect"
+        app.loop.run_once(0.01)
+    return app
+
+
+def listening(broker: Broker, app: App, *topics: str) -> Subscriber:
+    """A subscriber to ``topics`` and the status, once the broker has subscribed it (the
+    retained status came: what is published after it reaches the subscriber)."""
+    sub = broker.subscribe(STATUS, *topics)
+    try:
+        sub.expect(STATUS, pump=app.pump)
+    except AssertionError:
+        sub.close()
+        raise
+    return sub
+
+
+def test_a_value_the_entity_cannot_take_is_refused_back_to_the_fleet_and_never_sent(
+    broker: Broker, fleet_app: App
+) -> None:
+    lamp = fleet_app.device("lamp-1")
+    pump = fleet_app.pump
+    cases = [
+        ("brightness", 140, "lamp-1.brightness: 140 is above max 100"),
+        ("brightness", 40.5, "lamp-1.brightness: 40.5 is off the step 1 (from 0)"),
+        ("brightness", "40", 'lamp-1.brightness: "40" is not a number'),
+        ("power", "on", 'lamp-1.power: "on" is not true or false'),
+        ("temperature", 20, "lamp-1.temperature: a sensor only reports: it takes no commands"),
+        ("colour", "red", "lamp-1.colour: no such entity (lamp-1 has: power, brightness, "),
+    ]
+    with listening(broker, fleet_app, RESULT, ACTIVITY) as sub:
+        for n, (entity, value, error) in enumerate(cases):
+            command = {"entity": entity, "value": value, "id": f"nr-{n}", "user": "node-red"}
+            broker.publish(COMMAND, command)
+            result = sub.expect(RESULT, pump=pump).json()
+            assert (result["id"], result["status"], result["ok"]) == (f"nr-{n}", 400, False)
+            assert result["error"].startswith(error), result
+            act = sub.expect(ACTIVITY, pump=pump).json()  # the refusal is audited and shown
+            assert (act["user"], act["entity"], act["status"]) == ("mqtt:node-red", entity, 400)
+        pump()
+    assert lamp.commands == []  # nothing went to the device
+
+
+def test_fleet_commands_move_a_number_and_a_select_and_their_state_is_published_at_once(
+    broker: Broker, fleet_app: App
+) -> None:
+    app = fleet_app
+    lamp = app.device("lamp-1", LAMP + MODE)
+    pump = app.pump
+    discovery = "homeassistant/number/vigil_site-a/lamp-1_brightness/config"
+    with listening(broker, app, RESULT, STATE, discovery) as sub:
+        # Home Assistant's slider: the number's command as HA's template makes it
+        config = sub.expect(discovery, pump=pump).json()
+        assert (config["min"], config["max"], config["step"]) == (0, 100, 1)
+        assert config["unit_of_measurement"] == "%"
+        broker.publish(
+            config["command_topic"], config["command_template"].replace("{{ value }}", "40")
+        )
+        result = sub.expect(RESULT, pump=pump).json()
+        assert (result["id"], result["status"], result["ok"], result["state"]) == (
+            "homeassistant",
+            200,
+            True,
+            40,
+        )
+        assert lamp.commands == [("brightness", 40)]
+        state = sub.expect(STATE, lambda m: m.json()["state"]["brightness"] == 40, pump=pump)
+        assert state.json()["lease"] is None  # a fleet command never takes the device
+        # Node-RED picks a mode
+        command = {"entity": "mode", "value": "boost", "id": "nr-9", "user": "node-red"}
+        broker.publish(COMMAND, command)
+        result = sub.expect(RESULT, pump=pump).json()
+        assert (result["id"], result["status"], result["state"]) == ("nr-9", 200, "boost")
+        assert lamp.commands[-1] == ("mode", "boost")
+        body = sub.expect(STATE, lambda m: m.json()["state"]["mode"] == "boost", pump=pump).json()
+        assert body["state"]["brightness"] == 40
+    records = app.records("command")
+    assert [(r["user"], r["entity"], r["value"], r["state"]) for r in records] == [
+        ("mqtt:homeassistant", "brightness", 40, 40),
+        ("mqtt:node-red", "mode", "boost", "boost"),
+    ]
+    with broker.subscribe(STATE) as sub:  # subscribed after: the retained state is current
+        retained = sub.expect(STATE, pump=pump)
+        assert retained.retained and retained.json()["state"]["mode"] == "boost"

@@ -88,35 +88,48 @@ def test_state_telemetry_and_home_assistant_discovery(site: Site) -> None:
         # vigil retries until the broker is up (retained or live: whichever came first)
         assert sub.expect(f"{PREFIX}/status", timeout=15).payload == "online"
         body = sub.expect(STATE).json()
-        assert body["online"] is True and body["lease"] is None
-        assert body["id"] == "lamp-1" and "on" in body["commands"]
+        assert body["online"] is True and body["lease"] is None and body["id"] == "lamp-1"
+        kinds = [(e["key"], e["kind"]) for e in body["entities"]]
+        assert kinds == [("power", "switch"), ("brightness", "number"), ("temperature", "sensor")]
         reading = sub.expect(f"{PREFIX}/devices/lamp-1/telemetry").json()
-        assert isinstance(reading["temperature"], float) and reading["on"] in (True, False)
-        later = sub.expect(STATE, lambda m: m.json()["telemetry"] is not None).json()
-        assert set(later["telemetry"]) == {"temperature", "on"}
-        switch = sub.expect("homeassistant/switch/vigil_pi-1/lamp-1/config").json()
+        assert isinstance(reading["temperature"], float) and reading["power"] in (True, False)
+        later = sub.expect(STATE, lambda m: m.json()["state"]["temperature"] is not None).json()
+        assert set(later["state"]) == {"power", "brightness", "temperature"}
+        switch = sub.expect("homeassistant/switch/vigil_pi-1/lamp-1_power/config").json()
         assert switch["command_topic"] == COMMAND and switch["state_topic"] == STATE
-        assert json.loads(switch["payload_on"])["action"] == "on"
+        assert json.loads(switch["payload_on"]) == {
+            "entity": "power",
+            "value": True,
+            "id": "homeassistant",
+            "user": "homeassistant",
+        }
         assert [a["topic"] for a in switch["availability"]] == [f"{PREFIX}/status", STATE]
+        number = sub.expect("homeassistant/number/vigil_pi-1/lamp-1_brightness/config").json()
+        assert (number["min"], number["max"], number["step"]) == (0, 100, 1)
+        assert number["unit_of_measurement"] == "%" and number["command_topic"] == COMMAND
         sensor = sub.expect("homeassistant/sensor/vigil_pi-1/lamp-1_temperature/config").json()
-        assert sensor["value_template"] == '{{ value_json.telemetry["temperature"] }}'
-        assert not [m for m in sub.seen if m.topic.endswith("lamp-1_on/config")]  # a bool
+        assert sensor["value_template"] == "{{ value_json['state']['temperature'] }}"
+        assert (sensor["unit_of_measurement"], sensor["device_class"]) == ("°C", "temperature")
+        assert sensor["state_class"] == "measurement"
     with site.subscribe(STATE, "homeassistant/+/vigil_pi-1/#") as sub:  # subscribed after
-        assert all(sub.expect(topic).retained for topic in [STATE, ".*switch.*", ".*sensor.*"])
+        topics = [STATE, ".*switch.*", ".*number.*", ".*sensor.*"]
+        assert all(sub.expect(topic).retained for topic in topics)
 
 
 def test_a_browser_command_is_activity(site: Site) -> None:
     with site.subscribe(f"{PREFIX}/activity") as sub:
-        answer = site.post("alice", "/api/devices/lamp-1/commands", {"action": "on"})
+        command = {"entity": "power", "value": True}
+        answer = site.post("alice", "/api/devices/lamp-1/commands", command)
         assert answer.status == 200
         act = sub.expect(f"{PREFIX}/activity").json()
-        assert (act["user"], act["device"], act["action"], act["ok"]) == (
+        assert (act["user"], act["device"], act["entity"], act["value"], act["ok"]) == (
             "alice",
             "lamp-1",
-            "on",
+            "power",
+            True,
             True,
         )
-        assert act["id"] == answer.json()["id"] and act["result"]["on"] is True
+        assert act["id"] == answer.json()["id"] and act["state"] is True
         assert act["status"] == 200 and act["latency_ms"] >= 0
     with site.person() as alice:  # the command leased it to alice: let go
         assert alice.request("DELETE", "/api/devices/lamp-1/lease").status == 200
@@ -135,24 +148,31 @@ def test_a_fleet_command_reaches_the_device_and_everyone_sees_it(site: Site) -> 
     with site.person() as bob, site.subscribe(RESULT, f"{PREFIX}/activity", STATE) as sub:
         assert bob.get("/api/events", user="bob").status == 200
         parser = SSEParser()
-        site.broker.publish(
-            COMMAND, {"action": "toggle", "args": {}, "id": "nr-17", "user": "node-red"}
-        )
+        time.sleep(0.2)
+        too_bright = {"entity": "brightness", "value": 140, "id": "nr-16", "user": "node-red"}
+        site.broker.publish(COMMAND, too_bright)
+        refused = sub.expect(RESULT).json()
+        assert (refused["id"], refused["status"], refused["ok"]) == ("nr-16", 400, False)
+        assert refused["error"] == "lamp-1.brightness: 140 is above max 100"
+        dim = {"entity": "brightness", "value": 30, "id": "nr-17", "user": "node-red"}
+        site.broker.publish(COMMAND, dim)
         result = sub.expect(RESULT).json()
         assert (result["id"], result["status"], result["ok"]) == ("nr-17", 200, True), result
-        assert isinstance(result["result"]["on"], bool)
+        assert result["state"] == 30
+        sub.expect(f"{PREFIX}/activity", lambda m: m.json()["status"] == 400)
         act = sub.expect(f"{PREFIX}/activity").json()
         assert act["user"] == "mqtt:node-red" and act["id"] == result["command"]
+        assert (act["entity"], act["value"], act["state"]) == ("brightness", 30, 30)
         event = events_until(
             bob, parser, lambda e: e.type == "command" and e.data.get("phase") == "result"
         )
-        assert event.data["user"] == "mqtt:node-red"
-        state = sub.expect(STATE).json()
+        assert (event.data["user"], event.data["state"]) == ("mqtt:node-red", 30)
+        state = sub.expect(STATE, lambda m: m.json()["state"]["brightness"] == 30).json()
         assert state["lease"] is None  # a fleet command never takes the device
     with site.person() as alice:
         records = alice.get("/api/audit?limit=50").json()["records"]
     mine = [r for r in records if r.get("type") == "command" and r.get("user") == "mqtt:node-red"]
-    assert mine and mine[-1]["device"] == "lamp-1" and mine[-1]["ok"] is True
+    assert [(r["status"], r["ok"]) for r in mine[:2]] == [(200, True), (400, False)]  # newest first
 
 
 def test_a_device_someone_holds_is_refused_back_to_the_fleet(site: Site) -> None:
@@ -160,13 +180,15 @@ def test_a_device_someone_holds_is_refused_back_to_the_fleet(site: Site) -> None
     try:
         with site.subscribe(RESULT) as sub:
             time.sleep(0.2)
-            site.broker.publish(COMMAND, {"action": "on", "id": 42, "user": "homeassistant"})
+            on = {"entity": "power", "value": True, "id": 42, "user": "homeassistant"}
+            site.broker.publish(COMMAND, on)
             result = sub.expect(RESULT).json()
             assert (result["id"], result["status"], result["ok"]) == (42, 409, False)
             assert result["holder"] == "alice" and "held by alice" in result["error"]
         with site.subscribe(f"{PREFIX}/activity") as sub:  # refusals are activity too
             time.sleep(0.2)
-            assert site.post("bob", "/api/devices/lamp-1/commands", {"action": "on"}).status == 409
+            on = {"entity": "power", "value": True}
+            assert site.post("bob", "/api/devices/lamp-1/commands", on).status == 409
             act = sub.expect(f"{PREFIX}/activity").json()
             assert (act["user"], act["status"], act["ok"]) == ("bob", 409, False)
             assert "held by alice" in act["error"]

@@ -15,15 +15,13 @@ them trust the certificate vigil made on first run, with its names checked
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from tests.netns import Client, EventWatcher, Namespace, presence, serving_sections
-from tests.support import CHATTY, Vigil, basic
+from tests.support import CHATTY, Chatter, Vigil, basic, https_client
 from tests.wire import Remote
 
 BOUND = 5.0  # seconds from the pull to the leave (loose on purpose)
@@ -33,37 +31,6 @@ STREAM_BOUND = 3.0  # the same for an event stream (TCP_USER_TIMEOUT 2 s): the t
 def sections(**presence_cfg: object) -> dict[str, dict[str, object]]:
     presence = {"keepidle": 1, "keepintvl": 1, "keepcnt": 2, "grace": 2, **presence_cfg}
     return {**serving_sections(), "presence": presence, **CHATTY}  # alice chats 5 a second
-
-
-class Chatter:
-    """alice posts a chat message every ``interval`` s, so every stream gets events."""
-
-    def __init__(self, vigil: Vigil, interval: float = 0.2) -> None:
-        self._client = https_client(vigil, "alice")
-        self._interval = interval
-        self._stop = threading.Event()
-        self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.wait(self._interval):
-            n += 1
-            r = self._client.post("/api/chat", json={"text": f"tick {n}"})
-            if r.status_code != 200:
-                self.errors.append(f"{r.status_code} {r.text}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._client.close()
-
-
-def https_client(vigil: Vigil, user: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=vigil.https, headers={"Authorization": basic(user)}, verify=vigil.ssl_context()
-    )
 
 
 def watch(vigil: Vigil) -> EventWatcher:

@@ -60,9 +60,9 @@ def test_curl_reaches_vigil_and_its_device_in_the_guest(tmp_path: Path) -> None:
             "-H",
             "Content-Type: application/json",
             "--data-binary",
-            '{"action": "on"}',
+            '{"entity": "power", "value": true}',
         )
-        assert status == 200 and json.loads(text)["result"]["on"] is True
+        assert status == 200 and json.loads(text)["state"] is True
         host.pull()
         assert curl(host.https_url + "/healthz", "alice", *trust, "-m", "1")[0] == 0  # no answer
         host.plug()

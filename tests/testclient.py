@@ -35,7 +35,8 @@ from server import config as configmod
 from server.app import Server
 from server.base.loop import Loop
 from server.base.sockopts import configure_accepted
-from tests.fakedevice import FakeDevice
+from server.link.entities import Entity
+from tests.fakedevice import LAMP, FakeDevice
 from tests.support import audit_records, write_config
 from tests.wire import Client as WireClient
 from tests.wire import Event, Reader, Resp, SSEParser
@@ -78,10 +79,11 @@ class App:
         return client
 
     def device(
-        self, device_id: str, commands: tuple[str, ...] = ("on", "off"), answers: bool = True
+        self, device_id: str, described: tuple[Entity, ...] = LAMP, answers: bool = True
     ) -> FakeDevice:
-        """A device online now (see the module header and ``FakeDevice``)."""
-        return FakeDevice(self, device_id, commands, answers)
+        """A device online now (see the module header and ``FakeDevice``): the reference
+        agent's lamp unless ``described`` says what it is made of."""
+        return FakeDevice(self, device_id, described, answers)
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         """The audit records of ``kind`` kept in memory, oldest first."""
@@ -191,3 +193,18 @@ class Client(WireClient):
     def closed(self) -> bool:
         self._idle_passes = 0
         return self.reader.closed()
+
+
+def online(app: App, user: str) -> Client:
+    """A connection of ``user``, online (its first request answered)."""
+    c = app.client()
+    assert c.me(user).status == 200
+    return c
+
+
+def watch(app: App, user: str = "vera") -> Client:
+    """``user``'s event stream, its reset read."""
+    c = app.client()
+    assert c.get("/api/events", user).status == 200
+    assert [e.type for e in c.events()] == ["reset"]
+    return c

@@ -1,4 +1,4 @@
-"""Reference device agent: a simulated lamp with a thermometer, or real GPIO pins.
+"""Reference device agent: a simulated dimmable lamp with a thermometer, or real GPIO pins.
 
     python -m server.agent --name lamp-1 --secret-file FILE [--host 127.0.0.1] [--port 9900]
     VIGIL_DEVICE_SECRET=<hex> python -m server.agent --name lamp-1 ...
@@ -11,27 +11,35 @@ every user sees in ``ps``.
 The agent drives one ``Hardware`` (``server.agent.hardware``): the simulated
 ``Lamp``, or with ``--gpio`` the pins of a config file
 (``server.agent.gpio.Pins``, README "GPIO"). For other hardware, write a
-third class with the members of ``Hardware``. The protocol (README,
-"Devices"; every message is a ``server.link.codec`` class, encoded and
-decoded there, as vigil does) in short:
+third class with the members of ``Hardware``. The protocol (control
+protocol 2, README "Devices"; every message is a ``server.link.codec``
+class, encoded and decoded there, as vigil does) in short:
 
 - one SCTP association to vigil; every message is one UTF-8 JSON object;
 - stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
-  send ``hello`` with ``hmac``, HMAC-SHA256 of the nonce's bytes followed by
-  our id under our secret (``server.link.secret.proof``); vigil answers
-  ``welcome``, or an ``error`` and aborts the association (wrong secret, too
-  late, ...); then it sends ``command``s and we answer each with a
-  ``result`` carrying the command's id;
-- stream 1 (unordered is fine): we send ``telemetry`` whenever we like;
-  vigil shows browsers at most 5 updates a second per device, the newest.
+  send ``hello`` with ``"protocol": 2``, the hardware's ``entities``
+  (``server.link.entities``: switch, number, sensor, ...) and ``hmac``,
+  HMAC-SHA256 of the nonce's bytes followed by our id under our secret
+  (``server.link.secret.proof``); vigil answers ``welcome``, or an
+  ``error`` and aborts the association (wrong secret, too late, an old
+  protocol, ...); then it sends ``command``s, each naming an entity and a
+  value, and we answer each with a ``result`` carrying the command's id and
+  the entity's new ``state`` (or ``"ok": false`` and the ``error``);
+- stream 1 (unordered is fine): we send ``telemetry``, ``{entity key:
+  state}``, whenever we like; vigil shows browsers at most 5 updates a
+  second per device, the newest.
+
+vigil checks every command against the entity before it sends it; we check
+it again (``Entity.command``), so that the hardware only ever gets a value
+its entity allows, whoever sent it.
 
 When the association is lost (vigil restarts, the cable is pulled) or vigil
 refuses us, we connect again, waiting 0.2 s, 0.4 s, ... up to 5 s between
 attempts. Everything runs in one select() loop; hardware that reports from
 threads of its own (gpiozero's) hands its changes to the loop through a pipe.
 
-The agent imports nothing of vigil but ``server.link``: the codec, the SCTP
-tuning and the secret, which both ends share.
+The agent imports nothing of vigil but ``server.link``: the codec, the
+entities, the SCTP tuning and the secret, which both ends share.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import sctp
 from server.agent.hardware import Hardware, Lamp
 from server.link import codec
 from server.link.codec import HEARTBEAT_MS, MAX_MESSAGE, PATH_MAX_RETRANS, PPID_JSON, Stream
+from server.link.entities import Invalid, Value, refusal, unknown
 from server.link.sctp import family_of, tune_peer
 from server.link.secret import parse_secret, proof, read_secret_file
 
@@ -139,7 +148,10 @@ class Agent:
             return False
         hw = self.hardware
         name = self.args.name
-        self.send(codec.Hello(name, self.args.label, hw.commands, proof(self.secret, nonce, name)))
+        hello = codec.Hello(
+            name, self.args.label, hw.entities, hmac=proof(self.secret, nonce, name)
+        )
+        self.send(hello)
         welcomed = False
         next_reading = math.inf  # the first reading goes once welcomed
         watched = [self.sock] if hw.fileno() is None else [self.sock, hw.fileno()]
@@ -169,7 +181,7 @@ class Agent:
                 self.telemetry(hw.reading())
                 next_reading = math.inf if hw.interval is None else now + hw.interval
 
-    def telemetry(self, reading: dict[str, Any]) -> None:
+    def telemetry(self, reading: dict[str, Value]) -> None:
         self.send(codec.Telemetry(reading), Stream.TELEMETRY)
 
     def handle(self, msg: codec.FromServer) -> bool:
@@ -180,13 +192,26 @@ class Agent:
         if isinstance(msg, codec.Error):
             log.error("vigil says: %s", msg.error)
         elif isinstance(msg, codec.Command):
-            log.info("command %s from %s: %s %s", msg.id, msg.user, msg.action, msg.args)
-            try:
-                reply = codec.Result(msg.id, True, self.hardware.run(msg.action, msg.args))
-            except ValueError as e:
-                reply = codec.Result(msg.id, False, error=str(e))
+            log.info("command %s from %s: %s = %s", msg.id, msg.user, msg.entity, msg.value)
+            reply = self.command(msg)
+            if not reply.ok:
+                log.warning("command %s failed: %s", msg.id, reply.error)
             self.replies.append((time.monotonic() + self.args.reply_delay, reply))
         return False
+
+    def command(self, msg: codec.Command) -> codec.Result:
+        """Set the entity ``msg`` names, if it allows the value; the result to send."""
+        name, hw = self.args.name, self.hardware
+        entity = next((e for e in hw.entities if e.key == msg.entity), None)
+        if entity is None:
+            return codec.Result(msg.id, False, error=unknown(name, msg.entity, hw.entities))
+        try:
+            state = hw.set(entity.key, entity.command(msg.value))
+        except Invalid as e:
+            return codec.Result(msg.id, False, error=refusal(name, entity.key, str(e)))
+        except ValueError as e:  # the hardware's own error
+            return codec.Result(msg.id, False, error=str(e))
+        return codec.Result(msg.id, True, state=state)
 
     def run(self) -> None:
         """Connect, serve, and connect again with exponential backoff, forever."""

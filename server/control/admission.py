@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from server.base.addresses import AllowList
 from server.config import DeviceKey
+from server.link.entities import PROTOCOL
 from server.link.secret import proof, same
 
 RECENT_NONCES = 64  # challenges remembered to tell a replay from a wrong secret
@@ -62,6 +63,7 @@ class Reason(enum.Enum):
     REPLAYED = "replayed"  # the proof of an earlier association's challenge
     LATE = "late"  # hello after the deadline
     NO_HELLO = "no hello"  # nothing proven by the deadline
+    PROTOCOL = "protocol"  # proven, but a hello of another protocol than vigil's
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,12 @@ class Admission:
         self._recent.append(nonce)
         return ch
 
-    def prove(self, assoc: int, device: str, given: str | None, now: float) -> Denial | None:
-        """Check the hello of ``assoc`` (``given``: its hmac); None if it proved ``device``."""
+    def prove(
+        self, assoc: int, device: str, given: str | None, protocol: int | None, now: float
+    ) -> Denial | None:
+        """Check the hello of ``assoc`` (``given``: its hmac; ``protocol``: the version it
+        speaks); None if it proved ``device`` in vigil's protocol. Only a device that proved
+        its secret learns which protocol vigil speaks."""
         ch = self.open.pop(assoc, None)  # one hello per challenge, right or wrong
         addr = self.addrs.get(assoc)
 
@@ -142,7 +148,16 @@ class Admission:
             )
         answer = given.lower().encode()
         if same(proof(secret, ch.nonce, device), answer):
-            return None
+            if protocol == PROTOCOL:
+                return None
+            spoken = "no protocol" if protocol is None else f"protocol {protocol}"
+            return deny(
+                Reason.PROTOCOL,
+                f"hello of {spoken}; vigil speaks protocol {PROTOCOL} (an older agent?)",
+                f"hello refused: vigil speaks protocol {PROTOCOL} "
+                f'("protocol": {PROTOCOL} and "entities"; README, Devices); '
+                f"this hello says {spoken}",
+            )
         if any(same(proof(secret, n, device), answer) for n in self._recent if n != ch.nonce):
             return deny(Reason.REPLAYED, "the hmac answers an earlier association's challenge")
         return deny(Reason.WRONG, "wrong hmac (not this device's secret?)")

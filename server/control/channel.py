@@ -125,12 +125,14 @@ from server.control.registry import Device, Phase, Refusal
 from server.feed.events import CommandEvent
 from server.link import codec
 from server.link.codec import PPID_JSON, Stream
+from server.link.entities import Value
 from server.link.sctp import family_of, tune_peer
 from server.link.secret import NONCE_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_READS = 32  # messages read per readable callback
+NAMED = 5  # problems of one telemetry reading named in the error reply (the rest counted)
 RECV_SIZE = codec.MAX_MESSAGE + 1  # a whole allowed message in one recv
 NO_SCTP = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT)
 NO_SCTP_REASON = "this kernel has no SCTP (on a Raspberry Pi: sudo modprobe sctp)"
@@ -340,12 +342,25 @@ class ControlChannel:
     def device(self, device_id: str) -> Device | None:
         return self._registry.devices.get(device_id)
 
-    def unavailable(self, device_id: str, action: str | None = None) -> Refusal | None:
+    def state(self, device_id: str) -> dict[str, Value]:
+        """A copy of the entity states of a known device (None: not reported yet)."""
+        return dict(self._registry.states.get(device_id, {}))
+
+    def unavailable(self, device_id: str) -> Refusal | None:
         """Why a command (or a lease) for ``device_id`` would be refused now; None: it would not."""
         off = self.off_message
         if off is not None:
             return Refusal(503, off)
-        return self._registry.unavailable(device_id, action)
+        return self._registry.unavailable(device_id)
+
+    def check(self, device_id: str, entity: str, value: object) -> Refusal | None:
+        """Why setting ``entity`` of ``device_id`` to ``value`` would be refused now (the
+        device, or 400 naming the entity, the value and the rule); None: it would not."""
+        refused = self.unavailable(device_id)
+        if refused is not None:
+            return refused
+        checked = self._registry.check(device_id, entity, value)
+        return checked if isinstance(checked, Refusal) else None
 
     def telemetry(self, device_id: str) -> dict[str, Any] | None:
         """The telemetry history of a known device (``control.History``), or None."""
@@ -355,15 +370,23 @@ class ControlChannel:
         return {"device": device_id, "window_s": control.HISTORY_SECONDS, "metrics": metrics}
 
     def command(
-        self, device_id: str, action: str, args: dict[str, Any], user: str, on_done: OnDone
+        self,
+        device_id: str,
+        entity: str,
+        value: object,
+        user: str,
+        on_done: OnDone,
+        reason: str | None = None,
     ) -> None:
-        """Send ``action`` to a device; ``on_done(status, body)`` is called exactly once."""
+        """Set ``entity`` of a device to ``value``, checked first; ``on_done(status, body)``
+        is called exactly once. ``reason``: why vigil sends it itself (a safe state)."""
         off = self.off_message
         if off is not None:
             on_done(503, {"error": off})
             return
         now = self._loop.now()
-        p = self._registry.issue(device_id, action, args, user, now, self._cfg.command_timeout)
+        timeout = self._cfg.command_timeout
+        p = self._registry.issue(device_id, entity, value, user, now, timeout, reason)
         if isinstance(p, Refusal):
             on_done(p.status, {"error": p.error})
             return
@@ -387,17 +410,21 @@ class ControlChannel:
     def _fail(self, p: control.Pending, status: int, error: str) -> None:
         on_done, timer = self._waiting.pop(p.id)
         timer.cancel()
-        log.info("command %s %s to %s failed: %s", p.id, p.action, p.device, error)
+        log.info("command %s %s to %s failed: %s", p.id, p.entity.key, p.device, error)
         self._events.command(p.event(Phase.FAILED, self._loop.now(), status, ok=False, error=error))
         on_done(status, {"error": error})
 
-    def _answer(self, p: control.Pending, res: control.Result) -> None:
+    def _answer(self, p: control.Pending, res: control.Result, assoc: int) -> None:
         on_done, timer = self._waiting.pop(p.id)
         timer.cancel()
         now = self._loop.now()
         if res.ok:
-            self._events.command(p.event(Phase.RESULT, now, 200, ok=True, result=res.result))
-            on_done(200, {"id": p.id, "ok": True, "result": res.result})
+            state = self._registry.answered(p, res)
+            if isinstance(state, str):  # the device said a state its entity cannot have
+                self._reply_error(assoc, f"result {p.id}: state dropped: {state}")
+                state = self._registry.states[p.device].get(p.entity.key)
+            self._events.command(p.event(Phase.RESULT, now, 200, ok=True, state=state))
+            on_done(200, {"id": p.id, "ok": True, "state": state})
         else:
             self._events.command(p.event(Phase.RESULT, now, 200, ok=False, error=res.error))
             on_done(200, {"id": p.id, "ok": False, "error": res.error})
@@ -526,7 +553,7 @@ class ControlChannel:
             dev.id,
             assoc,
             self._admission.addrs.get(assoc, "?"),
-            ", ".join(dev.commands),
+            ", ".join(f"{e.key} ({e.kind.value})" for e in dev.entities),
         )
         self._events.device_online(dev)
         return dev
@@ -597,7 +624,7 @@ class ControlChannel:
         timer = self._deadlines.pop(assoc, None)
         if timer is not None:
             timer.cancel()
-        denial = self._admission.prove(assoc, msg.device, msg.hmac, self._loop.now())
+        denial = self._admission.prove(assoc, msg.device, msg.hmac, msg.protocol, self._loop.now())
         if denial is not None:
             self._refuse(assoc, denial)
             return
@@ -613,13 +640,19 @@ class ControlChannel:
                 dev.id if dev else assoc,
             )
             return
-        self._answer(p, msg)
+        self._answer(p, msg, assoc)
 
     def _on_telemetry(self, assoc: int, msg: codec.Telemetry) -> None:
         dev = self._registry.device_of(assoc)
         assert dev is not None  # receive checked
+        data, wrong = self._registry.readings(dev.id, msg.data)
+        if wrong:
+            more = f"; and {len(wrong) - NAMED} more" if len(wrong) > NAMED else ""
+            self._reply_error(assoc, "telemetry: dropped " + "; ".join(wrong[:NAMED]) + more)
+        if not data:
+            return
         now = self._loop.now()
-        when = self._coalescer.offer(dev.id, msg.data, now)
+        when = self._coalescer.offer(dev.id, data, now)
         if when is None:
             return
         if when <= now:

@@ -40,6 +40,7 @@ from typing import Any
 
 from server.feed.events import CommandEvent
 from server.link.codec import MAX_MESSAGE, Command, Hello, Result, too_large
+from server.link.entities import Entity, Invalid, Value, refusal, unknown
 
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
 HISTORY_SECONDS = 300  # telemetry history kept per device and metric ...
@@ -60,7 +61,7 @@ class Phase(enum.Enum):
 class Device:
     id: str
     name: str
-    commands: tuple[str, ...]
+    entities: tuple[Entity, ...]  # as its last hello declared them
     online: bool
     since: float  # epoch seconds of the last online/offline change
     assoc: int | None  # SCTP association id while online (``core.views`` shows it)
@@ -70,15 +71,16 @@ class Device:
 class Pending:
     id: str
     device: str
-    action: str
-    args: dict[str, Any]
+    entity: Entity
+    value: Value  # checked against ``entity``
     user: str
+    reason: str | None  # why vigil sent it itself (a safe state); None: a person did
     started: float  # monotonic
     deadline: float  # monotonic
 
     def command(self) -> Command:
         """The command message sent to the device."""
-        return Command(self.id, self.action, self.args, self.user)
+        return Command(self.id, self.entity.key, self.value, self.user)
 
     def event(
         self,
@@ -86,15 +88,17 @@ class Pending:
         now: float,
         status: int = 0,
         ok: bool = False,
-        result: Any = None,
+        state: Value = None,
         error: str | None = None,
     ) -> CommandEvent:
         """The "command" event for ``phase``; once answered, its outcome and latency."""
-        ev = CommandEvent(self.id, self.device, self.action, self.args, self.user, phase.value)
+        ev = CommandEvent(
+            self.id, self.device, self.entity.key, self.value, self.user, phase.value, self.reason
+        )
         if phase is Phase.ISSUED:
             return ev
         latency = round((now - self.started) * 1000)
-        return replace(ev, status=status, ok=ok, result=result, error=error, latency_ms=latency)
+        return replace(ev, status=status, ok=ok, state=state, error=error, latency_ms=latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ class Registry:
     devices: dict[str, Device] = field(default_factory=dict)
     by_assoc: dict[int, str] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
+    # each known device's entity states (None: unknown), kept when it goes offline
+    states: dict[str, dict[str, Value]] = field(default_factory=dict)
     # Command ids: a per-process random prefix, so a result meant for a
     # command of a previous run can never match a new one.
     _prefix: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -137,9 +143,10 @@ class Registry:
         known = self.devices.get(msg.device)
         old = known.assoc if known is not None else None
         gone, lost = self.drop_assoc(old, at) if old is not None else (None, [])
-        dev = Device(msg.device, msg.name, msg.commands, True, at, assoc)
+        dev = Device(msg.device, msg.name, msg.entities, True, at, assoc)
         self.devices[dev.id] = dev
         self.by_assoc[assoc] = dev.id
+        self.states[dev.id] = {e.key: None for e in msg.entities if e.stateful}
         return Joined(dev, old, gone, tuple(lost))
 
     def device_of(self, assoc: int) -> Device | None:
@@ -159,28 +166,47 @@ class Registry:
             del self.pending[p.id]
         return dev, lost
 
-    def unavailable(self, device: str, action: str | None = None) -> Refusal | None:
-        """Why ``device`` cannot take ``action`` (or be leased, without one); None if it can."""
+    def unavailable(self, device: str) -> Refusal | None:
+        """Why ``device`` cannot take a command or be leased now; None if it can."""
         dev = self.devices.get(device)
         if dev is None:
             return Refusal(404, f"unknown device {device!r}")
         if not dev.online:
             return Refusal(503, f"device {device!r} is offline")
-        if action is not None and action not in dev.commands:
-            known = ", ".join(dev.commands) or "none"
-            return Refusal(400, f"device {device!r} has no command {action!r} (it has: {known})")
         return None
 
+    def check(self, device: str, entity: str, value: object) -> tuple[Entity, Value] | Refusal:
+        """The entity a command names and its value, checked (``Entity.command``); else why
+        not: 404 or 503 for the device, 400 naming the entity, the value and the rule."""
+        refused = self.unavailable(device)
+        if refused is not None:
+            return refused
+        described = self.devices[device].entities
+        found = next((e for e in described if e.key == entity), None)
+        if found is None:
+            return Refusal(400, unknown(device, entity, described))
+        try:
+            return found, found.command(value)
+        except Invalid as e:
+            return Refusal(400, refusal(device, entity, str(e)))
+
     def issue(
-        self, device: str, action: str, args: dict[str, Any], user: str, now: float, timeout: float
+        self,
+        device: str,
+        entity: str,
+        value: object,
+        user: str,
+        now: float,
+        timeout: float,
+        reason: str | None = None,
     ) -> Pending | Refusal:
         """Check and record a command for ``device``; the shell then sends it."""
-        refusal = self.unavailable(device, action)
-        if refusal is not None:
-            return refusal
-        p = Pending(
-            f"{self._prefix}-{next(self._ids)}", device, action, args, user, now, now + timeout
-        )
+        checked = self.check(device, entity, value)
+        if isinstance(checked, Refusal):
+            return checked
+        found, value = checked
+        cid = f"{self._prefix}-{next(self._ids)}"
+        p = Pending(cid, device, found, value, user, reason, now, now + timeout)
         self.pending[p.id] = p
         return p
 
@@ -194,6 +220,40 @@ class Registry:
             return None
         return self.pending.pop(msg.id)
 
+    def answered(self, p: Pending, msg: Result) -> Value | str:
+        """The entity's state after ``p`` succeeded (``msg.state``, or else the value sent),
+        kept at once; or what is wrong with the state the device said (then kept as it was)."""
+        entity = p.entity
+        if not entity.stateful:
+            return None
+        said = msg.state if msg.state is not None else p.value
+        try:
+            state = entity.reading(said)
+        except Invalid as e:
+            return refusal(p.device, entity.key, str(e))
+        self.states[p.device][entity.key] = state
+        return state
+
+    def readings(self, device: str, data: dict[str, Any]) -> tuple[dict[str, Value], list[str]]:
+        """The states of a telemetry reading that fit the device's entities, kept at once;
+        and what was wrong with the rest (``device.key: rule``), dropped."""
+        described = {e.key: e for e in self.devices[device].entities}
+        states = self.states[device]
+        good: dict[str, Value] = {}
+        wrong: list[str] = []
+        for key, value in data.items():
+            entity = described.get(key)
+            if entity is None:
+                wrong.append(unknown(device, key, self.devices[device].entities))
+                continue
+            try:
+                if not entity.stateful:
+                    raise Invalid(f"a {entity.kind.value} has no state")
+                good[key] = states[key] = entity.reading(value)
+            except Invalid as e:
+                wrong.append(refusal(device, key, str(e)))
+        return good, wrong
+
     def expire(self, cid: str) -> Pending | None:
         """Remove and return command ``cid`` if it is still pending."""
         return self.pending.pop(cid, None)
@@ -204,7 +264,7 @@ class Registry:
 
 @dataclass(slots=True)
 class Coalescer:
-    """Newest telemetry per device, released at most every ``interval`` seconds.
+    """Newest telemetry per device and key, released at most every ``interval`` seconds.
 
     How the shell uses it: ``offer()`` returns when to publish (``now`` or
     later) or None when a release is already due; at that time the shell calls
@@ -217,9 +277,10 @@ class Coalescer:
     _last: dict[str, float] = field(default_factory=dict)
 
     def offer(self, device: str, data: dict[str, Any], now: float) -> float | None:
-        """Keep ``data`` as the newest; return when to ``release`` it, or None (already due)."""
+        """Keep ``data`` as the newest of each of its keys (a reading may say only some);
+        return when to ``release`` it, or None (already due)."""
         waiting = device in self._latest
-        self._latest[device] = data
+        self._latest[device] = {**self._latest[device], **data} if waiting else data
         if waiting:
             return None
         return max(now, self._last.get(device, float("-inf")) + self.interval)

@@ -7,7 +7,9 @@ channel's ``ControlEvents``). For each change it writes the audit record (the
 durable truth, on disk before anything is acknowledged: ``Server.end_of_pass``),
 logs one line and publishes one typed event (``feed.events``). Consequences
 that are announcements too are drawn here: a person who leaves, or a device
-that goes offline, ends the leases they held.
+that goes offline, ends the leases they held; and a lease whose holder vanished
+(lost, left, idle) sends the device's entities to their safe values
+(``vanished``, wired to ``core.commands.safe_state``).
 
 A device appears in events as its view (``core.views``): the registry's device
 and its lease, built once per event, nothing climbs back to be decorated.
@@ -27,16 +29,17 @@ from server.feed.events import (
     CommandEvent,
     DeviceOffline,
     DeviceOnline,
+    DeviceView,
     LeaseChanged,
     PresenceChanged,
     Telemetry,
 )
 from server.people import presence
 from server.people.leases import Change as LeaseChange
-from server.people.leases import End, Leases
+from server.people.leases import End, Lease, Leases
 from server.people.presence import Change, Presence
 
-from .views import device_view
+from .views import States, device_view
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,14 @@ log = logging.getLogger(__name__)
 LEASE_ENDS = {presence.LOST: End.LOST, presence.SHUTDOWN: End.SHUTDOWN}
 
 
+# Lease ends after which a device's entities go to their safe values: its holder vanished.
+VANISHED = frozenset({End.LOST, End.LEFT, End.IDLE})
+
+
 class Announcer:
-    """Audit, log and publish; ``device`` looks a device up (the control channel's)."""
+    """Audit, log and publish. The server wires in what it looks up and what it does:
+    ``device`` and ``state`` (the control channel's), and ``vanished``, called with a
+    lease that ended because its holder vanished (``VANISHED``: the safe state)."""
 
     def __init__(self, bus: EventBus, audit: AuditLog, people: Presence, leases: Leases) -> None:
         self.bus = bus
@@ -53,6 +62,11 @@ class Announcer:
         self.people = people
         self.leases = leases
         self.device: Callable[[str], Device | None] = lambda _id: None
+        self.state: States = lambda _id: {}
+        self.vanished: Callable[[Lease, End], None] = lambda _lease, _end: None
+
+    def _view(self, device: Device) -> DeviceView:
+        return device_view(device, self.state(device.id), self.leases.of(device.id))
 
     # -- people ------------------------------------------------------------
     def presence(self, change: Change) -> None:
@@ -89,9 +103,11 @@ class Announcer:
             log.info("lease of %s by %s %s%s", lease.device, lease.holder, change.kind, ended)
             device = self.device(lease.device)
             assert device is not None  # leases are taken on known devices, which stay known
-            view = device_view(device, self.leases.of(device.id))
             reason = None if change.reason is None else str(change.reason)
+            view = self._view(device)
             self.bus.publish(LeaseChanged(change.kind, view, lease.holder, reason, change.by))
+            if change.reason in VANISHED and device.online:
+                self.vanished(lease, change.reason)
 
     def chat(self, user: str, text: str) -> ChatMessage:
         record = self.audit.append("chat", user=user, text=text)
@@ -101,16 +117,15 @@ class Announcer:
 
     # -- the control channel (``control.channel.ControlEvents``) --------------
     def device_online(self, device: Device) -> None:
-        self.bus.publish(DeviceOnline(device_view(device, self.leases.of(device.id))))
+        self.bus.publish(DeviceOnline(self._view(device)))
 
     def device_offline(self, device: Device, replaced: bool) -> None:
         """Offline, then the end of its lease (its holder can no longer work it)."""
-        view = device_view(device, self.leases.of(device.id))
-        self.bus.publish(DeviceOffline(view, replaced))
+        self.bus.publish(DeviceOffline(self._view(device), replaced))
         self.lease_changes(self.leases.end_device(device.id, End.OFFLINE))
 
     def telemetry(self, device: Device, data: dict[str, Any]) -> None:
-        self.bus.publish(Telemetry(device_view(device, self.leases.of(device.id)), data))
+        self.bus.publish(Telemetry(self._view(device), data))
 
     def command(self, event: CommandEvent) -> None:
         self.bus.publish(event)

@@ -1,22 +1,26 @@
 """One command, whoever sends it (a browser or curl through ``web.api``, the fleet
-through ``fleet.mqtt``): the role, the device's lease (``people.leases``: another holder
-means 409, a free device is taken for its sender), the control channel, one audit record.
+through ``fleet.mqtt``, vigil itself for a safe state): the role, the entity and value
+checked against the device's description (``link.entities``: 400 naming the rule), the
+device's lease (``people.leases``: another holder means 409, a free device is taken for
+its sender), the control channel, one audit record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
-from server.base import jsontext
 from server.base.buckets import retry_after
+from server.config import RESERVED_USER
+from server.link.entities import KEY, KEY_RULE, Kind, Value
 from server.people.auth import User
-from server.people.leases import Held
+from server.people.leases import End, Held, Lease
 
 from .services import Services
 
-MAX_ACTION = 64  # characters of a command's action
-MAX_ARGS = 2048  # bytes of a command's args as JSON: they are audited and sent to the device
+# Who sends the safe values when a holder vanishes (a name no account may take).
+VIGIL = User(RESERVED_USER, "operator")
 
 
 def too_fast(what: str, wait: float) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
@@ -38,10 +42,11 @@ class Command:
     """One command, whoever sends it: ``start`` issues it, ``settle`` records its answer.
 
     ``start(done)``: refused (403) for viewers; refused as the control
-    channel would (404, 503, 400: unknown device, offline, unknown action);
-    409 with the holder while someone else holds the device; else a free
-    device is leased to the sender first when ``take`` (a person's command;
-    a channel without presence only checks), and the command goes out.
+    channel would (404, 503: unknown device, offline; 400: no such entity, or
+    a value the entity cannot take, with the rule); 409 with the holder while
+    someone else holds the device; else a free device is leased to the
+    sender first when ``take`` (a person's command; a channel without presence,
+    and vigil's safe values, only check), and the command goes out.
     ``done(answer)`` comes exactly once, perhaps at once.
     ``settle(answer)`` appends the ``command`` audit record and returns the
     answer to give; HTTP calls it inside the connection's error boundary
@@ -53,13 +58,15 @@ class Command:
         svc: Services,
         user: User,
         device: str,
-        action: str,
-        args: dict[str, Any],
+        entity: str,
+        value: Value,
         *,
         take: bool = True,
+        reason: str | None = None,
     ) -> None:
-        self.svc, self.user, self.device, self.action, self.args = svc, user, device, action, args
+        self.svc, self.user, self.device, self.entity, self.value = svc, user, device, entity, value
         self.take = take
+        self.reason = reason  # why vigil sends it (a safe state); None: a person does
         self.started = svc.now()
 
     def start(self, done: Callable[[Answer], None]) -> None:
@@ -68,7 +75,7 @@ class Command:
         if refused is not None:
             done((403, {"error": refused}))
             return
-        refusal = svc.control.unavailable(device, self.action)
+        refusal = svc.control.check(device, self.entity, self.value)
         if refusal is not None:
             done((refusal.status, {"error": refusal.error}))
             return
@@ -80,33 +87,40 @@ class Command:
             done((409, lease.body()))
             return
         svc.announcer.lease_changes(lease)
-        svc.control.command(device, self.action, self.args, user.name, lambda *a: done(a))
+        svc.control.command(
+            device, self.entity, self.value, user.name, lambda *a: done(a), self.reason
+        )
 
     def settle(self, answer: Answer) -> Answer:
         status, result = answer
+        extra = {} if self.reason is None else {"reason": self.reason}
         self.svc.audit.append(
             "command",
             id=result.get("id"),
             user=self.user.name,
             device=self.device,
-            action=self.action,
-            args=self.args,
+            entity=self.entity,
+            value=self.value,
             status=status,
             ok=bool(result.get("ok")),
-            result=result.get("result"),
+            state=result.get("state"),
             error=result.get("error"),
             latency_ms=round((self.svc.now() - self.started) * 1000, 1),
+            **extra,
         )
         return answer
 
 
 def too_much(
-    svc: Services, user: User, action: str, args: dict[str, Any]
+    svc: Services, user: User, entity: object, value: object
 ) -> tuple[int, dict[str, Any], list[tuple[str, str]]] | None:
-    """A command refused before it is one (not audited): args too large (400), or more
-    commands than ``user`` may send (429); the status, body and headers to answer."""
-    if len(action) > MAX_ACTION or len(jsontext.dumps(args)) > MAX_ARGS:
-        message = f"action has at most {MAX_ACTION} characters and args at most {MAX_ARGS} bytes"
+    """A command refused before it is one (not audited): not an entity key and a plain
+    value (400), or more commands than ``user`` may send (429); status, body, headers."""
+    if not isinstance(entity, str) or not KEY.fullmatch(entity) or isinstance(value, list | dict):
+        message = (
+            'the body must be {"entity": "<key>", "value": <true, false, a number, a text '
+            f"or null>}} (a key is {KEY_RULE})"
+        )
         return 400, {"error": message}, []
     wait = svc.command_rate.take(user.name, svc.now())
     return too_fast("commands", wait) if wait else None
@@ -116,16 +130,37 @@ def issue_command(
     svc: Services,
     user: User,
     device: str,
-    action: str,
-    args: dict[str, Any],
+    entity: object,
+    value: object,
     done: Callable[[int, dict[str, Any]], None],
     *,
     take: bool = True,
 ) -> None:
     """A ``Command`` for a channel without a connection (MQTT): started, then settled."""
-    refused = too_much(svc, user, action, args)
+    refused = too_much(svc, user, entity, value)
     if refused is not None:
         done(*refused[:2])
         return
-    command = Command(svc, user, device, action, args, take=take)
+    assert isinstance(entity, str)
+    command = Command(svc, user, device, entity, cast(Value, value), take=take)
     command.start(lambda answer: done(*command.settle(answer)))
+
+
+def safe_state(svc: Services, lease: Lease, end: End) -> None:
+    """The holder of ``lease`` vanished (``end``): every entity of the device that declares
+    a safe value is sent it, by vigil, with the reason; each is audited and shown."""
+    device = svc.control.device(lease.device)
+    if device is None or not device.online:
+        return
+    reason = f"safe state: {lease.holder} {end.value}"
+    for entity in device.entities:
+        if entity.safe is None:
+            continue
+        value = None if entity.kind is Kind.BUTTON else entity.safe
+        command = Command(svc, VIGIL, device.id, entity.key, value, take=False, reason=reason)
+        command.start(partial(_record, command))
+
+
+def _record(command: Command, answer: Answer) -> None:
+    """Settle a command nobody waits for (vigil's own): its audit record."""
+    command.settle(answer)

@@ -34,9 +34,11 @@ class Services:
 
     def devices(self) -> list[views.DeviceView]:
         """Every known device as everyone sees it, sorted by id."""
-        return views.devices(self.control.known(), self.leases)
+        return views.devices(self.control.known(), self.control.state, self.leases)
 
     def snapshot(self) -> dict[str, Any]:
         """What a ``reset`` event carries: everything a panel shows."""
         control = self.control
-        return views.snapshot(self.presence, control.known(), self.leases, control.off_message)
+        return views.snapshot(
+            self.presence, control.known(), control.state, self.leases, control.off_message
+        )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from server.link.entities import Entity, Value
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseView:
@@ -29,11 +31,13 @@ class LeaseView:
 
 @dataclass(frozen=True, slots=True)
 class DeviceView:
-    """A device as the panel, ``GET /api/devices`` and the fleet show it."""
+    """A device as the panel, ``GET /api/devices`` and the fleet show it: what it is made
+    of (``entities``, as its hello declared them) and the state of each (None: unknown)."""
 
     id: str
     name: str
-    commands: tuple[str, ...]
+    entities: tuple[Entity, ...]
+    state: dict[str, Value]  # every stateful entity's key
     online: bool
     since: str  # ISO-8601 UTC of the last online/offline change
     lease: LeaseView | None
@@ -42,10 +46,11 @@ class DeviceView:
         return {
             "id": self.id,
             "name": self.name,
-            "commands": list(self.commands),
             "online": self.online,
             "since": self.since,
             "lease": None if self.lease is None else self.lease.as_json(),
+            "entities": [e.as_json() for e in self.entities],
+            "state": self.state,
         }
 
 
@@ -132,18 +137,22 @@ class LeaseChanged:
 
 @dataclass(frozen=True, slots=True)
 class CommandEvent:
-    """A command's phase: ``issued``, then ``result`` or ``failed`` with its outcome."""
+    """A command's phase: ``issued``, then ``result`` or ``failed`` with its outcome.
+
+    ``state`` is the entity's state after an answered command; ``reason`` says why vigil
+    sent a command itself (its ``user`` is then ``vigil``: a safe state)."""
 
     type: ClassVar[str] = "command"
     id: str
     device: str
-    action: str
-    args: dict[str, Any]
+    entity: str
+    value: Value
     user: str
     phase: str  # "issued", "result" or "failed"
+    reason: str | None = None
     status: int = 0  # HTTP status of the answer; 0 while issued
     ok: bool = False
-    result: Any = None
+    state: Value = None
     error: str | None = None
     latency_ms: int = 0
 
@@ -151,16 +160,18 @@ class CommandEvent:
         out: dict[str, Any] = {
             "id": self.id,
             "device": self.device,
-            "action": self.action,
-            "args": self.args,
+            "entity": self.entity,
+            "value": self.value,
             "user": self.user,
             "phase": self.phase,
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
         if self.phase == "issued":
             return out
         out["ok"] = self.ok
         if self.ok:
-            out["result"] = self.result
+            out["state"] = self.state
         else:
             out["error"] = self.error
         return out | {"status": self.status, "latency_ms": self.latency_ms}

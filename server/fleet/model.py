@@ -2,23 +2,31 @@
 
 The pure half of the MQTT bridge (``server.fleet.mqtt`` is the shell around a
 paho client in the loop). ``Fleet`` turns the typed events of ``feed.events``
-into ``Message`` values, keeps what a reconnect must publish again (presence,
-each device's state and last telemetry) and reads the commands the broker
-delivers; ``Outbox`` holds what waits for the broker. Nothing here touches
-a socket or a clock.
+into ``Message`` values, keeps each device as it last published it (a
+command's result changes an entity's state at once, and comes as a
+``CommandEvent``, not a device event) and what Home Assistant has been told
+of it, and reads the commands the broker delivers; ``Outbox`` holds what
+waits for the broker. Nothing here touches a socket or a clock.
 
 Topics, under ``topic_prefix`` (default ``vigil/<site>``; README, "MQTT"):
 
 - ``status``: ``online`` / ``offline`` (plain text, retained; ``offline`` is
   also the last will, so a dead vigil shows as offline);
 - ``presence``: ``{"count", "users": [{"user", "since"(, "addr")}]}``, retained;
-- ``devices/<id>/state``: the device as ``GET /api/devices`` shows it
-  (``online``, ``lease``, …) plus ``telemetry``, its last reading; retained;
+- ``devices/<id>/state``: the device as ``GET /api/devices`` shows it: its
+  ``entities`` (kind, label, unit, classes, bounds, options) and ``state``
+  (each stateful entity's value, null while unknown; current after every
+  command result and reading); retained;
 - ``devices/<id>/telemetry``: each coalesced reading (at most 5 a second);
-- ``activity``: every command, as its ``command`` audit record (who, what,
-  status, result or error, latency; refusals too);
+- ``activity``: every command, as its ``command`` audit record (who, which
+  entity, what value, status, state or error, latency; refusals too);
 - ``devices/<id>/command`` (in, with ``commands = true``) and
   ``devices/<id>/result`` (out): see ``Fleet.command``.
+
+Home Assistant discovery (``homeassistant = true``): one HA entity per vigil
+entity (``discovery``), published again when a device comes with other
+entities or another name, and emptied for an entity that went; HA's
+commands are ``devices/<id>/command`` messages of user ``homeassistant``.
 
 Retained messages (status, presence, state, discovery) carry the whole
 current truth, so the outbox keeps only the newest per topic and a
@@ -31,16 +39,16 @@ is full the oldest telemetry goes first, then the oldest of the rest;
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from server.base.jsontext import dumps
+from server.base.jsontext import dumps, loads
 from server.config import MqttConfig
 from server.feed.events import (
+    CommandEvent,
     DeviceEvent,
     DeviceView,
     Event,
@@ -48,14 +56,16 @@ from server.feed.events import (
     PresenceChanged,
     Telemetry,
 )
+from server.link.entities import Entity, Kind
 
 ONLINE = b"online"
 OFFLINE = b"offline"
 MAX_COMMAND = 65536  # bytes in a command message
 MAX_ID = 200  # characters in a command's "id"
-HA_USER = "homeassistant"  # the "user" of Home Assistant's switch commands
+HA_USER = "homeassistant"  # the "user" (and "id") of Home Assistant's commands
+HA_MIN_STEP = 0.001  # the finest step a Home Assistant number takes
 AVAILABLE = "{{ 'online' if value_json.online else 'offline' }}"  # HA: the device's part
-COMMAND_FORM = '{"action": "<name>", "args": {…}, "id": "<your id>", "user": "<name>"}'
+COMMAND_FORM = '{"entity": "<key>", "value": <value>, "id": "<your id>", "user": "<name>"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +79,12 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A valid command from the broker, for ``api.issue_command``."""
+    """A command from the broker with its id and a user who may send it, for
+    ``issue_command``, which checks the entity and the value as for HTTP."""
 
     device: str
-    action: str
-    args: dict[str, Any]
+    entity: object  # as sent: the command path checks both against the device
+    value: object
     id: Any  # the sender's, echoed in the result
     user: str  # the sender's name, without "mqtt:"
 
@@ -85,6 +96,15 @@ class Rejection:
     message: Message
 
 
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What Home Assistant was told of one device: from what, and on which topics."""
+
+    name: str
+    entities: tuple[Entity, ...]
+    topics: frozenset[str]
+
+
 def _json(obj: Any) -> bytes:
     return dumps(obj).encode()
 
@@ -92,6 +112,55 @@ def _json(obj: Any) -> bytes:
 def _slug(text: str) -> str:
     """``text`` as a Home Assistant object id: [A-Za-z0-9_-] only."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _given(**fields: object) -> dict[str, Any]:
+    """The fields that have a value (HA takes one left out as its default)."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _ha_command(key: str, value: str) -> str:
+    """The command Home Assistant publishes for entity ``key``: ``value`` is JSON text,
+    or the template HA fills in (``{{ value }}``)."""
+    return f'{{"entity": "{key}", "value": {value}, "id": "{HA_USER}", "user": "{HA_USER}"}}'
+
+
+def _ha_entity(entity: Entity, command_topic: str | None) -> tuple[str, dict[str, Any]] | None:
+    """The Home Assistant component and config of one entity, without what every entity of
+    the device shares; a control is read-only without ``command_topic`` (fleet commands
+    off), and a button then has nothing to show (None)."""
+    key, kind = entity.key, entity.kind  # a key is a-z0-9_: nothing to escape
+    reads = {"value_template": "{{ value_json['state']['" + key + "'] }}"}
+    if command_topic is not None and entity.control:
+        command = {"command_topic": command_topic}
+        if kind is Kind.BUTTON:
+            return "button", command | {"payload_press": _ha_command(key, "null")}
+        if kind is Kind.SWITCH:
+            return "switch", command | reads | {
+                "payload_on": _ha_command(key, "true"),
+                "payload_off": _ha_command(key, "false"),
+                "state_on": "True",  # how the template renders JSON true
+                "state_off": "False",
+            }
+        if kind is Kind.NUMBER:
+            return "number", command | reads | {
+                "command_template": _ha_command(key, "{{ value }}"),
+                "min": entity.min,
+                "max": entity.max,
+                "step": max(entity.step or 0, HA_MIN_STEP),
+            } | _given(unit_of_measurement=entity.unit)
+        return "select", command | reads | {
+            "command_template": _ha_command(key, "{{ value | to_json }}"),
+            "options": list(entity.options),
+        }
+    if kind is Kind.BUTTON:
+        return None
+    if kind in (Kind.SWITCH, Kind.BINARY_SENSOR):
+        on_off = {"payload_on": "True", "payload_off": "False"}
+        return "binary_sensor", reads | on_off | _given(device_class=entity.device_class)
+    # a sensor, a text sensor, or a number or select read only
+    classes = _given(device_class=entity.device_class, state_class=entity.state_class)
+    return "sensor", reads | _given(unit_of_measurement=entity.unit) | classes
 
 
 class Topics:
@@ -120,30 +189,36 @@ class Fleet:
     def __init__(self, cfg: MqttConfig) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix)
-        self.devices: dict[str, DeviceView] = {}  # as the last event showed them
-        self.telemetry: dict[str, dict[str, Any]] = {}  # id -> last reading
         self.online: tuple[Person, ...] = ()
-        self._sensors: dict[str, set[str]] = {}  # id -> numeric fields announced to HA
+        self.devices: dict[str, DeviceView] = {}  # as last published
+        self._announced: dict[str, Announced] = {}  # device id -> what HA was told
 
     # -- what vigil publishes ------------------------------------------------
     def snapshot(self, online: tuple[Person, ...], devices: Iterable[DeviceView]) -> list[Message]:
         """Everything retained, from the server's current state: for each (re)connect."""
         self.online = online
-        self.devices = {d.id: d for d in devices}
-        self._sensors = {}
+        self.devices = {}
+        self._announced = {}
         out = [Message(self.topics.status, ONLINE, retain=True), self._presence()]
-        for dev_id in sorted(self.devices):
-            out += self._device(dev_id, announce=True)
+        for dev in sorted(devices, key=lambda d: d.id):
+            out += self._device(dev)
         return out
 
     def on_event(self, event: Event) -> list[Message]:
         """The messages one event makes (chat stays among the people on the panel;
-        commands are ``activity`` from their audit records: ``on_record``)."""
+        commands are ``activity`` from their audit records: ``on_record``; an answered
+        one is the device's new state)."""
+        if isinstance(event, CommandEvent):
+            return self._answered(event)
         if isinstance(event, PresenceChanged):
             self.online = event.online
             return [self._presence()]
         if isinstance(event, DeviceEvent):
-            return self._device_event(event)
+            out = []
+            if isinstance(event, Telemetry):
+                topic = self.topics.device(event.device.id, "telemetry")
+                out.append(Message(topic, _json(event.data), qos=0, kind="telemetry"))
+            return out + self._device(event.device)
         return []
 
     def on_record(self, record: dict[str, Any]) -> list[Message]:
@@ -152,42 +227,45 @@ class Fleet:
             return []
         return [Message(self.topics.activity, _json(record), kind="activity")]
 
-    def _device_event(self, event: DeviceEvent) -> list[Message]:
-        dev = event.device
-        dev_id = dev.id
-        new = dev_id not in self.devices
-        self.devices[dev_id] = dev
-        out = []
-        if isinstance(event, Telemetry):
-            reading = event.data
-            self.telemetry[dev_id] = reading
-            topic = self.topics.device(dev_id, "telemetry")
-            out.append(Message(topic, _json(reading), qos=0, kind="telemetry"))
-        return out + self._device(dev_id, announce=new)
-
     def _presence(self) -> Message:
         keys = ("user", "since", "addr") if self.cfg.publish_addresses else ("user", "since")
         users = [{k: u.as_json()[k] for k in keys} for u in self.online]
         body = {"count": len(users), "users": users}
         return Message(self.topics.presence, _json(body), retain=True)
 
-    def _device(self, dev_id: str, announce: bool) -> list[Message]:
-        """The device's retained state, and Home Assistant entities not yet announced."""
-        state = {**self.devices[dev_id].as_json(), "telemetry": self.telemetry.get(dev_id)}
-        out = [Message(self.topics.device(dev_id, "state"), _json(state), retain=True)]
-        if self.cfg.homeassistant:
-            out += self._discovery(dev_id, announce)
-        return out
+    def _answered(self, event: CommandEvent) -> list[Message]:
+        """A command's result: its entity's new state in the device's state at once."""
+        dev = self.devices.get(event.device)
+        if event.phase != "result" or not event.ok or dev is None or event.entity not in dev.state:
+            return []  # issued, failed, a button (no state), or a device not seen yet
+        return self._device(replace(dev, state=dev.state | {event.entity: event.state}))
+
+    def _device(self, dev: DeviceView) -> list[Message]:
+        """The device's retained state, and Home Assistant's configs if they changed."""
+        self.devices[dev.id] = dev
+        state = Message(self.topics.device(dev.id, "state"), _json(dev.as_json()), retain=True)
+        return [state, *self._discovery(dev)] if self.cfg.homeassistant else [state]
 
     # -- Home Assistant MQTT discovery ----------------------------------------
-    def _discovery(self, dev_id: str, switch: bool) -> list[Message]:
-        """Config messages: the switch (if ``switch``) and sensors for new numeric fields."""
-        dev = self.devices[dev_id]
+    def _discovery(self, dev: DeviceView) -> list[Message]:
+        """A config per entity when the device is new to HA or describes itself anew; an
+        empty one (HA forgets the entity) for each config of before that is no more."""
+        before = self._announced.get(dev.id)
+        if before is not None and (before.name, before.entities) == (dev.name, dev.entities):
+            return []
+        configs = self._configs(dev)
+        out = [Message(t, _json(c), retain=True, kind="discovery") for t, c in configs.items()]
+        gone = sorted(before.topics - configs.keys()) if before is not None else []
+        out += [Message(topic, b"", retain=True, kind="discovery") for topic in gone]
+        self._announced[dev.id] = Announced(dev.name, dev.entities, frozenset(configs))
+        return out
+
+    def _configs(self, dev: DeviceView) -> dict[str, dict[str, Any]]:
+        """Discovery topic -> config, one per entity HA can show."""
         node = _slug(f"vigil_{self.cfg.site}")
-        uid = f"{node}_{_slug(dev_id)}"
-        state = self.topics.device(dev_id, "state")
+        uid = f"{node}_{_slug(dev.id)}"
+        state = self.topics.device(dev.id, "state")
         common = {
-            "state_topic": state,
             "availability": [
                 {"topic": self.topics.status},
                 {"topic": state, "value_template": AVAILABLE},
@@ -195,52 +273,31 @@ class Fleet:
             "availability_mode": "all",
             "device": {"identifiers": [uid], "name": dev.name, "manufacturer": "vigil"},
         }
-        out = []
-        if switch and {"on", "off"} <= set(dev.commands):
-            on = "{{ 'ON' if (value_json.telemetry or {}).get('on') else 'OFF' }}"
-            entity = {**common, "name": "Power", "unique_id": f"{uid}_power", "value_template": on}
-            if self.cfg.commands and HA_USER in self.cfg.command_users:
-                component = "switch"
-                command = self.topics.device(dev_id, "command")
-                entity |= {"command_topic": command, "state_on": "ON", "state_off": "OFF"}
-                for word in ("on", "off"):
-                    cmd: dict[str, Any] = {
-                        "action": word,
-                        "args": {},
-                        "id": HA_USER,
-                        "user": HA_USER,
-                    }
-                    entity[f"payload_{word}"] = dumps(cmd)
-            else:  # fleet commands off: the same state, read only
-                component = "binary_sensor"
-                entity |= {"payload_on": "ON", "payload_off": "OFF"}
-            topic = f"{self.cfg.discovery_prefix}/{component}/{node}/{_slug(dev_id)}/config"
-            out.append(Message(topic, _json(entity), retain=True, kind="discovery"))
-        known = self._sensors.setdefault(dev_id, set())
-        reading = self.telemetry.get(dev_id) or {}
-        for field in sorted(reading):
-            value = reading[field]
-            if field in known or isinstance(value, bool) or not isinstance(value, int | float):
+        commands = self.cfg.commands and HA_USER in self.cfg.command_users
+        command_topic = self.topics.device(dev.id, "command") if commands else None
+        out = {}
+        for entity in dev.entities:
+            made = _ha_entity(entity, command_topic)
+            if made is None:
                 continue
-            known.add(field)
-            entity = {
-                **common,
-                "name": field,
-                "unique_id": f"{uid}_{_slug(field)}",
-                "value_template": "{{ value_json.telemetry[" + json.dumps(field) + "] }}",
-            }
-            object_id = _slug(f"{dev_id}_{field}")
-            topic = f"{self.cfg.discovery_prefix}/sensor/{node}/{object_id}/config"
-            out.append(Message(topic, _json(entity), retain=True, kind="discovery"))
+            component, config = made
+            head = {"name": entity.label, "unique_id": f"{uid}_{entity.key}"}
+            if entity.stateful:
+                head["state_topic"] = state
+            object_id = f"{_slug(dev.id)}_{entity.key}"
+            topic = f"{self.cfg.discovery_prefix}/{component}/{node}/{object_id}/config"
+            out[topic] = head | config | common
         return out
 
     # -- commands from the broker ---------------------------------------------
     def command(self, topic: str, payload: bytes, retained: bool) -> Command | Rejection | None:
-        """A command message read: valid, or the error to publish back (nothing happens);
-        None for an empty one (what clears a retained message: no command, no answer).
+        """A command message read: well-formed, or the error to publish back (nothing
+        happens); None for an empty one (what clears a retained message: no command, no
+        answer). The entity and the value are checked by the command path, as for HTTP:
+        its refusals (400 naming the rule, 404, 409, …) are results like any other.
 
-        ``{"action": str, "args": {…} (optional), "id": str|number, "user": str}``
-        on ``devices/<id>/command``; ``user`` must be in ``command_users``.
+        ``{"entity": str, "value": … (a button: null or left out), "id": str|number,
+        "user": str}`` on ``devices/<id>/command``; ``user`` must be in ``command_users``.
         A retained command is refused: it would run again at every reconnect.
         """
         if not payload:
@@ -251,9 +308,9 @@ class Fleet:
         if len(payload) > MAX_COMMAND:
             return self.rejection(dev_id, None, 413, f"a command has at most {MAX_COMMAND} bytes")
         try:
-            body = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            why = "the message is not UTF-8 JSON: " + COMMAND_FORM
+            body = loads(payload)
+        except ValueError as e:
+            why = f"the message is not UTF-8 JSON ({e}): " + COMMAND_FORM
             return self.rejection(dev_id, None, 400, why)
         if not isinstance(body, dict):
             return self.rejection(dev_id, None, 400, "the message must be " + COMMAND_FORM)
@@ -265,15 +322,13 @@ class Fleet:
         if retained:
             why = "retained commands are refused (publish without -r)"
             return self.rejection(dev_id, cid, 400, why)
-        action, args, user = body.get("action"), body.get("args", {}), body.get("user")
-        if not isinstance(action, str) or not action or not isinstance(args, dict):
-            return self.rejection(dev_id, cid, 400, "the message must be " + COMMAND_FORM)
+        user = body.get("user")
         if not isinstance(user, str) or not user:
             return self.rejection(dev_id, cid, 400, "a command names its user: " + COMMAND_FORM)
         if user not in self.cfg.command_users:
             why = f"mqtt user {user!r} may not send commands (mqtt.command_users)"
             return self.rejection(dev_id, cid, 403, why)
-        return Command(dev_id, action, args, cid, user)
+        return Command(dev_id, body.get("entity"), body.get("value"), cid, user)
 
     def result(self, dev_id: str, cid: Any, status: int, body: dict[str, Any]) -> Message:
         """``devices/<id>/result``: the sender's id, the status, and the answer's fields

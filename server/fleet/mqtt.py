@@ -6,9 +6,11 @@ Strategy: the shell around ``server.fleet.model``. Events from the bus and
 the end of the loop pass, after the audit log's fsync (this bridge's
 end-of-pass hook is added after the server's), so the fleet, like a
 browser, never hears of an action before it is on disk. Commands the
-broker delivers go through ``api.issue_command`` as ``mqtt:<user>``, the
-same path as a browser's (roles, leases, audit), with ``take=False``; the
-answer is published to ``devices/<id>/result``.
+broker delivers (``Fleet.command``: an entity and a value) go through
+``core.commands.issue_command`` as ``mqtt:<user>``, the same path as a
+browser's (the value checked against the entity, roles, leases, audit),
+with ``take=False``; the answer, a refusal too, is published to
+``devices/<id>/result``.
 
 Never blocking the loop. paho's ``connect()``/``reconnect()`` resolve the
 name and connect TCP (and TLS) with blocking calls, so the bridge does
@@ -440,4 +442,4 @@ class Bridge:
         def done(status: int, body: dict[str, Any]) -> None:
             self._send(self._fleet.result(cmd.device, cmd.id, status, body))
 
-        issue_command(self._svc, user, cmd.device, cmd.action, cmd.args, done, take=False)
+        issue_command(self._svc, user, cmd.device, cmd.entity, cmd.value, done, take=False)

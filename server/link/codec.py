@@ -9,6 +9,12 @@ one UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes with a ``type``:
 - device -> vigil: ``Hello``, ``Result``, ``Telemetry``
   (``decode_from_device`` reads them, in vigil).
 
+Protocol 2 (``entities.PROTOCOL``): a hello declares the device's entities
+(``server.link.entities``); a command sets one entity to a value and its
+result says the entity's state after it; telemetry reports entity states by
+key. A hello of another protocol (or none) still decodes, with no
+entities, so that vigil can refuse it saying which protocol it speaks.
+
 ``encode`` writes any of them. Each decoder returns the message, or a
 one-line error text for an ``{"type": "error"}`` reply: a message that is
 too large, not UTF-8, not JSON, not an object, of an unknown type, or whose
@@ -26,10 +32,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from server.link import entities
+from server.link.entities import PROTOCOL, Entity, Value
 from server.link.secret import NONCE_BYTES
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
@@ -41,7 +50,7 @@ PATH_MAX_RETRANS = 4
 
 MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
 MAX_NAME = 100  # characters of a device's display name
-MAX_COMMANDS = 64  # commands one device may announce
+MAX_ERROR = 500  # characters of a failed result's error text
 
 # Payload protocol identifiers accepted on receive: 0 (unspecified, what most
 # tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
@@ -73,11 +82,12 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """Do ``action``; answer with a ``Result`` of the same ``id``."""
+    """Set ``entity`` to ``value`` (a button: press it, ``value`` None); answer with a
+    ``Result`` of the same ``id``. vigil checked the value against the entity."""
 
     id: str
-    action: str
-    args: dict[str, Any]
+    entity: str
+    value: Value
     user: str  # who sent it
 
 
@@ -95,15 +105,18 @@ class Error:
 class Hello:
     device: str
     name: str
-    commands: tuple[str, ...]
+    entities: tuple[Entity, ...]  # empty unless ``protocol`` is ``PROTOCOL``
+    protocol: int | None = PROTOCOL  # None: the hello named no protocol (a first agent)
     hmac: str | None = None  # the proof of its secret (server.link.secret.proof)
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
+    """The answer to a command; ``state``: the entity's state after it (None: not said)."""
+
     id: str
     ok: bool
-    result: Any = None
+    state: Value = None
     error: str | None = None
 
 
@@ -126,15 +139,17 @@ def _json_of(msg: Message) -> dict[str, Any]:
             return {"type": "challenge", "nonce": nonce.hex()}
         case Welcome(device):
             return {"type": "welcome", "device": device}
-        case Command(cid, action, args, user):
-            return {"type": "command", "id": cid, "action": action, "args": args, "user": user}
+        case Command(cid, entity, value, user):
+            return {"type": "command", "id": cid, "entity": entity, "value": value, "user": user}
         case Error(text):
             return {"type": "error", "error": text}
-        case Hello(device, name, commands, proof):
-            out = {"type": "hello", "device": device, "name": name, "commands": list(commands)}
+        case Hello(device, name, described, protocol, proof):
+            out: dict[str, Any] = {"type": "hello", "protocol": protocol, "device": device}
+            out["name"] = name
+            out["entities"] = [e.as_json() for e in described]
             return out if proof is None else out | {"hmac": proof}
-        case Result(cid, ok, result, error):
-            outcome = {"result": result} if ok else {"error": error}
+        case Result(cid, ok, state, error):
+            outcome = ({} if state is None else {"state": state}) if ok else {"error": error}
             return {"type": "result", "id": cid, "ok": ok, **outcome}
         case Telemetry(data):
             return {"type": "telemetry", "data": data}
@@ -177,6 +192,8 @@ def _object(raw: bytes) -> dict[str, Any] | str:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return f"message is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except ValueError as e:  # an integer of more than 4,300 digits
+        return f"message is not JSON vigil reads: {e}"
     except RecursionError:
         return "message is not JSON: nested too deeply"
     if not isinstance(obj, dict):
@@ -185,25 +202,26 @@ def _object(raw: bytes) -> dict[str, Any] | str:
 
 
 def _hello(obj: dict[str, Any]) -> Hello | str:
-    device, name, commands = obj.get("device"), obj.get("name"), obj.get("commands", [])
+    """A hello; one of another protocol is still a ``Hello`` (with no entities), so that
+    vigil can refuse it saying which protocol it speaks."""
+    device, name = obj.get("device"), obj.get("name")
     if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
         return f"hello: device must be {DEVICE_ID_RULE}"
     if name is None:
         name = device
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         return f"hello: name must be a non-empty string of at most {MAX_NAME} characters"
-    if (
-        not isinstance(commands, list)
-        or len(commands) > MAX_COMMANDS
-        or not all(isinstance(c, str) and c for c in commands)
-    ):
-        return f"hello: commands must be a list of at most {MAX_COMMANDS} non-empty strings"
-    if len(set(commands)) != len(commands):
-        return "hello: commands must not repeat"
     proof = obj.get("hmac")
     if proof is not None and not isinstance(proof, str):
         return "hello: hmac must be a string of hex digits"
-    return Hello(device, name, tuple(commands), proof)
+    protocol = obj.get("protocol")
+    if protocol != PROTOCOL:
+        given = protocol if isinstance(protocol, int) and not isinstance(protocol, bool) else None
+        return Hello(device, name, (), given, proof)
+    described = entities.parse(obj.get("entities"))
+    if isinstance(described, str):
+        return f"hello: {described}"
+    return Hello(device, name, described, PROTOCOL, proof)
 
 
 def _result(obj: dict[str, Any]) -> Result | str:
@@ -213,10 +231,16 @@ def _result(obj: dict[str, Any]) -> Result | str:
     if not isinstance(ok, bool):
         return "result: ok must be true or false"
     if ok:
-        return Result(cid, True, obj.get("result"))
+        state = obj.get("state")
+        if state is not None and (
+            isinstance(state, list | dict)
+            or (isinstance(state, float) and not math.isfinite(state))
+        ):
+            return "result: state must be true, false, a number, a text or null"
+        return Result(cid, True, state)
     error = obj.get("error")
-    if not isinstance(error, str) or not error:
-        return 'result: a failed result needs "error": "<what went wrong>"'
+    if not isinstance(error, str) or not error or len(error) > MAX_ERROR:
+        return f'result: a failed result needs "error": "<what went wrong>" ({MAX_ERROR} at most)'
     return Result(cid, False, error=error)
 
 
@@ -246,16 +270,16 @@ def _welcome(obj: dict[str, Any]) -> Welcome | str:
 
 
 def _command(obj: dict[str, Any]) -> Command | str:
-    cid, action, args, user = obj.get("id"), obj.get("action"), obj.get("args", {}), obj.get("user")
+    cid, entity, value, user = obj.get("id"), obj.get("entity"), obj.get("value"), obj.get("user")
     if not isinstance(cid, str) or not cid:
         return "command: id must be a non-empty string"
-    if not isinstance(action, str) or not action:
-        return "command: action must be a non-empty string"
-    if not isinstance(args, dict):
-        return "command: args must be an object"
+    if not isinstance(entity, str) or not entities.KEY.fullmatch(entity):
+        return f"command: entity must be {entities.KEY_RULE}"
+    if isinstance(value, list | dict) or (isinstance(value, float) and not math.isfinite(value)):
+        return "command: value must be true, false, a number, a text or null"
     if not isinstance(user, str):
         return "command: user must be a string"
-    return Command(cid, action, args, user)
+    return Command(cid, entity, value, user)
 
 
 def _error(obj: dict[str, Any]) -> Error | str:

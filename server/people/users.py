@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import LOCAL_USERS_FILE, Account
+from server.config import LOCAL_USERS_FILE, RESERVED_USER, Account
 from server.people.auth import has_control
 
 MIN_LENGTH = 10
@@ -47,6 +47,8 @@ def name_problem(name: str) -> str | None:
         return f"a user name has 1 to {MAX_NAME} characters"
     if ":" in name or not name.isprintable() or any(c.isspace() for c in name):
         return "a user name has no ':', spaces or control characters"
+    if name == RESERVED_USER:
+        return f"{name!r} is vigil's own name (the safe-state commands it sends)"
     return None
 
 

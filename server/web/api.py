@@ -155,17 +155,17 @@ def telemetry(svc: Context, call: Call) -> Response:
 
 
 def post_command(svc: Context, call: Call) -> Outcome:
-    """Send a command to device ``{id}``; the answer comes with its result (or an error)."""
+    """Set an entity of device ``{id}`` (``{"entity": key, "value": v}``); the answer comes
+    with the device's result and the entity's state (or an error)."""
     body = json_body(call.request)
     if isinstance(body, Response):
         return body
-    action, args = body.get("action"), body.get("args", {})
-    if not isinstance(action, str) or not action or not isinstance(args, dict):
-        return error(400, 'the body must be {"action": "<name>", "args": {…}}')
-    refused = too_much(svc, call.who, action, args)
+    entity, value = body.get("entity"), body.get("value")
+    refused = too_much(svc, call.who, entity, value)
     if refused is not None:
         return json_response(*refused)
-    command = Command(svc, call.who, call.params["id"], action, args)
+    assert isinstance(entity, str)  # too_much checked it, and that value is plain
+    command = Command(svc, call.who, call.params["id"], entity, value)
     return Deferred(command.start, lambda answer: json_response(*command.settle(answer)))
 
 

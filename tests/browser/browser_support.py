@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,12 +117,48 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "con
         time.sleep(0.1)
 
 
-def sse_body(events: list[tuple[str, Any]], retry_ms: int = 600000) -> str:
-    """A finished text/event-stream body (for page.route stubs)."""
-    out = [f"retry: {retry_ms}\n\n"]
-    for i, (kind, data) in enumerate(events, 1):
-        out.append(f"id: {i}\nevent: {kind}\ndata: {json.dumps(data)}\n\n")
-    return "".join(out)
+class StubEvents:
+    """A page's event stream, played by the test (page.route): devices where there is no SCTP.
+
+    The panel takes its devices from the stream's first ``reset`` and keeps
+    them current from ``device`` and ``command`` events. Each connection of
+    the page's EventSource gets the events queued since the last one (the
+    first: a ``reset`` with ``devices`` and ``user`` online), numbered on
+    from there, and ends with ``retry: 200``: the browser comes back 0.2 s
+    later with Last-Event-ID, as after a dropped connection, for what
+    ``send`` queued meanwhile. Everything else (/api/me: the role, the
+    commands) goes to the real vigil unless the test routes it too.
+    """
+
+    def __init__(self, page: Any, user: str, devices: list[dict[str, Any]]) -> None:
+        online = [{"user": user, "since": "2026-11-21T06:12:03Z", "addr": "127.0.0.1"}]
+        self.queue: list[tuple[str, Any]] = [("reset", {"online": online, "devices": devices})]
+        self.last_id = 0
+        page.route(re.compile(r"/api/events(\?.*)?$"), self._answer)
+
+    def send(self, kind: str, data: Any) -> None:
+        """An event for the page's next connection (within 0.2 s)."""
+        self.queue.append((kind, data))
+
+    def _answer(self, route: Any) -> None:
+        events, self.queue = self.queue, []
+        out = ["retry: 200\n\n"]
+        for kind, data in events:
+            self.last_id += 1
+            out.append(f"id: {self.last_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n")
+        route.fulfill(status=200, content_type="text/event-stream", body="".join(out))
+
+
+def open_stubbed(
+    vigil: Vigil, contexts: Callable[..., Any], user: str, devices: list[dict[str, Any]], **kw: Any
+) -> tuple[Any, StubEvents]:
+    """A panel of ``vigil`` as ``user`` whose event stream is ``StubEvents`` with ``devices``."""
+    page = contexts(user, **kw).new_page()
+    stub = StubEvents(page, user, devices)
+    page.goto(vigil.https + "/")
+    page.wait_for_selector("#me-role:not(:empty)")
+    page.wait_for_selector("#device-list .device")
+    return page, stub
 
 
 # Sums the layout shifts that had no recent input, as CLS does (web.dev/cls), from the start.

@@ -73,6 +73,9 @@ def chat_texts(vigil: Vigil) -> list[str]:
     return [m["text"] for m in body["messages"]]
 
 
+COMMAND = {"entity": "power", "value": True}
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -86,9 +89,7 @@ def test_post_with_foreign_origin_is_refused(vigil: Vigil, headers: dict[str, st
     status, _, body = call(vigil, "POST", "/api/chat", "alice", {"text": "forged"}, headers)
     assert status == 403, body
     assert isinstance(body, dict) and body.get("error")
-    status, _, _ = call(
-        vigil, "POST", "/api/devices/lamp-1/commands", "alice", {"action": "on"}, headers
-    )
+    status, _, _ = call(vigil, "POST", "/api/devices/lamp-1/commands", "alice", COMMAND, headers)
     assert status == 403
     assert "forged" not in chat_texts(vigil)
 

@@ -4,7 +4,8 @@ The whole module runs against one UML test host (tests/browser/uml_support.py,
 booted once for the module): vigil with real SCTP and two reference agents
 inside the guest, the browser here, talking to it over a tap network.
 
-- lamp-1: the plain reference lamp;
+- lamp-1: the plain reference lamp (server/agent/hardware.py: a switch
+  ``power``, a number ``brightness`` 0-100 %, a sensor ``temperature`` in °C);
 - lamp-2: a lamp whose display name is markup, and which answers commands only
   after 30 s, so a command can be pending when its agent is killed.
 
@@ -29,16 +30,17 @@ from playwright.sync_api import expect
 
 from tests.browser.browser_support import VIEWPORTS, LoadWatch, call
 from tests.browser.uml_support import (
-    COMMANDS,
     Target,
     TestHost,
     browser,
-    button,
     card,
+    entity,
     free_leases,
     host,
+    message,
     open_panel,
     people,
+    power,
 )
 
 __all__ = ["browser", "free_leases", "host", "open_panel"]  # fixtures, used by name
@@ -49,16 +51,41 @@ AGENTS = {
     "lamp-1": [],
     "lamp-2": ["--label", EVIL_NAME, "--reply-delay", "30"],
 }
+CONTROLS = ".entity :is(button, input, select)"  # the lamp's: its switch, slider, number input
+DEGREES = re.compile(r"^\d+(\.\d+)? °C$")
 pytestmark = pytest.mark.usefixtures("free_leases")
 
 
-def test_devices_are_listed_with_their_commands(open_panel: Callable[..., Any]) -> None:
+def word(switch: Any) -> str:
+    """What clicking ``switch`` asks for: "on" or "off"."""
+    return "off" if switch.get_attribute("aria-checked") == "true" else "on"
+
+
+def state(host: TestHost, device: str, key: str) -> Any:
+    """The state of entity ``key`` of ``device`` as vigil has it (GET /api/devices)."""
+    status, _, devices = call(Target.of(host), "GET", "/api/devices", "alice")
+    assert status == 200, devices
+    return next(d for d in devices if d["id"] == device)["state"][key]
+
+
+def commands(page: Any, key: str, device: str = "lamp-1") -> Any:
+    """The activity feed's lines about commands to ``device``'s entity ``key``, newest first."""
+    return page.locator("#feed li .ev-text").filter(has_text=f"{device} {key}")
+
+
+def test_devices_are_listed_with_their_entities(open_panel: Callable[..., Any]) -> None:
     a = open_panel("alice")
     for device in ("lamp-1", "lamp-2"):
         expect(card(a, device).locator(".dev-status")).to_have_text("online")
-        expect(card(a, device).locator("button.cmd")).to_have_text(COMMANDS)
-        for b in card(a, device).locator("button.cmd").all():
-            expect(b).to_be_enabled()
+        rows = card(a, device).locator(".entity .ent-label")
+        expect(rows).to_have_text(["Power", "Brightness", "Temperature"])
+        slider = card(a, device).get_by_role("slider", name="Brightness")
+        expect(slider).to_have_attribute("min", "0")
+        expect(slider).to_have_attribute("max", "100")
+        expect(entity(a, device, "brightness").locator(".unit")).to_have_text("%")
+        expect(entity(a, device, "temperature").locator(".ent-ctl")).to_have_text(DEGREES)
+        for control in card(a, device).locator(CONTROLS).all():
+            expect(control).to_be_enabled()
     expect(a.locator("#devices-count")).to_have_text("2 of 2 online")
     expect(card(a, "lamp-1").locator(".dev-name")).to_have_text("Lamp lamp-1")
 
@@ -83,53 +110,104 @@ def test_a_sees_b_join_and_leave(
     )
 
 
-def test_b_presses_a_button_and_a_sees_it_with_the_result(
+def test_b_switches_the_lamp_and_everyone_sees_it_with_the_result(
     open_panel: Callable[..., Any],
 ) -> None:
     a = open_panel("alice")
     v = open_panel("vera")
     b = open_panel("bob")
-    button(b, "lamp-1", "on").click()
-    result = card(b, "lamp-1").locator(".result")
-    expect(result).to_have_attribute("data-kind", "ok", timeout=10000)
-    expect(result).to_contain_text(re.compile(r'on → ok: .*"on":true.* \(\d+ ms\)'))
-    line = re.compile(r'^bob: lamp-1 on → ok \(.*"on":true.*\), \d+ ms$')
-    for page in (a, v, b):
-        expect(page.locator("#feed li .ev-text").first).to_have_text(line, timeout=10000)
-    # the lamp's own telemetry follows
-    for page in (a, b):
-        on = card(page, "lamp-1").locator(".telemetry dt", has_text="on")
-        expect(on.locator("xpath=following-sibling::dd[1]")).to_have_text("true", timeout=5000)
-    button(b, "lamp-1", "off").click()
-    expect(a.locator("#feed li").first).to_have_text(re.compile(r"bob: lamp-1 off → ok"))
+    for _ in range(2):  # there and back
+        switch = power(b, "lamp-1")
+        to = word(switch)
+        switch.click()
+        expect(message(b, "lamp-1", "power")).to_have_text(
+            re.compile(rf"^{to}: ok \(\d+ ms\) · "), timeout=10000
+        )
+        line = re.compile(rf"^bob set lamp-1 power {to} → ok, [\d.]+ ms$")
+        for page in (a, v, b):
+            expect(power(page, "lamp-1")).to_have_attribute("aria-checked", str(to == "on").lower())
+            expect(power(page, "lamp-1")).to_have_text(to)
+            expect(commands(page, "power").first).to_have_text(line, timeout=10000)
+    # a panel opened later has it from the audit log, in the same words
+    late = open_panel("user01")
+    expect(commands(late, "power").first).to_have_text(line)
+
+
+def test_a_slider_sends_the_value_and_the_device_takes_it(
+    host: TestHost, open_panel: Callable[..., Any]
+) -> None:
+    a = open_panel("alice")
+    b = open_panel("bob")
+    slider = card(b, "lamp-1").get_by_role("slider", name="Brightness")
+    box = slider.bounding_box()
+    assert box is not None
+    before = int(slider.input_value())
+    # a drag from the middle to a quarter: one command, when let go
+    y = box["y"] + box["height"] / 2
+    b.mouse.move(box["x"] + box["width"] / 2, y)
+    b.mouse.down()
+    for i in range(1, 6):
+        b.mouse.move(box["x"] + box["width"] * (0.5 - 0.05 * i), y)
+    b.mouse.up()
+    expect(message(b, "lamp-1", "brightness")).to_have_attribute("data-kind", "ok")
+    value = int(slider.input_value())
+    assert value != before and 15 <= value <= 35, (before, value)
+    expect(message(b, "lamp-1", "brightness")).to_contain_text(f"{value} %: ok")
+    expect(card(a, "lamp-1").get_by_role("slider", name="Brightness")).to_have_value(str(value))
+    expect(commands(a, "brightness").first).to_have_text(
+        re.compile(rf"^bob set lamp-1 brightness {value} % → ok, [\d.]+ ms$")
+    )
+    # the lamp has it: vigil's state came from its result, and its next readings say so too
+    assert state(host, "lamp-1", "brightness") == value
+    time.sleep(1.5)  # the lamp reports every second
+    assert state(host, "lamp-1", "brightness") == value
+
+
+def test_a_value_out_of_range_is_refused_with_vigils_message(
+    host: TestHost, open_panel: Callable[..., Any]
+) -> None:
+    b = open_panel("bob")
+    number = card(b, "lamp-1").get_by_role("spinbutton", name="Brightness %")
+    before = number.input_value()
+    refusals = {
+        "140": "lamp-1.brightness: 140 is above max 100",
+        "40.5": "lamp-1.brightness: 40.5 is off the step 1 (from 0)",
+    }
+    for typed, refusal in refusals.items():
+        number.fill(typed)
+        number.press("Enter")
+        result = message(b, "lamp-1", "brightness")
+        expect(result).to_have_attribute("data-kind", "fail")
+        expect(result).to_have_text(re.compile(rf"^refused: {re.escape(refusal)} · "))
+        expect(number).to_have_value(before)  # the control shows the lamp's state again
+    assert state(host, "lamp-1", "brightness") == int(before)
 
 
 def test_telemetry_is_shown_live(open_panel: Callable[..., Any]) -> None:
     a = open_panel("alice")
-    tele = card(a, "lamp-1").locator(".telemetry")
-    expect(tele.locator("dt")).to_have_text(["on", "temperature"], timeout=10000)
-    expect(tele.locator("dd").nth(1)).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
+    expect(entity(a, "lamp-1", "temperature").locator(".ent-ctl")).to_have_text(DEGREES)
     stamp = card(a, "lamp-1").locator(".tele-at time")
     first = stamp.get_attribute("datetime")
     time.sleep(2.5)  # the agent reports every second
     assert stamp.get_attribute("datetime") != first
 
 
-def test_viewer_buttons_are_disabled_with_the_reason(
+def test_viewer_controls_are_disabled_with_the_reason(
     host: TestHost, open_panel: Callable[..., Any]
 ) -> None:
     v = open_panel("vera")
     expect(v.locator("#me-role")).to_have_text("viewer")
     expect(v.locator("#viewer-note")).to_be_visible()
-    buttons = v.locator("#device-list button.cmd")
-    expect(buttons).to_have_count(2 * len(COMMANDS))
-    for b in buttons.all():
-        expect(b).to_be_disabled()
-        expect(b).to_have_attribute("title", "viewers cannot send commands")
+    controls = v.locator(f"#device-list {CONTROLS}")
+    expect(controls).to_have_count(2 * 3)
+    for control in controls.all():
+        expect(control).to_be_disabled()
+        expect(control).to_have_attribute("title", "viewers cannot send commands")
     # vigil refuses a viewer's command whatever the page shows
     target = Target.of(host)
-    status, _, body = call(target, "POST", "/api/devices/lamp-1/commands", "vera", {"action": "on"})
-    assert status == 403, body
+    body = {"entity": "power", "value": True}
+    status, _, answer = call(target, "POST", "/api/devices/lamp-1/commands", "vera", body)
+    assert status == 403, answer
 
 
 def test_markup_from_devices_and_people_is_shown_as_text(open_panel: Callable[..., Any]) -> None:
@@ -155,63 +233,68 @@ def test_device_going_offline_is_shown_and_fails_its_pending_command(
 ) -> None:
     a = open_panel("alice")
     b = open_panel("bob")
-    button(a, "lamp-2", "on").click()  # lamp-2 answers after 30 s: still pending below
-    result = card(a, "lamp-2").locator(".result")
+    switch = power(a, "lamp-2")
+    to = word(switch)
+    switch.click()  # lamp-2 answers after 30 s: still pending below
+    result = message(a, "lamp-2", "power")
     expect(result).to_have_attribute("data-kind", "pending")
-    expect(result).to_contain_text("on: sending…")
-    expect(button(a, "lamp-2", "on")).to_have_attribute("title", "waiting for the device")
-    expect(b.locator("#feed li").first).to_have_text(re.compile(r"alice: lamp-2 on → sent…"))
+    expect(result).to_contain_text(f"sending {to}…")
+    expect(switch).to_have_attribute("title", "waiting for the device")
+    expect(commands(b, "power", "lamp-2").first).to_have_text(
+        re.compile(rf"^alice set lamp-2 power {to} → sent…$")
+    )
     host.kill_agent("lamp-2")  # SIGKILL: the association goes, vigil notices at once
     for page in (a, b):
         expect(card(page, "lamp-2").locator(".dev-status")).to_have_text("offline", timeout=10000)
         expect(card(page, "lamp-2")).to_have_class(re.compile(r"\boffline\b"))
-        for btn in card(page, "lamp-2").locator("button.cmd").all():
-            expect(btn).to_be_disabled()
-            expect(btn).to_have_attribute("title", "the device is offline")
+        for control in card(page, "lamp-2").locator(CONTROLS).all():
+            expect(control).to_be_disabled()
+            expect(control).to_have_attribute("title", "the device is offline")
         expect(page.locator("#feed")).to_contain_text(f"{EVIL_NAME} (lamp-2) is offline")
         expect(page.locator("#devices-count")).to_have_text("1 of 2 online")
-    # the pending command's answer: 503, inline
+    # the pending command's answer: 503, beside the switch
     expect(result).to_have_attribute("data-kind", "fail")
-    expect(result).to_contain_text("on → unavailable: device 'lamp-2' was lost before it answered")
-    expect(b.locator("#feed li").first).to_have_text(
-        re.compile(r"alice: lamp-2 on → failed: .*lost.*\[503\]")
+    expect(result).to_contain_text("unavailable: device 'lamp-2' was lost before it answered")
+    expect(commands(b, "power", "lamp-2").first).to_have_text(
+        re.compile(rf"^alice set lamp-2 power {to} → failed: .*lost.*\[503\]")
     )
     # lamp-1 is unaffected; lamp-2 comes back when its agent does
     expect(card(a, "lamp-1").locator(".dev-status")).to_have_text("online")
     host.start_agent("lamp-2", *AGENTS["lamp-2"])
     expect(card(a, "lamp-2").locator(".dev-status")).to_have_text("online", timeout=10000)
-    expect(button(a, "lamp-2", "on")).to_be_enabled()
+    expect(power(a, "lamp-2")).to_be_enabled()
     expect(a.locator("#feed")).to_contain_text(f"{EVIL_NAME} (lamp-2) is online")
 
 
-def points(page: Any, device: str, metric: str) -> int:
-    """How many points the chart of ``metric`` on ``device``'s card shows."""
-    dd = (
-        card(page, device)
-        .locator(".telemetry dt", has_text=metric)
-        .locator("xpath=following-sibling::dd[1]")
-    )
-    return int(dd.locator(".chart").get_attribute("data-points") or 0)
+def chart(page: Any, device: str, key: str) -> Any:
+    return entity(page, device, key).locator(".chart")
+
+
+def points(page: Any, device: str, key: str) -> int:
+    """How many points the chart of entity ``key`` on ``device``'s card shows."""
+    return int(chart(page, device, key).get_attribute("data-points") or 0)
 
 
 def test_chart_grows_with_telemetry_and_a_late_panel_starts_full(
     open_panel: Callable[..., Any],
 ) -> None:
     a = open_panel("alice")
-    tele = card(a, "lamp-1").locator(".telemetry")
-    # a chart for each numeric field (the lamp's temperature), none for the boolean "on"
-    expect(tele.locator(".chart")).to_have_count(1, timeout=10000)
-    chart = tele.locator("dt", has_text="temperature").locator("xpath=following-sibling::dd[1]")
-    expect(chart.locator(".chart")).to_have_attribute("aria-hidden", "true")
-    expect(chart.locator(".val")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))  # the value, as text
-    expect(chart.locator(".spark-line")).to_have_attribute("points", re.compile(r"\d"))
+    # a chart for the number and the sensor, none for the switch
+    expect(card(a, "lamp-1").locator(".entity .chart")).to_have_count(2)
+    temperature = chart(a, "lamp-1", "temperature")
+    expect(temperature).to_have_attribute("aria-hidden", "true")
+    expect(temperature.locator(".spark-line")).to_have_attribute("points", re.compile(r"\d"))
+    # the unit on its axis; the value stays text beside it
+    expect(temperature).to_have_attribute("data-max", DEGREES)
+    expect(entity(a, "lamp-1", "temperature").locator(".ent-ctl")).to_have_text(DEGREES)
+    expect(chart(a, "lamp-1", "brightness")).to_have_attribute("data-max", re.compile(r"^\d+ %$"))
     first = points(a, "lamp-1", "temperature")
     time.sleep(3.5)  # the agent reports every second
     grown = points(a, "lamp-1", "temperature")
     assert grown >= first + 2, (first, grown)
     # a panel opened now draws the last minutes at once, from GET /api/devices/{id}/telemetry
     b = open_panel("bob")
-    expect(card(b, "lamp-1").locator(".telemetry .chart")).to_have_count(1)
+    expect(chart(b, "lamp-1", "temperature")).not_to_have_attribute("data-points", "0")
     at_once = points(b, "lamp-1", "temperature")
     assert at_once >= grown - 1, (grown, at_once)
 
@@ -225,11 +308,13 @@ def test_eight_tabs_are_all_live_and_the_eighth_commands(
     for t in tabs:
         expect(people(t)).to_have_text(["alice", "vera"])
         expect(card(t, "lamp-1").locator(".dev-status")).to_have_text("online")
-    button(tabs[7], "lamp-1", "status").click()
-    line = re.compile(r"^alice: lamp-1 status → ok")
+    to = word(power(tabs[7], "lamp-1"))
+    power(tabs[7], "lamp-1").click()
+    line = re.compile(rf"^alice set lamp-1 power {to} → ok")
     for page in [*tabs, v]:
-        expect(page.locator("#feed li .ev-text").first).to_have_text(line, timeout=10000)
-    expect(card(tabs[7], "lamp-1").locator(".result")).to_have_attribute("data-kind", "ok")
+        expect(commands(page, "power").first).to_have_text(line, timeout=10000)
+        expect(power(page, "lamp-1")).to_have_text(to)
+    expect(message(tabs[7], "lamp-1", "power")).to_have_attribute("data-kind", "ok")
     # telemetry keeps coming in every tab
     before = [points(t, "lamp-1", "temperature") for t in tabs]
     time.sleep(2.5)
@@ -244,6 +329,6 @@ def test_loading_with_devices_logs_no_error_and_does_not_jump(
     page = contexts("alice", **VIEWPORTS[screen]).new_page()
     watch = LoadWatch(page)
     page.goto(host.https_url + "/")
-    expect(card(page, "lamp-1").locator(".telemetry .chart")).to_have_count(1)
+    expect(chart(page, "lamp-1", "temperature")).not_to_have_attribute("data-points", "0")
     expect(page.locator("#devices-off")).to_be_hidden()
     watch.check(screen)

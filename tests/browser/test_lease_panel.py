@@ -3,11 +3,13 @@
 Two (or three) people, each in a browser context of their own, on real
 devices (the UML test host, tests/browser/uml_support.py) with a short
 ``lease_idle``. What each of them sees: who holds a device and since when,
-a Take / Release button, "held by alice" on the command buttons, a 409
-inline, a take-over asked in a <dialog>, and the end of a lease with its
-reason: released, taken over, idle, device offline, and ``lost`` when the
-holder's cable is pulled (the holder then is a client in a network
-namespace routed to the guest, tests/netns.py).
+a Take / Release button, "held by alice" on the controls, a 409 beside
+the control, a take-over asked in a <dialog>, and the end of a lease with
+its reason: released, taken over, idle, device offline, and ``lost`` when
+the holder's cable is pulled (the holder then is a client in a network
+namespace routed to the guest, tests/netns.py). When the holder vanished
+(idle, lost), vigil switches the lamp's ``power`` to its safe value, off,
+and everyone sees that it did, and why.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from tests.browser.uml_support import (
     Target,
     TestHost,
     browser,
-    button,
     card,
     free_leases,
     host,
+    message,
     open_panel,
+    power,
 )
 from tests.netns import HOST, HOST_DEV, NAME, SUBNET, Namespace, available
 from tests.support import basic, require
@@ -54,7 +57,13 @@ def lease_button(page: Any, device: str = "lamp-1") -> Any:
 
 
 def result(page: Any, device: str = "lamp-1") -> Any:
+    """The card's word about its lease ("bob took lamp-1 over from you")."""
     return card(page, device).locator(".result")
+
+
+def answer(page: Any, device: str = "lamp-1") -> Any:
+    """The answer to the last command to the lamp's power switch, beside it."""
+    return message(page, device, "power")
 
 
 def take(page: Any, device: str = "lamp-1") -> None:
@@ -77,14 +86,14 @@ def test_a_takes_b_sees_the_holder_and_gets_409_a_releases_b_can(
     for page in (b, v):
         expect(lease(page)).to_have_attribute("data-state", "held")
         expect(lease(page)).to_have_text(re.compile(rf"^held by alice since {HHMM}$"))
-    # bob's buttons say who holds the device; pressing one anyway: the 409, inline
+    # bob's controls say who holds the device; using one anyway: the 409, beside it
     expect(lease_button(b)).to_have_text("Take over…")
-    for btn in card(b, "lamp-1").locator("button.cmd").all():
-        expect(btn).to_have_attribute("title", "held by alice")
-        expect(btn).to_be_enabled()
-    button(b, "lamp-1", "on").click()
-    expect(result(b)).to_have_attribute("data-kind", "fail")
-    expect(result(b)).to_contain_text(re.compile(r"on → refused: lamp-1 is held by alice since"))
+    for control in card(b, "lamp-1").locator(".entity :is(button, input)").all():
+        expect(control).to_have_attribute("title", "held by alice")
+        expect(control).to_be_enabled()
+    power(b, "lamp-1").click()
+    expect(answer(b)).to_have_attribute("data-kind", "fail")
+    expect(answer(b)).to_contain_text(re.compile(r"^refused: lamp-1 is held by alice since"))
     # a viewer sees the holder, but has no lease button
     expect(lease_button(v)).to_be_hidden()
     # alice releases: everyone sees it, and bob's command goes through (taking the lease)
@@ -92,8 +101,8 @@ def test_a_takes_b_sees_the_holder_and_gets_409_a_releases_b_can(
     for page in (a, b, v):
         expect(lease(page)).to_have_attribute("data-state", re.compile("free"))
         expect(lease(page)).to_have_text("free · alice's lease ended: released")
-    button(b, "lamp-1", "on").click()
-    expect(result(b)).to_have_attribute("data-kind", "ok")
+    power(b, "lamp-1").click()
+    expect(answer(b)).to_have_attribute("data-kind", "ok")
     expect(lease(b)).to_have_attribute("data-state", "mine")
     expect(lease(a)).to_have_text(re.compile(rf"^held by bob since {HHMM}$"))
     expect(a.locator("#feed")).to_contain_text("bob holds Lamp lamp-1 (lamp-1)")
@@ -127,8 +136,8 @@ def test_take_over_asks_first_and_the_previous_holder_sees_it(
     expect(lease(a)).to_have_text(re.compile(rf"^held by bob since {HHMM}$"), timeout=3000)
     expect(result(a)).to_have_text(re.compile(r"^bob took lamp-1 over from you"))
     expect(a.locator("#feed")).to_contain_text("alice's lease ended: taken over by bob")
-    button(a, "lamp-1", "status").click()
-    expect(result(a)).to_contain_text("refused: lamp-1 is held by bob")
+    power(a, "lamp-1").click()
+    expect(answer(a)).to_contain_text("refused: lamp-1 is held by bob")
     assert a.dialogs == [] and b.dialogs == []  # no window.confirm / alert
 
 
@@ -137,12 +146,21 @@ def test_an_idle_lease_ends_by_itself(open_panel: Callable[..., Any]) -> None:
     b = open_panel("bob")
     take(a)
     expect(lease(b)).to_have_attribute("data-holder", "alice")
+    if power(a, "lamp-1").get_attribute("aria-checked") != "true":
+        power(a, "lamp-1").click()
+    expect(power(b, "lamp-1")).to_be_checked()
     started = time.monotonic()
     expect(lease(b)).to_have_attribute("data-reason", "idle", timeout=(LEASE_IDLE + 5) * 1000)
     assert time.monotonic() - started >= LEASE_IDLE - 1.5
     expect(lease(b)).to_have_text("free · alice's lease ended: idle too long")
     expect(lease(a)).to_have_attribute("data-state", "free")
     expect(lease_button(a)).to_have_text("Take")
+    # alice is gone from the lamp: vigil switched it to its safe state, off, and says why
+    for page in (a, b):
+        expect(power(page, "lamp-1")).not_to_be_checked()
+        expect(page.locator("#feed li .ev-text").filter(has_text="power").first).to_have_text(
+            re.compile(r"^vigil set lamp-1 power off: safe state: alice idle → ok")
+        )
 
 
 def test_a_device_going_offline_ends_its_lease(
@@ -207,14 +225,24 @@ def test_the_holders_cable_is_pulled_the_lease_ends_lost_within_3_s(
         status, _, body = call(Target.of(host), "POST", "/api/devices/lamp-1/lease", "alice")
         assert status == 200 and body["lease"]["holder"] == "alice", body
         expect(lease(b)).to_have_attribute("data-holder", "alice")
-        button(b, "lamp-1", "status").click()
-        expect(result(b)).to_contain_text("refused: lamp-1 is held by alice")
+        on = {"entity": "power", "value": True}
+        status, _, body = call(Target.of(host), "POST", "/api/devices/lamp-1/commands", "alice", on)
+        assert status == 200 and body["state"] is True, body
+        expect(power(b, "lamp-1")).to_be_checked()
+        power(b, "lamp-1").click()
+        expect(answer(b)).to_contain_text("refused: lamp-1 is held by alice")
         pulled = ns.pull()
         expect(lease(b)).to_have_attribute("data-reason", "lost", timeout=6000)
         took = time.monotonic() - pulled
         print(f"the lease ended (lost) {took:.2f} s after the cable was pulled")
         assert took <= 4.0, f"the lease ended {took:.2f} s after the cable was pulled"
         expect(lease(b)).to_have_text("free · alice's lease ended: connection lost")
-        button(b, "lamp-1", "status").click()
-        expect(result(b)).to_have_attribute("data-kind", "ok")
+        # and vigil switched the lamp off, its safe state, for everyone to see
+        expect(power(b, "lamp-1")).not_to_be_checked()
+        expect(b.locator("#feed")).to_contain_text(
+            "vigil set lamp-1 power off: safe state: alice lost → ok"
+        )
+        power(b, "lamp-1").click()
+        expect(answer(b)).to_have_attribute("data-kind", "ok")
+        expect(power(b, "lamp-1")).to_be_checked()
         expect(b.locator("#people-list .name")).to_have_text(["bob"])

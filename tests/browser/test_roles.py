@@ -1,11 +1,11 @@
-"""Roles in the panel: viewers see command buttons disabled, with the reason.
+"""Roles in the panel: viewers see a device's controls disabled, with the reason.
 
 Without SCTP (these machines' kernel has none; the control channel is off) no
 device can announce itself, so these tests give the panel one stubbed
-device: the event stream (its reset carries the devices) is answered by the
-test (page.route); everything else, /api/me (the role) and the command POSTs,
-goes to the real vigil. test_devices.py runs the same checks against real
-devices where SCTP exists.
+device: the event stream (its reset carries the devices) is played by the
+test (browser_support.StubEvents); everything else, /api/me (the role) and
+the command POSTs, goes to the real vigil. test_devices.py runs the same
+checks against real devices where SCTP exists.
 """
 
 from __future__ import annotations
@@ -16,87 +16,75 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.browser_support import call, sse_body
+from tests.browser.browser_support import call, open_stubbed
 from tests.support import Vigil
 
 LAMP = {
     "id": "lamp-1",
     "name": "Hall <b>lamp</b>",
-    "commands": ["on", "off"],
     "online": True,
     "since": "2026-11-21T06:12:03Z",
+    "lease": None,
+    "entities": [
+        {"key": "power", "kind": "switch", "label": "Power", "safe": False},
+        {
+            "key": "brightness",
+            "kind": "number",
+            "label": "Brightness",
+            "min": 0,
+            "max": 100,
+            "step": 1,
+            "unit": "%",
+        },
+        {"key": "temperature", "kind": "sensor", "label": "Temperature", "unit": "°C"},
+    ],
+    "state": {"power": True, "brightness": 40, "temperature": 21.5},
 }
+# The form controls of the lamp's card: the switch, the slider and the number input.
+CONTROLS = "#device-list .entity :is(button, input, select)"
 
 
-def stub_devices(page: Any, user: str) -> None:
-    """Answer /api/events with one online lamp (the panel takes its devices from the reset)."""
-    online = [{"user": user, "since": "2026-11-21T06:12:03Z", "addr": "127.0.0.1"}]
-    events = sse_body(
-        [
-            ("reset", {"online": online, "devices": [LAMP]}),
-            ("device", {"kind": "telemetry", "device": LAMP, "data": {"temp_c": 21.5}}),
-        ]
-    )
-    page.route(
-        re.compile(r"/api/events$"),
-        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=events),
-    )
-
-
-def open_stubbed(vigil: Vigil, contexts: Callable[..., Any], user: str) -> Any:
-    page = contexts(user).new_page()
-    stub_devices(page, user)
-    page.goto(vigil.https + "/")
-    page.wait_for_selector("#me-role:not(:empty)")
-    page.wait_for_selector("#device-list .device")
-    return page
-
-
-def test_viewer_command_buttons_are_disabled(vigil: Vigil, contexts: Callable[..., Any]) -> None:
-    page = open_stubbed(vigil, contexts, "vera")
+def test_viewer_controls_are_disabled(vigil: Vigil, contexts: Callable[..., Any]) -> None:
+    page, _ = open_stubbed(vigil, contexts, "vera", [LAMP])
     expect(page.locator("#me-role")).to_have_text("viewer")
-    buttons = page.locator("#device-list button.cmd")
-    expect(buttons).to_have_text(["on", "off"])
-    for i in range(buttons.count()):
-        expect(buttons.nth(i)).to_be_disabled()
-        expect(buttons.nth(i)).to_have_attribute("title", "viewers cannot send commands")
+    expect(page.get_by_role("switch", name="Power")).to_be_checked()
+    controls = page.locator(CONTROLS)
+    expect(controls).to_have_count(3)
+    for control in controls.all():
+        expect(control).to_be_disabled()
+        expect(control).to_have_attribute("title", "viewers cannot send commands")
     expect(page.locator("#viewer-note")).to_be_visible()
-    # the device name is text, telemetry is shown
+    # the device name is text, the sensor is shown with its unit
     expect(page.locator(".dev-name")).to_have_text("Hall <b>lamp</b>")
-    expect(page.locator(".telemetry dd")).to_have_text(["21.5"])
+    temperature = page.locator('.entity[data-key="temperature"] .ent-ctl')
+    expect(temperature).to_have_text("21.5 °C")
     # and vigil itself refuses a viewer's command, whatever the page shows
-    status, _, body = call(vigil, "POST", "/api/devices/lamp-1/commands", "vera", {"action": "on"})
-    assert status == 403, body
-    assert "viewer" in body["error"]
+    body = {"entity": "power", "value": False}
+    status, _, answer = call(vigil, "POST", "/api/devices/lamp-1/commands", "vera", body)
+    assert status == 403, answer
+    assert "viewer" in answer["error"]
 
 
-def test_operator_buttons_are_enabled_and_show_the_answer(
+def test_operator_controls_are_enabled_and_show_the_answer(
     vigil: Vigil, contexts: Callable[..., Any]
 ) -> None:
-    page = open_stubbed(vigil, contexts, "alice")
-    button = page.locator("#device-list button.cmd", has_text="on")
-    expect(button).to_be_enabled()
-    expect(button).not_to_have_attribute("title", re.compile("."))
-    button.click()
-    # the real vigil answers: its control channel is off (503) and the panel says so inline
-    result = page.locator(".device .result")
-    expect(result).to_have_attribute("data-kind", "fail")
-    expect(result).to_contain_text("on → unavailable: ")
-    expect(button).to_be_enabled()
+    page, _ = open_stubbed(vigil, contexts, "alice", [LAMP])
+    switch = page.get_by_role("switch", name="Power")
+    for control in page.locator(CONTROLS).all():
+        expect(control).to_be_enabled()
+        expect(control).not_to_have_attribute("title", re.compile("."))
+    switch.click()
+    # the real vigil answers: its control channel is off (503); the answer is beside the switch
+    message = page.locator('.entity[data-key="power"] .ent-msg')
+    expect(message).to_have_attribute("data-kind", "fail")
+    expect(message).to_contain_text("unavailable: control channel off")
+    expect(switch).to_be_enabled()
+    expect(switch).to_be_checked()  # the device never got it: the state stays
 
 
-def test_offline_device_buttons_are_disabled(vigil: Vigil, contexts: Callable[..., Any]) -> None:
-    page = contexts("alice").new_page()
-    off = {**LAMP, "online": False}
-    page.route(
-        re.compile(r"/api/events$"),
-        lambda route: route.fulfill(
-            status=200,
-            content_type="text/event-stream",
-            body=sse_body([("reset", {"online": [], "devices": [off]})]),
-        ),
-    )
-    page.goto(vigil.https + "/")
+def test_offline_device_controls_are_disabled(vigil: Vigil, contexts: Callable[..., Any]) -> None:
+    page, _ = open_stubbed(vigil, contexts, "alice", [{**LAMP, "online": False}])
     expect(page.locator(".dev-status")).to_have_text("offline")
-    expect(page.locator("button.cmd").first).to_be_disabled()
-    expect(page.locator("button.cmd").first).to_have_attribute("title", "the device is offline")
+    for control in page.locator(CONTROLS).all():
+        expect(control).to_be_disabled()
+        expect(control).to_have_attribute("title", "the device is offline")

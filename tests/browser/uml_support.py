@@ -30,8 +30,6 @@ from tests.support import require, write_config
 from tests.uml.kernel import unsupported
 from tests.uml.testhost import TestHost, uml_test_host
 
-COMMANDS = ["on", "off", "toggle", "status"]  # server/agent/run.py's Lamp
-
 
 @dataclass(frozen=True)
 class Target:
@@ -120,8 +118,19 @@ def card(page: Any, device: str) -> Any:
     return page.locator(f'#device-list .device[data-id="{device}"]')
 
 
-def button(page: Any, device: str, action: str) -> Any:
-    return card(page, device).locator(f'button.cmd[data-action="{action}"]')
+def entity(page: Any, device: str, key: str) -> Any:
+    """The row of entity ``key`` on ``device``'s card."""
+    return card(page, device).locator(f'.entity[data-key="{key}"]')
+
+
+def power(page: Any, device: str) -> Any:
+    """The switch of the reference lamp (server/agent/hardware.py, ``Lamp``)."""
+    return card(page, device).get_by_role("switch", name="Power")
+
+
+def message(page: Any, device: str, key: str) -> Any:
+    """What the panel says about the last command to entity ``key``, beside its control."""
+    return entity(page, device, key).locator(".ent-msg")
 
 
 def people(page: Any) -> Any:

@@ -72,11 +72,11 @@ class Panel:
         text, _, status = out.rpartition("\n")
         return int(status), json.loads(text) if text.strip() else None
 
-    def post_later(self, device: str, action: str, user: str = "alice") -> Pending:
+    def post_later(self, device: str, entity: str, value: Any, user: str = "alice") -> Pending:
         """Start a command in a curl process; ``Pending.result()`` waits for its answer."""
         cmd = ["curl", "-s", "-w", "\n%{http_code}", "-u", f"{user}:{password(user)}"]
         cmd += ["-X", "POST", "-H", "Content-Type: application/json"]
-        cmd += ["--data-binary", json.dumps({"action": action})]
+        cmd += ["--data-binary", json.dumps({"entity": entity, "value": value})]
         cmd += [f"{self.vigil.base}/api/devices/{device}/commands"]
         return Pending(subprocess.Popen(cmd, stdout=subprocess.PIPE))
 

@@ -10,7 +10,8 @@ The channel knows the devices of ``devicekeys.DEVICES`` with their test
 secrets and lets in loopback peers; its sink (tests/controlevents.py)
 keeps the events it published (``Bench.events``) and the audit records of
 its refusals (``Bench.audits``). A ``Peer`` reads vigil's challenge as it connects and
-proves the secret of whatever id it says hello as (``Peer.hello``).
+proves the secret of whatever id it says hello as (``Peer.hello``), in control
+protocol 2: its hello declares ``SWITCH`` (a switch ``power``) unless told other entities.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.controlevents import RecordingEvents
 from tests.sctp.devicekeys import DEVICES, agent_env, secret
 
 ROOT = Path(__file__).resolve().parents[2]
+SWITCH = [{"key": "power", "kind": "switch", "label": "Power"}]  # a Peer's entities
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -97,7 +99,9 @@ class Bench:
     def device(self, device_id: str) -> dict[str, Any] | None:
         """The device as the panel shows it (without a lease), or None if unknown."""
         dev = self.channel.device(device_id)
-        return None if dev is None else device_view(dev, None).as_json()
+        if dev is None:
+            return None
+        return device_view(dev, self.channel.state(device_id), None).as_json()
 
     def online(self, device_id: str) -> bool:
         d = self.device(device_id)
@@ -112,9 +116,10 @@ class Bench:
     def device_events(self, kind: str) -> list[dict[str, Any]]:
         return [e for t, e in self.events if t == "device" and e["kind"] == kind]
 
-    def command(self, device: str, action: str, args: dict[str, Any] | None = None) -> Reply:
+    def command(self, device: str, entity: str, value: object = None) -> Reply:
+        """alice sets ``entity`` of ``device`` to ``value``; the reply comes as the loop runs."""
         reply = Reply()
-        self.channel.command(device, action, args or {}, "alice", reply)
+        self.channel.command(device, entity, value, "alice", reply)
         return reply
 
     def agent(self, name: str, *extra: str, key: bytes | None = None) -> subprocess.Popen[bytes]:
@@ -189,23 +194,30 @@ class Peer:
         return json.loads(data)
 
     def hello_message(
-        self, device: str, commands: list[str] | None = None, key: bytes | None = None
+        self,
+        device: str,
+        entities: list[dict[str, Any]] | None = None,
+        key: bytes | None = None,
     ) -> dict[str, Any]:
-        """A hello that proves ``key`` (default: the test secret of ``device``)."""
+        """A protocol 2 hello that proves ``key`` (default: the test secret of ``device``)."""
         from server.link.secret import proof
 
         assert self.nonce is not None, self.first
         return {
             "type": "hello",
+            "protocol": 2,
             "device": device,
-            "commands": commands or ["on", "off"],
+            "entities": SWITCH if entities is None else entities,
             "hmac": proof(secret(device) if key is None else key, self.nonce, device),
         }
 
     def hello(
-        self, device: str, commands: list[str] | None = None, key: bytes | None = None
+        self,
+        device: str,
+        entities: list[dict[str, Any]] | None = None,
+        key: bytes | None = None,
     ) -> dict[str, Any]:
-        self.send(self.hello_message(device, commands, key))
+        self.send(self.hello_message(device, entities, key))
         return self.recv()
 
     def aborted(self, timeout: float = 5.0) -> bool:

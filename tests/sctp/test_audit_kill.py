@@ -41,7 +41,8 @@ class Operator(threading.Thread):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
             for i in range(ROUNDS):
-                reply = self.post(conn, "/api/devices/lamp-1/commands", {"action": "toggle"})
+                command = {"entity": "power", "value": i % 2 == 0}
+                reply = self.post(conn, "/api/devices/lamp-1/commands", command)
                 if isinstance(reply, dict):
                     self.commands.append(reply["id"])
                 text = f"{self.user} says {i}"

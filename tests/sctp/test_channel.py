@@ -9,19 +9,24 @@ import time
 
 import pytest
 
-from server.core.views import device_view
-from tests.sctp.sctpbench import Bench, Peer
+from tests.sctp.sctpbench import SWITCH, Bench, Peer
+
+METER = [{"key": "n", "kind": "sensor", "label": "Count"}]
 
 
 def test_hello_welcome_and_device_list(bench: Bench) -> None:
     peer = Peer(bench)
-    assert peer.hello("lamp-1", ["on", "off"]) == {"type": "welcome", "device": "lamp-1"}
-    (known,) = bench.channel.known()
-    dev = device_view(known, None).as_json()
+    level = {"key": "level", "kind": "number", "label": "Level", "min": 0, "max": 10, "step": 1}
+    assert peer.hello("lamp-1", [*SWITCH, level]) == {"type": "welcome", "device": "lamp-1"}
+    dev = bench.device("lamp-1")
+    assert dev is not None
     assert dev["id"] == "lamp-1" and dev["name"] == "lamp-1" and dev["online"] is True
-    assert dev["commands"] == ["on", "off"]
+    assert dev["entities"] == [*SWITCH, level]
+    assert dev["state"] == {"power": None, "level": None}  # unknown until it says
     assert dev["since"].endswith("Z") and len(dev["since"]) == 20
-    assert bench.device_events("online") == [{"kind": "online", "device": dev}]
+    (online,) = bench.device_events("online")
+    shown = {k: v for k, v in online["device"].items() if k != "state"}  # the sink has none
+    assert shown == {k: v for k, v in dev.items() if k != "state"}
 
 
 def test_heartbeat_settings_reach_the_association(bench: Bench) -> None:
@@ -67,11 +72,15 @@ def test_two_agents_at_once(bench: Bench) -> None:
     bench.agent("lamp-1")
     bench.agent("lamp-2")
     bench.run_until(lambda: bench.online("lamp-1") and bench.online("lamp-2"), 10)
-    on = bench.command("lamp-1", "on")
-    status = bench.command("lamp-2", "status")
-    bench.run_until(lambda: on and status)
-    assert on.status == 200 and on.body["result"]["on"] is True
-    assert status.status == 200 and status.body["result"]["on"] is False
+    on = bench.command("lamp-1", "power", True)
+    dim = bench.command("lamp-2", "brightness", 30)
+    bench.run_until(lambda: on and dim)
+    assert on.status == 200 and on.body["ok"] is True and on.body["state"] is True
+    assert dim.status == 200 and dim.body["state"] == 30
+    one, two = bench.device("lamp-1"), bench.device("lamp-2")
+    assert one is not None and two is not None
+    assert (one["state"]["power"], one["state"]["brightness"]) == (True, 100)
+    assert (two["state"]["power"], two["state"]["brightness"]) == (False, 30)
     bench.run_until(lambda: len(bench.device_events("telemetry")) >= 2, 5)
     phases = [e["phase"] for t, e in bench.events if t == "command"]
     assert phases.count("issued") == 2 and phases.count("result") == 2
@@ -79,14 +88,19 @@ def test_two_agents_at_once(bench: Bench) -> None:
 
 def test_command_refusals(bench: Bench) -> None:
     peer = Peer(bench)
-    peer.hello("lamp-1", ["on"])
-    unknown = bench.command("nope", "on")
+    peer.hello("lamp-1")
+    unknown = bench.command("nope", "power", True)
     assert unknown.status == 404 and "unknown device" in unknown.body["error"]
-    bad = bench.command("lamp-1", "explode")
-    assert bad.status == 400 and "no command 'explode'" in bad.body["error"]
+    bad = bench.command("lamp-1", "explode", True)
+    assert (bad.status, bad.body) == (
+        400,
+        {"error": "lamp-1.explode: no such entity (lamp-1 has: power)"},
+    )
+    wrong = bench.command("lamp-1", "power", "on")
+    assert (wrong.status, wrong.body) == (400, {"error": 'lamp-1.power: "on" is not true or false'})
     peer.close()
     bench.run_until(lambda: not bench.online("lamp-1"))
-    offline = bench.command("lamp-1", "on")
+    offline = bench.command("lamp-1", "power", True)
     assert offline.status == 503 and "offline" in offline.body["error"]
     assert not [e for t, e in bench.events if t == "command"]  # nothing was issued
 
@@ -95,14 +109,22 @@ def test_failed_result_and_late_result(bench: Bench) -> None:
     b = Bench(command_timeout=0.5).start()
     try:
         peer = Peer(b)
-        peer.hello("lamp-1", ["on"])
-        r = b.command("lamp-1", "on")
+        peer.hello("lamp-1")
+        r = b.command("lamp-1", "power", True)
         cmd = peer.recv()
+        assert cmd == {
+            "type": "command",
+            "id": cmd["id"],
+            "entity": "power",
+            "value": True,
+            "user": "alice",
+        }
         peer.send({"type": "result", "id": cmd["id"], "ok": False, "error": "bulb broken"})
         b.run_until(lambda: r)
         assert (r.status, r.body) == (200, {"id": cmd["id"], "ok": False, "error": "bulb broken"})
+        assert b.channel.state("lamp-1") == {"power": None}  # a failure changes nothing
 
-        late = b.command("lamp-1", "on")
+        late = b.command("lamp-1", "power", True)
         cmd = peer.recv()
         took = b.run_until(lambda: late, 3)
         assert late.status == 504 and "did not answer within 0.5 s" in late.body["error"]
@@ -120,7 +142,7 @@ def test_failed_result_and_late_result(bench: Bench) -> None:
 def test_agent_killed_mid_command_fails_fast(bench: Bench) -> None:
     agent = bench.agent("lamp-1", "--reply-delay", "30")
     bench.run_until(lambda: bench.online("lamp-1"), 10)
-    r = bench.command("lamp-1", "toggle")
+    r = bench.command("lamp-1", "power", True)
     bench.run_for(0.2)
     agent.send_signal(signal.SIGKILL)
     start = time.monotonic()
@@ -144,16 +166,16 @@ def test_agent_reconnects_after_server_restart(bench: Bench) -> None:
     try:
         took = again.run_until(lambda: again.online("lamp-1"), 10)
         print(f"agent back {took:.2f} s after the restart")
-        r = again.command("lamp-1", "status")
+        r = again.command("lamp-1", "brightness", 55)
         again.run_until(lambda: r)
-        assert r.status == 200
+        assert r.status == 200 and r.body["state"] == 55
     finally:
         again.close()
 
 
 def test_telemetry_is_coalesced_to_the_newest(bench: Bench) -> None:
     peer = Peer(bench)
-    peer.hello("meter")
+    peer.hello("meter", METER)
     for i in range(50):
         peer.send({"type": "telemetry", "data": {"n": i}}, stream=1)
     bench.run_until(lambda: any(e["data"]["n"] == 49 for e in bench.device_events("telemetry")))
@@ -161,6 +183,21 @@ def test_telemetry_is_coalesced_to_the_newest(bench: Bench) -> None:
     assert len(seen) <= 3 and seen[-1] == 49, seen
     bench.run_for(0.5)
     assert len(bench.device_events("telemetry")) == len(seen)
+
+
+def test_telemetry_keeps_what_fits_the_entities_and_names_the_rest(bench: Bench) -> None:
+    peer = Peer(bench)
+    peer.hello("meter", [*SWITCH, *METER])
+    reading = {"power": True, "n": "high", "volts": 12}
+    peer.send({"type": "telemetry", "data": reading}, stream=1)
+    assert peer.recv() == {
+        "type": "error",
+        "error": 'telemetry: dropped meter.n: "high" is not a number; '
+        "meter.volts: no such entity (meter has: power, n)",
+    }
+    bench.run_until(lambda: bench.device_events("telemetry"))
+    assert [e["data"] for e in bench.device_events("telemetry")] == [{"power": True}]
+    assert bench.channel.state("meter") == {"power": True, "n": None}
 
 
 def test_device_shutdown_publishes_offline(bench: Bench) -> None:
@@ -195,6 +232,6 @@ def test_disabled_in_config() -> None:
     b = Bench(enabled=False)
     b.channel.start()
     assert b.channel.off_reason is not None and "enabled = false" in b.channel.off_reason
-    r = b.command("x", "on")
+    r = b.command("x", "power", True)
     assert r.status == 503
     b.loop.close()

@@ -1,10 +1,11 @@
 """What every browser sees of the control side: ``device`` and ``command`` events.
 
 Bob watches ``/api/events`` while alice commands a device: he must see the
-device come online, its telemetry (coalesced), alice's command being issued
-and its result (with who and how long), and the device going offline.
-Refused commands (viewer, unknown action) reach neither the device nor the
-stream. A device flooding vigil with messages must not starve HTTP.
+device come online with its entities, its telemetry (coalesced), alice's
+command being issued and its result (with who, how long and the new state,
+already in the device's state), and the device going offline.
+Refused commands (viewer, unknown entity, out of range) reach neither the
+device nor the stream. A device flooding vigil with messages must not starve HTTP.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
     with panel.events("bob") as events:
         agent = panel.agent("lamp-1", "--interval", "0.1")
         online = events.wait_for(events.device("online", "lamp-1"))
-        assert online.data["device"]["commands"] == ["on", "off", "toggle", "status"]
+        described = online.data["device"]["entities"]
+        assert [(e["key"], e["kind"]) for e in described] == [
+            ("power", "switch"),
+            ("brightness", "number"),
+            ("temperature", "sensor"),
+        ]
+        assert described[2]["unit"] == "°C"  # not mangled on the way (the agent sends \u00b0)
         telemetry = events.wait_for(events.device("telemetry", "lamp-1"))
         assert isinstance(telemetry.data["data"]["temperature"], float)
+        assert telemetry.data["device"]["state"]["power"] is False
 
-        status, body = panel.curl("POST", "/api/devices/lamp-1/commands", body={"action": "on"})
-        assert status == 200 and body["result"]["on"] is True
+        status, body = panel.curl(
+            "POST", "/api/devices/lamp-1/commands", body={"entity": "brightness", "value": 40}
+        )
+        assert status == 200 and body["ok"] is True and body["state"] == 40, body
 
         def command(phase: str) -> dict[str, object]:
             ev = events.wait_for(lambda e: e.type == "command" and e.data["phase"] == phase)
@@ -39,9 +49,10 @@ def test_second_user_sees_device_and_command_events(panel: Panel) -> None:
         issued, result = command("issued"), command("result")
         assert issued["id"] == result["id"] == body["id"]
         assert issued["user"] == result["user"] == "alice"
-        assert (issued["device"], issued["action"]) == ("lamp-1", "on")
-        assert result["ok"] is True and result["status"] == 200
-        assert result["result"] == body["result"]
+        assert (issued["device"], issued["entity"], issued["value"]) == ("lamp-1", "brightness", 40)
+        assert result["ok"] is True and result["status"] == 200 and result["state"] == 40
+        _, (device,) = panel.curl("GET", "/api/devices", "bob")
+        assert device["state"]["brightness"] == 40  # at once, not with the next reading
         assert isinstance(result["latency_ms"], int) and 0 <= result["latency_ms"] < 5000
 
         # telemetry is coalesced: at most 5 events a second although the agent sends 10
@@ -63,15 +74,21 @@ def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
         panel.agent("lamp-1")
         events.wait_for(events.device("online", "lamp-1"))
         path = "/api/devices/lamp-1/commands"
-        status, body = panel.curl("POST", path, "vera", {"action": "on"})
+        status, body = panel.curl("POST", path, "vera", {"entity": "power", "value": True})
         assert status == 403 and "viewer" in body["error"], body
-        status, body = panel.curl("POST", path, "alice", {"action": "explode"})
-        assert status == 400 and "explode" in body["error"], body
-        status, body = panel.curl("POST", path, "alice", {"action": "status"})
-        assert status == 200 and body["result"]["on"] is False  # "on" never reached it
+        status, body = panel.curl("POST", path, "alice", {"entity": "explode", "value": True})
+        assert status == 400 and body["error"].startswith("lamp-1.explode: no such entity"), body
+        status, body = panel.curl("POST", path, "alice", {"entity": "brightness", "value": 140})
+        assert (status, body) == (400, {"error": "lamp-1.brightness: 140 is above max 100"})
+        status, body = panel.curl("POST", path, "alice", {"entity": "temperature", "value": 30})
+        assert status == 400 and "a sensor only reports" in body["error"], body
+        status, body = panel.curl("POST", path, "alice", {"entity": "brightness", "value": 70})
+        assert status == 200 and body["state"] == 70
+        _, (device,) = panel.curl("GET", "/api/devices")
+        assert device["state"]["power"] is False  # vera's "on" never reached it
         events.wait_for(lambda e: e.type == "command" and e.data["phase"] == "result")
-        actions = [e.data["action"] for e in events.received if e.type == "command"]
-        assert actions == ["status", "status"], actions
+        sent = [(e.data["entity"], e.data["value"]) for e in events.received if e.type == "command"]
+        assert sent == [("brightness", 70), ("brightness", 70)], sent
 
 
 FLOOD = """
@@ -82,7 +99,11 @@ sock = sctp.sctpsocket_tcp(socket.AF_INET)
 sock.connect(("127.0.0.1", int(sys.argv[1])))
 nonce = bytes.fromhex(json.loads(sock.sctp_recv(65536)[2])["nonce"])
 secret = bytes.fromhex(os.environ["VIGIL_DEVICE_SECRET"])
-hello = {"type": "hello", "device": "flood", "commands": [], "hmac": proof(secret, nonce, "flood")}
+x = {"key": "x", "kind": "sensor", "label": "X"}
+pad = {"key": "pad", "kind": "text_sensor", "label": "Pad"}
+entities = [x, pad]
+hello = {"type": "hello", "protocol": 2, "device": "flood", "entities": entities,
+         "hmac": proof(secret, nonce, "flood")}
 sock.sctp_send(json.dumps(hello).encode(), ppid=51)
 msg = json.dumps({"type": "telemetry", "data": {"x": 1, "pad": "y" * 200}}).encode()
 bad = b"{not json"

@@ -59,12 +59,20 @@ HELLOS: dict[str, Callable[[Peer], dict[str, Any]]] = {
     "no secret": lambda p: {k: v for k, v in p.hello_message("lamp-1").items() if k != "hmac"},
     "unknown id": lambda p: p.hello_message("stranger"),
     "another id's secret": lambda p: p.hello_message("lamp-1", key=secret("lamp-2")),
+    # an agent of the first protocol, with its verbs and its proof: proven, but refused
+    "protocol 1": lambda p: {
+        **{k: v for k, v in p.hello_message("lamp-1").items() if k not in ("protocol", "entities")},
+        "commands": ["on", "off"],
+    },
+    "protocol 3": lambda p: {**p.hello_message("lamp-1"), "protocol": 3},
 }
 REASONS = {
     "wrong secret": "wrong hmac",
     "no secret": "no hmac",
     "unknown id": "unknown device",
     "another id's secret": "wrong hmac",
+    "protocol 1": "protocol",
+    "protocol 3": "protocol",
 }
 
 
@@ -76,10 +84,17 @@ def test_a_hello_that_proves_nothing_is_refused(
     peer = Peer(bench)
     msg = HELLOS[case](peer)
     peer.send(msg)
-    assert_refused(bench, peer, peer.recv(), REASONS[case], msg["device"])
+    reply = peer.recv()
+    assert_refused(bench, peer, reply, REASONS[case], msg["device"])
     assert bench.channel.known() == [] and not bench.device_events("online")
     (line,) = refused_lines(caplog)  # one line
     assert f"device {msg['device']} from 127.0.0.1 refused" in line, line
+    if case.startswith("protocol"):  # what the agent's log says: what vigil wants
+        spoken = "no protocol" if case == "protocol 1" else "protocol 3"
+        assert reply["error"] == (
+            'hello refused: vigil speaks protocol 2 ("protocol": 2 and "entities"; '
+            f"README, Devices); this hello says {spoken}"
+        )
 
 
 def test_a_replayed_hello_is_refused_and_displaces_nobody(bench: Bench) -> None:
@@ -94,11 +109,11 @@ def test_a_replayed_hello_is_refused_and_displaces_nobody(bench: Bench) -> None:
     assert_refused(bench, replay, replay.recv(), "replayed", "lamp-1")
     assert bench.assoc_of("lamp-1") == assoc  # still the genuine one
     assert len(bench.device_events("online")) == 1 and not bench.device_events("offline")
-    r = bench.command("lamp-1", "on")  # commands still reach it
+    r = bench.command("lamp-1", "power", True)  # commands still reach it
     cmd = genuine.recv()
     genuine.send({"type": "result", "id": cmd["id"], "ok": True})
     bench.run_until(lambda: r)
-    assert r.status == 200
+    assert r.status == 200 and r.body["state"] is True  # no state said: the commanded one
 
     genuine.close()  # and with the genuine one gone, a replay gets nothing either
     bench.run_until(lambda: not bench.online("lamp-1"))
@@ -115,8 +130,8 @@ def test_a_wrong_secret_does_not_displace_a_live_device(bench: Bench) -> None:
     impostor = Peer(bench)
     assert impostor.hello("lamp-1", key=WRONG)["type"] == "error"
     assert impostor.aborted() and bench.online("lamp-1")
-    r = bench.command("lamp-1", "off")
-    assert genuine.recv()["action"] == "off"
+    r = bench.command("lamp-1", "power", False)
+    assert genuine.recv()["value"] is False
     assert not r  # still waiting for the genuine device's answer
 
 
@@ -166,7 +181,7 @@ def test_a_restarted_agent_is_back_at_once(bench: Bench) -> None:
     # Stopped, the old agent's kernel still answers heartbeats: to vigil its
     # association is alive, with a command waiting on it.
     old.send_signal(signal.SIGSTOP)
-    pending = bench.command("lamp-1", "toggle")
+    pending = bench.command("lamp-1", "power", True)
     bench.run_for(0.3)
     assert not pending
     try:
@@ -179,9 +194,9 @@ def test_a_restarted_agent_is_back_at_once(bench: Bench) -> None:
         (gone,) = bench.device_events("offline")
         assert gone["reason"] == "replaced" and gone["device"]["online"] is False
         assert len(bench.device_events("online")) == 2 and not bench.audits
-        r = bench.command("lamp-1", "status")  # commands go to the new agent
+        r = bench.command("lamp-1", "brightness", 20)  # commands go to the new agent
         bench.run_until(lambda: r)
-        assert r.status == 200 and new.poll() is None
+        assert r.status == 200 and r.body["state"] == 20 and new.poll() is None
     finally:
         old.kill()
         old.wait()

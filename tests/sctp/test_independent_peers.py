@@ -73,7 +73,9 @@ def test_sctp_darn_exchanges_messages(bench: Bench, caplog: pytest.LogCaptureFix
     (challenge,) = bench.channel._admission.open.values()
     bench.run_until(lambda: "say hello first" in caplog.text)
     challenged = _grows(bench, 0)
-    hello = {"type": "hello", "device": "darn-1", "name": "C peer", "commands": []}
+    volts = {"key": "volts", "kind": "sensor", "label": "Battery", "unit": "V"}
+    hello = {"type": "hello", "protocol": 2, "device": "darn-1", "name": "C peer"}
+    hello["entities"] = [volts]
     hello["hmac"] = proof(secret("darn-1"), challenge.nonce, "darn-1")
     line(json.dumps(hello).encode())
     bench.run_until(lambda: bench.online("darn-1"))
@@ -82,6 +84,9 @@ def test_sctp_darn_exchanges_messages(bench: Bench, caplog: pytest.LogCaptureFix
     bench.run_until(lambda: bench.device_events("telemetry"))
     (ev,) = bench.device_events("telemetry")
     assert ev["data"] == {"volts": 11.9} and ev["device"]["name"] == "C peer"
+    assert ev["device"]["entities"] == [volts]
+    device = bench.device("darn-1")
+    assert device is not None and device["state"] == {"volts": 11.9}
     line(b"volts=11.9")  # not JSON: an error reply joins the welcome
     _grows(bench, welcomed)
     assert bench.online("darn-1")

@@ -30,7 +30,7 @@ def test_pulled_cable_takes_the_device_offline_and_fails_its_command(tmp_path: P
             with panel.events("bob") as events:
                 panel.agent("lamp-1", "--reply-delay", "60", host=net.vigil_ip, wrap=net.wrap(()))
                 events.wait_for(events.device("online", "lamp-1"))
-                pending = panel.post_later("lamp-1", "toggle")
+                pending = panel.post_later("lamp-1", "power", True)
                 events.wait_for(lambda ev: ev.type == "command" and ev.data["phase"] == "issued")
                 assert pending.proc.poll() is None
                 pulled = time.monotonic()
@@ -62,7 +62,8 @@ def test_lossy_cable_keeps_the_device_online_and_answering(tmp_path: Path) -> No
                 net.loss(5)
                 lossy = time.monotonic()
                 statuses = [
-                    panel.curl("POST", COMMANDS, body={"action": "toggle"})[0] for _ in range(60)
+                    panel.curl("POST", COMMANDS, body={"entity": "power", "value": i % 2 == 0})[0]
+                    for i in range(60)
                 ]
                 offline = [
                     ev for ev in events.received if events.device("offline", "lamp-1", lossy)(ev)
