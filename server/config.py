@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -182,6 +183,7 @@ class MqttConfig:
     homeassistant: bool = False
     discovery_prefix: str = "homeassistant"
     publish_addresses: bool = False
+    panel_url: str = ""  # where Home Assistant's "visit" link of the hub goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,12 @@ def _topic_word(v: Any) -> str:
     """One MQTT topic level (or empty for the default): no '/', '+', '#'."""
     if not isinstance(v, str) or any(c in v for c in "/+#") or not v.isprintable():
         raise ValueError("must be printable text without '/', '+' or '#'")
+    return v
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str) or (v and not re.fullmatch(r"https?://[^\s\"'<>]+", v)):
+        raise ValueError("must be an http:// or https:// URL")
     return v
 
 
@@ -387,6 +395,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         "homeassistant": (False, _bool),
         "discovery_prefix": ("homeassistant", _topic_prefix),
         "publish_addresses": (False, _bool),
+        "panel_url": ("", _url),  # empty: https://<this host>.local:<[tls] port>/ (http if off)
     },
 }
 
@@ -491,7 +500,16 @@ def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
     return devices
 
 
-def _mqtt(where: str, sec: dict[str, Any], base: Path) -> MqttConfig:
+def _panel_url(sec: dict[str, Any]) -> str:
+    """Where people open the panel, as this host's mDNS name knows it (the certificate
+    vigil makes names it, ``server.web.certificate``)."""
+    host = socket.gethostname().partition(".")[0]
+    if sec["tls"]["enabled"]:
+        return f"https://{host}.local:{sec['tls']['port']}/"
+    return f"http://{host}.local:{sec['http']['port']}/"
+
+
+def _mqtt(where: str, sec: dict[str, Any], base: Path, panel_url: str) -> MqttConfig:
     """[mqtt] with its defaults resolved and the password read from its file."""
     pw_file = sec.pop("password_file")
     password = ""
@@ -516,6 +534,7 @@ def _mqtt(where: str, sec: dict[str, Any], base: Path) -> MqttConfig:
             "site": site,
             "topic_prefix": sec["topic_prefix"] or f"vigil/{site}",
             "client_id": sec["client_id"] or f"vigil-{site}",
+            "panel_url": sec["panel_url"] or panel_url,
         }
     )
 
@@ -614,5 +633,5 @@ def load(path: str | Path) -> Config:
         limits=LimitsConfig(**sec["limits"]),
         tls=TlsConfig(**sec["tls"]),
         state=StateConfig(**sec["state"]),
-        mqtt=_mqtt(where, sec["mqtt"], base),
+        mqtt=_mqtt(where, sec["mqtt"], base, _panel_url(sec)),
     )

@@ -89,7 +89,7 @@ def test_topics() -> None:
         "vigil/barn/activity",
     )
     assert t.commands == "vigil/barn/devices/+/command"
-    assert t.device_of_command("vigil/barn/devices/lamp-1/command") == "lamp-1"
+    assert t.device_of("vigil/barn/devices/lamp-1/command", "command") == "lamp-1"
     for other in (
         "vigil/barn/devices/lamp-1/state",
         "vigil/barnyard/devices/lamp-1/command",
@@ -97,11 +97,11 @@ def test_topics() -> None:
         "x/vigil/barn/devices/lamp-1/command",
         "vigil/barn/devices/lamp-1/command/x",
     ):
-        assert t.device_of_command(other) is None, other
+        assert t.device_of(other, "command") is None, other
 
 
 def test_snapshot_is_everything_retained() -> None:
-    fleet = Fleet(replace(CFG, homeassistant=False))
+    fleet = Fleet(replace(CFG, homeassistant=False), "1.2.3")
     msgs = fleet.snapshot((ALICE,), [LAMP])
     assert topics(msgs) == [
         "vigil/barn/status",
@@ -130,13 +130,13 @@ def test_snapshot_is_everything_retained() -> None:
 
 
 def test_addresses_when_configured() -> None:
-    fleet = Fleet(replace(CFG, publish_addresses=True))
+    fleet = Fleet(replace(CFG, publish_addresses=True), "1.2.3")
     msg = fleet.on_event(PresenceChanged("join", "alice", "10.0.0.5", None, (ALICE,)))[0]
     assert json.loads(msg.payload)["users"] == [ALICE.as_json()]
 
 
 def test_events_to_messages() -> None:
-    fleet = Fleet(replace(CFG, homeassistant=False))
+    fleet = Fleet(replace(CFG, homeassistant=False), "1.2.3")
     fleet.snapshot((), [LAMP])
     now = replace(LAMP, state={"power": True, "brightness": 40, "temperature": 21.5})
     tele = fleet.on_event(Telemetry(now, {"power": True, "brightness": 40, "temperature": 21.5}))
@@ -161,7 +161,7 @@ def test_events_to_messages() -> None:
 
 
 def test_a_commands_result_is_the_devices_state_at_once() -> None:
-    fleet = Fleet(CFG)
+    fleet = Fleet(CFG, "1.2.3")
     fleet.snapshot((), [LAMP])
     issued = CommandEvent("c1", "lamp-1", "brightness", 60, "bob", "issued")
     answered = replace(issued, phase="result", status=200, ok=True, state=60, latency_ms=3)
@@ -187,6 +187,15 @@ def configs(msgs: list[Message]) -> dict[str, dict[str, Any]]:
     }
 
 
+def entity_configs(msgs: list[Message], device: str) -> dict[str, dict[str, Any]]:
+    """The configs of ``device``'s entities (not the hub's, not its "Last command")."""
+    return {
+        topic: config
+        for topic, config in configs(msgs).items()
+        if f"/{device}_" in topic and not topic.endswith("_last_command/config")
+    }
+
+
 def ha(key: str, value: str) -> dict[str, Any]:
     """A Home Assistant command as vigil reads it, with ``value`` as HA fills it in."""
     return {"entity": key, "value": value, "id": "homeassistant", "user": "homeassistant"}
@@ -200,8 +209,8 @@ def filled(template: str, value: str) -> str:
 
 
 def test_home_assistant_gets_one_entity_per_entity_with_its_type() -> None:
-    msgs = Fleet(CFG).snapshot((), [PUMP])
-    got = configs(msgs)
+    msgs = Fleet(CFG, "1.2.3").snapshot((), [PUMP])
+    got = entity_configs(msgs, "pump_2")
     prefix = "homeassistant/{}/vigil_barn/pump_2_{}/config"
     assert list(got) == [
         prefix.format("switch", "power"),
@@ -230,6 +239,7 @@ def test_home_assistant_gets_one_entity_per_entity_with_its_type() -> None:
             "identifiers": ["vigil_barn_pump_2"],
             "name": "Pump",
             "manufacturer": "vigil",
+            "via_device": "vigil_barn",  # under this vigil's hub
         }
     assert (power["name"], power["unique_id"]) == ("Power", "vigil_barn_pump_2_power")
     assert power["state_topic"] == state and power["command_topic"] == command
@@ -267,7 +277,7 @@ def test_home_assistant_gets_one_entity_per_entity_with_its_type() -> None:
 
 
 def test_home_assistant_commands_are_commands_vigil_reads() -> None:
-    fleet = Fleet(CFG)
+    fleet = Fleet(CFG, "1.2.3")
     got = configs(fleet.snapshot((), [PUMP]))
 
     def config(component: str, key: str) -> dict[str, Any]:
@@ -290,7 +300,9 @@ def test_home_assistant_commands_are_commands_vigil_reads() -> None:
 
 def test_home_assistant_without_fleet_commands_is_read_only() -> None:
     for cfg in (replace(CFG, commands=False), replace(CFG, command_users=("node-red",))):
-        got = configs(Fleet(cfg).snapshot((), [PUMP]))
+        every = configs(Fleet(cfg, "1.2.3").snapshot((), [PUMP]))
+        assert not [t for t in every if t.endswith("_last_command/config")]  # no commands
+        got = entity_configs(Fleet(cfg, "1.2.3").snapshot((), [PUMP]), "pump_2")
         prefix = "homeassistant/{}/vigil_barn/pump_2_{}/config"
         assert list(got) == [  # no button: it has nothing to show
             prefix.format("binary_sensor", "power"),
@@ -310,11 +322,11 @@ def test_home_assistant_without_fleet_commands_is_read_only() -> None:
 
 
 def test_home_assistant_hears_again_when_a_device_describes_itself_anew() -> None:
-    fleet = Fleet(CFG)
-    assert len(configs(fleet.snapshot((), [LAMP]))) == 3
+    fleet = Fleet(CFG, "1.2.3")
+    assert len(entity_configs(fleet.snapshot((), [LAMP]), "lamp-1")) == 3
     warm = replace(LAMP, state={"power": True, "brightness": 40, "temperature": 21.5})
     assert configs(fleet.on_event(Telemetry(warm, {"temperature": 21.5}))) == {}  # same
-    assert len(configs(fleet.snapshot((), [LAMP]))) == 3  # a reconnect: all again
+    assert len(entity_configs(fleet.snapshot((), [LAMP]), "lamp-1")) == 3  # reconnect: again
     power, brightness, temperature = LAMP_ENTITIES
     # the device says hello again: brightness renamed, the switch now read-only
     reading = replace(power, kind=Kind.BINARY_SENSOR)
@@ -329,8 +341,88 @@ def test_home_assistant_hears_again_when_a_device_describes_itself_anew() -> Non
     renamed = configs(fleet.on_event(DeviceOnline(replace(again, name="Porch lamp"))))
     assert {c["device"]["name"] for c in renamed.values()} == {"Porch lamp"}
     assert configs(fleet.on_event(DeviceOnline(replace(again, name="Porch lamp")))) == {}
-    new = configs(fleet.on_event(DeviceOnline(replace(LAMP, id="lamp-2"))))
-    assert len(new) == 3 and all("lamp-2_" in topic for topic in new)
+    new = entity_configs(fleet.on_event(DeviceOnline(replace(LAMP, id="lamp-2"))), "lamp-2")
+    assert len(new) == 3
+
+
+def test_home_assistant_sees_this_vigil_as_a_hub_with_its_status_and_people() -> None:
+    fleet = Fleet(replace(CFG, panel_url="https://barn.local:8443/"), "1.2.3")
+    got = configs(fleet.snapshot((), []))  # no device yet: HA still shows vigil itself
+    status = got["homeassistant/binary_sensor/vigil_barn/vigil_barn_status/config"]
+    people = got["homeassistant/sensor/vigil_barn/vigil_barn_people/config"]
+    hub = {
+        "identifiers": ["vigil_barn"],
+        "name": "vigil barn",
+        "manufacturer": "vigil",
+        "model": "control panel",
+        "sw_version": "1.2.3",
+        "configuration_url": "https://barn.local:8443/",
+    }
+    assert status["device"] == hub == people["device"]
+    assert (status["state_topic"], status["payload_on"], status["payload_off"]) == (
+        "vigil/barn/status",
+        "online",
+        "offline",
+    )
+    assert status["device_class"] == "connectivity" and "availability_topic" not in status
+    assert people["state_topic"] == "vigil/barn/presence"
+    assert people["value_template"] == "{{ value_json.count }}"
+    assert people["availability_topic"] == "vigil/barn/status"
+
+
+def test_a_refused_command_shows_in_home_assistant_as_the_devices_last_command() -> None:
+    fleet = Fleet(CFG, "1.2.3")
+    got = configs(fleet.snapshot((), [LAMP]))
+    last = got["homeassistant/sensor/vigil_barn/lamp-1_last_command/config"]
+    assert last["state_topic"] == "vigil/barn/devices/lamp-1/result"
+    assert last["json_attributes_topic"] == last["state_topic"]
+    assert last["device"]["identifiers"] == ["vigil_barn_lamp-1"]
+    refused = fleet.result("lamp-1", "homeassistant", 409, {"error": "lamp-1 is held by alice"})
+    assert json.loads(refused.payload) == {
+        "id": "homeassistant",
+        "status": 409,
+        "ok": False,
+        "error": "lamp-1 is held by alice",
+    }
+    assert last["value_template"] == (
+        "{{ ('ok' if value_json.ok else value_json.status ~ ': ' ~ value_json.error)[:255] }}"
+    )
+
+
+def test_an_earlier_runs_devices_not_seen_now_are_made_offline() -> None:
+    fleet = Fleet(CFG, "1.2.3")
+    fleet.snapshot((), [LAMP])
+    gone = dict(LAMP.as_json(), id="lamp-9", online=True)
+    topic = "vigil/barn/devices/lamp-9/state"
+    (offline,) = fleet.retained(topic, json.dumps(gone).encode())
+    assert offline.retain and offline.topic == topic
+    assert json.loads(offline.payload) == gone | {"online": False}  # unavailable in HA
+    assert fleet.retained(topic, json.dumps(gone | {"online": False}).encode()) == []
+    seen = json.dumps(dict(LAMP.as_json(), online=True)).encode()
+    assert fleet.retained("vigil/barn/devices/lamp-1/state", seen) == []  # it is online now
+    assert fleet.retained(topic, b"") == [] and fleet.retained(topic, b"{oops") == []
+
+
+def test_configs_an_earlier_run_left_for_entities_that_are_gone_are_emptied() -> None:
+    fleet = Fleet(CFG, "1.2.3")
+    fleet.snapshot((), [LAMP])
+    old_switch = "homeassistant/switch/vigil_barn/lamp-1/config"  # the first protocol's
+    body = json.dumps({"device": {"identifiers": ["vigil_barn_lamp-1"]}}).encode()
+    assert fleet.retained(old_switch, body) == [
+        Message(old_switch, b"", retain=True, kind="discovery")
+    ]
+    current = "homeassistant/switch/vigil_barn/lamp-1_power/config"
+    assert fleet.retained(current, body) == []  # announced now: kept
+    hub = "homeassistant/sensor/vigil_barn/vigil_barn_people/config"
+    assert fleet.retained(hub, body) == []
+    # a device not seen yet keeps its configs (unavailable) until it comes back ...
+    later = "homeassistant/switch/vigil_barn/lamp-2_fan/config"
+    other = json.dumps({"device": {"identifiers": ["vigil_barn_lamp-2"]}}).encode()
+    assert fleet.retained(later, other) == []
+    # ... and then loses the ones it no longer has
+    lamp2 = replace(LAMP, id="lamp-2")
+    got = configs(fleet.on_event(DeviceOnline(lamp2)))
+    assert got[later] is None and got["homeassistant/switch/vigil_barn/lamp-2_power/config"]
 
 
 TOPIC = "vigil/barn/devices/lamp-1/command"
@@ -338,7 +430,7 @@ TOPIC = "vigil/barn/devices/lamp-1/command"
 
 def read(payload: Any, retained: bool = False, topic: str = TOPIC) -> Any:
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return Fleet(CFG).command(topic, data, retained)
+    return Fleet(CFG, "1.2.3").command(topic, data, retained)
 
 
 def refused(payload: Any, **kw: Any) -> tuple[str, dict[str, Any]]:
@@ -394,7 +486,7 @@ def test_retained_and_misplaced_commands() -> None:
 
 
 def test_result_keeps_the_senders_id() -> None:
-    fleet = Fleet(CFG)
+    fleet = Fleet(CFG, "1.2.3")
     ok = fleet.result("lamp-1", "x1", 200, {"id": "ab-1", "ok": True, "state": 40})
     assert json.loads(ok.payload) == {
         "id": "x1",
@@ -449,6 +541,12 @@ def test_mqtt_config_defaults(tmp_path: Path) -> None:
     assert (cfg.site, cfg.topic_prefix, cfg.client_id) == (site, f"vigil/{site}", f"vigil-{site}")
     assert not cfg.commands and cfg.command_users == () and not cfg.homeassistant
     assert cfg.password == ""
+    assert cfg.panel_url == f"https://{site}.local:8443/"  # the panel, over HTTPS
+    tls_off = write(tmp_path, "")
+    tls_off.write_text(tls_off.read_text() + "[tls]\nenabled = false\n[http]\nport = 8080\n")
+    assert load(tls_off).mqtt.panel_url == f"http://{site}.local:8080/"
+    given = load(write(tmp_path, 'panel_url = "https://panel.example/"\n')).mqtt
+    assert given.panel_url == "https://panel.example/"
 
 
 def test_mqtt_password_file(tmp_path: Path) -> None:
@@ -479,6 +577,7 @@ def test_mqtt_password_file(tmp_path: Path) -> None:
         ('command_users = ["mqtt:x"]\n', r"\[mqtt\] command_users"),
         ("port = 0\n", r"\[mqtt\] port: must be an integer from 1"),
         ("password = 'x'\n", r"\[mqtt\] unknown key 'password'"),
+        ('panel_url = "javascript:alert(1)"\n', r"\[mqtt\] panel_url: must be an http"),
     ],
 )
 def test_mqtt_config_errors(tmp_path: Path, text: str, message: str) -> None:

@@ -361,3 +361,26 @@ def test_fleet_commands_move_a_number_and_a_select_and_their_state_is_published_
     with broker.subscribe(STATE) as sub:  # subscribed after: the retained state is current
         retained = sub.expect(STATE, pump=pump)
         assert retained.retained and retained.json()["state"]["mode"] == "boost"
+
+
+def test_a_device_an_earlier_run_saw_is_unavailable_after_a_restart_not_frozen(
+    broker: Broker, fleet_app: App, make_app: Callable[..., App]
+) -> None:
+    """Home Assistant once kept a device that died while vigil was down "online" with a
+    frozen value: the earlier run's retained state said so. The new run says otherwise."""
+    fleet_app.device("lamp-1")
+    with listening(broker, fleet_app, STATE) as sub:
+        assert sub.expect(STATE, lambda m: m.json()["online"], pump=fleet_app.pump).retained
+    fleet_app.close()  # vigil stops; lamp-1 dies meanwhile and never comes back
+    with broker.subscribe(STATE) as sub:
+        assert sub.expect(STATE).json()["online"] is True  # what the broker keeps for it
+    sections = broker.mqtt_sections(
+        commands=True, command_users=["homeassistant"], homeassistant=True
+    )
+    again = make_app(sections)  # the next run, which does not see lamp-1
+    hub = "homeassistant/sensor/vigil_site-a/vigil_site-a_people/config"
+    with listening(broker, again, STATE, hub) as sub:
+        body = sub.expect(STATE, lambda m: not m.json()["online"], pump=again.pump).json()
+        assert body["id"] == "lamp-1" and body["entities"]  # HA: unavailable, still known
+        people = sub.expect(hub, pump=again.pump).json()
+        assert people["device"]["identifiers"] == ["vigil_site-a"]

@@ -65,6 +65,10 @@ MAX_ID = 200  # characters in a command's "id"
 HA_USER = "homeassistant"  # the "user" (and "id") of Home Assistant's commands
 HA_MIN_STEP = 0.001  # the finest step a Home Assistant number takes
 AVAILABLE = "{{ 'online' if value_json.online else 'offline' }}"  # HA: the device's part
+# HA: a result as a person reads it (a sensor's state has at most 255 characters)
+LAST_COMMAND = (
+    "{{ ('ok' if value_json.ok else value_json.status ~ ': ' ~ value_json.error)[:255] }}"
+)
 COMMAND_FORM = '{"entity": "<key>", "value": <value>, "id": "<your id>", "user": "<name>"}'
 
 
@@ -174,24 +178,29 @@ class Topics:
     def device(self, dev_id: str, leaf: str) -> str:
         return f"{self.prefix}/devices/{dev_id}/{leaf}"
 
-    def device_of_command(self, topic: str) -> str | None:
-        """The device id in a ``devices/<id>/command`` topic, else None."""
+    def device_of(self, topic: str, leaf: str) -> str | None:
+        """The device id in a ``devices/<id>/<leaf>`` topic, else None."""
         head, sep, rest = topic.partition(self.prefix + "/devices/")
         if head or not sep:
             return None
-        dev_id, slash, leaf = rest.partition("/")
-        return dev_id if slash and leaf == "command" and dev_id else None
+        dev_id, slash, tail = rest.partition("/")
+        return dev_id if slash and tail == leaf and dev_id else None
 
 
 class Fleet:
     """The bridge's view: what the broker has been told, and what it asks."""
 
-    def __init__(self, cfg: MqttConfig) -> None:
+    def __init__(self, cfg: MqttConfig, version: str) -> None:
         self.cfg = cfg
+        self.version = version  # vigil's, for the hub device HA shows
         self.topics = Topics(cfg.topic_prefix)
+        self.node = _slug(f"vigil_{cfg.site}")  # HA's object id of this vigil, and its hub's
         self.online: tuple[Person, ...] = ()
         self.devices: dict[str, DeviceView] = {}  # as last published
         self._announced: dict[str, Announced] = {}  # device id -> what HA was told
+        # configs HA still had from before (retained) for devices not seen yet: HA device
+        # identifier -> topics; emptied when the device comes with other entities
+        self._left_over: dict[str, set[str]] = {}
 
     # -- what vigil publishes ------------------------------------------------
     def snapshot(self, online: tuple[Person, ...], devices: Iterable[DeviceView]) -> list[Message]:
@@ -199,10 +208,50 @@ class Fleet:
         self.online = online
         self.devices = {}
         self._announced = {}
+        self._left_over = {}
         out = [Message(self.topics.status, ONLINE, retain=True), self._presence()]
+        if self.cfg.homeassistant:
+            out += self._hub()
         for dev in sorted(devices, key=lambda d: d.id):
             out += self._device(dev)
         return out
+
+    def subscriptions(self) -> list[str]:
+        """What to hear of earlier runs (their retained messages, at once): the devices'
+        states and, with Home Assistant, this vigil's discovery configs (``retained``)."""
+        out = [self.topics.device("+", "state")]
+        if self.cfg.homeassistant:
+            out.append(f"{self.cfg.discovery_prefix}/+/{self.node}/+/config")
+        return out
+
+    def retained(self, topic: str, payload: bytes) -> list[Message]:
+        """A retained message of an earlier run, heard at (re)connect. A device this vigil
+        does not see now is made offline (HA then shows it unavailable, not frozen at its
+        last value); a config of an entity a device seen now no longer has is emptied
+        (HA forgets it); one of a device not seen yet is kept until it comes."""
+        if not payload:
+            return []
+        try:
+            body = loads(payload)
+        except ValueError:
+            return []
+        if not isinstance(body, dict):
+            return []
+        dev_id = self.topics.device_of(topic, "state")
+        if dev_id is not None:
+            if dev_id in self.devices or body.get("online") is not True:
+                return []
+            return [Message(topic, _json(body | {"online": False}), retain=True)]
+        announced = {t for a in self._announced.values() for t in a.topics}
+        if topic in announced or topic in self._hub_configs():
+            return []
+        device = body.get("device")
+        ids = device.get("identifiers") if isinstance(device, dict) else None
+        uid = ids[0] if isinstance(ids, list) and ids and isinstance(ids[0], str) else None
+        if uid is not None and uid in {self._uid(d) for d in self._announced}:
+            return [Message(topic, b"", retain=True, kind="discovery")]
+        self._left_over.setdefault(uid or "", set()).add(topic)
+        return []
 
     def on_event(self, event: Event) -> list[Message]:
         """The messages one event makes (chat stays among the people on the panel;
@@ -255,15 +304,67 @@ class Fleet:
             return []
         configs = self._configs(dev)
         out = [Message(t, _json(c), retain=True, kind="discovery") for t, c in configs.items()]
-        gone = sorted(before.topics - configs.keys()) if before is not None else []
+        earlier = before.topics if before is not None else frozenset()
+        earlier |= self._left_over.pop(self._uid(dev.id), set())
+        gone = sorted(earlier - configs.keys())
         out += [Message(topic, b"", retain=True, kind="discovery") for topic in gone]
         self._announced[dev.id] = Announced(dev.name, dev.entities, frozenset(configs))
         return out
 
+    def _uid(self, dev_id: str) -> str:
+        """The HA device identifier of vigil device ``dev_id``."""
+        return f"{self.node}_{_slug(dev_id)}"
+
+    def _config_topic(self, component: str, object_id: str) -> str:
+        return f"{self.cfg.discovery_prefix}/{component}/{self.node}/{object_id}/config"
+
+    def _hub_configs(self) -> dict[str, dict[str, Any]]:
+        """This vigil as an HA device (the one its devices are ``via_device``): whether
+        it is up, and how many people are online."""
+        hub = {
+            "identifiers": [self.node],
+            "name": f"vigil {self.cfg.site}",
+            "manufacturer": "vigil",
+            "model": "control panel",
+            "sw_version": self.version,
+            "configuration_url": self.cfg.panel_url,
+        }
+        status = {
+            "name": "Status",
+            "unique_id": f"{self.node}_status",
+            "state_topic": self.topics.status,
+            "payload_on": ONLINE.decode(),
+            "payload_off": OFFLINE.decode(),
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "device": hub,
+        }
+        people = {
+            "name": "People online",
+            "unique_id": f"{self.node}_people",
+            "state_topic": self.topics.presence,
+            "value_template": "{{ value_json.count }}",
+            "json_attributes_topic": self.topics.presence,
+            "unit_of_measurement": "people",
+            "state_class": "measurement",
+            "icon": "mdi:account-group",
+            "availability_topic": self.topics.status,
+            "device": hub,
+        }
+        return {
+            self._config_topic("binary_sensor", f"{self.node}_status"): status,
+            self._config_topic("sensor", f"{self.node}_people"): people,
+        }
+
+    def _hub(self) -> list[Message]:
+        configs = self._hub_configs().items()
+        return [Message(t, _json(c), retain=True, kind="discovery") for t, c in configs]
+
     def _configs(self, dev: DeviceView) -> dict[str, dict[str, Any]]:
-        """Discovery topic -> config, one per entity HA can show."""
-        node = _slug(f"vigil_{self.cfg.site}")
-        uid = f"{node}_{_slug(dev.id)}"
+        """Discovery topic -> config, one per entity HA can show, and (when HA may send
+        commands) the device's "Last command": the answer to its newest fleet command,
+        so that a refusal (held by someone, a value out of range, ...) shows in HA."""
+        uid = self._uid(dev.id)
         state = self.topics.device(dev.id, "state")
         common = {
             "availability": [
@@ -271,11 +372,27 @@ class Fleet:
                 {"topic": state, "value_template": AVAILABLE},
             ],
             "availability_mode": "all",
-            "device": {"identifiers": [uid], "name": dev.name, "manufacturer": "vigil"},
+            "device": {
+                "identifiers": [uid],
+                "name": dev.name,
+                "manufacturer": "vigil",
+                "via_device": self.node,
+            },
         }
         commands = self.cfg.commands and HA_USER in self.cfg.command_users
         command_topic = self.topics.device(dev.id, "command") if commands else None
         out = {}
+        if command_topic is not None:
+            result = self.topics.device(dev.id, "result")
+            last = {
+                "name": "Last command",
+                "unique_id": f"{uid}_last_command",
+                "state_topic": result,
+                "value_template": LAST_COMMAND,
+                "json_attributes_topic": result,
+                "icon": "mdi:console-line",
+            }
+            out[self._config_topic("sensor", f"{_slug(dev.id)}_last_command")] = last | common
         for entity in dev.entities:
             made = _ha_entity(entity, command_topic)
             if made is None:
@@ -284,8 +401,7 @@ class Fleet:
             head = {"name": entity.label, "unique_id": f"{uid}_{entity.key}"}
             if entity.stateful:
                 head["state_topic"] = state
-            object_id = f"{_slug(dev.id)}_{entity.key}"
-            topic = f"{self.cfg.discovery_prefix}/{component}/{node}/{object_id}/config"
+            topic = self._config_topic(component, f"{_slug(dev.id)}_{entity.key}")
             out[topic] = head | config | common
         return out
 
@@ -302,7 +418,7 @@ class Fleet:
         """
         if not payload:
             return None
-        dev_id = self.topics.device_of_command(topic)
+        dev_id = self.topics.device_of(topic, "command")
         if dev_id is None:
             return self.rejection(None, None, 400, f"not a command topic: {topic}")
         if len(payload) > MAX_COMMAND:

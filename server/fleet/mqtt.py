@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -74,6 +75,10 @@ from server.people.auth import User
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.25
+try:
+    VERSION = importlib.metadata.version("vigil")  # the hub's sw_version in Home Assistant
+except importlib.metadata.PackageNotFoundError:  # run from a checkout not pip-installed
+    VERSION = "unknown"
 BACKOFF_MAX = 5.0
 
 
@@ -99,7 +104,7 @@ class Bridge:
         self.cfg = cfg
         self._presence_cfg = presence
         self._svc = svc
-        self._fleet = Fleet(cfg)
+        self._fleet = Fleet(cfg, VERSION)
         self._outbox = Outbox(cfg.queue)
         self._client: _Client | None = None
         self._sock: Any = None  # the socket being connected (before paho has it)
@@ -163,7 +168,7 @@ class Bridge:
         self.close()
         self.cfg = cfg
         self._presence_cfg = presence
-        self._fleet = Fleet(cfg)
+        self._fleet = Fleet(cfg, VERSION)
         self._outbox = Outbox(cfg.queue)
         self._delay = BACKOFF_MIN
         self.start()
@@ -417,6 +422,8 @@ class Bridge:
         )
         if self.cfg.commands:
             client.subscribe(self._fleet.topics.commands, qos=1)
+        for topic in self._fleet.subscriptions():  # what earlier runs left retained
+            client.subscribe(topic, qos=1)
         for msg in self._fleet.snapshot(self._svc.presence.online(), self._svc.devices()):
             self._outbox.put(msg)
         self._misc = self._loop.call_later(1.0, self._tick)
@@ -427,6 +434,11 @@ class Bridge:
             self._failed(why)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        if self._fleet.topics.device_of(msg.topic, "command") is None:
+            if msg.retain:  # an earlier run's, heard as we subscribed; not our own echo
+                for out in self._fleet.retained(msg.topic, bytes(msg.payload)):
+                    self._send(out)
+            return
         read = self._fleet.command(msg.topic, bytes(msg.payload), bool(msg.retain))
         if read is None:
             return
