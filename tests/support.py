@@ -308,10 +308,12 @@ class Vigil:
 
 
 class Chatter:
-    """``user`` posts a chat message every ``interval`` s, so every stream gets events."""
+    """A person posts a chat message every ``interval`` s through ``client`` (whose
+    credentials say who), so every stream gets events. ``errors`` has every post that
+    failed, and why (an exception too: a chatter that cannot post fails its test)."""
 
-    def __init__(self, vigil: Vigil, user: str = "alice", interval: float = 0.2) -> None:
-        self._client = https_client(vigil, user)
+    def __init__(self, client: httpx.Client, interval: float = 0.2) -> None:
+        self._client = client
         self._interval = interval
         self._stop = threading.Event()
         self.errors: list[str] = []
@@ -322,7 +324,11 @@ class Chatter:
         n = 0
         while not self._stop.wait(self._interval):
             n += 1
-            r = self._client.post("/api/chat", json={"text": f"tick {n}"})
+            try:
+                r = self._client.post("/api/chat", json={"text": f"tick {n}"})
+            except httpx.HTTPError as e:
+                self.errors.append(f"{type(e).__name__}: {e}")
+                continue
             if r.status_code != 200:
                 self.errors.append(f"{r.status_code} {r.text}")
 

@@ -79,7 +79,7 @@ def test_pulled_cable_is_a_loss(
         joined = watcher.wait_for(presence("join", "bob"), 2)
         assert joined is not None and joined.data["addr"] == "10.213.0.2"
         if mode == "sse":
-            chatter = Chatter(vigil)
+            chatter = Chatter(https_client(vigil, "alice"))
             wait_streaming(client, 5, 3)  # events flow and are acknowledged
         else:
             time.sleep(1.5)  # idle past keepidle: keepalive probes are being answered
@@ -127,7 +127,7 @@ def test_configured_user_timeout_is_used(ns: Namespace, start_vigil: Callable[..
     """``user_timeout_ms = 1000`` instead of the derived 2000 ms: a stream fails in ~1 s."""
     vigil = start_vigil(sections=sections(user_timeout_ms=1000))
     watcher = watch(vigil)
-    chatter = Chatter(vigil)
+    chatter = Chatter(https_client(vigil, "alice"))
     try:
         client = ns.client(vigil.https, basic("bob"), "sse", cafile=vigil.cert)
         wait_streaming(client, 3, 3)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from server.control.registry import TELEMETRY_INTERVAL
@@ -224,7 +225,9 @@ def test_a_pulled_cable_of_the_holder_switches_the_relay_to_its_safe_value(
                 assert pins.state(22) == 0  # on: the relay board is active-low
                 _, devices = panel.curl("GET", "/api/devices")
                 assert devices[0]["lease"]["holder"] == "alice"
-                chatter = Chatter(panel.vigil, "bob")  # her stream has events to acknowledge
+                chatter = Chatter(  # her stream has events to acknowledge
+                    httpx.Client(base_url=panel.vigil.base, headers={"Authorization": basic("bob")})
+                )
                 time.sleep(1)
                 pulled = time.monotonic()
                 net.pull()
