@@ -12,7 +12,7 @@ TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium
 	procps systemd python3-venv mosquitto mosquitto-clients
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
-.PHONY: run test lint check bench fuzz deps test-deps uml-kernel clean
+.PHONY: run test lint check bench fuzz deps test-deps uml-kernel ha clean
 
 run: $(STAMP)
 	$(PY) -m server --config config.toml
@@ -34,7 +34,12 @@ test-deps: $(STAMP)
 uml-kernel:
 	@$(PYTHON) -m tests.uml.kernel
 
-test: test-deps uml-kernel
+# Home Assistant 2024.1.6 for tests/test_homeassistant.py, in a venv of its own cached
+# outside the checkout (tests/ha/harness.py: installed once, then reused); says which one.
+ha: $(STAMP)
+	@$(PY) -m tests.ha.harness
+
+test: test-deps uml-kernel ha
 	$(PY) -m pytest -q tests --ignore=tests/sctp
 	tests/run_sctp_tests.sh $(PY)
 
