@@ -186,8 +186,16 @@ function applyReset(data, initial) {
   setDevices(Array.isArray(data.devices) ? data.devices : []);
   sayCommandsAgain();
   state.based = true;
+  shown();
   for (const dev of state.devices.values()) loadHistory(dev);
   if (!initial) resync();
+}
+
+const READY_MS = 2000;
+
+/** Show the panel (see the end of this file). */
+function shown() {
+  $("main").removeAttribute("aria-busy");
 }
 
 window.addEventListener("offline", () => setConn("offline"));
@@ -940,3 +948,6 @@ $("full-now").addEventListener("click", () => {
 });
 wireChat();
 connect();
+// The panel shows once the first snapshot has filled it in (applyReset), so that nothing
+// jumps as the devices arrive above the rest on a phone; at the latest after READY_MS.
+setTimeout(shown, READY_MS);
