@@ -109,6 +109,7 @@ class Agent:
         # default timers: heartbeat every 400 ms, give up after 4 unanswered
         # retransmissions, SACK at once (server/link/sctp.py).
         tune_peer(sock, family, HEARTBEAT_MS, PATH_MAX_RETRANS)
+        sock.events.data_io = True  # each message's stream: it is opened with that stream's keys
         sock.settimeout(5)
         try:
             sock.connect((self.args.host, self.args.port))

@@ -657,6 +657,7 @@ class ControlChannel:
         try:
             plain = session.open(stream, whole)
         except Unsealed as e:
+            del self._sessions[assoc]  # closed: nothing more is sealed, not even the error
             self._refuse(assoc, self._admission.unsealed(assoc, str(e)))
             return
         msg = codec.decode_from_device(plain)

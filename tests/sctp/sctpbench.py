@@ -177,8 +177,10 @@ class Peer:
 
         self.bench = bench
         self.sock = sctp.sctpsocket_tcp(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.events.data_io = True  # each message's stream
         self.sock.connect((host, bench.port))
         self.session: Session | None = None
+        self.reset = False  # an ABORT was already seen
 
     def send_raw(self, data: bytes, stream: int = 0, ppid: int = PPID) -> None:
         self.sock.sctp_send(data, ppid=ppid, stream=stream)
@@ -217,6 +219,7 @@ class Peer:
         try:
             reply, _stream = self.recv_raw()
         except ConnectionResetError:  # aborted: refused
+            self.reset = True
             return False
         if not reply:
             return False
@@ -248,6 +251,8 @@ class Peer:
         """Run the loop until vigil ends the association; True if it was an ABORT."""
         import sctp
 
+        if self.reset:
+            return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.bench.run_until(self.readable, deadline - time.monotonic())
