@@ -116,17 +116,15 @@ class Admission:
         try:
             session, reply = responder.answer(first)
         except Unsealed as e:
-            device = responder.device
-            if device is None:
+            device, reason, hint = responder.device, Reason.WRONG, ""
+            if device is None:  # not a handshake at all
                 reason = Reason.UNSEALED
             elif device not in self.keys:
-                reason = Reason.UNKNOWN
-            else:
-                reason = Reason.WRONG
-            hint = ""
-            if reason is Reason.UNKNOWN:
                 declared = "no devices declared" if not self.keys else "not declared"
-                hint = f" ({declared}: python -m server add-device {device})"
+                reason, hint = (
+                    Reason.UNKNOWN,
+                    f" ({declared}: python -m server add-device {device})",
+                )
             return Denial(reason, f"{e}{hint}", REFUSED, device, addr)
         if arrival is None or now > arrival.deadline:
             after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"

@@ -263,12 +263,12 @@ def test_an_agent_never_obeys_a_vigil_without_its_secret(bench: Bench) -> None:
     session, reply = Responder(lambda _id: wrong).answer(Initiator(wrong, "lamp-1").first())
     conn.sctp_send(reply, ppid=PPID)
     command = b'{"type":"command","id":"x","entity":"power","value":true,"user":"rogue"}'
-    conn.sctp_send(session.seal(0, command), ppid=PPID)
-    try:
+    try:  # the agent may have aborted before the command could go
+        conn.sctp_send(session.seal(0, command), ppid=PPID)
         while recv():
             pass
         aborted = False
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         aborted = True
     err = stderr_of(proc)
     conn.close()
