@@ -346,7 +346,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         "heartbeat_ms": (HEARTBEAT_MS, _int(10, 600000), RESTART),
         "path_max_retrans": (PATH_MAX_RETRANS, _int(1, 100), RESTART),
         "command_timeout": (5.0, _num(0.1, 3600), RESTART),
-        # seconds from vigil's challenge to the device's hello (server.devices)
+        # seconds from an association coming up to its sealed hello (server.control.admission)
         "hello_timeout": (5.0, _num(0.1, 60)),
         # seconds a device's lease lasts without a command from its holder (server.leases)
         "lease_idle": (120.0, _num(1, 86400)),

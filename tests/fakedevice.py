@@ -57,8 +57,7 @@ class FakeLink:
             raise OSError(f"no fake device on association {assoc}")
         device.deliver(msg)
 
-    def abort(self, assoc: int, msg: codec.Error) -> None:
-        self.send(assoc, msg)
+    def abort(self, assoc: int) -> None:
         del self.devices[assoc]
 
 

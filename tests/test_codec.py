@@ -9,7 +9,6 @@ import pytest
 from server.link import codec
 from server.link.codec import (
     MAX_MESSAGE,
-    Challenge,
     Command,
     Error,
     Hello,
@@ -22,7 +21,6 @@ from server.link.codec import (
 )
 from tests.fakedevice import LAMP, described
 
-NONCE = bytes(range(32))
 BELL = described({"key": "bell", "kind": "button", "label": "Bell ü", "safe": True})
 LAMP_JSON = [e.as_json() for e in LAMP]
 
@@ -34,7 +32,7 @@ def raw(obj: object) -> bytes:
 # -- round trips ------------------------------------------------------------
 
 FROM_DEVICE = [
-    Hello("lamp-1", "Lamp", LAMP, hmac="ab" * 32),
+    Hello("lamp-1", "Lamp", LAMP),
     Hello("d", "Lampe ü", BELL),
     Hello("d", "d", (), protocol=None),  # an older agent's hello still decodes ...
     Hello("d", "d", (), protocol=1),  # ... so that vigil can say which protocol it speaks
@@ -48,7 +46,6 @@ FROM_DEVICE = [
     Telemetry({}),
 ]
 FROM_SERVER = [
-    Challenge(NONCE),
     Welcome("lamp-1"),
     Command("a1b2c3-1", "power", True, "alice"),
     Command("a1b2c3-2", "brightness", 40.5, "bob"),
@@ -79,9 +76,7 @@ def test_every_server_message_round_trips(msg: codec.FromServer) -> None:
 def test_a_device_message_is_not_one_vigil_sends(msg: codec.FromDevice) -> None:
     kind = json.loads(encode(msg))["type"]
     error = decode_from_server(encode(msg))
-    assert (
-        error == f"unknown message type {kind!r} (vigil sends: challenge, welcome, command, error)"
-    )
+    assert error == f"unknown message type {kind!r} (vigil sends: welcome, command, error)"
 
 
 @pytest.mark.parametrize("msg", FROM_SERVER, ids=repr)
@@ -98,9 +93,6 @@ def test_vigils_messages_are_compact_ascii_json() -> None:
     """The exact bytes vigil has always sent (tests/sctp reads them raw)."""
     assert encode(Welcome("lamp-ü")) == b'{"type":"welcome","device":"lamp-\\u00fc"}'
     assert encode(Error("bad")) == b'{"type":"error","error":"bad"}'
-    assert (
-        encode(Challenge(NONCE)) == b'{"type":"challenge","nonce":"' + NONCE.hex().encode() + b'"}'
-    )
     assert encode(Command("c-1", "brightness", 40, "al")) == (
         b'{"type":"command","id":"c-1","entity":"brightness","value":40,"user":"al"}'
     )
@@ -111,7 +103,7 @@ def test_vigils_messages_are_compact_ascii_json() -> None:
 
 def test_a_devices_messages_are_the_bytes_the_reference_agent_always_sent() -> None:
     """json.dumps' default spacing, ASCII, keys in the order of the README's table."""
-    hello = Hello("lamp-1", "Lamp lamp-1", LAMP, hmac="ab")
+    hello = Hello("lamp-1", "Lamp lamp-1", LAMP)
     assert (
         encode(hello)
         == json.dumps(
@@ -121,7 +113,6 @@ def test_a_devices_messages_are_the_bytes_the_reference_agent_always_sent() -> N
                 "device": "lamp-1",
                 "name": "Lamp lamp-1",
                 "entities": LAMP_JSON,
-                "hmac": "ab",
             }
         ).encode()
     )
@@ -133,7 +124,6 @@ def test_a_devices_messages_are_the_bytes_the_reference_agent_always_sent() -> N
         "device_class": "temperature",
         "state_class": "measurement",
     }
-    assert b'"hmac"' not in encode(Hello("d", "d", LAMP))  # no proof: no key
     assert encode(Result("c", True, 40)) == (
         b'{"type": "result", "id": "c", "ok": true, "state": 40}'
     )
@@ -168,11 +158,10 @@ def hello(**fields: object) -> bytes:
             '"kind":"button","label":"Bell ü","safe":true}]}'.encode(),
             Hello("d", "Lampe ü", BELL),
         ),
-        (hello(device="d", hmac="ab12"), Hello("d", "d", LAMP, hmac="ab12")),
         # a hello of another protocol, or none: decoded without entities, for vigil to refuse
         (
-            raw({"type": "hello", "device": "d", "commands": ["on", "off"], "hmac": "ab12"}),
-            Hello("d", "d", (), protocol=None, hmac="ab12"),
+            raw({"type": "hello", "device": "d", "commands": ["on", "off"]}),
+            Hello("d", "d", (), protocol=None),
         ),
         (raw({"type": "hello", "protocol": 1, "device": "d"}), Hello("d", "d", (), protocol=1)),
         (hello(device="d", protocol=3, entities="ignored"), Hello("d", "d", (), protocol=3)),
@@ -242,11 +231,6 @@ FAILED = 'result: a failed result needs "error": "<what went wrong>" (500 at mos
         (hello(name="n" * 101), HELLO_NAME),
         (hello(name=7), HELLO_NAME),
         (raw({"type": "hello", "device": "x", "name": ""}), HELLO_NAME),  # before the protocol
-        (hello(hmac=12), "hello: hmac must be a string of hex digits"),
-        (
-            raw({"type": "hello", "device": "x", "hmac": 12}),
-            "hello: hmac must be a string of hex digits",
-        ),
         (hello(entities=None), HELLO_ENTITIES),
         (raw({"type": "hello", "protocol": 2, "device": "x"}), HELLO_ENTITIES),
         (hello(entities=[]), HELLO_ENTITIES),
@@ -290,7 +274,6 @@ def test_decode_from_device_errors(data: bytes, error: str) -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (raw({"type": "challenge", "nonce": "AB" * 32}), Challenge(b"\xab" * 32)),
         (raw({"type": "welcome", "device": "lamp-1"}), Welcome("lamp-1")),
         (
             raw({"type": "command", "id": "c", "entity": "brightness", "value": 40, "user": "al"}),
@@ -307,25 +290,18 @@ def test_decode_from_server_valid(data: bytes, expected: codec.FromServer) -> No
     assert decode_from_server(data) == expected
 
 
-NONCE_RULE = "challenge: nonce must be 64 hex digits"
-
-
 @pytest.mark.parametrize(
     ("data", "error"),
     [
         *FRAMING_ERRORS,
         (
             raw({"nonce": "x"}),
-            "unknown message type None (vigil sends: challenge, welcome, command, error)",
+            "unknown message type None (vigil sends: welcome, command, error)",
         ),
         (
             raw({"type": "hello"}),
-            "unknown message type 'hello' (vigil sends: challenge, welcome, command, error)",
+            "unknown message type 'hello' (vigil sends: welcome, command, error)",
         ),
-        (raw({"type": "challenge"}), NONCE_RULE),
-        (raw({"type": "challenge", "nonce": "ab" * 31}), NONCE_RULE),
-        (raw({"type": "challenge", "nonce": "zz" * 32}), NONCE_RULE),
-        (raw({"type": "challenge", "nonce": 5}), NONCE_RULE),
         (raw({"type": "welcome"}), f"welcome: device must be {ID_RULE}"),
         (raw({"type": "welcome", "device": "a b"}), f"welcome: device must be {ID_RULE}"),
         (

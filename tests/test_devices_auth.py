@@ -7,8 +7,6 @@ the audit record, a restarted agent back at once) is tests/sctp/test_device_auth
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import ipaddress
 import os
 import shlex
@@ -22,17 +20,10 @@ import pytest
 from server.agent.run import SECRET_ENV, secret_of
 from server.base.addresses import AllowList
 from server.config import LOCAL_DEVICES_FILE, DeviceKey, load
-from server.control.admission import (
-    RECENT_NONCES,
-    REFUSED,
-    Admission,
-    Challenge,
-    Denial,
-    Reason,
-)
-from server.link import codec
+from server.control.admission import REFUSED, Admission, Arrival, Denial, Reason
 from server.link.entities import PROTOCOL
-from server.link.secret import parse_secret, proof
+from server.link.seal import Initiator, Session
+from server.link.secret import parse_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = bytes(range(32))
@@ -40,57 +31,72 @@ LOOPBACK = AllowList([ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network(
 ADDR = "127.0.0.1"
 
 
-def nonce(n: int) -> bytes:
-    return n.to_bytes(32, "big")
-
-
 def admission(*keys: DeviceKey, window: float = 5.0) -> Admission:
     return Admission(keys or (DeviceKey("lamp-1", SECRET),), LOOPBACK, window)
 
 
-def arrive(adm: Admission, assoc: int, n: int, now: float = 0.0) -> Challenge:
-    ch = adm.arrive(assoc, ADDR, nonce(n), now)
-    assert isinstance(ch, Challenge)
-    return ch
+def arrive(adm: Admission, assoc: int, now: float = 0.0) -> Arrival:
+    arrival = adm.arrive(assoc, ADDR, now)
+    assert isinstance(arrival, Arrival)
+    return arrival
 
 
-def test_proof_is_hmac_sha256_over_nonce_then_id() -> None:
-    expected = hmac.new(SECRET, nonce(1) + b"lamp-1", hashlib.sha256).hexdigest()
-    assert proof(SECRET, nonce(1), "lamp-1") == expected and len(expected) == 64
-    wire = codec.encode(codec.Challenge(nonce(1)))
-    assert wire == b'{"type":"challenge","nonce":"' + nonce(1).hex().encode() + b'"}'
+def shake(
+    adm: Admission, assoc: int, device: str = "lamp-1", secret: bytes = SECRET, now: float = 1.0
+) -> Session | Denial:
+    """Message 1 from a device with ``secret``; the device's session if vigil proved it too."""
+    initiator = Initiator(secret, device)
+    answer = adm.handshake(assoc, initiator.first(), now)
+    if isinstance(answer, Denial):
+        return answer
+    _, reply = answer
+    return initiator.finish(reply)
 
 
-def test_correct_hmac_is_admitted_once() -> None:
+def test_a_device_with_its_secret_is_admitted_once() -> None:
     adm = admission()
-    ch = arrive(adm, 7, 1, now=10.0)
-    assert ch.deadline == 15.0 and adm.knows(7) and adm.addrs[7] == ADDR
-    assert adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1").upper(), PROTOCOL, 14.9) is None
-    assert adm.knows(7) and 7 not in adm.open
-    # the challenge is spent: the same hello again on the same association is late
-    again = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 11.0)
+    arrival = arrive(adm, 7, now=10.0)
+    assert arrival.deadline == 15.0 and adm.knows(7) and adm.addrs[7] == ADDR
+    assert isinstance(shake(adm, 7, now=11.0), Session)  # and vigil proved it to the device
+    assert 7 in adm.open  # not believed before its sealed hello
+    assert adm.prove(7, "lamp-1", PROTOCOL, 14.9) is None
+    assert adm.knows(7) and 7 not in adm.open and adm.devices[7] == "lamp-1"
+    again = adm.prove(7, "lamp-1", PROTOCOL, 11.0)  # one hello per association
     assert again is not None and again.reason is Reason.LATE
 
 
 @pytest.mark.parametrize(
-    ("device", "given", "reason", "in_detail"),
+    ("device", "secret", "reason", "in_detail"),
     [
-        ("lamp-1", proof(b"another secret!!", nonce(1), "lamp-1"), Reason.WRONG, "wrong hmac"),
-        ("lamp-1", proof(SECRET, nonce(1), "lamp-2"), Reason.WRONG, "wrong hmac"),
-        ("lamp-1", "not hex at all, ünicode", Reason.WRONG, "wrong hmac"),
-        ("lamp-1", None, Reason.NO_HMAC, "without hmac"),
-        ("lamp-2", proof(SECRET, nonce(1), "lamp-2"), Reason.UNKNOWN, "add-device lamp-2"),
+        ("lamp-1", b"another secret!!", Reason.WRONG, "device lamp-1 did not prove its secret"),
+        ("lamp-2", SECRET, Reason.UNKNOWN, "add-device lamp-2"),
     ],
 )
-def test_refusals(device: str, given: str | None, reason: Reason, in_detail: str) -> None:
+def test_refusals(device: str, secret: bytes, reason: Reason, in_detail: str) -> None:
     adm = admission()
-    arrive(adm, 7, 1)
-    d = adm.prove(7, device, given, PROTOCOL, 1.0)
+    arrive(adm, 7)
+    d = shake(adm, 7, device, secret)
     assert isinstance(d, Denial) and d.reason is reason and in_detail in d.detail
     assert (d.device, d.addr) == (device, ADDR)
-    assert 7 not in adm.open  # no second guess on this association
-    if reason is not Reason.NO_HMAC:  # the reply does not tell an unknown id from a wrong secret
-        assert d.reply == "hello refused: authentication failed"
+    assert d.reply == REFUSED  # the reply does not tell an unknown id from a wrong secret
+
+
+def test_what_is_no_handshake_is_unsealed_and_names_no_device() -> None:
+    adm = admission()
+    arrive(adm, 7)
+    d = adm.handshake(7, b'{"type": "hello", "device": "lamp-1"}', 1.0)
+    assert isinstance(d, Denial) and d.reason is Reason.UNSEALED and d.device is None
+    assert "not a vigil sealed-channel hello" in d.detail
+
+
+def test_a_message_that_fails_to_open_is_unsealed_naming_the_device() -> None:
+    adm = admission()
+    arrive(adm, 7)
+    assert isinstance(shake(adm, 7), Session)
+    d = adm.unsealed(7, "control stream: message 0 fails to open")
+    assert (d.reason, d.device, d.addr) == (Reason.UNSEALED, "lamp-1", ADDR)
+    assert adm.prove(7, "lamp-1", PROTOCOL, 1.0) is None
+    assert adm.unsealed(7, "x").device == "lamp-1"  # after the hello too
 
 
 @pytest.mark.parametrize(
@@ -98,8 +104,9 @@ def test_refusals(device: str, given: str | None, reason: Reason, in_detail: str
 )
 def test_a_proven_hello_of_another_protocol_is_refused(protocol: int | None, says: str) -> None:
     adm = admission()
-    arrive(adm, 7, 1)
-    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), protocol, 1.0)
+    arrive(adm, 7)
+    assert isinstance(shake(adm, 7), Session)
+    d = adm.prove(7, "lamp-1", protocol, 1.0)
     assert d == Denial(
         Reason.PROTOCOL,
         f"hello of {says}; vigil speaks protocol 2 (an older agent?)",
@@ -109,85 +116,79 @@ def test_a_proven_hello_of_another_protocol_is_refused(protocol: int | None, say
         ADDR,
     )
     assert Reason.PROTOCOL.value == "protocol"  # the audit record's reason
-    assert 7 not in adm.open  # the challenge is spent: an updated agent starts over
-    again = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 1.5)
-    assert again is not None and again.reason is Reason.LATE
 
 
-@pytest.mark.parametrize(
-    ("device", "given", "reason"),
-    [
-        ("lamp-2", proof(SECRET, nonce(1), "lamp-2"), Reason.UNKNOWN),
-        ("lamp-1", proof(b"another secret!!", nonce(1), "lamp-1"), Reason.WRONG),
-        ("lamp-1", None, Reason.NO_HMAC),
-    ],
-)
-def test_only_a_proven_device_learns_the_protocol(
-    device: str, given: str | None, reason: Reason
-) -> None:
+def test_a_hello_without_a_handshake_or_of_another_id_learns_nothing() -> None:
+    adm = admission(DeviceKey("lamp-1", SECRET), DeviceKey("lamp-2", SECRET))
+    arrive(adm, 7)
+    d = adm.prove(7, "lamp-1", None, 1.0)
+    assert d is not None and d.reason is Reason.UNSEALED and "protocol" not in d.reply
+    arrive(adm, 8)
+    assert isinstance(shake(adm, 8, "lamp-1"), Session)
+    d = adm.prove(8, "lamp-2", PROTOCOL, 1.0)
+    assert d is not None and d.reason is Reason.OTHER_ID and d.reply == REFUSED
+    assert d.detail == "hello as lamp-2 after a handshake as lamp-1"
+
+
+def test_a_replayed_message_1_is_answered_but_never_proven() -> None:
     adm = admission()
-    arrive(adm, 7, 1)
-    d = adm.prove(7, device, given, None, 1.0)
-    assert d is not None and d.reason is reason and "protocol" not in d.reply
-    if reason is not Reason.NO_HMAC:
-        assert d.reply == REFUSED == "hello refused: authentication failed"
+    arrive(adm, 7)
+    recorded = Initiator(SECRET, "lamp-1").first()
+    assert not isinstance(adm.handshake(7, recorded, 1.0), Denial)
+    arrive(adm, 8)
+    assert not isinstance(adm.handshake(8, recorded, 2.0), Denial)  # answered again
+    # ... but the replayer has no ephemeral key: it seals no hello, and the deadline refuses
+    d = adm.due(8, 5.0)
+    assert d is not None and d.reason is Reason.NO_HELLO and d.device == "lamp-1"
+    assert d.detail == "a handshake but no sealed hello within 5 s"
 
 
-def test_a_replayed_hello_is_refused_and_named() -> None:
-    adm = admission()
-    arrive(adm, 7, 1)
-    captured = proof(SECRET, nonce(1), "lamp-1")
-    assert adm.prove(7, "lamp-1", captured, PROTOCOL, 1.0) is None
-    arrive(adm, 8, 2)  # a later association replays association 7's hello
-    d = adm.prove(8, "lamp-1", captured, PROTOCOL, 2.0)
-    assert d is not None and d.reason is Reason.REPLAYED
-    # a capture older than the remembered challenges is refused all the same
-    for i in range(RECENT_NONCES):
-        arrive(adm, 100 + i, 1000 + i)
-    arrive(adm, 9, 3)
-    d = adm.prove(9, "lamp-1", captured, PROTOCOL, 3.0)
-    assert d is not None and d.reason is Reason.WRONG
-
-
-def test_late_hello_and_no_hello() -> None:
+def test_late_handshake_late_hello_and_no_hello() -> None:
     adm = admission(window=2.0)
-    arrive(adm, 7, 1, now=0.0)
-    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 2.5)
-    assert d is not None and d.reason is Reason.LATE and "2.5 s after the challenge" in d.detail
-    arrive(adm, 8, 2, now=10.0)
+    arrive(adm, 6, now=0.0)
+    d = shake(adm, 6, now=2.5)
+    assert isinstance(d, Denial) and d.reason is Reason.LATE
+    assert "2.5 s after it came up" in d.detail
+    arrive(adm, 7, now=0.0)
+    assert isinstance(shake(adm, 7, now=1.0), Session)
+    d = adm.prove(7, "lamp-1", PROTOCOL, 2.5)
+    assert d is not None and d.reason is Reason.LATE and "2.5 s after it came up" in d.detail
+    arrive(adm, 8, now=10.0)
     assert adm.due(8, 11.9) is None  # a timer that fires early changes nothing
     d = adm.due(8, 12.0)
     assert d is not None and d.reason is Reason.NO_HELLO and d.addr == ADDR and d.device is None
+    assert d.detail == "no handshake within 2 s"
     assert adm.due(8, 13.0) is None  # once
-    arrive(adm, 9, 3, now=20.0)
-    assert adm.prove(9, "lamp-1", proof(SECRET, nonce(3), "lamp-1"), PROTOCOL, 21.0) is None
+    arrive(adm, 9, now=20.0)
+    assert isinstance(shake(adm, 9, now=20.5), Session)
+    assert adm.prove(9, "lamp-1", PROTOCOL, 21.0) is None
     assert adm.due(9, 22.0) is None  # proven in time: its timer finds nothing to refuse
 
 
 @pytest.mark.parametrize("addr", ["10.1.2.3", "::ffff:192.168.1.1", None])
-def test_peer_outside_control_allow_is_refused_before_any_challenge(addr: str | None) -> None:
+def test_peer_outside_control_allow_is_refused_before_any_handshake(addr: str | None) -> None:
     adm = admission()
-    d = adm.arrive(7, addr, nonce(1), 0.0)
+    d = adm.arrive(7, addr, 0.0)
     assert isinstance(d, Denial) and d.reason is Reason.NOT_ALLOWED and d.addr == addr
     assert "control.allow" in d.detail and not adm.knows(7) and not adm.open
 
 
 def test_ipv4_mapped_loopback_is_allowed() -> None:
-    assert isinstance(admission().arrive(7, "::ffff:127.0.0.1", nonce(1), 0.0), Challenge)
+    assert isinstance(admission().arrive(7, "::ffff:127.0.0.1", 0.0), Arrival)
 
 
-def test_no_devices_declared_refuses_every_hello_with_a_hint() -> None:
+def test_no_devices_declared_refuses_every_handshake_with_a_hint() -> None:
     adm = Admission((), LOOPBACK, 5.0)
-    arrive(adm, 7, 1)
-    d = adm.prove(7, "lamp-1", proof(SECRET, nonce(1), "lamp-1"), PROTOCOL, 1.0)
-    assert d is not None and d.reason is Reason.UNKNOWN
-    assert d.detail == "no devices declared: python -m server add-device lamp-1"
+    arrive(adm, 7)
+    d = shake(adm, 7)
+    assert isinstance(d, Denial) and d.reason is Reason.UNKNOWN
+    assert d.detail.endswith("(no devices declared: python -m server add-device lamp-1)")
 
 
 def test_reload_revokes_changed_and_removed_secrets_and_disallowed_peers() -> None:
     adm = admission(DeviceKey("a", SECRET), DeviceKey("b", SECRET), DeviceKey("c", SECRET))
-    arrive(adm, 7, 1)
-    assert adm.arrive(8, "::1", nonce(2), 0.0) is not None
+    arrive(adm, 7)
+    assert adm.arrive(8, "::1", 0.0) is not None
     keys = [DeviceKey("a", SECRET), DeviceKey("b", b"new secret, 128+"), DeviceKey("d", SECRET)]
     v4_only = AllowList([ipaddress.ip_network("127.0.0.0/8")])
     revoked, outside = adm.reload(keys, v4_only, 1.0)

@@ -15,16 +15,20 @@ third class with the members of ``Hardware``. The protocol (control
 protocol 2, README "Devices"; every message is a ``server.link.codec``
 class, encoded and decoded there, as vigil does) in short:
 
-- one SCTP association to vigil; every message is one UTF-8 JSON object;
-- stream 0 (ordered): vigil sends a ``challenge`` with a fresh nonce; we
-  send ``hello`` with ``"protocol": 2``, the hardware's ``entities``
-  (``server.link.entities``: switch, number, sensor, ...) and ``hmac``,
-  HMAC-SHA256 of the nonce's bytes followed by our id under our secret
-  (``server.link.secret.proof``); vigil answers ``welcome``, or an
-  ``error`` and aborts the association (wrong secret, too late, an old
-  protocol, ...); then it sends ``command``s, each naming an entity and a
-  value, and we answer each with a ``result`` carrying the command's id and
-  the entity's new ``state`` (or ``"ok": false`` and the ``error``);
+- one SCTP association to vigil; first the handshake of the sealed channel
+  (``server.link.seal``, Noise NNpsk0 with our secret as the key): we send
+  message 1 with our id, vigil answers message 2, proving it knows our
+  secret too; a vigil that cannot is never obeyed (one log line, ABORT);
+- then every message is one UTF-8 JSON object, sealed; one that fails to
+  open (tampered, replayed, dropped) ends the association (ABORT);
+- stream 0 (ordered): we send ``hello`` with ``"protocol": 2`` and the
+  hardware's ``entities`` (``server.link.entities``: switch, number,
+  sensor, ...); vigil answers ``welcome``, or an ``error`` and aborts the
+  association (too late, an old protocol, ...; an unknown id or a wrong
+  secret is aborted at the handshake); then it sends ``command``s, each
+  naming an entity and a value, and we answer each with a ``result``
+  carrying the command's id and the entity's new ``state`` (or ``"ok":
+  false`` and the ``error``);
 - stream 1 (unordered is fine): we send ``telemetry``, ``{entity key:
   state}``, whenever we like; vigil shows browsers at most 5 updates a
   second per device, the newest.
@@ -39,7 +43,7 @@ attempts. Everything runs in one select() loop; hardware that reports from
 threads of its own (gpiozero's) hands its changes to the loop through a pipe.
 
 The agent imports nothing of vigil but ``server.link``: the codec, the
-entities, the SCTP tuning and the secret, which both ends share.
+entities, the seal, the SCTP tuning and the secret, which both ends share.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ import math
 import os
 import select
 import signal
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -59,15 +65,16 @@ import sctp
 
 from server.agent.hardware import Hardware, Lamp
 from server.link import codec
-from server.link.codec import HEARTBEAT_MS, MAX_MESSAGE, PATH_MAX_RETRANS, PPID_JSON, Stream
+from server.link.codec import HEARTBEAT_MS, MAX_SEALED, PATH_MAX_RETRANS, PPID, Stream
 from server.link.entities import Invalid, Value, refusal, unknown
 from server.link.sctp import family_of, tune_peer
-from server.link.secret import parse_secret, proof, read_secret_file
+from server.link.seal import Initiator, Session, Unsealed
+from server.link.secret import parse_secret, read_secret_file
 
 log = logging.getLogger("agent")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
-CHALLENGE_WAIT = 10.0  # seconds to wait for vigil's challenge
+HANDSHAKE_WAIT = 10.0  # seconds to wait for vigil's answer to our handshake
 SECRET_ENV = "VIGIL_DEVICE_SECRET"
 
 
@@ -80,11 +87,20 @@ class Agent:
         self.hardware = hardware
         self.sock: Any = None
         self.replies: list[tuple[float, codec.Result]] = []  # (due, result), --reply-delay
+        self.sealed: Session | None = None  # the association's keys, after the handshake
 
-    def send(self, msg: codec.FromDevice, stream: Stream = Stream.CONTROL) -> None:
+    def _send(self, data: bytes, stream: Stream) -> None:
         # pysctp's sctp_send converts the PPID to network byte order itself
         flags = sctp.MSG_UNORDERED if stream is Stream.TELEMETRY else 0
-        self.sock.sctp_send(codec.encode(msg), ppid=PPID_JSON, stream=stream, flags=flags)
+        self.sock.sctp_send(data, ppid=PPID, stream=stream, flags=flags)
+
+    def send(self, msg: codec.FromDevice, stream: Stream = Stream.CONTROL) -> None:
+        assert self.sealed is not None  # only after the handshake
+        self._send(self.sealed.seal(stream, codec.encode(msg)), stream)
+
+    def abort(self) -> None:
+        """End the association with an ABORT when the socket is closed (linger 0)."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def connect(self) -> None:
         family = family_of(self.args.host)
@@ -93,6 +109,7 @@ class Agent:
         # default timers: heartbeat every 400 ms, give up after 4 unanswered
         # retransmissions, SACK at once (server/link/sctp.py).
         tune_peer(sock, family, HEARTBEAT_MS, PATH_MAX_RETRANS)
+        sock.events.data_io = True  # each message's stream: it is opened with that stream's keys
         sock.settimeout(5)
         try:
             sock.connect((self.args.host, self.args.port))
@@ -101,57 +118,73 @@ class Agent:
             raise
         self.sock = sock
         self.replies.clear()
+        self.sealed = None
 
     def receive(self) -> list[codec.FromServer] | None:
-        """The next message from vigil ([] for a notification or garbage), None when it closed."""
-        _addr, flags, data, _info = self.sock.sctp_recv(MAX_MESSAGE)
+        """The next message from vigil ([] for a notification or garbage), None when it closed
+        or sent what fails to open (then the association is aborted)."""
+        assert self.sealed is not None  # only after the handshake
+        _addr, flags, data, info = self.sock.sctp_recv(MAX_SEALED)
         if flags & sctp.FLAG_NOTIFICATION:
             return []
         if not data:  # vigil shut the association down
             log.warning("vigil closed the association")
             return None
-        msg = codec.decode_from_server(data)
+        try:
+            plain = self.sealed.open(info.stream, data)
+        except Unsealed as e:
+            log.error("a message from vigil failed to open, not obeyed; aborting: %s", e)
+            self.abort()
+            return None
+        msg = codec.decode_from_server(plain)
         if isinstance(msg, str):
             log.error("vigil sent what we cannot read (ignored): %s", msg)
             return []
         return [msg]
 
-    def refused(self, msg: codec.Error) -> None:
-        log.error(
-            "vigil refused us: %s (is this device's secret the one `python -m server "
-            "add-device %s` made? --secret-file or %s)",
-            msg.error,
-            self.args.name,
-            SECRET_ENV,
-        )
-
-    def challenge(self) -> bytes | None:
-        """Wait for vigil's challenge; its nonce, or None (refused, closed, no challenge)."""
-        deadline = time.monotonic() + CHALLENGE_WAIT
+    def handshake(self) -> bool:
+        """Prove our secret to vigil and have vigil prove it to us; whether we have keys."""
+        initiator = Initiator(self.secret, self.args.name)
+        self._send(initiator.first(), Stream.CONTROL)
+        where = f"vigil at {self.args.host} port {self.args.port}"
+        deadline = time.monotonic() + HANDSHAKE_WAIT
         while select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            msgs = self.receive()
-            if msgs is None:
-                return None
-            for msg in msgs:
-                if isinstance(msg, codec.Error):
-                    self.refused(msg)
-                    return None
-                if isinstance(msg, codec.Challenge):
-                    return msg.nonce
-        log.warning("no challenge from vigil within %g s", CHALLENGE_WAIT)
-        return None
+            try:
+                _addr, flags, data, _info = self.sock.sctp_recv(MAX_SEALED)
+            except ConnectionResetError:  # aborted: an unknown id or a wrong secret
+                data, flags = b"", 0
+            if flags & sctp.FLAG_NOTIFICATION:
+                continue
+            if not data:
+                log.error(
+                    "%s refused our handshake (is this device's secret the one `python -m "
+                    "server add-device %s` made? --secret-file or %s)",
+                    where,
+                    self.args.name,
+                    SECRET_ENV,
+                )
+                return False
+            try:
+                self.sealed = initiator.finish(data)
+            except Unsealed as e:
+                log.error(
+                    "%s: %s: not obeying it (a rogue server, or not this device's secret); "
+                    "aborting",
+                    where,
+                    e,
+                )
+                self.abort()
+                return False
+            return True
+        log.warning("no answer to our handshake from %s within %g s", where, HANDSHAKE_WAIT)
+        return False
 
     def session(self) -> bool:
         """Prove who we are and serve commands; return whether vigil ever welcomed us."""
-        nonce = self.challenge()
-        if nonce is None:
+        if not self.handshake():
             return False
         hw = self.hardware
-        name = self.args.name
-        hello = codec.Hello(
-            name, self.args.label, hw.entities, hmac=proof(self.secret, nonce, name)
-        )
-        self.send(hello)
+        self.send(codec.Hello(self.args.name, self.args.label, hw.entities))
         welcomed = False
         next_reading = math.inf  # the first reading goes once welcomed
         watched = [self.sock] if hw.fileno() is None else [self.sock, hw.fileno()]
@@ -165,7 +198,7 @@ class Agent:
                     return welcomed
                 for msg in msgs:
                     if isinstance(msg, codec.Error) and not welcomed:
-                        self.refused(msg)
+                        log.error("vigil refused us: %s", msg.error)
                         return False
                     if self.handle(msg) and not welcomed:
                         welcomed, next_reading = True, time.monotonic()

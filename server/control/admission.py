@@ -1,56 +1,47 @@
-"""Which device agents may join: declared secrets, one challenge per association, the proof.
+"""Which device agents may join: declared secrets, the handshake, the sealed hello.
 
 Strategy: pure, like ``server.control.registry``. ``server.control.channel`` does the I/O
-and hands in what only it can know: the peer's address, a fresh random
-nonce, and ``now`` (monotonic seconds, the loop's clock).
+and hands in what only it can know: the peer's address, the bytes of the
+handshake, and ``now`` (monotonic seconds, the loop's clock).
 
-The exchange (README, "Devices"):
+The exchange (README, "Devices"; the handshake is ``server.link.seal``'s):
 
 1. an association comes up (``arrive``): a peer whose address is outside
-   ``control.allow`` is refused at once; any other gets
-   ``{"type": "challenge", "nonce": "<64 hex digits>"}`` (``server.link.codec.Challenge``),
-   32 random bytes made for this association alone;
-2. within ``control.hello_timeout`` seconds it says hello with
-   ``"hmac": HMAC-SHA256(key = its secret, message = the nonce's 32 bytes +
-   the device id in UTF-8)``, as 64 hex digits (``server.link.secret.proof``);
-3. ``prove`` computes the same with the secret declared for that id and
-   compares in constant time.
+   ``control.allow`` is refused at once; any other has
+   ``control.hello_timeout`` seconds from now to prove itself;
+2. its first message is the handshake's message 1 (``handshake``): its id
+   in clear, the device's proof of its secret; vigil answers message 2,
+   its own proof, and both ends have the session keys;
+3. the first sealed message is its hello (``prove``): only when it opens
+   (which needs the real device's ephemeral key, not just a recording of
+   message 1) and names the id of the handshake, in vigil's protocol, is
+   the association that device.
 
-The secret never crosses the wire, and a proof is worth one association:
+So a recorded message 1 replayed gets an answer but can never seal a hello:
+it is refused at the deadline (``due``: "no hello"), having displaced
+nobody. A message that fails to open at any time (``unsealed``) ends the
+association.
 
-- a nonce serves one hello: the first hello on an association consumes its
-  challenge, right or wrong, so nobody gets a second guess;
-- a hello captured from an earlier association carries a proof over that
-  association's nonce, never the current one. Among the last
-  ``RECENT_NONCES`` challenges it is recognised and called "replayed";
-  older captures are refused all the same, as a wrong hmac;
-- a hello after the deadline is "late"; an association that never says
-  hello is refused at the deadline ("no hello");
-- with no device declared every hello is refused, with a hint to
-  ``python -m server add-device``.
-
-Every refusal is a ``Denial``: the shell sends ``reply`` in an ``error``
-message, aborts the association, logs ``detail`` and writes a
-``device_refused`` audit record with ``reason``. The reply does not say
-whether an id is declared; the log does. A proven hello is the device:
-``control.Registry.hello`` lets it replace an older association of the same
-id (an agent that restarted before SCTP noticed its old association die);
-an unproven one never reaches the registry, so it can displace nobody.
+Every refusal is a ``Denial``: the shell aborts the association (sending
+``reply`` in a sealed ``error`` first when there are keys), logs ``detail``
+and writes a ``device_refused`` audit record with ``reason``. The reply
+does not say whether an id is declared; the log does. A proven hello is the
+device: ``control.Registry.hello`` lets it replace an older association of
+the same id (an agent that restarted before SCTP noticed its old
+association die); an unproven one never reaches the registry, so it can
+displace nobody.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.base.addresses import AllowList
 from server.config import DeviceKey
 from server.link.entities import PROTOCOL
-from server.link.secret import proof, same
-
-RECENT_NONCES = 64  # challenges remembered to tell a replay from a wrong secret
+from server.link.seal import Responder, Session, Unsealed
 
 
 class Reason(enum.Enum):
@@ -58,10 +49,10 @@ class Reason(enum.Enum):
 
     NOT_ALLOWED = "not allowed"  # its address is outside control.allow
     UNKNOWN = "unknown device"  # no such id declared
-    NO_HMAC = "no hmac"  # a hello without proof
-    WRONG = "wrong hmac"  # not made with the declared secret over this nonce
-    REPLAYED = "replayed"  # the proof of an earlier association's challenge
-    LATE = "late"  # hello after the deadline
+    WRONG = "wrong secret"  # its handshake was not made with the declared secret
+    OTHER_ID = "other id"  # a sealed hello naming another id than its handshake
+    UNSEALED = "unsealed"  # a message that is no handshake or fails to open
+    LATE = "late"  # handshake or hello after the deadline
     NO_HELLO = "no hello"  # nothing proven by the deadline
     PROTOCOL = "protocol"  # proven, but a hello of another protocol than vigil's
 
@@ -70,39 +61,41 @@ class Reason(enum.Enum):
 class Denial:
     reason: Reason
     detail: str  # for the log line: what exactly was wrong
-    reply: str  # for the device's error message
-    device: str | None = None  # the id it claimed, if it said hello
+    reply: str  # for the device's error message (sent sealed, if there are keys)
+    device: str | None = None  # the id it claimed, if it said one
     addr: str | None = None  # the peer's address, if known
 
 
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    nonce: bytes
+@dataclass(slots=True)
+class Arrival:
+    """An association let in and not proven yet."""
+
     issued: float  # monotonic
     deadline: float  # monotonic
     addr: str
+    device: str | None = None  # the id its handshake proved
 
 
-REFUSED = "hello refused: authentication failed"  # the reply for unknown, wrong, replayed
+REFUSED = "refused: authentication failed"  # the reply for unknown, wrong, other id
 
 
 class Admission:
-    """Challenges of associations that have not proven themselves yet, and who may try."""
+    """Associations that have not proven themselves yet, and who may try."""
 
     def __init__(self, keys: Iterable[DeviceKey], allow: AllowList, window: float) -> None:
         self.keys = {k.id: k.secret for k in keys}
         self.allow = allow
-        self.window = window  # seconds from challenge to hello
-        self.open: dict[int, Challenge] = {}  # association -> its unanswered challenge
+        self.window = window  # seconds from association up to a sealed hello
+        self.open: dict[int, Arrival] = {}  # association -> its arrival, until its hello
         self.addrs: dict[int, str] = {}  # association -> peer address, while it is let in
-        self._recent: deque[bytes] = deque(maxlen=RECENT_NONCES)
+        self.devices: dict[int, str] = {}  # association -> the id its handshake proved
 
     def knows(self, assoc: int) -> bool:
-        """Was ``assoc`` let in (challenged or proven) and not refused or gone since?"""
+        """Was ``assoc`` let in (arrived or proven) and not refused or gone since?"""
         return assoc in self.addrs
 
-    def arrive(self, assoc: int, addr: str | None, nonce: bytes, now: float) -> Challenge | Denial:
-        """An association came up from ``addr``: its challenge, or a refusal."""
+    def arrive(self, assoc: int, addr: str | None, now: float) -> Arrival | Denial:
+        """An association came up from ``addr``: its deadline, or a refusal."""
         if addr is None or not self.allow.allows(addr):
             where = addr or "an unknown address"
             return Denial(
@@ -111,70 +104,96 @@ class Admission:
                 "this address may not connect (control.allow)",
                 addr=addr,
             )
-        ch = Challenge(nonce, now, now + self.window, addr)
-        self.open[assoc] = ch
+        arrival = self.open[assoc] = Arrival(now, now + self.window, addr)
         self.addrs[assoc] = addr
-        self._recent.append(nonce)
-        return ch
+        return arrival
 
-    def prove(
-        self, assoc: int, device: str, given: str | None, protocol: int | None, now: float
-    ) -> Denial | None:
-        """Check the hello of ``assoc`` (``given``: its hmac; ``protocol``: the version it
-        speaks); None if it proved ``device`` in vigil's protocol. Only a device that proved
-        its secret learns which protocol vigil speaks."""
-        ch = self.open.pop(assoc, None)  # one hello per challenge, right or wrong
+    def handshake(self, assoc: int, first: bytes, now: float) -> tuple[Session, bytes] | Denial:
+        """Message 1 of ``assoc``: the session and message 2, or a refusal."""
+        arrival = self.open.get(assoc)
+        addr = self.addrs.get(assoc)
+        responder = Responder(self.keys.get)
+        try:
+            session, reply = responder.answer(first)
+        except Unsealed as e:
+            device, reason, hint = responder.device, Reason.WRONG, ""
+            if device is None:  # not a handshake at all
+                reason = Reason.UNSEALED
+            elif device not in self.keys:
+                declared = "no devices declared" if not self.keys else "not declared"
+                reason, hint = (
+                    Reason.UNKNOWN,
+                    f" ({declared}: python -m server add-device {device})",
+                )
+            return Denial(reason, f"{e}{hint}", REFUSED, device, addr)
+        if arrival is None or now > arrival.deadline:
+            after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"
+            return Denial(
+                Reason.LATE,
+                f"handshake{after}, later than {self.window:g} s",
+                f"refused: later than {self.window:g} s",
+                responder.device,
+                addr,
+            )
+        arrival.device = responder.device
+        return session, reply
+
+    def prove(self, assoc: int, device: str, protocol: int | None, now: float) -> Denial | None:
+        """The first sealed message of ``assoc`` opened and is a hello of ``device`` in
+        ``protocol``: None if that is the device its handshake proved, in vigil's protocol.
+        Only a device that proved its secret learns which protocol vigil speaks."""
+        arrival = self.open.pop(assoc, None)  # one hello per association, right or wrong
         addr = self.addrs.get(assoc)
 
         def deny(reason: Reason, detail: str, reply: str = REFUSED) -> Denial:
             return Denial(reason, detail, reply, device, addr)
 
-        if ch is None or now > ch.deadline:
-            after = "" if ch is None else f" {now - ch.issued:.1f} s after the challenge"
+        if arrival is None or now > arrival.deadline:
+            after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"
             return deny(
                 Reason.LATE,
                 f"hello{after}, later than {self.window:g} s",
-                f"hello refused: later than {self.window:g} s after the challenge",
+                f"hello refused: later than {self.window:g} s",
             )
-        secret = self.keys.get(device)
-        if secret is None:
-            hint = "no devices declared" if not self.keys else "not declared"
-            return deny(Reason.UNKNOWN, f"{hint}: python -m server add-device {device}")
-        if given is None:
-            return deny(
-                Reason.NO_HMAC,
-                "hello without hmac (does the agent have its secret?)",
-                "hello refused: no hmac (this vigil wants proof of the device's secret)",
-            )
-        answer = given.lower().encode()
-        if same(proof(secret, ch.nonce, device), answer):
-            if protocol == PROTOCOL:
-                return None
-            spoken = "no protocol" if protocol is None else f"protocol {protocol}"
-            return deny(
-                Reason.PROTOCOL,
-                f"hello of {spoken}; vigil speaks protocol {PROTOCOL} (an older agent?)",
-                f"hello refused: vigil speaks protocol {PROTOCOL} "
-                f'("protocol": {PROTOCOL} and "entities"; README, Devices); '
-                f"this hello says {spoken}",
-            )
-        if any(same(proof(secret, n, device), answer) for n in self._recent if n != ch.nonce):
-            return deny(Reason.REPLAYED, "the hmac answers an earlier association's challenge")
-        return deny(Reason.WRONG, "wrong hmac (not this device's secret?)")
+        if arrival.device is None:
+            return deny(Reason.UNSEALED, "a hello before the handshake")
+        if device != arrival.device:
+            return deny(Reason.OTHER_ID, f"hello as {device} after a handshake as {arrival.device}")
+        if protocol == PROTOCOL:
+            self.devices[assoc] = device
+            return None
+        spoken = "no protocol" if protocol is None else f"protocol {protocol}"
+        return deny(
+            Reason.PROTOCOL,
+            f"hello of {spoken}; vigil speaks protocol {PROTOCOL} (an older agent?)",
+            f"hello refused: vigil speaks protocol {PROTOCOL} "
+            f'("protocol": {PROTOCOL} and "entities"; README, Devices); '
+            f"this hello says {spoken}",
+        )
+
+    def unsealed(self, assoc: int, why: str) -> Denial:
+        """A message of ``assoc`` failed to open (``why``: ``seal.Unsealed``'s text)."""
+        arrival = self.open.get(assoc)
+        device = self.devices.get(assoc) or (arrival.device if arrival else None)
+        return Denial(
+            Reason.UNSEALED, why, "refused: a message failed to open", device, self.addrs.get(assoc)
+        )
 
     def due(self, assoc: int, now: float) -> Denial | None:
-        """The deadline of ``assoc``'s challenge passed: a refusal if it is still unanswered."""
-        ch = self.open.get(assoc)
-        if ch is None or now < ch.deadline:
+        """The deadline of ``assoc`` passed: a refusal if it has not said a proven hello."""
+        arrival = self.open.get(assoc)
+        if arrival is None or now < arrival.deadline:
             return None
         del self.open[assoc]
-        detail = f"no hello within {self.window:g} s of the challenge"
-        return Denial(Reason.NO_HELLO, detail, "no hello in time", addr=ch.addr)
+        done = "a handshake but no sealed hello" if arrival.device else "no handshake"
+        detail = f"{done} within {self.window:g} s"
+        return Denial(Reason.NO_HELLO, detail, "no hello in time", arrival.device, arrival.addr)
 
     def leave(self, assoc: int) -> None:
         """``assoc`` is gone (or was refused)."""
         self.open.pop(assoc, None)
         self.addrs.pop(assoc, None)
+        self.devices.pop(assoc, None)
 
     def reload(
         self, keys: Iterable[DeviceKey], allow: AllowList, window: float

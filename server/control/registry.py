@@ -17,8 +17,8 @@ such an error) and writes what vigil sends; ``Pending.command`` is the
 secret is another matter: ``server.control.admission``.)
 
 Invariants of ``Registry``:
-- only proven hellos reach it (``server.control.admission`` checked the hmac), and an
-  association is one device for its whole life;
+- only proven hellos reach it (sealed, after the handshake ``server.control.admission``
+  checked), and an association is one device for its whole life;
 - a device id is online on at most one association: a second proven
   association of the same id replaces the first (the agent restarted before
   SCTP noticed its old association die), whose commands fail at once;
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.feed.events import CommandEvent
-from server.link.codec import MAX_MESSAGE, Command, Hello, Result, too_large
+from server.link.codec import MAX_SEALED, Command, Hello, Result
 from server.link.entities import Entity, Invalid, Value, refusal, unknown
 
 TELEMETRY_INTERVAL = 0.2  # seconds between two telemetry events of one device
@@ -343,8 +343,9 @@ class History:
 class Reassembler:
     """Joins the pieces of SCTP messages per association (MSG_EOR marks the end).
 
-    A message that grows past ``MAX_MESSAGE`` is not kept: its pieces are
-    counted and dropped until its end, when ``feed`` returns the error text.
+    A message that grows past ``MAX_SEALED`` (the largest sealed message) is not
+    kept: its pieces are counted and dropped until its end, when ``feed`` returns
+    the error text.
     """
 
     _parts: dict[int, bytearray] = field(default_factory=dict)
@@ -357,12 +358,13 @@ class Reassembler:
         else:
             buf = self._parts.setdefault(assoc, bytearray())
             buf += piece
-            if len(buf) > MAX_MESSAGE:
+            if len(buf) > MAX_SEALED:
                 self._oversize[assoc] = len(self._parts.pop(assoc))
         if not eor:
             return None
         if assoc in self._oversize:
-            return too_large(self._oversize.pop(assoc))
+            size = self._oversize.pop(assoc)
+            return f"message too large: {size} bytes sealed (at most {MAX_SEALED})"
         return bytes(self._parts.pop(assoc))
 
     def forget(self, assoc: int) -> None:

@@ -1,10 +1,11 @@
 """The control protocol's wire, both ways: every message, its encoding, its decoders.
 
 What vigil (``server.control.channel``) and a device agent (``server.agent``)
-say to each other, written once (README, "Devices"). Every SCTP message is
-one UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes with a ``type``:
+say to each other, written once (README, "Devices"). Every message is one
+UTF-8 JSON object of at most ``MAX_MESSAGE`` bytes with a ``type``, sealed
+on the wire (``server.link.seal``: the codec sees only the plaintext):
 
-- vigil -> device: ``Challenge``, ``Welcome``, ``Command``, ``Error``
+- vigil -> device: ``Welcome``, ``Command``, ``Error``
   (``decode_from_server`` reads them, on the device's side);
 - device -> vigil: ``Hello``, ``Result``, ``Telemetry``
   (``decode_from_device`` reads them, in vigil).
@@ -22,8 +23,9 @@ fields are wrong. A trailing NUL is ignored (C peers such as sctp_darn send
 strlen + 1 bytes).
 
 Control messages travel on stream ``Stream.CONTROL`` (ordered), telemetry on
-``Stream.TELEMETRY`` (may be unordered), with payload protocol id
-``PPID_JSON``; vigil also accepts 0 (unspecified, what most tools send).
+``Stream.TELEMETRY`` (may be unordered), sealed, with payload protocol id
+``PPID`` (53, IANA's "WebRTC Binary": the wire bytes are not text); vigil
+also accepts 0 (unspecified).
 
 Pure: no socket, no clock.
 """
@@ -33,49 +35,41 @@ from __future__ import annotations
 import enum
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from server.link import entities
+from server.link import entities, seal
 from server.link.entities import PROTOCOL, Entity, Value
-from server.link.secret import NONCE_BYTES
 
-DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it appears in URLs
-DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - (not first: . _ -)"
+DEVICE_ID = seal.DEVICE_ID  # it appears in URLs (and in clear in the handshake)
+DEVICE_ID_RULE = seal.DEVICE_ID_RULE
 # Dead-peer detection, the same at both ends (server/control/channel.py's header has the
 # arithmetic): SCTP heartbeats every HEARTBEAT_MS, PATH_MAX_RETRANS retransmissions.
 HEARTBEAT_MS = 400
 PATH_MAX_RETRANS = 4
 
-MAX_MESSAGE = 64 * 1024  # bytes of one JSON message, either direction
+MAX_MESSAGE = seal.MAX_PLAINTEXT  # bytes of one JSON message, either direction (Noise's cap)
+MAX_SEALED = MAX_MESSAGE + max(seal.OVERHEAD.values())  # bytes of one on the wire
 MAX_NAME = 100  # characters of a device's display name
 MAX_ERROR = 500  # characters of a failed result's error text
 
 # Payload protocol identifiers accepted on receive: 0 (unspecified, what most
-# tools send) and 51, IANA's "WebRTC String" (UTF-8 text), which we send.
-PPID_JSON = 51
-ACCEPTED_PPIDS = frozenset({0, PPID_JSON})
+# tools send) and 53, IANA's "WebRTC Binary" (sealed bytes), which we send.
+PPID = 53
+ACCEPTED_PPIDS = frozenset({0, PPID})
 
 
 class Stream(enum.IntEnum):
-    CONTROL = 0  # challenge, hello, welcome, command, result, error: ordered
-    TELEMETRY = 1  # telemetry: may be unordered
+    CONTROL = seal.CONTROL  # handshake, hello, welcome, command, result, error: ordered
+    TELEMETRY = seal.TELEMETRY  # telemetry: may be unordered
 
 
 # -- vigil -> device ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Challenge:
-    """Sent as an association comes up: prove your secret over this nonce."""
-
-    nonce: bytes  # NONCE_BYTES random bytes, for this association only
-
-
-@dataclass(frozen=True, slots=True)
 class Welcome:
-    """The hello proved its secret: the association is device ``device`` now."""
+    """The sealed hello opened: the association is device ``device`` now."""
 
     device: str
 
@@ -107,7 +101,6 @@ class Hello:
     name: str
     entities: tuple[Entity, ...]  # empty unless ``protocol`` is ``PROTOCOL``
     protocol: int | None = PROTOCOL  # None: the hello named no protocol (a first agent)
-    hmac: str | None = None  # the proof of its secret (server.link.secret.proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +118,7 @@ class Telemetry:
     data: dict[str, Any]
 
 
-FromServer = Challenge | Welcome | Command | Error
+FromServer = Welcome | Command | Error
 FromDevice = Hello | Result | Telemetry
 Message = FromServer | FromDevice
 
@@ -135,19 +128,17 @@ Message = FromServer | FromDevice
 
 def _json_of(msg: Message) -> dict[str, Any]:
     match msg:
-        case Challenge(nonce):
-            return {"type": "challenge", "nonce": nonce.hex()}
         case Welcome(device):
             return {"type": "welcome", "device": device}
         case Command(cid, entity, value, user):
             return {"type": "command", "id": cid, "entity": entity, "value": value, "user": user}
         case Error(text):
             return {"type": "error", "error": text}
-        case Hello(device, name, described, protocol, proof):
+        case Hello(device, name, described, protocol):
             out: dict[str, Any] = {"type": "hello", "protocol": protocol, "device": device}
             out["name"] = name
             out["entities"] = [e.as_json() for e in described]
-            return out if proof is None else out | {"hmac": proof}
+            return out
         case Result(cid, ok, state, error):
             outcome = ({} if state is None else {"state": state}) if ok else {"error": error}
             return {"type": "result", "id": cid, "ok": ok, **outcome}
@@ -157,15 +148,13 @@ def _json_of(msg: Message) -> dict[str, Any]:
 
 
 def encode(msg: Message) -> bytes:
-    """One message as the bytes of one SCTP message: JSON, ASCII only.
+    """One message as the plaintext of one sealed SCTP message: JSON, ASCII only.
 
-    ASCII (non-ASCII escaped as \\uXXXX) is still UTF-8 JSON for the peer,
-    and it keeps pysctp's send-failed notification, which decodes the unsent
-    bytes as text, from ever failing on a cut multi-byte character. vigil's
+    ASCII (non-ASCII escaped as \\uXXXX) is still UTF-8 JSON for the peer. vigil's
     messages are compact; a device's keep ``json.dumps``' default spacing,
     the bytes the reference agent has always sent.
     """
-    compact = isinstance(msg, Challenge | Welcome | Command | Error)
+    compact = isinstance(msg, Welcome | Command | Error)
     separators = (",", ":") if compact else (", ", ": ")
     return json.dumps(_json_of(msg), separators=separators).encode("ascii")
 
@@ -182,7 +171,7 @@ def _object(raw: bytes) -> dict[str, Any] | str:
     """The JSON object of one message, or the error text for the reply."""
     if len(raw) > MAX_MESSAGE:
         return too_large(len(raw))
-    if raw.endswith(b"\0"):  # C peers (sctp_darn) send strlen + 1 bytes
+    if raw.endswith(b"\0"):  # C peers seal strlen + 1 bytes (stripped after opening)
         raw = raw[:-1]
     try:
         text = raw.decode("utf-8")
@@ -211,17 +200,14 @@ def _hello(obj: dict[str, Any]) -> Hello | str:
         name = device
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         return f"hello: name must be a non-empty string of at most {MAX_NAME} characters"
-    proof = obj.get("hmac")
-    if proof is not None and not isinstance(proof, str):
-        return "hello: hmac must be a string of hex digits"
     protocol = obj.get("protocol")
     if protocol != PROTOCOL:
         given = protocol if isinstance(protocol, int) and not isinstance(protocol, bool) else None
-        return Hello(device, name, (), given, proof)
+        return Hello(device, name, (), given)
     described = entities.parse(obj.get("entities"))
     if isinstance(described, str):
         return f"hello: {described}"
-    return Hello(device, name, described, PROTOCOL, proof)
+    return Hello(device, name, described, PROTOCOL)
 
 
 def _result(obj: dict[str, Any]) -> Result | str:
@@ -249,17 +235,6 @@ def _telemetry(obj: dict[str, Any]) -> Telemetry | str:
     if not isinstance(data, dict):
         return "telemetry: data must be an object"
     return Telemetry(data)
-
-
-def _challenge(obj: dict[str, Any]) -> Challenge | str:
-    nonce = obj.get("nonce")
-    digits = NONCE_BYTES * 2
-    if not isinstance(nonce, str) or len(nonce) != digits:
-        return f"challenge: nonce must be {digits} hex digits"
-    try:
-        return Challenge(bytes.fromhex(nonce))
-    except ValueError:
-        return f"challenge: nonce must be {digits} hex digits"
 
 
 def _welcome(obj: dict[str, Any]) -> Welcome | str:
@@ -291,7 +266,6 @@ def _error(obj: dict[str, Any]) -> Error | str:
 
 _FROM_DEVICE = {"hello": _hello, "result": _result, "telemetry": _telemetry}
 _FROM_SERVER = {
-    "challenge": _challenge,
     "welcome": _welcome,
     "command": _command,
     "error": _error,

@@ -1,20 +1,17 @@
-"""A device's secret: how it is written, read and proven (README, "Devices").
+"""A device's secret: how it is written and read (README, "Devices").
 
 ``add-device`` makes 256 random bits and writes them as hex digits to a file
 only its owner may read; both vigil (``config``) and the agent read it with
-``read_secret_file``. The secret never crosses the wire: a device proves it
-with ``proof``, an HMAC over the nonce of vigil's challenge and its id.
+``read_secret_file``. The secret never crosses the wire: it is the pre-shared
+key of the sealed channel's handshake (``server.link.seal``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from pathlib import Path
 
 from server.base.private import read_private
 
-NONCE_BYTES = 32
 SECRET_BYTES = 32  # what add-device makes: 256 bits
 MIN_SECRET_BYTES = 16  # what a declared secret must have at least: 128 bits
 
@@ -39,13 +36,3 @@ def read_secret_file(path: Path) -> bytes:
         return parse_secret(text)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-
-
-def proof(secret: bytes, nonce: bytes, device: str) -> str:
-    """What a device's hello carries as ``hmac``: HMAC-SHA256 over nonce + device id, in hex."""
-    return hmac.new(secret, nonce + device.encode(), hashlib.sha256).hexdigest()
-
-
-def same(expected: str, answer: bytes) -> bool:
-    """``answer`` is ``expected`` (hex), compared in constant time."""
-    return hmac.compare_digest(expected.encode(), answer)

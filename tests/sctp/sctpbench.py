@@ -9,9 +9,10 @@ awaited by running the loop until the peer's socket is readable.
 The channel knows the devices of ``devicekeys.DEVICES`` with their test
 secrets and lets in loopback peers; its sink (tests/controlevents.py)
 keeps the events it published (``Bench.events``) and the audit records of
-its refusals (``Bench.audits``). A ``Peer`` reads vigil's challenge as it connects and
-proves the secret of whatever id it says hello as (``Peer.hello``), in control
-protocol 2: its hello declares ``SWITCH`` (a switch ``power``) unless told other entities.
+its refusals (``Bench.audits``). A ``Peer`` runs the sealed channel's handshake
+(``server.link.seal``) with the secret of whatever id it says hello as
+(``Peer.hello``), in control protocol 2: its hello declares ``SWITCH`` (a switch
+``power``) unless told other entities.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from server.core.views import device_view
+from server.link.codec import PPID
+from server.link.seal import Session
 from tests.controlevents import RecordingEvents
 from tests.sctp.devicekeys import DEVICES, agent_env, secret
 
@@ -162,10 +165,11 @@ class Reply:
 
 
 class Peer:
-    """A hand-driven device: a one-to-one SCTP socket speaking raw messages.
+    """A hand-driven device: a one-to-one SCTP socket speaking the sealed channel by hand.
 
-    ``first`` is what vigil sent when the association came up (its challenge,
-    or the error of a refusal); ``nonce`` the challenge's nonce, if any.
+    ``shake`` runs the handshake as a device id with a secret; then ``send`` and
+    ``recv`` seal and open JSON messages with the session (``send_raw``: bytes as
+    they are, for what vigil must refuse).
     """
 
     def __init__(self, bench: Bench, host: str = "127.0.0.1") -> None:
@@ -173,43 +177,57 @@ class Peer:
 
         self.bench = bench
         self.sock = sctp.sctpsocket_tcp(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.events.data_io = True  # each message's stream
         self.sock.connect((host, bench.port))
-        self.first = self.recv()
-        self.nonce = bytes.fromhex(self.first["nonce"]) if "nonce" in self.first else None
+        self.session: Session | None = None
+        self.reset = False  # an ABORT was already seen
 
-    def send(self, msg: dict[str, Any] | bytes, stream: int = 0, ppid: int = 51) -> None:
-        data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+    def send_raw(self, data: bytes, stream: int = 0, ppid: int = PPID) -> None:
         self.sock.sctp_send(data, ppid=ppid, stream=stream)
+
+    def send(self, msg: dict[str, Any] | bytes, stream: int = 0, ppid: int = PPID) -> None:
+        """``msg`` (JSON, or bytes as they are) sealed on ``stream``."""
+        assert self.session is not None, "no handshake yet"
+        data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+        self.send_raw(self.session.seal(stream, data), stream, ppid)
 
     def readable(self) -> bool:
         return bool(select.select([self.sock], [], [], 0)[0])
 
-    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        """Run the loop until a message for us arrives; return it decoded."""
+    def recv_raw(self, timeout: float = 5.0) -> tuple[bytes, int]:
+        """Run the loop until a message for us arrives; its bytes and stream."""
         import sctp
 
         self.bench.run_until(self.readable, timeout)
-        _addr, flags, data, _info = self.sock.sctp_recv(1 << 20)
+        _addr, flags, data, info = self.sock.sctp_recv(1 << 20)
         assert not flags & sctp.FLAG_NOTIFICATION
-        return json.loads(data)
+        return data, info.stream
 
-    def hello_message(
-        self,
-        device: str,
-        entities: list[dict[str, Any]] | None = None,
-        key: bytes | None = None,
-    ) -> dict[str, Any]:
-        """A protocol 2 hello that proves ``key`` (default: the test secret of ``device``)."""
-        from server.link.secret import proof
+    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message from vigil, opened and decoded."""
+        assert self.session is not None, "no handshake yet"
+        data, stream = self.recv_raw(timeout)
+        return dict(json.loads(self.session.open(stream, data)))
 
-        assert self.nonce is not None, self.first
-        return {
-            "type": "hello",
-            "protocol": 2,
-            "device": device,
-            "entities": SWITCH if entities is None else entities,
-            "hmac": proof(secret(device) if key is None else key, self.nonce, device),
-        }
+    def shake(self, device: str, key: bytes | None = None) -> bool:
+        """The handshake as ``device`` with ``key`` (default: its test secret): whether vigil
+        answered and proved the same secret."""
+        from server.link.seal import Initiator, Unsealed
+
+        initiator = Initiator(secret(device) if key is None else key, device)
+        self.send_raw(initiator.first())
+        try:
+            reply, _stream = self.recv_raw()
+        except ConnectionResetError:  # aborted: refused
+            self.reset = True
+            return False
+        if not reply:
+            return False
+        try:
+            self.session = initiator.finish(reply)
+        except Unsealed:
+            return False
+        return True
 
     def hello(
         self,
@@ -217,13 +235,24 @@ class Peer:
         entities: list[dict[str, Any]] | None = None,
         key: bytes | None = None,
     ) -> dict[str, Any]:
-        self.send(self.hello_message(device, entities, key))
+        """The handshake, then a protocol 2 hello; vigil's answer."""
+        assert self.shake(device, key), "vigil refused the handshake"
+        self.send(
+            {
+                "type": "hello",
+                "protocol": 2,
+                "device": device,
+                "entities": SWITCH if entities is None else entities,
+            }
+        )
         return self.recv()
 
     def aborted(self, timeout: float = 5.0) -> bool:
         """Run the loop until vigil ends the association; True if it was an ABORT."""
         import sctp
 
+        if self.reset:
+            return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.bench.run_until(self.readable, deadline - time.monotonic())

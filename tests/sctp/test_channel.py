@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import time
@@ -46,26 +47,63 @@ def test_heartbeat_settings_reach_the_association(bench: Bench) -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "ppid", "expect"),
+    ("payload", "expect"),
     [
-        (b'{"type": "hello", "device": ', 51, "not JSON"),
-        (b"\xff\xfe{}", 51, "not UTF-8"),
-        (b"[1, 2]", 51, "must be a JSON object"),
-        (b'{"type": "reboot"}', 51, "unknown message type 'reboot'"),
-        (b'{"type": "hello", "device": "bad id!"}', 0, "hello: device must be"),
-        (b'{"type": "telemetry", "data": {}}', 51, "say hello first"),
-        (b'{"type": "hello", "device": "x"}', 7, "payload protocol id 7"),
-        (json.dumps({"type": "telemetry", "pad": "x" * 70000}).encode(), 51, "too large"),
+        (b'{"type": "hello", "device": ', "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"type": "reboot"}', "unknown message type 'reboot'"),
+        (b'{"type": "hello", "device": "bad id!"}', "hello: device must be"),
+        (b'{"type": "telemetry", "data": {}}', "say hello first"),
     ],
 )
-def test_malformed_message_gets_error_and_association_stays_up(
-    bench: Bench, payload: bytes, ppid: int, expect: str
+def test_malformed_sealed_message_gets_error_and_association_stays_up(
+    bench: Bench, payload: bytes, expect: str
 ) -> None:
     peer = Peer(bench)
-    peer.send(payload, ppid=ppid)
+    assert peer.shake("still-here")
+    peer.send(payload)
     reply = peer.recv()
     assert reply["type"] == "error" and expect in reply["error"], reply
-    assert peer.hello("still-here") == {"type": "welcome", "device": "still-here"}
+    peer.send({"type": "hello", "protocol": 2, "device": "still-here", "entities": SWITCH})
+    assert peer.recv() == {"type": "welcome", "device": "still-here"}
+
+
+@pytest.mark.parametrize(
+    ("how", "detail"),
+    [
+        ("plain JSON", "not a vigil sealed-channel hello"),
+        ("telemetry first", "a message on stream 1 before the handshake"),
+        ("payload protocol id 7", "payload protocol id 7"),
+        ("too large", "message too large"),
+        ("garbage after the handshake", "control stream: message 0 fails to open"),
+    ],
+)
+def test_what_is_not_sealed_is_refused_and_aborted(
+    bench: Bench, caplog: pytest.LogCaptureFixture, how: str, detail: str
+) -> None:
+    caplog.set_level(logging.INFO, "server.control.channel")
+    peer = Peer(bench)
+    hello = json.dumps({"type": "hello", "protocol": 2, "device": "d1", "entities": SWITCH})
+    if how == "plain JSON":
+        peer.send_raw(hello.encode())
+    elif how == "telemetry first":
+        peer.send_raw(b"x" * 60, stream=1)
+    else:
+        assert peer.shake("d1")
+        if how == "payload protocol id 7":
+            peer.send(hello.encode(), ppid=7)
+        elif how == "too large":
+            peer.send_raw(b"x" * 70000)
+        else:
+            peer.send_raw(hello.encode())
+    assert peer.aborted()
+    device = None if how in ("plain JSON", "telemetry first") else "d1"
+    bench.run_until(lambda: bench.audits)
+    assert bench.audits == [
+        {"type": "device_refused", "device": device, "addr": "127.0.0.1", "reason": "unsealed"}
+    ]
+    assert not bench.online("d1") and detail in caplog.text
 
 
 def test_two_agents_at_once(bench: Bench) -> None:

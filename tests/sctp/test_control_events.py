@@ -94,22 +94,22 @@ def test_refused_commands_reach_neither_device_nor_stream(panel: Panel) -> None:
 FLOOD = """
 import json, os, socket, sys, time
 import sctp
-from server.link.secret import proof
+from server.link.seal import Initiator
 sock = sctp.sctpsocket_tcp(socket.AF_INET)
 sock.connect(("127.0.0.1", int(sys.argv[1])))
-nonce = bytes.fromhex(json.loads(sock.sctp_recv(65536)[2])["nonce"])
-secret = bytes.fromhex(os.environ["VIGIL_DEVICE_SECRET"])
+initiator = Initiator(bytes.fromhex(os.environ["VIGIL_DEVICE_SECRET"]), "flood")
+sock.sctp_send(initiator.first(), ppid=53)
+session = initiator.finish(sock.sctp_recv(65536)[2])
 x = {"key": "x", "kind": "sensor", "label": "X"}
 pad = {"key": "pad", "kind": "text_sensor", "label": "Pad"}
 entities = [x, pad]
-hello = {"type": "hello", "protocol": 2, "device": "flood", "entities": entities,
-         "hmac": proof(secret, nonce, "flood")}
-sock.sctp_send(json.dumps(hello).encode(), ppid=51)
+hello = {"type": "hello", "protocol": 2, "device": "flood", "entities": entities}
+sock.sctp_send(session.seal(0, json.dumps(hello).encode()), ppid=53)
 msg = json.dumps({"type": "telemetry", "data": {"x": 1, "pad": "y" * 200}}).encode()
 bad = b"{not json"
 sent, end = 0, time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
-    sock.sctp_send(bad if sent % 50 == 0 else msg, ppid=51, stream=1)
+    sock.sctp_send(session.seal(1, bad if sent % 50 == 0 else msg), ppid=53, stream=1)
     sent += 1
 print(sent, flush=True)
 """

@@ -1,8 +1,9 @@
-"""Device agents must prove their secret: over real kernel SCTP.
+"""Device agents must prove their secret (the sealed channel's handshake): over real kernel SCTP.
 
-Every refusal must be: an ``error`` message, then an SCTP ABORT of the
-association, one log line, one ``device_refused`` audit record with the
-peer's address, and nothing registered. A restarted agent that proves its
+Every refusal must be: a sealed ``error`` message if the association has
+keys (none before the handshake: nothing is said in clear), then an SCTP
+ABORT of the association, one log line, one ``device_refused`` audit record
+with the peer's address, and nothing registered. A restarted agent that proves its
 secret is back at once, while its old association still looks alive; one
 that cannot prove it never displaces a live device. The pure rules are
 tested with values in tests/test_devices_auth.py.
@@ -16,16 +17,15 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from server.link.seal import Initiator
 from tests.sctp.devicekeys import SECRET_ENV, agent_env, secret
 from tests.sctp.panel import ROOT, Panel
-from tests.sctp.sctpbench import Bench, Peer
+from tests.sctp.sctpbench import SWITCH, Bench, Peer
 
 WRONG = bytes(32)
 
@@ -34,10 +34,7 @@ def refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def assert_refused(
-    bench: Bench, peer: Peer, reply: dict[str, Any], reason: str, device: str | None
-) -> None:
-    assert reply["type"] == "error", reply
+def assert_refused(bench: Bench, peer: Peer, reason: str, device: str | None) -> None:
     assert peer.aborted(), "the association was not aborted"
     assert bench.audits == [
         {"type": "device_refused", "device": device, "addr": "127.0.0.1", "reason": reason}
@@ -46,49 +43,60 @@ def assert_refused(
     assert set(bench.channel._admission.addrs) == live  # vigil forgot the refused one
 
 
-def test_challenge_is_fresh_for_every_association(bench: Bench) -> None:
+def test_every_association_has_fresh_keys(bench: Bench) -> None:
     first, second = Peer(bench), Peer(bench)
-    assert first.first["type"] == second.first["type"] == "challenge"
-    assert len(first.first["nonce"]) == 64 and first.nonce != second.nonce
-    assert first.hello("lamp-1") == {"type": "welcome", "device": "lamp-1"}
-    assert bench.online("lamp-1") and not bench.audits
+    assert first.shake("lamp-1") and second.shake("lamp-2")
+    assert first.session is not None and second.session is not None
+    assert first.session.handshake_hash != second.session.handshake_hash
+    first.send({"type": "hello", "protocol": 2, "device": "lamp-1", "entities": SWITCH})
+    assert first.recv() == {"type": "welcome", "device": "lamp-1"}
+    assert bench.online("lamp-1") and not bench.online("lamp-2") and not bench.audits
 
 
-HELLOS: dict[str, Callable[[Peer], dict[str, Any]]] = {
-    "wrong secret": lambda p: p.hello_message("lamp-1", key=WRONG),
-    "no secret": lambda p: {k: v for k, v in p.hello_message("lamp-1").items() if k != "hmac"},
-    "unknown id": lambda p: p.hello_message("stranger"),
-    "another id's secret": lambda p: p.hello_message("lamp-1", key=secret("lamp-2")),
-    # an agent of the first protocol, with its verbs and its proof: proven, but refused
-    "protocol 1": lambda p: {
-        **{k: v for k, v in p.hello_message("lamp-1").items() if k not in ("protocol", "entities")},
-        "commands": ["on", "off"],
-    },
-    "protocol 3": lambda p: {**p.hello_message("lamp-1"), "protocol": 3},
+HANDSHAKES = {  # refused at the handshake: no keys, so nothing is said before the ABORT
+    "wrong secret": ("lamp-1", WRONG, "wrong secret"),
+    "unknown id": ("stranger", WRONG, "unknown device"),
+    "another id's secret": ("lamp-1", secret("lamp-2"), "wrong secret"),
 }
-REASONS = {
-    "wrong secret": "wrong hmac",
-    "no secret": "no hmac",
-    "unknown id": "unknown device",
-    "another id's secret": "wrong hmac",
-    "protocol 1": "protocol",
-    "protocol 3": "protocol",
+
+
+@pytest.mark.parametrize("case", list(HANDSHAKES))
+def test_a_handshake_that_proves_nothing_is_refused(
+    bench: Bench, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    caplog.set_level(logging.INFO, "server.control.channel")
+    device, key, reason = HANDSHAKES[case]
+    peer = Peer(bench)
+    assert not peer.shake(device, key)  # aborted, unanswered
+    assert_refused(bench, peer, reason, device)
+    assert bench.channel.known() == [] and not bench.device_events("online")
+    (line,) = refused_lines(caplog)  # one line
+    assert f"device {device} from 127.0.0.1 refused" in line, line
+
+
+HELLOS = {  # proven at the handshake, refused at the hello, in a sealed error
+    # an agent of the first protocol, with its verbs: refused saying what vigil speaks
+    "protocol 1": ({"device": "lamp-1", "commands": ["on", "off"]}, "protocol"),
+    "protocol 3": ({"device": "lamp-1", "protocol": 3, "entities": SWITCH}, "protocol"),
+    "another id": ({"device": "lamp-2", "protocol": 2, "entities": SWITCH}, "other id"),
 }
 
 
 @pytest.mark.parametrize("case", list(HELLOS))
-def test_a_hello_that_proves_nothing_is_refused(
+def test_a_sealed_hello_of_the_wrong_kind_is_refused(
     bench: Bench, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
     caplog.set_level(logging.INFO, "server.control.channel")
+    hello, reason = HELLOS[case]
     peer = Peer(bench)
-    msg = HELLOS[case](peer)
-    peer.send(msg)
+    assert peer.shake("lamp-1")
+    peer.send({"type": "hello", **hello})
     reply = peer.recv()
-    assert_refused(bench, peer, reply, REASONS[case], msg["device"])
+    assert reply["type"] == "error"
+    assert_refused(bench, peer, reason, hello["device"])
     assert bench.channel.known() == [] and not bench.device_events("online")
-    (line,) = refused_lines(caplog)  # one line
-    assert f"device {msg['device']} from 127.0.0.1 refused" in line, line
+    (line,) = refused_lines(caplog)
+    assert f"device {hello['device']} from 127.0.0.1 refused" in line, line
     if case.startswith("protocol"):  # what the agent's log says: what vigil wants
         spoken = "no protocol" if case == "protocol 1" else "protocol 3"
         assert reply["error"] == (
@@ -97,38 +105,48 @@ def test_a_hello_that_proves_nothing_is_refused(
         )
 
 
-def test_a_replayed_hello_is_refused_and_displaces_nobody(bench: Bench) -> None:
-    genuine = Peer(bench)
-    captured = genuine.hello_message("lamp-1")  # what an eavesdropper saw
-    genuine.send(captured)
-    assert genuine.recv()["type"] == "welcome"
-    assoc = bench.assoc_of("lamp-1")
+def test_a_replayed_handshake_is_answered_but_displaces_nobody() -> None:
+    b = Bench(hello_timeout=0.5).start()
+    try:
+        genuine = Peer(b)
+        initiator = Initiator(secret("lamp-1"), "lamp-1")
+        captured = initiator.first()  # what an eavesdropper saw
+        genuine.send_raw(captured)
+        reply, _ = genuine.recv_raw()
+        genuine.session = initiator.finish(reply)
+        genuine.send({"type": "hello", "protocol": 2, "device": "lamp-1", "entities": SWITCH})
+        assert genuine.recv()["type"] == "welcome"
+        assoc = b.assoc_of("lamp-1")
 
-    replay = Peer(bench)  # a later association, the captured hello verbatim
-    replay.send(captured)
-    assert_refused(bench, replay, replay.recv(), "replayed", "lamp-1")
-    assert bench.assoc_of("lamp-1") == assoc  # still the genuine one
-    assert len(bench.device_events("online")) == 1 and not bench.device_events("offline")
-    r = bench.command("lamp-1", "power", True)  # commands still reach it
-    cmd = genuine.recv()
-    genuine.send({"type": "result", "id": cmd["id"], "ok": True})
-    bench.run_until(lambda: r)
-    assert r.status == 200 and r.body["state"] is True  # no state said: the commanded one
+        replay = Peer(b)  # a later association, the captured message 1 verbatim
+        replay.send_raw(captured)
+        answer, _ = replay.recv_raw()
+        assert len(answer) == 48 and answer != reply  # answered, with fresh keys it cannot know
+        replay.send_raw(b"\x00" * 60)  # whatever it sends fails to open
+        assert_refused(b, replay, "unsealed", "lamp-1")
+        assert b.assoc_of("lamp-1") == assoc  # still the genuine one
+        assert len(b.device_events("online")) == 1 and not b.device_events("offline")
+        r = b.command("lamp-1", "power", True)  # commands still reach it
+        cmd = genuine.recv()
+        genuine.send({"type": "result", "id": cmd["id"], "ok": True})
+        b.run_until(lambda: r)
+        assert r.status == 200 and r.body["state"] is True  # no state said: the commanded one
 
-    genuine.close()  # and with the genuine one gone, a replay gets nothing either
-    bench.run_until(lambda: not bench.online("lamp-1"))
-    bench.audits.clear()
-    again = Peer(bench)
-    again.send(captured)
-    assert_refused(bench, again, again.recv(), "replayed", "lamp-1")
-    assert not bench.online("lamp-1")
+        b.audits.clear()
+        silent = Peer(b)  # a replay that says nothing more is refused at the deadline
+        silent.send_raw(captured)
+        assert len(silent.recv_raw()[0]) == 48
+        assert_refused(b, silent, "no hello", "lamp-1")
+        assert b.assoc_of("lamp-1") == assoc
+    finally:
+        b.close()
 
 
 def test_a_wrong_secret_does_not_displace_a_live_device(bench: Bench) -> None:
     genuine = Peer(bench)
     genuine.hello("lamp-1")
     impostor = Peer(bench)
-    assert impostor.hello("lamp-1", key=WRONG)["type"] == "error"
+    assert not impostor.shake("lamp-1", key=WRONG)
     assert impostor.aborted() and bench.online("lamp-1")
     r = bench.command("lamp-1", "power", False)
     assert genuine.recv()["value"] is False
@@ -141,11 +159,7 @@ def test_a_peer_outside_control_allow_is_refused_as_it_comes_up(
     caplog.set_level(logging.INFO, "server.control.channel")
     b = Bench(allow=(ipaddress.ip_network("10.0.0.0/8"),)).start()
     try:
-        peer = Peer(b)  # no challenge: the error comes instead
-        assert peer.first == {
-            "type": "error",
-            "error": "this address may not connect (control.allow)",
-        }
+        peer = Peer(b)  # aborted before any handshake: nothing said
         assert peer.aborted()
         assert b.audits == [
             {"type": "device_refused", "device": None, "addr": "127.0.0.1", "reason": "not allowed"}
@@ -157,19 +171,22 @@ def test_a_peer_outside_control_allow_is_refused_as_it_comes_up(
         b.close()
 
 
-def test_no_hello_in_time_is_refused_at_the_deadline() -> None:
+def test_no_handshake_or_no_hello_in_time_is_refused_at_the_deadline() -> None:
     b = Bench(hello_timeout=0.5).start()
     try:
         slow = Peer(b)
         took = b.run_until(lambda: b.audits, 3)
         assert 0.3 < took < 1.5, took
-        assert slow.recv() == {"type": "error", "error": "no hello in time"}
-        assert slow.aborted()
+        assert slow.aborted()  # no keys: no error message
         assert b.audits[0]["reason"] == "no hello" and b.audits[0]["addr"] == "127.0.0.1"
+        shaken = Peer(b)
+        assert shaken.shake("lamp-2")
+        assert shaken.recv() == {"type": "error", "error": "no hello in time"}  # sealed
+        assert shaken.aborted() and b.audits[1]["device"] == "lamp-2"
         quick = Peer(b)  # a hello in time is welcome, and its deadline then does nothing
         assert quick.hello("lamp-1")["type"] == "welcome"
         b.run_for(0.8)
-        assert b.online("lamp-1") and len(b.audits) == 1
+        assert b.online("lamp-1") and len(b.audits) == 2
     finally:
         b.close()
 
@@ -212,11 +229,11 @@ def test_the_reference_agent_retries_with_backoff_when_refused(
     try:
         bench.run_until(lambda: len(bench.audits) >= 3, 10)  # 0.2 + 0.4 s between tries
         assert wrong.poll() is None and not bench.online("lamp-1")
-        assert {a["reason"] for a in bench.audits} == {"wrong hmac"}
+        assert {a["reason"] for a in bench.audits} == {"wrong secret"}
     finally:
         wrong.kill()
         _, err = wrong.communicate()
-    assert "vigil refused us: hello refused: authentication failed" in err
+    assert "refused our handshake (is this device's secret the one" in err
     assert "reconnecting in 0.4 s" in err
     # the right secret from a file, with none in the environment
     path = tmp_path / "lamp-1.secret"
@@ -235,7 +252,7 @@ def test_reload_disconnects_devices_that_lost_their_right(bench: Bench) -> None:
     bench.channel.reload(replace(bench.cfg, devices=keys))
     assert a.recv()["type"] == "error" and a.aborted()
     assert not bench.online("lamp-1") and bench.online("lamp-2")
-    assert Peer(bench).hello("lamp-1")["type"] == "error"  # no longer declared
+    assert not Peer(bench).shake("lamp-1")  # no longer declared
     bench.channel.reload(replace(bench.cfg, allow=(ipaddress.ip_network("10.0.0.0/8"),)))
     assert b.recv()["type"] == "error" and b.aborted() and not bench.online("lamp-2")
 
@@ -261,6 +278,6 @@ def test_refusals_reach_the_audit_log_of_the_real_server(panel: Panel) -> None:
     _, body = panel.curl("GET", "/api/audit?limit=20")
     refused = [r for r in body["records"] if r["type"] == "device_refused"]
     assert refused and refused[-1]["device"] == "lamp-1" and refused[-1]["addr"] == "127.0.0.1"
-    assert refused[-1]["reason"] == "wrong hmac"
+    assert refused[-1]["reason"] == "wrong secret"
     _, devices = panel.curl("GET", "/api/devices")
     assert devices == []
