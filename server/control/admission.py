@@ -126,17 +126,28 @@ class Admission:
                     f" ({declared}: python -m server add-device {device})",
                 )
             return Denial(reason, f"{e}{hint}", REFUSED, device, addr)
-        if arrival is None or now > arrival.deadline:
-            after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"
-            return Denial(
-                Reason.LATE,
-                f"handshake{after}, later than {self.window:g} s",
-                f"refused: later than {self.window:g} s",
-                responder.device,
-                addr,
-            )
+        late = self._late("handshake", arrival, now, responder.device, addr)
+        if late is not None:
+            return late
+        assert arrival is not None
         arrival.device = responder.device
         return session, reply
+
+    def _late(
+        self, what: str, arrival: Arrival | None, now: float, device: str | None, addr: str | None
+    ) -> Denial | None:
+        """A refusal if ``what`` (the handshake, the hello) came after the deadline."""
+        if arrival is not None and now <= arrival.deadline:
+            return None
+        after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"
+        refused = "hello refused" if what == "hello" else "refused"
+        return Denial(
+            Reason.LATE,
+            f"{what}{after}, later than {self.window:g} s",
+            f"{refused}: later than {self.window:g} s",
+            device,
+            addr,
+        )
 
     def prove(self, assoc: int, device: str, protocol: int | None, now: float) -> Denial | None:
         """The first sealed message of ``assoc`` opened and is a hello of ``device`` in
@@ -148,13 +159,10 @@ class Admission:
         def deny(reason: Reason, detail: str, reply: str = REFUSED) -> Denial:
             return Denial(reason, detail, reply, device, addr)
 
-        if arrival is None or now > arrival.deadline:
-            after = "" if arrival is None else f" {now - arrival.issued:.1f} s after it came up"
-            return deny(
-                Reason.LATE,
-                f"hello{after}, later than {self.window:g} s",
-                f"hello refused: later than {self.window:g} s",
-            )
+        late = self._late("hello", arrival, now, device, addr)
+        if late is not None:
+            return late
+        assert arrival is not None
         if arrival.device is None:
             return deny(Reason.UNSEALED, "a hello before the handshake")
         if device != arrival.device:
