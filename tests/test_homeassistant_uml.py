@@ -21,7 +21,6 @@ Needs root, /dev/net/tun, a UML kernel and Home Assistant (``require``).
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -33,9 +32,8 @@ import pytest
 
 from tests.broker import Broker, Subscriber, mqtt_sections
 from tests.ha.harness import VERSION, HomeAssistant, HomeAssistantError
-from tests.support import free_port, password, require, write_config
-from tests.uml.kernel import unsupported
-from tests.uml.testhost import HOST_IP, TestHost, uml_test_host
+from tests.support import free_port, password, require
+from tests.uml.testhost import HOST_IP, TestHost, require_test_host, uml_config, uml_test_host
 from tests.wire import Remote
 
 T = TypeVar("T")
@@ -116,12 +114,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require(
-        os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
-        "the UML test host's tap network needs root and /dev/net/tun",
-    )
-    reason = unsupported()
-    require(reason is None, reason or "")
+    require_test_host()
     directory = tmp_path_factory.mktemp("ha-uml")
     try:
         ha = HomeAssistant(directory / "ha")
@@ -129,11 +122,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         require(False, f"Home Assistant {VERSION}: {e}")
         raise
     port = free_port()
-    sections: dict[str, dict[str, Any]] = {
-        "http": {"host": "0.0.0.0", "port": 8080},
-        "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},
-        "control": {"enabled": True, "port": 9900},
-        "audit": {"path": "audit.jsonl"},
+    config = uml_config(
+        directory,
         **mqtt_sections(
             directory / "broker",
             HOST_IP,
@@ -143,8 +133,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             command_users=["homeassistant"],
             homeassistant=True,
         ),
-    }
-    config = write_config(directory, sections).read_text()
+    )
     with (
         ha,
         uml_test_host(config, agents={"lamp-1": list(AGENT)}) as host,

@@ -11,7 +11,6 @@ Needs root, /dev/net/tun and a UML kernel (``require`` skips, or fails in CI).
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,9 +20,8 @@ from typing import Any
 import pytest
 
 from tests.broker import Broker, Subscriber, mqtt_sections
-from tests.support import free_port, require, write_config
-from tests.uml.kernel import unsupported
-from tests.uml.testhost import HOST_IP, TestHost, uml_test_host
+from tests.support import free_port
+from tests.uml.testhost import HOST_IP, TestHost, require_test_host, uml_config, uml_test_host
 from tests.wire import Remote, SSEParser
 
 PREFIX = "vigil/pi-1"
@@ -51,19 +49,11 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require(
-        os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
-        "the UML test host's tap network needs root and /dev/net/tun",
-    )
-    reason = unsupported()
-    require(reason is None, reason or "")
+    require_test_host()
     directory = tmp_path_factory.mktemp("mqtt-uml")
     port = free_port()
-    sections = {
-        "http": {"host": "0.0.0.0", "port": 8080},
-        "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},
-        "control": {"enabled": True, "port": 9900},
-        "audit": {"path": "audit.jsonl"},
+    config = uml_config(
+        directory,
         **mqtt_sections(
             directory / "broker",
             HOST_IP,
@@ -74,8 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             homeassistant=True,
             queue=10,  # so that a broker away for seconds loses telemetry
         ),
-    }
-    config = write_config(directory, sections).read_text()
+    )
     with (
         uml_test_host(config, agents={"lamp-1": ["--interval", "0.2"]}) as host,
         Broker(directory / "broker", host=host.host_ip, port=port) as broker,

@@ -230,7 +230,6 @@ class ControlChannel:
         self._admission = Admission(cfg.devices, AllowList(cfg.allow), cfg.hello_timeout)
         self._deadlines: dict[int, Timer] = {}  # association -> its hello's deadline
         self._sessions: dict[int, Session] = {}  # association -> its keys, after the handshake
-        self._sctp: SctpTransport | None = None  # the transport while listening
         self._registry = control.Registry()
         self._coalescer = control.Coalescer()
         self._history = control.History()
@@ -264,7 +263,7 @@ class ControlChannel:
                 e.errno, f"control channel: SCTP {cfg.host} port {cfg.port}: {e.strerror}"
             ) from None
         self._sock = sock
-        self.transport = self._sctp = SctpTransport(sock, self._sessions)
+        self.transport = SctpTransport(sock, self._sessions)
         self.address = sock.getsockname()[:2]
         self.off_reason = None
         self._loop.register(sock.sock(), READ, self._on_readable)
@@ -347,7 +346,6 @@ class ControlChannel:
         self._sock.close()
         self._sock = None
         self.transport = _Unconnected()
-        self._sctp = None
         self._sessions.clear()
         self.off_reason = "closed"
 
@@ -648,9 +646,10 @@ class ControlChannel:
             reply = self.handshake(assoc, whole)
             if reply is None:
                 return
-            assert self._sctp is not None  # data comes from the socket
+            transport = self.transport
+            assert isinstance(transport, SctpTransport)  # data comes from the socket
             try:
-                self._sctp.handshake(assoc, reply)
+                transport.handshake(assoc, reply)
             except OSError as e:
                 log.info("association %d: cannot answer the handshake: %s", assoc, e.strerror)
             return

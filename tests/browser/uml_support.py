@@ -15,7 +15,6 @@ and optionally ``CONTROL`` (more ``[control]`` keys, e.g. a short
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,9 +25,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.browser_support import CONNECTED, call, chromium
-from tests.support import require, write_config
-from tests.uml.kernel import unsupported
-from tests.uml.testhost import TestHost, uml_test_host
+from tests.uml.testhost import TestHost, require_test_host, uml_config, uml_test_host
 
 
 @dataclass(frozen=True)
@@ -47,32 +44,13 @@ class Target:
         return cls(host.guest_ip, host.tls_port, host.cert)
 
 
-def uml_config(directory: Path, control: dict[str, Any] | None = None) -> str:
-    """The test users, vigil reachable from this host, the control channel on."""
-    sections = {
-        "http": {"host": "0.0.0.0", "port": 8080},
-        "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},
-        "control": {"enabled": True, "port": 9900, **(control or {})},
-        "audit": {"path": "audit.jsonl"},
-    }
-    return write_config(directory, sections).read_text()
-
-
-def require_test_host() -> None:
-    require(
-        os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
-        "the UML test host's tap network needs root and /dev/net/tun",
-    )
-    reason = unsupported()
-    require(reason is None, reason or "")
-
-
 @pytest.fixture(scope="module")
 def host(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestHost]:
     require_test_host()
-    text = uml_config(tmp_path_factory.mktemp("uml"), getattr(request.module, "CONTROL", None))
+    control = getattr(request.module, "CONTROL", None) or {}
+    text = uml_config(tmp_path_factory.mktemp("uml"), control=control)
     with uml_test_host(text, request.module.AGENTS) as h:
         yield h
 

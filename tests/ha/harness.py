@@ -29,15 +29,12 @@ makes left out: ``BENIGN``). ``stop`` is SIGTERM (SIGKILL after 20 s).
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import json
 import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -45,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import websocket
 
 from tests.support import free_port
 
@@ -296,18 +294,26 @@ class HomeAssistant:
     # -- websocket: the registries ----------------------------------------------------
     def ws(self, msg_type: str, **fields: Any) -> Any:
         """One websocket command's result (a new connection each time: they are few)."""
-        with WebSocket("127.0.0.1", self.port, "/api/websocket") as ws:
-            hello = ws.receive()
+        url = f"ws://127.0.0.1:{self.port}/api/websocket"
+        ws = websocket.create_connection(url, timeout=30)
+        try:
+
+            def receive() -> Any:
+                return json.loads(ws.recv())
+
+            hello = receive()
             if hello.get("type") != "auth_required":
                 raise HomeAssistantError(f"websocket: {hello}")
-            ws.send({"type": "auth", "access_token": self.token})
-            if (auth := ws.receive()).get("type") != "auth_ok":
+            ws.send(json.dumps({"type": "auth", "access_token": self.token}))
+            if (auth := receive()).get("type") != "auth_ok":
                 raise HomeAssistantError(f"websocket auth: {auth}")
-            ws.send({"id": 1, "type": msg_type, **fields})
+            ws.send(json.dumps({"id": 1, "type": msg_type, **fields}))
             while True:
-                answer = ws.receive()
+                answer = receive()
                 if answer.get("id") == 1 and answer.get("type") == "result":
                     break
+        finally:
+            ws.close()
         if not answer.get("success"):
             raise HomeAssistantError(f"{msg_type}: {answer.get('error')}")
         return answer["result"]
@@ -355,83 +361,6 @@ class HomeAssistant:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-
-class WebSocket:
-    """A blocking RFC 6455 client for HA's JSON messages: text frames, no extensions."""
-
-    def __init__(self, host: str, port: int, path: str, timeout: float = 30) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        head = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.sock.sendall(head.encode())
-        self._buf = b""
-        while b"\r\n\r\n" not in self._buf:
-            self._fill()
-        status, self._buf = self._buf.split(b"\r\n\r\n", 1)
-        if b" 101 " not in status.split(b"\r\n", 1)[0]:
-            raise HomeAssistantError(f"websocket upgrade: {status[:200]!r}")
-
-    def _fill(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise HomeAssistantError("websocket: connection closed")
-        self._buf += data
-
-    def _take(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._fill()
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def send(self, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        n = len(data)
-        if n < 126:
-            head = struct.pack("!BB", 0x81, 0x80 | n)
-        elif n < 1 << 16:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.sock.sendall(head + mask + masked)
-
-    def receive(self) -> Any:
-        """The next text message, as JSON (pings answered, fragments joined)."""
-        message = b""
-        while True:
-            b0, b1 = self._take(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", self._take(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", self._take(8))
-            payload = self._take(n)
-            opcode = b0 & 0x0F
-            if opcode == 0x9:  # ping
-                mask = os.urandom(4)
-                pong = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-                self.sock.sendall(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + mask + pong)
-                continue
-            if opcode == 0x8:
-                raise HomeAssistantError("websocket: closed by Home Assistant")
-            message += payload
-            if b0 & 0x80:
-                return json.loads(message)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> WebSocket:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def main() -> int:

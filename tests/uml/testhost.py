@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -63,9 +64,11 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tests.support import require, write_config
 from tests.uml.harness import Guest, Tap
-from tests.uml.kernel import UmlError
+from tests.uml.kernel import UmlError, unsupported
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -324,3 +327,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def require_test_host() -> None:
+    """Skip (in CI: fail) a test this machine cannot give a UML test host."""
+    require(
+        os.geteuid() == 0 and os.path.exists("/dev/net/tun"),
+        "the UML test host's tap network needs root and /dev/net/tun",
+    )
+    reason = unsupported()
+    require(reason is None, reason or "")
+
+
+def uml_config(directory: Path, **sections: dict[str, Any]) -> str:
+    """config.toml for vigil in the guest: the test users, reachable from this host, the
+    control channel on; ``sections`` are added (``control`` keys merged in)."""
+    base: dict[str, dict[str, Any]] = {
+        "http": {"host": "0.0.0.0", "port": 8080},
+        "auth": {"allow": ["10.213.1.0/24", "127.0.0.0/8"]},
+        "control": {"enabled": True, "port": 9900, **sections.pop("control", {})},
+        "audit": {"path": "audit.jsonl"},
+    }
+    return write_config(directory, base | sections).read_text()
