@@ -303,17 +303,17 @@ def relayout(text: str, layout: dict[tuple[str, str], str]) -> str:
             else:
                 lines.insert(header + 1, line)
     out = "\n".join(lines) + "\n"
+    keys = ", ".join(f"[{table}] {key}" for table, key in layout)
     try:
         parsed = tomllib.loads(out)
+        why = "it sets them in a way restore does not rewrite"
     except tomllib.TOMLDecodeError as e:
-        raise BackupError(f"cannot keep this machine's layout in the backed-up config: {e}") from e
-    for (table, key), value in layout.items():
-        if _table(parsed, table).get(key) != value:
-            raise BackupError(
-                f"cannot keep this machine's [{table}] {key} in the backed-up config"
-                f" (it sets it in a way restore does not rewrite): restore with a --config"
-                " of your own and set it there"
-            )
+        parsed, why = {}, str(e)
+    if any(_table(parsed, table).get(key) != value for (table, key), value in layout.items()):
+        raise BackupError(
+            f"cannot keep this machine's {keys} in the backed-up config ({why}): restore"
+            " with --config of a new file, then set them in it"
+        )
     return out
 
 
@@ -603,7 +603,9 @@ def read_archive(archive: IO[bytes]) -> Staged:
                 raise BackupError(f"damaged: {name} is not what the manifest says (sha256)")
     except BaseException as e:
         staged.close()
-        if isinstance(e, tarfile.TarError | EOFError | OSError | zlib.error):
+        if isinstance(e, tarfile.TarError):  # the gzip stream is whole: not our tar
+            raise BackupError(f"not a vigil backup (not a tar archive inside: {e})") from None
+        if isinstance(e, EOFError | OSError | zlib.error):
             raise BackupError(f"damaged: {e}") from None
         raise
     return staged
