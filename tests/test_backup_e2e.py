@@ -45,9 +45,9 @@ def fingerprint(config: Path) -> str:
 
 def curl_status(url: str, user: str, cacert: Path) -> str:
     """``curl`` as ``user`` against ``url``, trusting only ``cacert``: the HTTP status."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(cacert)]
     out = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(cacert)]
-        + ["-u", f"{user}:{password(user)}", url],
+        [*argv, "-u", f"{user}:{password(user)}", url],
         capture_output=True,
         text=True,
         timeout=30,
@@ -61,7 +61,9 @@ def test_backup_a_running_vigil_and_restore_it_onto_a_fresh_install(
     old = start_vigil(SECTIONS, {"alice": "operator", "vera": "viewer"})
     config = old.config
     assert server_cmd("add-device", "lamp-1", "--config", str(config)).returncode == 0
-    added = server_cmd("user", "add", "caroline", "--config", str(config), stdin=password("caroline"))
+    added = server_cmd(
+        "user", "add", "caroline", "--config", str(config), stdin=password("caroline")
+    )
     assert added.returncode == 0, added.stderr
     old.wait_for_log("reloaded")
     before = fingerprint(config)
