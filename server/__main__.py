@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from server import backup, firstrun
 from server import config as configmod
+from server import firstrun
+from server.backup import archive, restore
 from server.base import pidfile
 from server.base.notify import Notifier
 from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
@@ -363,11 +364,11 @@ def cmd_tls_info(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    """One archive of everything this vigil needs to come back as itself (server.backup)."""
+    """One archive of everything this vigil needs to come back as itself (server.backup.archive)."""
     try:
         configmod.load(args.config)  # its errors name the key; the backup's only the file
-        done = backup.write(args.config, args.file, args.audit, datetime.now(UTC))
-    except (configmod.ConfigError, backup.BackupError) as e:
+        done = archive.write(args.config, args.file, args.audit, datetime.now(UTC))
+    except (configmod.ConfigError, archive.BackupError) as e:
         return _fail(str(e))
     audit = f", {done.audit_files} of the audit log" if args.audit else ""
     print(
@@ -383,14 +384,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Bring a backup back onto this machine: same people, devices and certificate."""
     try:
         with args.file.open("rb") as f:
-            staged = backup.read_archive(f)
+            staged = archive.read_archive(f)
     except OSError as e:
         return _fail(f"{args.file}: cannot read: {e.strerror}")
-    except backup.BackupError as e:
+    except archive.BackupError as e:
         return _fail(f"{args.file}: {e}; nothing was changed")
     try:
-        done = backup.restore(staged, args.config, args.force, lambda s: print(f"vigil: {s}"))
-    except backup.BackupError as e:
+        done = restore.restore(staged, args.config, args.force, lambda s: print(f"vigil: {s}"))
+    except archive.BackupError as e:
         return _fail(f"{e}; nothing was changed")
     finally:
         staged.close()

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import tarfile
 import threading
 import tomllib
@@ -27,12 +28,13 @@ from pathlib import Path
 import pytest
 
 from server import __main__ as cli
-from server import backup
 from server import config as configmod
+from server.backup import archive as backup
+from server.backup.restore import relayout
 from server.base import pidfile
 from server.people import users
 from server.web import certificate
-from tests.support import ROOT, _hash, der_sha256, password, server_cmd, write_config
+from tests.support import ROOT, _hash, der_sha256, password, require, server_cmd, write_config
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 AUDIT = b'{"seq":1,"type":"chat"}\n{"seq":2,"type":"chat"}\n{"seq":3,"ty'  # a torn last line
@@ -371,6 +373,28 @@ def test_restore_refuses_while_vigil_runs_there(archive: Path, tmp_path: Path) -
     assert f"vigil (pid {os.getpid()}) runs on {state}: stop it first" in done.stderr
 
 
+def test_restored_as_root_the_files_are_the_services(archive: Path, tmp_path: Path) -> None:
+    """The service's user ``vigil`` owns them if it exists, else the state dir's owner;
+    the config stays root's, in the service's group (as ``make install`` leaves it)."""
+    require(os.geteuid() == 0, "restore as root needs root")
+    config = installed(tmp_path / "new")
+    state = tmp_path / "new/var/lib/vigil"
+    state.mkdir(parents=True)
+    os.chown(state, 4242, 4243)
+    try:
+        service = pwd.getpwnam("vigil")
+        uid, gid = service.pw_uid, service.pw_gid
+    except KeyError:
+        uid, gid = 4242, 4243
+    done = server_cmd("restore", str(archive), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in state.rglob("*")}
+    files = ("users.local.toml", "devices.local.toml", "devices.local", "lamp-1.secret")
+    files += ("tls.local.crt", "tls.local.key", "audit.jsonl")
+    assert owners == dict.fromkeys(files, (uid, gid))
+    assert (config.stat().st_uid, config.stat().st_gid) == (0, gid)
+
+
 def test_restore_with_no_config_here_takes_the_backed_up_one(
     source: Path, archive: Path, tmp_path: Path
 ) -> None:
@@ -393,13 +417,13 @@ def test_restore_with_no_config_here_takes_the_backed_up_one(
     ],
 )
 def test_relayout_sets_the_key_where_it_is_or_adds_it(text: str, expect: dict[str, object]) -> None:
-    out = tomllib.loads(backup.relayout(text, {("state", "dir"): "/s"}))
+    out = tomllib.loads(relayout(text, {("state", "dir"): "/s"}))
     assert out["state"] == expect["state"]
 
 
 def test_relayout_refuses_a_key_it_cannot_rewrite() -> None:
     with pytest.raises(backup.BackupError, match=r"\[state\] dir"):
-        backup.relayout('state.dir = "."\n', {("state", "dir"): "/s"})
+        relayout('state.dir = "."\n', {("state", "dir"): "/s"})
 
 
 # -- a running vigil's files, changing while they are read

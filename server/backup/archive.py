@@ -1,4 +1,4 @@
-"""Backup and restore: one archive of everything this vigil needs to come back as itself.
+"""The backup archive: what goes in, read consistently from a running vigil; reading one back.
 
 The archive is a gzip-compressed tar (the stdlib's ``tarfile`` and ``gzip``;
 ``tar tzvf`` lists it) of: the config file; every file it names that makes
@@ -10,34 +10,31 @@ dir (``users.local.toml`` whole, whatever fields it holds;
 rotated files. The last member, ``vigil-backup.json``, is the manifest:
 format name and version, vigil's version, when and on which host, and for
 every other member where it goes (``anchor``: the config's directory, the
-state dir or an absolute path, as the config names it), what it is
-(``kind``: config, secret, public, audit), its size and sha256. No
-encryption: the archive must be kept like the secrets it holds.
+state dir, or an absolute path: as the config names it, so that the
+restored config finds it), what it is (``kind``: config, secret, public,
+audit), its size and sha256. No encryption: the archive must be kept like
+the secrets it holds. The file is created 0600 with ``O_EXCL`` (never
+readable by others, never over an existing file) and removed if the backup
+fails.
 
 Consistency with a running vigil (it need not stop). Every file is read
 whole from one open file descriptor, so a file vigil replaces by rename
 meanwhile (the users file, the certificate) is read as one version, old or
 new, never a mix. Files that belong together (a certificate and its key,
-``devices.local.toml`` and the secrets it names) are read twice in a row,
-and again until two whole passes agree (at most ``PASSES``): the archive
-holds a set of files that was there, unchanged, for the length of one pass.
-The audit log is append-only: each of its files is opened once and read up
-to its last whole line at that moment (a record is one line, fsync'd before
-it is acknowledged); a rotation during the backup (a name that no longer
-has the file it had) makes it start again.
+``devices.local.toml`` and the secrets it names) are read in whole passes,
+again until two passes in a row read the same bytes (at most ``PASSES``):
+the archive holds a set of files that was there, unchanged, for the length
+of one pass. The audit log is append-only: each of its files is opened
+once and taken up to its last whole line at that moment (a record is one
+line, fsync'd before it is acknowledged); a rotation while they are opened
+(a name that no longer has the file it had) makes it open them again.
 
-Restore validates everything before it writes anything: the whole gzip
-stream (its CRC-32 and length catch a truncated file or a flipped byte in
-the data), every tar member a regular file the manifest lists with the
-same size and sha256, the manifest's format and version. Every member is
-first copied to a temporary file beside its destination and fsync'd; only
-when all are written are they renamed into place (each file is replaced
-atomically; a full disk leaves the old files as they were). Where files go
-on this machine: the config to ``--config``, state files into the state
-dir this machine's config names (the restored config keeps this machine's
-``[state] dir`` and ``[http] static_dir``: they say where this install
-keeps things, not who the device is), files the config names by a relative
-path beside the restored config, absolute paths to the same path.
+Reading an archive checks everything before a caller writes anything: the
+whole gzip stream first (its CRC-32 and length catch a truncated file or a
+flipped byte in the data), then every tar member a regular file that the
+manifest lists with the same size and sha256, the manifest's format and
+version, and every member's place (no path that climbs out of its anchor).
+Members are spooled (in memory up to ``MAX_MEMBER``, then a temporary file).
 """
 
 from __future__ import annotations
@@ -49,7 +46,6 @@ import io
 import json
 import os
 import posixpath
-import pwd
 import re
 import socket
 import stat
@@ -57,7 +53,7 @@ import tarfile
 import tempfile
 import tomllib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -65,7 +61,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from server import config as configmod
-from server.base import pidfile
 from server.web import certificate
 
 FORMAT = "vigil-backup"
@@ -74,7 +69,6 @@ MANIFEST = "vigil-backup.json"
 PASSES = 5  # whole reads of the small files before giving up on a quiet moment
 MAX_MEMBER = 1 << 20  # bytes of any member but the audit log (configs, secrets, PEM files)
 CHUNK = 1 << 16
-SERVICE_USER = "vigil"  # owns what a restore run as root writes (make install's user)
 
 ANCHORS = ("config", "state", "abs")  # the config's directory, the state dir, absolute
 KINDS = ("config", "secret", "public", "audit")
@@ -167,21 +161,26 @@ def place(anchor: str, raw: str, what: str) -> Place:
     return Place(anchor, norm)
 
 
-def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+def toml_table(raw: dict[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name, {})
     return value if isinstance(value, dict) else {}
 
 
-def _text(value: Any) -> str:
+def toml_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def state_of(raw: dict[str, Any]) -> str:
+    """``[state] dir`` as config.toml (``raw``, parsed) gives it."""
+    return toml_str(toml_table(raw, "state").get("dir")) or "."
 
 
 def config_files(raw: dict[str, Any]) -> list[tuple[Place, str]]:
     """The files config.toml (``raw``, parsed) names that make this vigil itself."""
     out: list[tuple[Place, str]] = []
-    devices = _table(raw, "control").get("devices", [])
+    devices = toml_table(raw, "control").get("devices", [])
     for entry in devices if isinstance(devices, list) else []:
-        path = _text(entry.get("secret_file")) if isinstance(entry, dict) else ""
+        path = toml_str(entry.get("secret_file")) if isinstance(entry, dict) else ""
         if path:
             out.append((place("config", path, "[[control.devices]] secret_file"), "secret"))
     named = (
@@ -191,7 +190,7 @@ def config_files(raw: dict[str, Any]) -> list[tuple[Place, str]]:
         ("mqtt", "ca_file", "public"),
     )
     for section, key, kind in named:
-        path = _text(_table(raw, section).get(key))
+        path = toml_str(toml_table(raw, section).get(key))
         if path:
             out.append((place("config", path, f"[{section}] {key}"), kind))
     return out
@@ -202,7 +201,7 @@ def device_files(raw: dict[str, Any]) -> list[tuple[Place, str]]:
     devices = raw.get("devices", [])
     out = []
     for entry in devices if isinstance(devices, list) else []:
-        path = _text(entry.get("secret_file")) if isinstance(entry, dict) else ""
+        path = toml_str(entry.get("secret_file")) if isinstance(entry, dict) else ""
         if path:
             out.append((place("state", path, "devices.local.toml secret_file"), "secret"))
     return out
@@ -210,8 +209,8 @@ def device_files(raw: dict[str, Any]) -> list[tuple[Place, str]]:
 
 def audit_place(raw: dict[str, Any]) -> tuple[Place, int]:
     """The audit log's place and how many rotated files it keeps, as config.toml says."""
-    audit = _table(raw, "audit")
-    path = _text(audit.get("path")) or "var/audit.jsonl"
+    audit = toml_table(raw, "audit")
+    path = toml_str(audit.get("path")) or "var/audit.jsonl"
     keep = audit.get("keep_files", 3)
     return place("state", path, "[audit] path"), keep if isinstance(keep, int) else 3
 
@@ -267,56 +266,6 @@ def parse_manifest(data: bytes) -> Manifest:
     return Manifest(VERSION, *header, tuple(members))
 
 
-def _key_lines(text: str, table: str, key: str) -> list[int]:
-    """Indexes of the lines that set ``key`` directly in ``[table]``."""
-    current = ""
-    found = []
-    for i, line in enumerate(text.splitlines()):
-        header = re.match(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?$", line)
-        if header:
-            current = header.group(1)
-        elif current == table and re.match(rf"\s*{key}\s*=", line):
-            found.append(i)
-    return found
-
-
-def relayout(text: str, layout: dict[tuple[str, str], str]) -> str:
-    """``text`` (a config) with each ``(table, key)`` of ``layout`` set to its value.
-
-    Line by line, so the config's comments and order stay; checked by parsing
-    the result: a config that sets these keys another way (dotted keys, an
-    inline table) is a BackupError, never a silently wrong layout.
-    """
-    lines = text.splitlines()
-    for (table, key), value in layout.items():
-        line = f"{key} = {json.dumps(value)}"
-        at = _key_lines("\n".join(lines), table, key)
-        if at:
-            for i in at:
-                lines[i] = line
-        else:
-            header = next(
-                (i for i, s in enumerate(lines) if re.match(rf"\s*\[\s*{table}\s*\]", s)), None
-            )
-            if header is None:
-                lines += ["", f"[{table}]", line]
-            else:
-                lines.insert(header + 1, line)
-    out = "\n".join(lines) + "\n"
-    keys = ", ".join(f"[{table}] {key}" for table, key in layout)
-    try:
-        parsed = tomllib.loads(out)
-        why = "it sets them in a way restore does not rewrite"
-    except tomllib.TOMLDecodeError as e:
-        parsed, why = {}, str(e)
-    if any(_table(parsed, table).get(key) != value for (table, key), value in layout.items()):
-        raise BackupError(
-            f"cannot keep this machine's {keys} in the backed-up config ({why}): restore"
-            " with --config of a new file, then set them in it"
-        )
-    return out
-
-
 # -- reading what to back up, consistently
 
 
@@ -363,7 +312,9 @@ def _one_pass(config_path: Path) -> tuple[Layout, Files]:
     """Every small file, read once: the config first, then what it names."""
     config = _read(config_path, "config")
     raw = _toml(config, str(config_path))
-    state_dir = (config_path.parent / (_text(_table(raw, "state").get("dir")) or ".")).resolve()
+    state_dir = (
+        config_path.parent / (toml_str(toml_table(raw, "state").get("dir")) or ".")
+    ).resolve()
     layout = Layout(config_path, state_dir)
     files: Files = {CONFIG: ("config", config)}
     for where, kind in config_files(raw):
@@ -609,191 +560,3 @@ def read_archive(archive: IO[bytes]) -> Staged:
             raise BackupError(f"damaged: {e}") from None
         raise
     return staged
-
-
-# -- restoring: where each file goes on this machine, who owns it, then write it all
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """Who a restored file belongs to (None: whoever runs restore)."""
-
-    uid: int | None
-    gid: int | None
-    config_uid: int | None  # the config: root's, readable by the service's group
-
-
-def owner(state_dir: Path) -> Owner:
-    """Run as root: the service's user ``vigil`` if it exists, else the state dir's owner."""
-    if os.geteuid() != 0:
-        return Owner(None, None, None)
-    try:
-        pw = pwd.getpwnam(SERVICE_USER)
-        return Owner(pw.pw_uid, pw.pw_gid, 0)
-    except KeyError:
-        pass
-    try:
-        st = state_dir.stat()
-        return Owner(st.st_uid, st.st_gid, st.st_uid)
-    except OSError:
-        return Owner(0, 0, 0)
-
-
-def target_layout(config_path: Path, archived_config: bytes) -> tuple[Layout, bytes]:
-    """This machine's layout and the config to write: the archive's, with this machine's
-    ``[state] dir`` and ``[http] static_dir`` if it has a config (else as archived)."""
-    archived = archived_config.decode()
-    if config_path.exists():
-        try:
-            here = tomllib.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise BackupError(f"{config_path}: cannot read this machine's config: {e}") from None
-        state = _text(_table(here, "state").get("dir")) or "."
-        static = _text(_table(here, "http").get("static_dir")) or "static"
-        text = relayout(archived, {("state", "dir"): state, ("http", "static_dir"): static})
-    else:
-        text, state = archived, _text(_table(tomllib.loads(archived), "state").get("dir")) or "."
-    return Layout(config_path, (config_path.parent / state).resolve()), text.encode()
-
-
-def _same(path: Path, spool: IO[bytes], size: int) -> bool:
-    """Whether the file at ``path`` holds the ``size`` bytes ``spool`` does."""
-    try:
-        with path.open("rb") as f:
-            if os.fstat(f.fileno()).st_size != size:
-                return False
-            spool.seek(0)
-            while chunk := f.read(CHUNK):
-                if spool.read(len(chunk)) != chunk:
-                    return False
-            return True
-    except OSError:
-        return False
-    finally:
-        spool.seek(0)
-
-
-def staged_config(staged: Staged) -> bytes:
-    spool = staged.content[CONFIG.name]
-    spool.seek(0)
-    data = spool.read()
-    spool.seek(0)
-    return data
-
-
-def plan(
-    staged: Staged, layout: Layout
-) -> tuple[list[tuple[Member, Path]], list[Path], list[Path]]:
-    """Where every member goes; the files there now that restore would change (the config
-    aside: a fresh install has one); the files vigil writes in the state dir that the
-    archive lacks (restore --force removes them: the same people, no one more)."""
-    dests = [
-        (m, layout.config if m.kind == "config" else layout.path(m.place))
-        for m in staged.manifest.members
-    ]
-    changed = [
-        dest
-        for m, dest in dests
-        if m.kind != "config"
-        and (dest.exists() or dest.is_symlink())
-        and not _same(dest, staged.content[m.place.name], m.size)
-    ]
-    others = [layout.state / name for name, _kind in STATE_FILES]
-    if any(m.kind == "audit" for m in staged.manifest.members):
-        live, keep = audit_place(tomllib.loads(staged_config(staged).decode()))
-        path = layout.path(live)
-        others += [path] + [path.with_name(f"{path.name}.{i}") for i in range(1, keep + 1)]
-    have = {dest for _m, dest in dests}
-    stale = [p for p in others if p not in have and (p.exists() or p.is_symlink())]
-    return dests, changed, stale
-
-
-def _mkdirs(directory: Path, layout: Layout, own: Owner, created: list[Path]) -> None:
-    """``directory`` and its missing parents: the state dir and the config's 0750, others
-    (``devices.local``, the secrets) 0700; the service's when root."""
-    missing = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o750 if d in (layout.state, layout.config.parent) else 0o700)
-        created.append(d)
-        if own.uid is not None and own.gid is not None:
-            os.chown(d, own.uid, own.gid)
-
-
-def _write_temp(dest: Path, source: IO[bytes], kind: str, own: Owner) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.restore.")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            source.seek(0)
-            while chunk := source.read(CHUNK):
-                f.write(chunk)
-            f.flush()
-            if own.uid is not None and own.gid is not None:
-                uid = own.config_uid if kind == "config" else own.uid
-                os.fchown(f.fileno(), uid if uid is not None else -1, own.gid)
-            os.fchmod(f.fileno(), MODES[kind])
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    layout: Layout
-    files: int
-    removed: int
-
-
-def restore(staged: Staged, config_path: Path, force: bool, say: Callable[[str], None]) -> Restored:
-    """Put a validated archive in place for the vigil of ``config_path``; BackupError if
-    a vigil runs there or (without ``force``) it holds other state; nothing written then."""
-    layout, config_text = target_layout(config_path.absolute(), staged_config(staged))
-    pid = pidfile.running(layout.state)
-    if pid is not None:
-        raise BackupError(
-            f"vigil (pid {pid}) runs on {layout.state}: stop it first"
-            " (sudo systemctl stop vigil), restore, then start it"
-        )
-    dests, changed, stale = plan(staged, layout)
-    there = changed + stale
-    if there and not force:
-        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
-        raise BackupError(
-            f"this machine has state of its own ({', '.join(map(str, there[:3]))}{more}):"
-            " restore --force replaces it with the backup's"
-        )
-    own = owner(layout.state)
-    created: list[Path] = []
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for m, dest in dests:
-            _mkdirs(dest.parent, layout, own, created)
-            source = io.BytesIO(config_text) if m.kind == "config" else staged.content[m.place.name]
-            temps.append((_write_temp(dest, source, m.kind, own), dest))
-    except OSError as e:
-        for tmp, _dest in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        where = e.filename or config_path
-        raise BackupError(f"{where}: cannot write: {e.strerror}; nothing was changed") from None
-    for tmp, dest in temps:
-        os.replace(tmp, dest)
-    for path in stale:
-        path.unlink()
-        say(f"removed {path} (not in the backup)")
-    for directory in sorted({dest.parent for _tmp, dest in temps} | {p.parent for p in stale}):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return Restored(layout, len(temps), len(stale))
