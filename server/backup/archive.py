@@ -99,6 +99,9 @@ class Place:
         return f"{self.anchor}/{self.path.lstrip('/')}"
 
 
+CONFIG = Place("config", "config.toml")  # the config file itself, whatever its name
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     place: Place
@@ -144,7 +147,7 @@ def vigil_version() -> str:
         return "unknown"
 
 
-# -- the pure core: where a configured path goes, the manifest, the layout keys
+# -- the pure core: where a configured path goes, what the config names, the manifest
 
 
 def place(anchor: str, raw: str, what: str) -> Place:
@@ -227,7 +230,7 @@ def parse_manifest(data: bytes) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BackupError(f"not a vigil backup ({MANIFEST} says another format)")
     version = doc.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise BackupError(
             f"a vigil backup of format version {version!r}; this vigil reads version {VERSION}"
             f" (restore it with the vigil that made it, {doc.get('vigil', 'unknown')}, or newer)"
@@ -259,9 +262,7 @@ def parse_manifest(data: bytes) -> Manifest:
     names = [m.place.name for m in members]
     if len(set(names)) != len(names):
         raise BackupError(f"damaged: {MANIFEST} lists a member twice")
-    if [m.kind for m in members].count("config") != 1 or Place("config", "config.toml") not in {
-        m.place for m in members if m.kind == "config"
-    }:
+    if [m.place for m in members if m.kind == "config"] != [CONFIG]:
         raise BackupError(f"damaged: {MANIFEST} lists no config file")
     return Manifest(VERSION, *header, tuple(members))
 
@@ -305,16 +306,13 @@ def _toml(data: bytes, what: str) -> dict[str, Any]:
 
 
 Files = dict[Place, tuple[str, bytes]]  # where -> (kind, content)
-CONFIG = Place("config", "config.toml")  # the config file itself, whatever its name
 
 
 def _one_pass(config_path: Path) -> tuple[Layout, Files]:
     """Every small file, read once: the config first, then what it names."""
     config = _read(config_path, "config")
     raw = _toml(config, str(config_path))
-    state_dir = (
-        config_path.parent / (toml_str(toml_table(raw, "state").get("dir")) or ".")
-    ).resolve()
+    state_dir = (config_path.parent / state_of(raw)).resolve()
     layout = Layout(config_path, state_dir)
     files: Files = {CONFIG: ("config", config)}
     for where, kind in config_files(raw):
@@ -532,7 +530,7 @@ def read_archive(archive: IO[bytes]) -> Staged:
                     raise BackupError(f"damaged: {info.name} is {info.size} bytes")
                 src = tar.extractfile(info)
                 assert src is not None  # a regular file
-                spool = tempfile.SpooledTemporaryFile(MAX_MEMBER)  # noqa: SIM115 (kept)
+                spool = tempfile.SpooledTemporaryFile(MAX_MEMBER)  # noqa: SIM115 (Staged.close closes it)
                 content[info.name] = spool
                 h = hashlib.sha256()
                 while chunk := src.read(CHUNK):
