@@ -18,6 +18,7 @@ import io
 import json
 import os
 import pwd
+import subprocess
 import tarfile
 import threading
 import tomllib
@@ -403,6 +404,35 @@ def test_restore_with_no_config_here_takes_the_backed_up_one(
     assert done.returncode == 0, done.stderr
     assert config.read_bytes() == source.read_bytes()
     assert (tmp_path / "bare/users.local.toml").exists()  # [state] dir "." beside it
+
+
+def test_the_installed_command_stays_root_for_backup_and_restore(tmp_path: Path) -> None:
+    """dist/vigil.in: run by root, ``vigil`` becomes the service's user (setpriv) for every
+    command but these two, which write the person's archive and /etc/vigil's config."""
+    require(os.geteuid() == 0, "the command's root branch needs root")
+    lib, bin_dir = tmp_path / "lib", tmp_path / "bin"
+    (lib / "venv/bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    fake = '#!/bin/sh\necho {} "$@"\n'
+    (lib / "venv/bin/python").write_text(fake.format("python uid=$(id -u)"))
+    (bin_dir / "setpriv").write_text(fake.format("setpriv"))
+    command = tmp_path / "vigil"
+    text = (ROOT / "dist/vigil.in").read_text().replace("@LIBDIR@", str(lib))
+    command.write_text(text.replace("@SYSCONFDIR@", "/etc/vigil"))
+    for f in (lib / "venv/bin/python", bin_dir / "setpriv", command):
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def run(*args: str) -> str:
+        return subprocess.run([command, *args], env=env, capture_output=True, text=True).stdout
+
+    config = "-P -m server --config /etc/vigil/config.toml"
+    assert run("backup", "/root/b.tar.gz") == f"python uid=0 {config} backup /root/b.tar.gz\n"
+    assert (
+        run("restore", "b.tar.gz", "--force") == f"python uid=0 {config} restore b.tar.gz --force\n"
+    )
+    assert run("user", "list").startswith("setpriv --reuid=vigil --regid=vigil")
+    assert run().startswith("setpriv --reuid=vigil")
 
 
 # -- the layout keys
