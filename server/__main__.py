@@ -1,5 +1,5 @@
 """Command line: ``python -m server [run] | user … | hash-password | check-config | add-device |
-tls-info``.
+tls-info | backup | restore``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
 dir or audit file, a TLS certificate or key that cannot be used) ends in one
@@ -24,6 +24,7 @@ from typing import ClassVar
 
 from server import config as configmod
 from server import firstrun
+from server.backup import archive, restore
 from server.base import pidfile
 from server.base.notify import Notifier
 from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
@@ -362,6 +363,80 @@ def cmd_tls_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """One archive of everything this vigil needs to come back as itself (server.backup.archive)."""
+    try:
+        configmod.load(args.config)  # its errors name the key; the backup's only the file
+        done = archive.write(args.config, args.file, args.audit, datetime.now(UTC))
+    except (configmod.ConfigError, archive.BackupError) as e:
+        return _fail(str(e))
+    audit = f", {done.audit_files} of the audit log" if args.audit else ""
+    print(
+        f"vigil: backed up {done.files} files{audit} to {args.file} ({done.bytes} bytes,"
+        " mode 0600).\n  It holds the password hashes, device secrets and TLS key: keep it"
+        " as you keep them.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Bring a backup back onto this machine: same people, devices and certificate."""
+    try:
+        with args.file.open("rb") as f:
+            staged = archive.read_archive(f)
+    except OSError as e:
+        return _fail(f"{args.file}: cannot read: {e.strerror}")
+    except archive.BackupError as e:
+        return _fail(f"{args.file}: {e}; nothing was changed")
+    try:
+        done = restore.restore(staged, args.config, args.force, lambda s: print(f"vigil: {s}"))
+    except archive.BackupError as e:
+        return _fail(f"{e}; nothing was changed")
+    finally:
+        staged.close()
+    m = staged.manifest
+    print(
+        f"vigil: restored {done.files} files from {args.file} (made {m.created} on {m.host}"
+        f" by vigil {m.vigil}): config {args.config}, state {done.layout.state}"
+    )
+    try:
+        cfg = configmod.load(args.config)
+        cert, _key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
+        fingerprint = certificate.describe(cert).fingerprint if cert.exists() else "none yet"
+    except (configmod.ConfigError, CertificateError) as e:
+        return _fail(f"restored, but the config does not load here: {e}")
+    print(
+        f"vigil: {len(cfg.auth.users)} user(s), {len(cfg.control.devices)} device(s),"
+        f" certificate SHA-256 {fingerprint}\n"
+        "vigil: start vigil now (sudo systemctl start vigil, or python -m server)"
+    )
+    return 0
+
+
+def _backup_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    save = sub.add_parser(
+        "backup",
+        help="write one archive of config, users, devices and their secrets, TLS key (0600)",
+        description="A gzip'd tar with a manifest (sha256 of every member). A running vigil"
+        " need not stop. FILE must not exist yet.",
+    )
+    save.add_argument("file", type=Path, metavar="FILE")
+    save.add_argument("--audit", action="store_true", help="the audit log too")
+    load = sub.add_parser(
+        "restore",
+        help="bring a backup back onto this machine (vigil stopped)",
+        description="Checks the whole archive before it writes anything; refuses a damaged"
+        " or foreign one. The config keeps this machine's [state] dir and [http] static_dir.",
+    )
+    load.add_argument("file", type=Path, metavar="FILE")
+    load.add_argument(
+        "--force", action="store_true", help="replace the users, devices, certificate here"
+    )
+    for p in (save, load):
+        p.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+
+
 def _user_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     user = sub.add_parser(
         "user",
@@ -398,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("tls-info", help="show the HTTPS certificate: fingerprint, expiry")
     info.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
     _user_parser(sub)
+    _backup_parsers(sub)
     args = parser.parse_args(argv)
     commands = {
         "tls-info": cmd_tls_info,
@@ -405,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "add-device": cmd_add_device,
         "user": cmd_user,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
     }
     return commands.get(args.command, cmd_run)(args)
 
