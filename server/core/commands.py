@@ -37,6 +37,21 @@ def viewer_refusal(user: User, what: str) -> str | None:
 
 Answer = tuple[int, dict[str, Any]]  # HTTP status and JSON body
 
+# How a command ended (``/metrics``: vigil_commands_total), one for each ``command`` audit
+# record: the device did it, or answered that it could not; no answer in time; the device
+# or the channel was not there (or went away); vigil refused it (role, entity, value, lease).
+OUTCOMES = ("ok", "failed", "timeout", "unavailable", "refused")
+_BY_STATUS = {504: "timeout", 503: "unavailable"}
+# Outcomes whose latency is a device's round trip (or the whole timeout), not a refusal's.
+_TIMED = frozenset(("ok", "failed", "timeout"))
+
+
+def outcome(status: int, ok: bool) -> str:
+    """One of ``OUTCOMES`` for a command answered ``status`` (``ok``: the device did it)."""
+    if status == 200:
+        return "ok" if ok else "failed"
+    return _BY_STATUS.get(status, "refused")
+
 
 class Command:
     """One command, whoever sends it: ``start`` issues it, ``settle`` records its answer.
@@ -94,6 +109,10 @@ class Command:
     def settle(self, answer: Answer) -> Answer:
         status, result = answer
         extra = {} if self.reason is None else {"reason": self.reason}
+        ok = bool(result.get("ok"))
+        latency = self.svc.now() - self.started
+        how = outcome(status, ok)
+        self.svc.commands.add(how, latency if how in _TIMED else None)
         self.svc.audit.append(
             "command",
             id=result.get("id"),
@@ -102,10 +121,10 @@ class Command:
             entity=self.entity,
             value=self.value,
             status=status,
-            ok=bool(result.get("ok")),
+            ok=ok,
             state=result.get("state"),
             error=result.get("error"),
-            latency_ms=round((self.svc.now() - self.started) * 1000, 1),
+            latency_ms=round(latency * 1000, 1),
             **extra,
         )
         return answer
