@@ -151,6 +151,41 @@ def test_values_follow_people_devices_and_commands(
     assert "vigil_tls_certificate_expiry_timestamp_seconds" not in after
 
 
+def test_commands_that_time_out_or_find_no_device(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    app, token = metrics_app(make_app, tmp_path)
+    scraper, alice = app.client(), online(app, "alice")
+    app.device("lamp-1", answers=False)
+    app.device("pump-1").lose()
+    resp = alice.post("/api/devices/pump-1/commands", {"entity": "power", "value": True})
+    assert resp.status == 503
+    body = json.dumps({"entity": "power", "value": True}).encode()
+    alice.send(request("POST", "/api/devices/lamp-1/commands", JSON, body))
+    app.advance(5.5)  # [control] command_timeout 5 s
+    assert alice.response().status == 504
+    samples = scrape(scraper, token)
+    assert samples['vigil_commands_total{outcome="unavailable"}'] == 1
+    assert samples['vigil_commands_total{outcome="timeout"}'] == 1
+    assert samples["vigil_devices_online"] == 1
+    # the timeout's latency is observed (the whole 5 s), the refusal's is not
+    assert samples["vigil_command_duration_seconds_count"] == 1
+    assert samples['vigil_command_duration_seconds_bucket{le="2.5"}'] == 0
+    assert samples['vigil_command_duration_seconds_bucket{le="10.0"}'] == 1
+
+
+def test_sighup_turns_metrics_on(make_app: Callable[..., App], tmp_path: Path) -> None:
+    app = make_app()
+    c = app.client()
+    assert c.get("/metrics", None).status == 404
+    path, token = token_file(tmp_path)
+    write_config(app.directory, {"metrics": {"token_file": str(path)}})
+    app.server.reload()
+    assert scrape(c, token)["vigil_people_online"] == 0
+    resp = c.get("/metrics", None, headers={"Authorization": f"Bearer {secrets.token_hex(32)}"})
+    assert resp.status == 401
+
+
 @pytest.mark.parametrize("burst", [3])
 def test_scrapes_have_a_budget(make_app: Callable[..., App], tmp_path: Path, burst: int) -> None:
     app, token = metrics_app(make_app, tmp_path, scrapes_per_second=0.5, scrape_burst=burst)

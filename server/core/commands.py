@@ -2,7 +2,8 @@
 through ``fleet.mqtt``, vigil itself for a safe state): the role, the entity and value
 checked against the device's description (``link.entities``: 400 naming the rule), the
 device's lease (``people.leases``: another holder means 409, a free device is taken for
-its sender), the control channel, one audit record.
+its sender), the control channel, one audit record, counted by its outcome
+(``OUTCOMES``, for ``/metrics``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class Command:
     sender first when ``take`` (a person's command; a channel without presence,
     and vigil's safe values, only check), and the command goes out.
     ``done(answer)`` comes exactly once, perhaps at once.
-    ``settle(answer)`` appends the ``command`` audit record and returns the
-    answer to give; HTTP calls it inside the connection's error boundary
+    ``settle(answer)`` counts it by outcome (``Services.commands``, with its
+    latency if a device had it), appends the ``command`` audit record and
+    returns the answer to give; HTTP calls it inside the connection's error boundary
     (``Deferred.finish``), so a record that cannot be written is a 500.
     """
 
