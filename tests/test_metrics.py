@@ -10,6 +10,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server import config as configmod
-from tests.support import require, write_config
+from tests.support import ROOT, require, write_config
 from tests.testclient import App, Client, online
 from tests.wire import request
 
@@ -230,3 +231,18 @@ def test_a_bad_token_file_is_a_config_error(
     config = write_config(tmp_path, {"metrics": {"token_file": str(path)}})
     with pytest.raises(configmod.ConfigError, match=error):
         configmod.load(config)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_prometheus_client_is_imported_only_when_metrics_are_on(tmp_path: Path, on: bool) -> None:
+    """Its 1.7 MB of RSS are paid only by a vigil that is scraped."""
+    sections = {"metrics": {"token_file": str(token_file(tmp_path)[0])}} if on else None
+    config = write_config(tmp_path, sections)
+    code = (
+        "import sys; from server import config; from server.app import Server;"
+        "from server.base.loop import Loop; Server(config.load(sys.argv[1]), Loop());"
+        "print('prometheus_client' in sys.modules)"
+    )
+    run = [sys.executable, "-c", code, str(config)]
+    out = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(on), out.stderr
