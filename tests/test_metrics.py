@@ -235,7 +235,7 @@ def test_a_bad_token_file_is_a_config_error(
 
 @pytest.mark.parametrize("on", [False, True])
 def test_prometheus_client_is_imported_only_when_metrics_are_on(tmp_path: Path, on: bool) -> None:
-    """Its 1.7 MB of RSS are paid only by a vigil that is scraped."""
+    """Its 1.8 MB of RSS are paid only by a vigil that is scraped."""
     sections = {"metrics": {"token_file": str(token_file(tmp_path)[0])}} if on else None
     config = write_config(tmp_path, sections)
     code = (
