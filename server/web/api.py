@@ -12,8 +12,8 @@ Handlers are reached after the gate (``web.gate``: authentication,
 presence, the cross-site checks), except routes marked ``public``
 (``/healthz``, allow-list only) and ``scraper`` (``/metrics``: the
 scraper's bearer token instead of a person's credentials). Paths under
-/api/ that are not in the table are 404; other paths are static files (GET, HEAD); a known path with
-another method is 405 + Allow.
+/api/ that are not in the table are 404; other paths are static files
+(GET, HEAD); a known path with another method is 405 + Allow.
 """
 
 from __future__ import annotations
