@@ -23,6 +23,10 @@ acknowledged before it is on disk. The access log is written by the sweep.
 systemd (``server.base.notify``, a no-op outside a ``Type=notify`` unit): READY=1
 at the end of ``start``, RELOADING=1 … READY=1 around ``reload``,
 STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
+
+Metrics (``web.metrics``, made once ``[metrics]`` names a token): the server
+counts every response by status class with its latency (``log_access``)
+and hands the exposition the parts it reads at scrape time.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from server.base.buckets import Rate
 from server.base.dates import PerSecond
 from server.base.loop import Loop, Timer
 from server.base.notify import Notifier
+from server.base.tally import SECONDS, Tally
 from server.config import Config, ConfigError
 from server.control.channel import ControlChannel
 from server.core import commands
@@ -91,6 +96,11 @@ def _rates(cfg: Config) -> tuple[Rate, Rate]:
     )
 
 
+def _scrape_rate(cfg: Config) -> Rate:
+    """Scrapes of ``/metrics``, by every scraper together (``[metrics]``)."""
+    return Rate(cfg.metrics.scrapes_per_second, cfg.metrics.scrape_burst)
+
+
 def _hash_cost() -> float:
     """Seconds one password verification takes on this machine (measured once)."""
     started = time.perf_counter()
@@ -138,13 +148,16 @@ class Server:
             loop.now,
             time.time,
             *_rates(cfg),
+            Tally(commands.OUTCOMES, SECONDS),
             files=FileCache(cfg.http.static_dir),
+            scrape_rate=_scrape_rate(cfg),
         )
         self.announcer.vanished = partial(commands.safe_state, self.services)
         self.gate = Gate(api.ROUTER, self.auth, self.presence, time.time)
         self.https = ServedCertificate(cfg.tls, cfg.state.dir)
         self.acceptor = Acceptor(loop, self, lambda: self.https.context)
         self.access = AccessLog() if cfg.http.access_log else None
+        self.responses = Tally(range(1, 6), SECONDS)  # by status class, and their latency
         self.stopping = False
         self._stopped = False
         self.listener: socket.socket | None = None
@@ -156,12 +169,13 @@ class Server:
         self._configure_parts()
         loop.at_end_of_pass(self.end_of_pass)
         self.mqtt = self._bridge(cfg)
+        self._metrics()
 
     def _configure_parts(self) -> None:
         """What the gate and the acceptor take from the config (at start, on SIGHUP)."""
         cfg = self.config
         https = self.tls_port if self.tls_listener is not None else None
-        self.gate.configure(cfg.auth.realm, self._host_names(), https)
+        self.gate.configure(cfg.auth.realm, self._host_names(), https, cfg.metrics.token_sha256)
         self.acceptor.configure(AllowList(cfg.auth.allow), cfg.presence, cfg.http.max_connections)
 
     def _host_names(self) -> frozenset[str]:
@@ -182,6 +196,23 @@ class Server:
         from server.fleet.mqtt import Bridge
 
         return Bridge(self.loop, cfg.mqtt, cfg.presence, self.services)
+
+    def _metrics(self) -> None:
+        """``GET /metrics``'s exposition, made once ``[metrics]`` names a token (the gate
+        refuses the route until then): prometheus_client is not even imported otherwise."""
+        if not self.config.metrics.token_sha256 or self.services.scrape is not None:
+            return
+        from server.web.metrics import Exposition, Parts
+
+        parts = Parts(
+            self.services,
+            lambda: (conn.state for conn in self.conns.values()),
+            self.responses,
+            lambda: self.https.description if self.tls_listener is not None else None,
+            lambda: None if self.mqtt is None else self.mqtt.connected,
+            lambda: len(self.config.control.devices),
+        )
+        self.services.scrape = Exposition(parts).scrape
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
@@ -307,6 +338,9 @@ class Server:
         self.leases.idle = cfg.control.lease_idle
         if cfg.limits != old.limits:
             self.services.chat_rate, self.services.command_rate = _rates(cfg)
+        if cfg.metrics != old.metrics:
+            self.services.scrape_rate = _scrape_rate(cfg)
+            self._metrics()
         if self.mqtt is not None:
             self.mqtt.reload(cfg.mqtt, cfg.presence)
         else:
@@ -379,7 +413,9 @@ class Server:
             conn.flush()
 
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
-        """One access-log line; its time is the Date of the response just formatted."""
+        """Count the response (its latency: from the request's last bytes read), and one
+        access-log line; its time is the Date of the response just formatted."""
+        self.responses.add(status // 100, self.loop.now() - conn.last_active)
         if self.access is None:
             return
         line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"

@@ -30,6 +30,7 @@ whole at start, and a device or a FIFO would hang that.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -187,6 +188,15 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: ``GET /metrics`` for a scraper's bearer token (server.web.metrics)."""
+
+    token_sha256: bytes = field(repr=False)  # of the token in token_file; b"": metrics off
+    scrapes_per_second: float = 1.0  # what all scrapers together may ask for
+    scrape_burst: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     http: HttpConfig
@@ -198,6 +208,7 @@ class Config:
     tls: TlsConfig
     state: StateConfig
     mqtt: MqttConfig
+    metrics: MetricsConfig
 
 
 # -- checks: each takes the raw TOML value and returns the typed one -------
@@ -397,6 +408,11 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         "publish_addresses": (False, _bool),
         "panel_url": ("", _url),  # empty: https://<this host>.local:<[tls] port>/ (http if off)
     },
+    "metrics": {
+        "token_file": ("", _path_or_empty),  # the scraper's bearer token, mode 0600; "": off
+        "scrapes_per_second": (1.0, _num(0.01, 100)),
+        "scrape_burst": (10, _int(1, 1000)),
+    },
 }
 
 
@@ -539,6 +555,29 @@ def _mqtt(where: str, sec: dict[str, Any], base: Path, panel_url: str) -> MqttCo
     )
 
 
+# A bearer token (RFC 6750 §2.1, b64token) long enough not to be guessed: 32 characters
+# of `openssl rand -hex 32` are 128 bits.
+TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
+TOKEN_RULE = "at least 32 of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -hex 32)"
+
+
+def _metrics(where: str, sec: dict[str, Any], base: Path) -> MetricsConfig:
+    """[metrics] with the token read from its file (kept only as its SHA-256)."""
+    token_file = sec.pop("token_file")
+    digest = b""
+    if token_file:
+        try:
+            token = read_private(base / token_file).partition("\n")[0].strip()
+        except ValueError as e:
+            raise ConfigError(f"{where}: [metrics] token_file {e}") from None
+        if not TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"{where}: [metrics] token_file {base / token_file}: the token must be {TOKEN_RULE}"
+            )
+        digest = hashlib.sha256(token.encode()).digest()
+    return MetricsConfig(token_sha256=digest, **sec)
+
+
 def _repeated(names: Iterable[str]) -> str | None:
     """The first name (in sort order) that occurs more than once, if any."""
     seen: set[str] = set()
@@ -634,4 +673,5 @@ def load(path: str | Path) -> Config:
         tls=TlsConfig(**sec["tls"]),
         state=StateConfig(**sec["state"]),
         mqtt=_mqtt(where, sec["mqtt"], base, _panel_url(sec)),
+        metrics=_metrics(where, sec["metrics"], base),
     )

@@ -10,19 +10,21 @@ path every sender takes (``core.commands.Command``).
 
 Handlers are reached after the gate (``web.gate``: authentication,
 presence, the cross-site checks), except routes marked ``public``
-(``/healthz``, allow-list only). Paths under /api/ that are not in the table
-are 404; other paths are static files (GET, HEAD); a known path with
-another method is 405 + Allow.
+(``/healthz``, allow-list only) and ``scraper`` (``/metrics``: the
+scraper's bearer token instead of a person's credentials). Paths under
+/api/ that are not in the table are 404; other paths are static files
+(GET, HEAD); a known path with another method is 405 + Allow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from server.base import jsontext
+from server.base.buckets import Rate
 from server.core.commands import Command, too_fast, too_much, viewer_refusal
 from server.core.services import Services
 from server.feed.bus import parse_event_id, preamble
@@ -44,11 +46,19 @@ SSE_HEADERS = (
 HEALTHZ = Response(200, (("Content-Type", "text/plain"), ("Cache-Control", "no-store")), b"ok\n")
 
 
+# The metrics in Prometheus's text format, and its Content-Type (``web.metrics``).
+Scrape = Callable[[], tuple[bytes, str]]
+SCRAPER = "scraper"  # the key of the scrape budget: every scraper together
+
+
 @dataclass(slots=True)
 class Context(Services):
-    """What handlers may use: the shared services and the static files (new on SIGHUP)."""
+    """What handlers may use: the shared services, the static files (new on SIGHUP), the
+    metrics (None until ``[metrics]`` names a token) and their budget."""
 
     files: FileCache
+    scrape_rate: Rate = field(kw_only=True)
+    scrape: Scrape | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +241,16 @@ def audit(svc: Context, call: Call) -> Response:
     return Response(200, JSON_HEADERS, svc.audit.newest_json(int(raw)))
 
 
+def metrics(svc: Context, call: Call) -> Response:
+    """Prometheus's scrape (the gate checked the scraper's token): 429 past the budget."""
+    wait = svc.scrape_rate.take(SCRAPER, svc.now())
+    if wait:
+        return json_response(*too_fast("scrapes", wait))
+    assert svc.scrape is not None, "the gate lets a scraper in only once [metrics] is on"
+    body, content_type = svc.scrape()
+    return Response(200, (("Content-Type", content_type), ("Cache-Control", "no-store")), body)
+
+
 def static_file(svc: Context, call: Call) -> Response:
     req = call.request
     rel = static.resolve(req.path)
@@ -254,6 +274,7 @@ ROUTER: Router[Handler] = Router(
         Route("/api/devices/{id}/telemetry", {"GET": telemetry}),
         Route("/api/chat", {"GET": chat_history, "POST": chat_post}),
         Route("/api/audit", {"GET": audit}),
+        Route("/metrics", {"GET": metrics}, scraper=True),
     ],
     fallback=Route("/", {"GET": static_file}),
 )
