@@ -1,9 +1,10 @@
 """People in ``users.local.toml``: the rules for passwords, and writing the file safely.
 
 The file lives in the state dir (``[state] dir``) and is the one the
-command line (``python -m server user add|passwd|del|list``) and the first
+command line (``python -m server user add|passwd|del|list|totp``) and the first
 run write; people in config.toml's ``[[auth.users]]`` are the config
-author's and are only listed here. Only scrypt hashes are stored.
+author's and are only listed here. Only scrypt hashes are stored, and a
+person's TOTP secret (``totp``, base32), which is why the file is 0600.
 
 Writing is atomic: the whole new file goes to a temporary file in the same
 directory (mode 0600), is fsync'd, then renamed over the old one, and the
@@ -37,7 +38,8 @@ MAX_NAME = 64
 HEADER = """\
 # People who may log in to vigil (besides any [[auth.users]] in config.toml).
 # Written by vigil: python -m server user add|passwd|del|list. Passwords are
-# scrypt hashes. A running vigil re-reads this file on SIGHUP.
+# scrypt hashes; totp is a second factor's secret.
+# A running vigil re-reads this file on SIGHUP.
 """
 
 
@@ -70,6 +72,7 @@ def render(users: Sequence[Account]) -> str:
         parts.append(
             f"\n[[users]]\nname = {json.dumps(u.name, ensure_ascii=False)}\n"
             f'password = "{u.password}"\nrole = "{u.role}"\n'
+            + (f'totp = "{u.totp}"\n' if u.totp else "")
         )
     return "".join(parts)
 

@@ -12,7 +12,8 @@ server (``app.Server.admit``) applies the decision. In order:
 3. Fetch Metadata: 403 for what another site embeds or fetches (an ``<img>``
    with cached credentials would otherwise log its victim in); 421 for a
    Host this panel does not go by (DNS rebinding);
-4. authentication (401, 429 while locked or the hash budget is spent);
+4. authentication and the session (401, saying why when a session ended; 429
+   while locked or the hash budget is spent);
 5. presence: the user cap (503 with the panel-full page), the connection
    counted as the person's (``attached``: the server then keeps them within
    ``[limits] connections_per_user``);
@@ -28,8 +29,9 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from server.people.auth import Authenticator, User, Verdict
+from server.people.auth import Authenticator, AuthResult, Verdict
 from server.people.presence import Change, Presence
+from server.people.sessions import Session, User
 from server.web.protocol import Request, Response
 from server.web.responses import error, panel_full, unauthorized
 from server.web.router import Match, NoRoute, Router
@@ -64,6 +66,7 @@ class Decision(NamedTuple):
     outcome: Response | Match[Any]  # a refusal, or the route to run on the whole request
     changes: tuple[Change, ...] = NO_CHANGES  # presence changes to announce, in order
     attached: bool = False  # the connection now counts as ``user``'s (it did not before)
+    session: Session | None = None  # the login this request belongs to
 
 
 class Gate:
@@ -99,12 +102,10 @@ class Gate:
         refusal = cross_site_read(req) or self._misdirected(req)
         if refusal is not None:
             return Decision(peer.user, refusal)
-        result = self.auth.check(req.headers.get("authorization"), peer.addr, now)
+        result = self.auth.check(req.headers.get("authorization"), peer.addr, now, self.wall)
         if result.verdict is not Verdict.OK:
-            return Decision(
-                peer.user, self._refuse(result.verdict, result.name, result.retry_after)
-            )
-        user = result.user
+            return Decision(peer.user, self._refuse(result))
+        user, session = result.user, result.session
         assert user is not None
         changes, attached = NO_CHANGES, False
         if self.presence.user_of(peer.id) != user.name:
@@ -115,10 +116,10 @@ class Gate:
         if req.method not in SAFE_METHODS:
             refusal = cross_site(req, peer.secure)
             if refusal is not None:
-                return Decision(user, refusal, changes, attached)
+                return Decision(user, refusal, changes, attached, session)
         if isinstance(match, NoRoute):
-            return Decision(user, no_route(match), changes, attached)
-        return Decision(user, match, changes, attached)
+            return Decision(user, no_route(match), changes, attached, session)
+        return Decision(user, match, changes, attached, session)
 
     @staticmethod
     def _to_https(peer: Peer, req: Request, port: int) -> Response:
@@ -134,7 +135,8 @@ class Gate:
         location = f"https://{name}{'' if port == 443 else f':{port}'}{req.target}"
         return error(308, f"use HTTPS: {location}", [("Location", location)])
 
-    def _refuse(self, verdict: Verdict, name: str, retry: int) -> Response:
+    def _refuse(self, result: AuthResult) -> Response:
+        verdict, name, retry = result.verdict, result.name, result.retry_after
         if verdict is Verdict.LOCKED:
             log.warning("too many failed logins for %r: locked for %d s", name, retry)
             return error(
@@ -148,8 +150,11 @@ class Gate:
                 f"too many login attempts at once; try again in {retry} s",
                 [("Retry-After", str(retry))],
             )
-        msg = "wrong user name or password" if verdict is Verdict.WRONG else "login required"
-        return unauthorized(self.realm, msg)
+        if verdict is Verdict.ENDED:
+            return unauthorized(self.realm, f"signed out: {result.why}; log in again")
+        if verdict is Verdict.WRONG:
+            return unauthorized(self.realm, "wrong user name, password or code")
+        return unauthorized(self.realm, "login required")
 
     def _full(self, req: Request, now: float) -> Response:
         retry = self.presence.retry_after(now)
