@@ -136,5 +136,8 @@ def test_second_factor_login_one_use_and_wrong_codes_count() -> None:
     session = auth.sessions.of("alice")[0]
     auth.sessions.end([session], "you logged out", 3)
     assert check("s3cret-pass" + code, 4) is Verdict.ENDED  # that session's header: never again
-    auth.sessions.forget(session.key)  # even once its end is forgotten, the code is used
-    assert check("s3cret-pass" + code, 10) is Verdict.LOCKED  # the third failure locks
+    auth.sessions.forget(session.key)  # even once its end is forgotten, the code is used:
+    assert check("s3cret-pass" + code, 10) is Verdict.WRONG  # a failure
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    assert check("s3cret-pass" + wrong, 11) is Verdict.WRONG  # a wrong code: a failure
+    assert check("s3cret-pass" + wrong, 12) is Verdict.LOCKED  # the third failure locks
