@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from server.base import jsontext
 from server.base.dates import iso_utc
 from server.core.commands import Command, too_fast, too_much, viewer_refusal
 from server.core.services import Services
 from server.feed.bus import parse_event_id, preamble
+from server.link.entities import Value
 from server.people.auth import Authenticator, Verdict
 from server.people.leases import Held
 from server.people.sessions import Session, User
@@ -171,7 +172,8 @@ def post_command(svc: Context, call: Call) -> Outcome:
     if refused is not None:
         return json_response(*refused)
     assert isinstance(entity, str)  # too_much checked it, and that value is plain
-    refused_step = step_up(svc, call, call.params["id"], entity)
+    value = cast(Value, value)
+    refused_step = step_up(svc, call, call.params["id"], entity, value)
     if refused_step is not None:
         return refused_step
     command = Command(svc, call.who, call.params["id"], entity, value)
@@ -181,7 +183,7 @@ def post_command(svc: Context, call: Call) -> Outcome:
 STEP_UP = "x-vigil-step-up"  # the header that carries a step-up proof
 
 
-def step_up(svc: Context, call: Call, device_id: str, key: str) -> Response | None:
+def step_up(svc: Context, call: Call, device_id: str, key: str, value: Value) -> Response | None:
     """A person's command on an entity that asks to confirm needs a fresh proof: their
     current code (with a second factor) or their password, in ``X-Vigil-Step-Up`` now
     or within ``[auth] step_up_window`` s before. 403 without it (``"step_up"`` says
@@ -190,6 +192,8 @@ def step_up(svc: Context, call: Call, device_id: str, key: str) -> Response | No
     entity = next((e for e in device.entities if e.key == key), None) if device else None
     if entity is None or not entity.confirm or session is None or who.role != "operator":
         return None  # the command path says what is wrong, if anything
+    if svc.control.check(device_id, key, value) is not None:
+        return None  # refused anyway (offline, a value the entity cannot take): no proof asked
     account = svc.auth.users.get(who.name)
     proof_kind = "code" if account is not None and account.totp else "password"
     what = "the current 6-digit code" if proof_kind == "code" else "your password"
