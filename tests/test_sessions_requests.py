@@ -45,8 +45,8 @@ def make(make_app: Callable[..., App], tmp_path: Path) -> Callable[..., App]:
         directory.mkdir()
         tina = Account("tina", hash_password(TINA_PW), "operator", SECRET)
         users.save(directory, [tina])
-        return make_app({"auth": auth}, directory=directory) if auth else make_app(
-            directory=directory
+        return (
+            make_app({"auth": auth}, directory=directory) if auth else make_app(directory=directory)
         )
 
     return new
@@ -202,15 +202,18 @@ def test_step_up_with_a_code(make: Callable[..., App]) -> None:
     assert refused.status == 403 and refused.json()["step_up"] == "code"
     assert "X-Vigil-Step-Up" in refused.json()["error"]
     wrong = command(c, "tina", login, 50, "000000" if code(app, 1) != "000000" else "111111")
-    assert wrong.status == 403 and wrong.json()["error"] == "step-up refused: not the current 6-digit code"
+    assert wrong.status == 403
+    assert wrong.json()["error"] == "step-up refused: not the current 6-digit code"
     assert command(c, "tina", login, 50, code(app, 1)).json()["ok"] is True
     assert command(c, "tina", login, 55).json()["ok"] is True  # within the window
-    mode = c.post("/api/devices/pump/commands", {"entity": "mode", "value": "eco"}, "tina", pw=login)
+    eco = {"entity": "mode", "value": "eco"}
+    mode = c.post("/api/devices/pump/commands", eco, "tina", pw=login)
     assert mode.json()["ok"] is True  # an entity that does not ask to confirm needs none
     assert command(c, "tina", login, 140).status == 400  # refused anyway: no proof asked
     app.advance(61, step=5)
     assert command(app.client(), "tina", login, 60).status == 403  # the proof is stale
-    assert [(r["proof"], r["ok"]) for r in app.records("step_up")] == [("code", False), ("code", True)]
+    proofs = [(r["proof"], r["ok"]) for r in app.records("step_up")]
+    assert proofs == [("code", False), ("code", True)]
 
 
 def test_step_up_with_a_password(make: Callable[..., App]) -> None:
