@@ -173,6 +173,9 @@ class Server:
         auth.step_up_window = cfg.auth.step_up_window
         auth.operators_need_totp = cfg.auth.operators_need_totp
         auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window, now)
+        for name, when in cfg.auth.logouts:  # python -m server user logout NAME
+            begun = [s for s in auth.sessions.of(name) if s.since <= when]
+            auth.sessions.end(begun, "ended by an operator (vigil user logout)", now)
         if cfg.auth.operators_need_totp:
             for name in sorted(
                 u.name for u in cfg.auth.users if u.role == "operator" and not u.totp

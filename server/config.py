@@ -48,6 +48,7 @@ from server.link.codec import DEVICE_ID, DEVICE_ID_RULE, HEARTBEAT_MS, PATH_MAX_
 from server.link.secret import read_secret_file
 
 LOCAL_USERS_FILE = "users.local.toml"
+LOGOUT_FILE = "logout.local.toml"  # `user logout NAME`: name = epoch seconds (SIGHUP applies)
 LOCAL_DEVICES_FILE = "devices.local.toml"
 LOCAL_SECRETS_DIR = "devices.local"  # add-device writes ID.secret here
 ROLES = ("operator", "viewer")
@@ -110,6 +111,7 @@ class AuthConfig:
     max_sessions: int = 100
     step_up_window: float = 300.0
     operators_need_totp: bool = False
+    logouts: tuple[tuple[str, float], ...] = ()  # sessions begun before these times end
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +515,21 @@ def local_users(state_dir: Path) -> list[Account]:
     return _users(str(local), _read_toml(local, private=True).get("users", []))
 
 
+def logouts(state_dir: Path) -> tuple[tuple[str, float], ...]:
+    """``logout.local.toml`` of ``state_dir``: (name, epoch seconds) for each person whose
+    sessions begun before then must end (``python -m server user logout NAME``)."""
+    path = state_dir / LOGOUT_FILE
+    if not path.exists():
+        return ()
+    table = _read_toml(path).get("logout", {})
+    ok = isinstance(table, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in table.values()
+    )
+    if not ok:
+        raise ConfigError(f"{path}: [logout] must map names to epoch seconds")
+    return tuple((name, float(when)) for name, when in table.items())
+
+
 def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
     devices = []
     for at, entry in _entries(where, table, raw, {"id", "secret_file"}):
@@ -640,6 +657,7 @@ def load(path: str | Path) -> Config:
             f"{where}: [http] static_dir: {sec['http']['static_dir']} is not a directory"
         )
     sec["auth"]["users"] = tuple(users)
+    sec["auth"]["logouts"] = logouts(state)
     sec["audit"]["path"] = state / sec["audit"]["path"]
     _regular_or_none(where, "[audit] path", sec["audit"]["path"])
     devices = _devices(where, "control.devices", sec["control"]["devices"], base)
