@@ -37,7 +37,7 @@ const KINDS = ["presence", "device", "command", "chat", "reset"];
  *   HTTP error): the caller checks /api/me and calls reopen();
  * - snapshot(): the state a follower starts from ({online, devices,
  *   control_off}), or null before this page has one.
- * Returns {reopen(), lastId(), role()}.
+ * Returns {reopen(), stop(), lastId()}.
  */
 export function startStream(cb) {
   let lastId = null; // the last event id seen since this tab had a state to start from
@@ -150,6 +150,12 @@ export function startStream(cb) {
   return {
     reopen() {
       if (leader) open();
+    },
+    /** Close this tab's stream for good (logging out): it never reconnects. */
+    stop() {
+      leader = false;
+      if (source) source.close();
+      source = null;
     },
     lastId: () => lastId,
   };

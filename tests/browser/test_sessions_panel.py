@@ -1,0 +1,133 @@
+"""Sessions in a real Chromium: logging in with password and code, logging out from the
+panel, and what the browser does next.
+
+The person at the browser's login prompt is played through the DevTools protocol: with
+``Fetch.enable(handleAuthRequests)`` Chromium hands each login prompt it would show to
+``Prompts`` instead (``Fetch.authRequired``), which answers as a person would (types the
+credentials, or presses Cancel) and counts the prompts. Playwright's own
+``http_credentials`` would answer every prompt at once with the same password, which no
+person does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from playwright.sync_api import expect
+
+from server.config import Account
+from server.people import users
+from server.people.auth import hash_password
+from tests.browser.browser_support import CONNECTED
+from tests.support import CHATTY, Vigil, password, write_config
+
+SECRET = pyotp.random_base32()
+TINA_PW = "tina's long password"
+
+
+class Prompts:
+    """The browser's login prompts of one page, answered by ``answer`` (a (user, password)
+    to type, or None: Cancel)."""
+
+    def __init__(self, page: Any) -> None:
+        self.answer: Callable[[], tuple[str, str] | None] = lambda: None
+        self.urls: list[str] = []
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.on("Fetch.requestPaused", self._paused)
+        self.cdp.on("Fetch.authRequired", self._prompt)
+        patterns = [{"urlPattern": "*"}]
+        self.cdp.send("Fetch.enable", {"handleAuthRequests": True, "patterns": patterns})
+
+    def _paused(self, event: dict[str, Any]) -> None:
+        self.cdp.send("Fetch.continueRequest", {"requestId": event["requestId"]})
+
+    def _prompt(self, event: dict[str, Any]) -> None:
+        self.urls.append(event["request"]["url"])
+        typed = self.answer()
+        response: dict[str, str] = {"response": "CancelAuth"}
+        if typed is not None:
+            response = {"response": "ProvideCredentials", "username": typed[0]}
+            response["password"] = typed[1]
+        self.cdp.send(
+            "Fetch.continueWithAuth", {"requestId": event["requestId"], "authChallengeResponse": response}
+        )
+
+
+@pytest.fixture
+def tina_vigil(
+    start_vigil: Callable[..., Vigil], browser_cert: tuple[Path, Path], tmp_path: Path
+) -> Iterator[Vigil]:
+    """The browser tests' vigil, and tina, an operator with a second factor."""
+    cert, key = browser_cert
+    directory = tmp_path / "vigil0"
+    directory.mkdir()
+    users.save(directory, [Account("tina", hash_password(TINA_PW), "operator", SECRET)])
+    sections = {"tls": {"cert": str(cert), "key": str(key)}, **CHATTY}
+    vigil = Vigil(write_config(directory, sections))
+    yield vigil
+    vigil.stop()
+
+
+def open_page(browser: Any) -> tuple[Any, Prompts]:
+    ctx = browser.new_context()  # no saved credentials: the prompts come to ``Prompts``
+    ctx.set_default_timeout(15000)
+    page = ctx.new_page()
+    return page, Prompts(page)
+
+
+def test_log_out_then_the_browser_asks_again(browser: Any, tina_vigil: Vigil) -> None:
+    page, prompts = open_page(browser)
+    alice = ("alice", password("alice"))
+    prompts.answer = lambda: alice
+    page.goto(tina_vigil.https + "/")
+    page.wait_for_selector(CONNECTED)
+    assert len(prompts.urls) == 1  # one prompt; the browser resends what was typed
+    expect(page.locator("#session")).to_contain_text(re.compile(r"Signed in since .* 127\.0\.0\.1"))
+    expect(page.locator("#logout")).to_be_visible()
+
+    page.locator("#logout").click()
+    expect(page.locator("#signedout")).to_be_visible()
+    expect(page.locator("#signedout-text")).to_have_text(
+        "Your session has ended on the server: this browser's saved password no longer works."
+    )
+    expect(page.locator("#main")).to_be_hidden()
+    page.wait_for_timeout(500)
+    assert len(prompts.urls) == 1  # logging out asked nothing: this tab closed its stream
+
+    prompts.answer = lambda: None  # the person presses Cancel at the prompt
+    page.locator("#signedout-again").click()
+    page.wait_for_load_state()
+    assert len(prompts.urls) == 2  # the saved password got 401: the browser asked
+    expect(page.locator("body")).to_contain_text("signed out: you logged out; log in again")
+
+    page.wait_for_timeout(2100)  # a person takes a while to type
+    prompts.answer = lambda: alice
+    page.reload()
+    page.wait_for_selector(CONNECTED)
+    assert len(prompts.urls) == 3
+    expect(page.locator("#me-user")).to_have_text("alice")
+
+
+def test_password_and_code_in_the_password_field(browser: Any, tina_vigil: Vigil) -> None:
+    page, prompts = open_page(browser)
+    typed: list[str] = []
+
+    def person() -> tuple[str, str]:
+        typed.append(pyotp.TOTP(SECRET).now())
+        return "tina", TINA_PW + typed[-1]
+
+    prompts.answer = person
+    page.goto(tina_vigil.https + "/")
+    page.wait_for_selector(CONNECTED)
+    expect(page.locator("#me-user")).to_have_text("tina")
+    expect(page.locator("#session")).to_contain_text("Signed in with a code since")
+    expect(page.locator("#people-list .role", has_text="2FA")).to_be_visible()  # operators see
+    assert len(typed) == 1
+    page.reload()  # the browser resends the same header: the same session, no prompt
+    page.wait_for_selector(CONNECTED)
+    assert len(typed) == 1
