@@ -54,7 +54,8 @@ class Prompts:
             response = {"response": "ProvideCredentials", "username": typed[0]}
             response["password"] = typed[1]
         self.cdp.send(
-            "Fetch.continueWithAuth", {"requestId": event["requestId"], "authChallengeResponse": response}
+            "Fetch.continueWithAuth",
+            {"requestId": event["requestId"], "authChallengeResponse": response},
         )
 
 
