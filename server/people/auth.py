@@ -4,14 +4,23 @@ Pure: the caller passes the header value, the peer address and ``now``.
 
 - Passwords are stored only as ``scrypt$N$r$p$salt$hash`` (base64, stdlib
   ``hashlib.scrypt``); verification compares in constant time.
-- A verified credential is cached under the SHA-256 of the decoded
-  ``user:password`` so that a request pays one hash lookup, not scrypt
-  (~50 ms here): every spelling of the same credential (``basic``,
-  ``BASIC``, extra spaces, other base64 padding bits) is the same entry,
-  so re-spelling it never costs a second scrypt. The exact header value a
-  client sends again is looked up first (``_seen``, at most
-  ``_MAX_SPELLINGS`` entries) so the common request parses nothing. The
-  cache holds successes only and is rebuilt with the user table (SIGHUP).
+- A header that logged in is a session (``people.sessions``): the same
+  header again costs one SHA-256 and one lookup, and nothing is parsed.
+  A session that ended answers ``ENDED`` with why (never a failure).
+- A person with a second factor types their password followed by the
+  current 6-digit code (``split_code``): both must be right and the code's
+  time step unused (``UsedSteps``); anything else is a failure like a wrong
+  password (the lockout, the hash budget), and the answer never says which
+  part was wrong. Their logins are never cached: each costs one scrypt.
+- For everyone else a verified ``user:password`` is cached under its
+  SHA-256, so that a new session of a known password (another browser, a
+  re-spelling of the header, a login after a session ended) costs no
+  scrypt. The cache holds successes only and is rebuilt with the user
+  table (SIGHUP), which also ends the sessions of people whose password or
+  second factor changed.
+- Step-up (``step_up``): a command that asks to confirm needs a fresh proof,
+  the current code (one use, as at login) or without a second factor the
+  password; a wrong one counts like a wrong password.
 - Unknown user names cost one scrypt too, so timing does not tell which
   names exist.
 - Lockout: ``failures`` wrong passwords within ``window`` seconds for one
@@ -45,6 +54,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from server.base.buckets import Bucket, Rate, retry_after
 from server.config import Account
@@ -213,7 +223,8 @@ class Authenticator:
                 changed += self.sessions.of(name)
             else:
                 for session in self.sessions.of(name):
-                    session.user = self.user(new)
+                    session.user = user = self.user(new)
+                    session.verdict = AuthResult(Verdict.OK, user, name, session=session)
         self.sessions.end(changed, "your account changed (a new password or second factor)", now)
 
     def user(self, account: Account) -> User:
@@ -237,7 +248,7 @@ class Authenticator:
                 retry = self._locked_for(addr, got.user.name, now)
                 if retry:
                     return AuthResult(Verdict.LOCKED, name=got.user.name, retry_after=retry)
-            return AuthResult(Verdict.OK, got.user, got.user.name, session=got)
+            return cast(AuthResult, got.verdict)  # made once, by _start
         if isinstance(got, Ended):
             if not got.retyped(now):
                 got.refused = now
@@ -293,7 +304,8 @@ class Authenticator:
         self, key: bytes, user: User, addr: str, now: float, wall: float, totp: bool
     ) -> AuthResult:
         session = self.sessions.start(key, user, addr, now, wall, totp)
-        return AuthResult(Verdict.OK, user, user.name, session=session)
+        result = session.verdict = AuthResult(Verdict.OK, user, user.name, session=session)
+        return result
 
     def _busy(self, addr: str, name: str, now: float) -> AuthResult | None:
         """429 without hashing while failed checks have spent the hash budget."""

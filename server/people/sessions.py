@@ -61,7 +61,7 @@ class User:
 
 def session_key(header: str) -> bytes:
     """What a session is known by: the SHA-256 of the exact header value."""
-    return hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+    return hashlib.sha256(header.encode()).digest()
 
 
 def split_code(password: str) -> tuple[str, str] | None:
@@ -108,13 +108,17 @@ class Session:
     seen: float  # monotonic: its last request
     totp: bool  # logged in with a second factor
     stepped: float | None = None  # monotonic: its last step-up proof
+    verdict: object = None  # what the authenticator answers for it (made once, with its user)
 
-    def expiry(self, idle: float, max_age: float) -> tuple[float, str]:
-        """When it ends if nothing else happens, and why then."""
-        by_idle, by_age = self.seen + idle, self.started + max_age
-        if by_idle < by_age:
-            return by_idle, f"idle for {_minutes(idle)}"
-        return by_age, f"{_minutes(max_age)} since you logged in"
+    def expiry(self, idle: float, max_age: float) -> float:
+        """When it ends if nothing else happens."""
+        return min(self.seen + idle, self.started + max_age)
+
+    def expired_because(self, idle: float, max_age: float) -> str:
+        """Why it ends at ``expiry``: "idle for 30 min", "12 h since you logged in"."""
+        if self.seen + idle < self.started + max_age:
+            return f"idle for {_minutes(idle)}"
+        return f"{_minutes(max_age)} since you logged in"
 
 
 @dataclass(slots=True)
@@ -163,9 +167,8 @@ class Sessions:
         session = self._live.get(key)
         if session is None:
             return self._ended.get(key)
-        when, why = session.expiry(self.idle, self.max_age)
-        if now >= when:
-            return self._end(session, why, now)
+        if now >= session.expiry(self.idle, self.max_age):
+            return self._end(session, session.expired_because(self.idle, self.max_age), now)
         session.seen = now
         return session
 
@@ -215,15 +218,8 @@ class Sessions:
     def expire(self, now: float) -> None:
         """End every session past its idle timeout or maximum age; forget old ends."""
         for session in list(self._live.values()):
-            when, why = session.expiry(self.idle, self.max_age)
-            if now >= when:
-                self._end(session, why, now)
+            if now >= session.expiry(self.idle, self.max_age):
+                self._end(session, session.expired_because(self.idle, self.max_age), now)
         for key, ended in list(self._ended.items()):
             if now - ended.at > self.max_age:
                 del self._ended[key]
-
-    def next_expiry(self) -> float | None:
-        """The earliest time a live session ends if nothing else happens."""
-        return min(
-            (s.expiry(self.idle, self.max_age)[0] for s in self._live.values()), default=None
-        )

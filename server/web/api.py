@@ -232,7 +232,8 @@ def session_info(svc: Context, call: Call) -> Response:
     session = call.session
     assert session is not None
     sessions = svc.auth.sessions
-    when, why = session.expiry(sessions.idle, sessions.max_age)
+    when = session.expiry(sessions.idle, sessions.max_age)
+    why = session.expired_because(sessions.idle, sessions.max_age)
     now, wall = svc.now(), svc.wall()
     stepped = session.stepped is not None and now - session.stepped <= svc.auth.step_up_window
     return json_response(
@@ -272,7 +273,7 @@ def people(svc: Context, call: Call) -> Response:
                 "since": iso_utc(s.since),
                 "addr": s.addr,
                 "expires": iso_utc(
-                    wall + s.expiry(auth.sessions.idle, auth.sessions.max_age)[0] - now
+                    wall + s.expiry(auth.sessions.idle, auth.sessions.max_age) - now
                 ),
             }
             for s in auth.sessions.of(name)
