@@ -46,7 +46,7 @@ from server.control.channel import ControlChannel
 from server.core import commands
 from server.core.announcer import Announcer
 from server.feed.audit import AuditLog
-from server.feed.bus import EventBus
+from server.feed.bus import EventBus, personal
 from server.people.auth import Authenticator, HashBudget, User, hash_password
 from server.people.leases import Leases
 from server.people.presence import Presence
@@ -398,8 +398,9 @@ class Server:
 
     def sessions_ended(self) -> None:
         """Announce the sessions that ended (audit record, log line) and close their
-        connections once this pass's output is written: a stream ends, and the browser's
-        next request with that header gets 401 saying why."""
+        connections once this pass's output is written: a stream is told why first (a
+        ``signedout`` event, for it alone), and the browser's next request with that
+        header gets 401 saying why."""
         ends = self.auth.sessions.drain()
         for session, ended in ends:
             self.audit.append(
@@ -410,10 +411,11 @@ class Server:
                 reason=ended.reason,
             )
             log.info("session of %s from %s ended: %s", ended.user, session.addr, ended.reason)
-        gone = {session.key for session, _ in ends}
+        why = {session.key: ended.reason for session, ended in ends}
         for conn_id, key in self._session_of.items():
             conn = self.conns.get(conn_id)
-            if key in gone and conn is not None:
+            if key in why and conn is not None:
+                conn.push(personal("signedout", {"reason": why[key]}))  # a stream: the panel
                 self._ending.append(conn)
 
     def date(self) -> bytes:

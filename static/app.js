@@ -27,7 +27,7 @@ import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
 import {
-  askProof, loadPeople, personExtras, proofHeaders, showSession, wireLogout,
+  askProof, endedByServer, loadPeople, personExtras, proofHeaders, showSession, wireLogout,
 } from "./session.js";
 import { startStream } from "./stream.js";
 
@@ -172,6 +172,7 @@ function applyEvent(kind, data, initial, replayed = false) {
     else if (kind === "command") applyCommand(data);
     else if (kind === "chat") addChat(data);
     else if (kind === "reset") applyReset(data, initial);
+    else if (kind === "signedout") endedByServer(data, () => stream && stream.stop());
   } catch (e) {
     console.error("vigil: cannot apply %s event", kind, e);
   }

@@ -7,7 +7,9 @@
 // out ends it on the server: from then on this browser's saved credentials get 401.
 // So that no login prompt pops up the moment the button is pressed, this tab closes
 // its event stream first and shows "signed out"; "Sign in again" reloads the page,
-// which the browser answers with its login prompt.
+// which the browser answers with its login prompt. A session vigil ends (idle, too
+// old, ended by an operator) says so on the stream first (`signedout`), with the same
+// view.
 
 import { api, errorText } from "./api.js";
 import { $, clockText, fmtValue, h, replace } from "./dom.js";
@@ -29,20 +31,31 @@ export async function showSession() {
   $("logout").hidden = false;
 }
 
-/** Log out on the server, after `before()` (the caller closes its event stream). */
-export function wireLogout(before) {
+/** Log out on the server, after `stop()` (the caller closes its event stream). */
+export function wireLogout(stop) {
   $("logout").addEventListener("click", async () => {
     $("logout").disabled = true;
-    before();
+    stop();
     const r = await api("POST", "/api/logout", {});
-    $("main").hidden = true;
-    $("signedout").hidden = false;
-    $("signedout-text").textContent = r.ok
+    signedOut(r.ok
       ? "Your session has ended on the server: this browser's saved password no longer works."
-      : `Logging out failed: ${errorText(r)}. Close the browser to be sure.`;
-    $("signedout-again").focus();
+      : `Logging out failed: ${errorText(r)}. Close the browser to be sure.`);
   });
   $("signedout-again").addEventListener("click", () => window.location.reload());
+}
+
+/** The `signedout` event: vigil ended this session ("idle for 30 min", "ended by alice"). */
+export function endedByServer(data, stop) {
+  stop();
+  const why = data && typeof data.reason === "string" ? data.reason : "ended";
+  signedOut(`Your session has ended: ${why}.`);
+}
+
+function signedOut(text) {
+  $("main").hidden = true;
+  $("signedout").hidden = false;
+  $("signedout-text").textContent = text;
+  $("signedout-again").focus();
 }
 
 // ---------------------------------------------------------------- step-up

@@ -140,7 +140,10 @@ def test_logout_closes_the_sessions_stream_and_the_header_gets_401(
     assert other.get("/api/events", "alice").status == 200  # another person's stream stays
     assert app.client().post("/api/logout", {}, "bob").status == 200
     app.pump()
+    said = [(e.type, e.data) for e in stream.events() if e.type not in ("reset", "presence")]
+    assert said == [("signedout", {"reason": "you logged out"})]  # why, on the stream first
     assert not stream.open and other.open
+    assert [e.type for e in other.events() if e.type == "signedout"] == []
     assert me(app.client(), "bob").status == 401
     app.advance(2.5)
     assert me(app.client(), "bob").status == 200  # bob types his password at the prompt
