@@ -24,6 +24,7 @@ from tests.wire import Resp
 
 SECRET = pyotp.random_base32()
 TINA_PW = "tina's long password"
+UWE_PW = "grüße aus köln"  # beyond ASCII: a header carries its UTF-8 bytes
 PUMP = described(
     {"key": "speed", "kind": "number", "label": "Speed", "min": 0, "max": 100, "step": 5,
      "confirm": "Change the pump's speed?"},
@@ -44,7 +45,8 @@ def make(make_app: Callable[..., App], tmp_path: Path) -> Callable[..., App]:
         directory = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
         directory.mkdir()
         tina = Account("tina", hash_password(TINA_PW), "operator", SECRET)
-        users.save(directory, [tina])
+        uwe = Account("uwe", hash_password(UWE_PW), "operator")
+        users.save(directory, [tina, uwe])
         return (
             make_app({"auth": auth}, directory=directory) if auth else make_app(directory=directory)
         )
@@ -227,6 +229,10 @@ def test_step_up_with_a_password(make: Callable[..., App]) -> None:
     assert refused.status == 403 and refused.json()["step_up"] == "password"
     assert command(c, "alice", None, 50, "not it").status == 403
     assert command(c, "alice", None, 50, "alice"[::-1] + "-pw").json()["ok"] is True
+    assert c.request("DELETE", "/api/devices/pump/lease", "alice").status == 200
+    as_sent = UWE_PW.encode().decode("latin-1")  # the bytes curl and the panel send
+    answer = command(c, "uwe", UWE_PW, 55, as_sent).json()
+    assert answer["ok"] is True, answer
     assert command(c, "vera", None, 50).status == 403  # a viewer: refused as a viewer
     assert "viewer" in command(c, "vera", None, 50).json()["error"]
 

@@ -197,7 +197,8 @@ def step_up(svc: Context, call: Call, device_id: str, key: str, value: Value) ->
     account = svc.auth.users.get(who.name)
     proof_kind = "code" if account is not None and account.totp else "password"
     what = "the current 6-digit code" if proof_kind == "code" else "your password"
-    proof = call.request.headers.get(STEP_UP)
+    raw = call.request.headers.get(STEP_UP)  # its bytes as Latin-1: a password's are UTF-8
+    proof = raw.encode("latin-1").decode("utf-8", "replace") if raw else None
     result = svc.auth.step_up(session, proof, call.addr, svc.now(), svc.wall())
     if proof:
         svc.audit.append(
