@@ -162,3 +162,15 @@ def test_an_idle_session_ends_and_the_browser_asks_again(browser: Any, idle_vigi
     page.locator("#signedout-again").click()  # then the browser asks
     page.wait_for_selector(CONNECTED)
     assert len(prompts.urls) == 2
+
+
+def test_an_operator_ends_someones_sessions_and_they_see_why(panel: Callable[..., Any]) -> None:
+    alice, bob = panel("alice"), panel("bob")
+    row = alice.locator("#people-list li", has_text="bob")
+    expect(row.locator(".role", has_text="2FA")).to_have_count(0)  # bob has no second factor
+    row.get_by_role("button", name="End sessions").click()
+    expect(bob.locator("#signedout-text")).to_have_text("Your session has ended: ended by alice.")
+    expect(bob.locator("#main")).to_be_hidden()
+    own = alice.locator("#people-list li", has_text="alice")
+    expect(own.get_by_role("button", name="End sessions")).to_have_count(0)  # that is Log out
+    assert panel("vera").locator(".end-sessions").count() == 0  # viewers see no such button
