@@ -138,6 +138,15 @@ def test_password_and_code_in_the_password_field(browser: Any, tina_vigil: Vigil
     page.wait_for_selector(CONNECTED)
     assert len(typed) == 1
 
+    page.locator("#logout").click()
+    expect(page.locator("#signedout")).to_be_visible()
+    totp = pyotp.TOTP(SECRET)
+    prompts.answer = lambda: ("tina", TINA_PW + totp.at(time.time() + 30))  # the next code
+    page.locator("#signedout-again").click()  # the saved header is refused for good: asked
+    page.wait_for_selector(CONNECTED)
+    assert len(prompts.urls) == 2
+    expect(page.locator("#me-user")).to_have_text("tina")
+
 
 @pytest.fixture
 def idle_vigil(browser_cert: tuple[Path, Path], tmp_path: Path) -> Iterator[Vigil]:
