@@ -11,6 +11,7 @@ through the real parser, gate, sessions, step-up check and command path.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,10 @@ class Threaded:
         sections = {"tls": {"cert": str(cert), "key": str(key)}}
         self.loop = Loop("select")
         self.server = Server(configmod.load(write_config(directory, sections)), self.loop)
+        # start() takes SIGTERM, SIGINT and SIGHUP for its loop: pytest's own come back after
+        self.signals = {
+            n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
         self.server.start()
         self.https = f"https://127.0.0.1:{self.server.tls_port}"
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
@@ -59,6 +64,8 @@ class Threaded:
         self.thread.join(5)
         self.server.close()
         self.loop.close()
+        for signum, handler in self.signals.items():
+            signal.signal(signum, handler)
 
 
 @pytest.fixture
