@@ -18,6 +18,8 @@ import shlex
 import signal
 import ssl
 import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -31,6 +33,7 @@ from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
 from server.link.secret import SECRET_BYTES
 from server.people import users
 from server.people.auth import hash_password
+from server.people.sessions import totp_step
 from server.web import certificate
 from server.web.certificate import CertificateError
 
@@ -291,12 +294,14 @@ def cmd_user(args: argparse.Namespace) -> int:
     if args.action == "list":
         for u in cfg.auth.users:
             where = configmod.LOCAL_USERS_FILE if u.name in roles else cfg.path.name
-            print(f"{u.name:<20} {u.role:<9} {where}")
+            print(f"{u.name:<20} {u.role:<9} {'TOTP' if u.totp else '-':<5} {where}")
         return 0
     name = args.name
     problem = users.name_problem(name)
     if problem:
         return _fail(f"{name!r}: {problem}")
+    if args.action == "logout":
+        return _logout(cfg, name)
     if name not in roles and any(u.name == name for u in cfg.auth.users):
         return _fail(
             f"{name!r} is declared in {cfg.path} ([[auth.users]]): change it there"
@@ -311,6 +316,13 @@ def cmd_user(args: argparse.Namespace) -> int:
             return _fail(f"{name!r} is the only user: add another one first")
         new = [u for u in local if u.name != name]
         done = f"user {name} removed (logged out at the reload)"
+    elif args.action == "totp":
+        account = next(u for u in local if u.name == name)
+        changed = _totp(account, args.off)
+        if isinstance(changed, str):
+            return _fail(changed)
+        new = [changed if u.name == name else u for u in local]
+        done = f"user {name}: second factor {'removed' if args.off else 'on'}"
     else:
         try:
             password = _read_password()
@@ -320,7 +332,8 @@ def cmd_user(args: argparse.Namespace) -> int:
         if weak:
             return _fail(f"password refused: {weak}")
         role = args.role if args.action == "add" else roles[name]
-        user = configmod.Account(name, hash_password(password), role)
+        totp = next((u.totp for u in local if u.name == name), "")
+        user = configmod.Account(name, hash_password(password), role, totp)
         new = [user if u.name == name else u for u in local]
         if args.action == "add":
             new.append(user)
@@ -333,6 +346,50 @@ def cmd_user(args: argparse.Namespace) -> int:
         path = state / configmod.LOCAL_USERS_FILE
         return _fail(f"{path}: cannot write ({e.strerror or e}); it is unchanged")
     print(f"vigil: {done}: {target}")
+    print(f"vigil: {_tell_server(state)}")
+    return 0
+
+
+def _totp(account: configmod.Account, off: bool) -> configmod.Account | str:
+    """``account`` with a new, confirmed second factor (or without one); or why not.
+
+    The secret goes to the terminal only (the otpauth:// URI and its QR code):
+    never to the log, never on a command line.
+    """
+    if off:
+        if not account.totp:
+            return f"{account.name!r} has no second factor"
+        return replace(account, totp="")
+    import pyotp
+    import qrcode
+
+    secret = pyotp.random_base32()  # 160 bits, as RFC 4226 recommends
+    uri = pyotp.TOTP(secret).provisioning_uri(name=account.name, issuer_name="vigil")
+    print(f"Add this to an authenticator app (scan the code, or paste the URI):\n{uri}")
+    qr = qrcode.QRCode(border=2)
+    qr.add_data(uri)
+    qr.print_ascii(out=sys.stdout, invert=True)
+    print("Then type the 6-digit code it shows, to confirm: ", end="", flush=True)
+    code = sys.stdin.readline().strip()
+    if totp_step(secret, code, time.time()) is None:
+        return "that is not the current code: nothing changed (run it again)"
+    return replace(account, totp=secret)
+
+
+def _logout(cfg: configmod.Config, name: str) -> int:
+    """End ``name``'s sessions in the running vigil: their time in logout.local.toml, then
+    SIGHUP. Entries older than a session can live are dropped."""
+    if not any(u.name == name for u in cfg.auth.users):
+        return _fail(f"no user {name!r} (user list shows who there is)")
+    now = time.time()
+    keep = {n: t for n, t in cfg.auth.logouts if now - t < cfg.auth.session_max_age}
+    state = cfg.state.dir
+    try:
+        target = users.save_logouts(state, keep | {name: now})
+    except OSError as e:
+        path = state / configmod.LOGOUT_FILE
+        return _fail(f"{path}: cannot write ({e.strerror or e}); nobody was logged out")
+    print(f"vigil: {name}'s sessions begun before now end at the reload: {target}")
     print(f"vigil: {_tell_server(state)}")
     return 0
 
@@ -452,7 +509,15 @@ def _user_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     add.add_argument("--role", choices=configmod.ROLES, default="operator")
     actions.add_parser("passwd", help="a new password for a person").add_argument("name")
     actions.add_parser("del", help="remove a person (logged out at once)").add_argument("name")
-    actions.add_parser("list", help="everyone who may log in, with role and file")
+    actions.add_parser("list", help="everyone who may log in, with role, second factor, file")
+    totp = actions.add_parser(
+        "totp", help="a second factor (TOTP): shows a QR code, asks for one code to confirm"
+    )
+    totp.add_argument("name")
+    totp.add_argument("--off", action="store_true", help="remove the second factor")
+    actions.add_parser(
+        "logout", help="end a person's sessions in the running vigil (they log in again)"
+    ).add_argument("name")
     for p in actions.choices.values():
         p.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
 

@@ -26,6 +26,9 @@ import { api, errorText } from "./api.js";
 import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
+import {
+  askProof, endedByServer, loadPeople, personExtras, proofHeaders, showSession, wireLogout,
+} from "./session.js";
 import { startStream } from "./stream.js";
 
 const FEED_MAX = 200;
@@ -98,6 +101,7 @@ async function connect() {
     banner("");
     hideFull();
     setMe(r.body);
+    showSession();
     if (stream) stream.reopen();
     else stream = startStream(streamCallbacks);
     resync();
@@ -109,7 +113,8 @@ async function connect() {
   }
   if (r.status === 401) {
     setConn("signedout");
-    banner("You are not signed in (or your password changed). Reload the page to log in.");
+    const why = r.body && typeof r.body.error === "string" ? `${r.body.error}. ` : "";
+    banner(`You are not signed in: ${why}Reload the page to log in.`);
     return;
   }
   const wait = r.retryAfter ?? backoff();
@@ -167,6 +172,7 @@ function applyEvent(kind, data, initial, replayed = false) {
     else if (kind === "command") applyCommand(data);
     else if (kind === "chat") addChat(data);
     else if (kind === "reset") applyReset(data, initial);
+    else if (kind === "signedout") endedByServer(data, () => stream && stream.stop());
   } catch (e) {
     console.error("vigil: cannot apply %s event", kind, e);
   }
@@ -267,6 +273,7 @@ async function loadUsers() {
     if (Number.isFinite(r.body.max_users)) state.maxUsers = r.body.max_users;
     setOnline(Array.isArray(r.body.online) ? r.body.online : []);
   }
+  loadPeople(isOperator(), renderPeople);
 }
 
 function setOnline(list) {
@@ -287,7 +294,8 @@ function renderPeople() {
           h("strong", { className: "name" }, fmtValue(p.user)),
           me ? h("span", { className: "you" }, " (you)") : null),
         h("span", { className: "meta" },
-          "since ", timeEl(p.since), " · ", h("span", { className: "addr" }, fmtValue(p.addr))));
+          "since ", timeEl(p.since), " · ", h("span", { className: "addr" }, fmtValue(p.addr))),
+        isOperator() ? personExtras(p.user, me, renderPeople) : null);
     });
   replace($("people-list"), items.length ? items : h("li", { className: "empty" }, "nobody"));
 }
@@ -663,13 +671,15 @@ function confirmTakeOver(dev, lease) {
   return modal($("takeover"), "take", dev.leaseBtn);
 }
 
-/** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`; true if confirmed. */
-function confirmCommand(dev, e, value, back) {
+/** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`, with the proof
+ * vigil asks for (session.js); true if confirmed. */
+async function confirmCommand(dev, e, value, back) {
   const device = `${fmtValue(dev.entry.name || dev.entry.id)} (${dev.entry.id})`;
   $("confirm-title").textContent = question(e, value);
   const action = e.kind === "button" ? e.label : `${e.label} → ${valueText(e, value)}`;
   $("confirm-text").textContent = `${device}: ${action}`;
   $("confirm-ok").textContent = verb(e, value);
+  await askProof();
   return modal($("confirm"), "send", back);
 }
 
@@ -682,6 +692,8 @@ async function ask(dev, row, value) {
       row.update(stateOf(dev, e.key)); // cancelled: the control shows the state again
       return;
     }
+    sendCommand(dev, e, value, proofHeaders());
+    return;
   }
   sendCommand(dev, e, value);
 }
@@ -696,7 +708,7 @@ const STATUS_TEXT = {
 };
 
 /** POST {entity, value}; the answer is shown beside the control, its state on it. */
-async function sendCommand(dev, e, value) {
+async function sendCommand(dev, e, value, headers) {
   const busy = dev.busy.get(e.key);
   if (busy) {
     busy.next = value; // sent when the device has answered this one: the newest value wins
@@ -709,7 +721,7 @@ async function sendCommand(dev, e, value) {
   say("pending", e.kind === "button" ? "pressing…" : `sending ${what}…`);
   const t0 = performance.now();
   const r = await api("POST", `/api/devices/${encodeURIComponent(dev.entry.id)}/commands`,
-    { entity: e.key, value });
+    { entity: e.key, value }, { headers });
   const ms = Math.round(performance.now() - t0);
   const { next } = dev.busy.get(e.key);
   dev.busy.delete(e.key);
@@ -947,6 +959,7 @@ $("full-now").addEventListener("click", () => {
   connect();
 });
 wireChat();
+wireLogout(() => stream && stream.stop());
 connect();
 // The panel shows once the first snapshot has filled it in (applyReset), so that nothing
 // jumps as the devices arrive above the rest on a phone; at the latest after READY_MS.

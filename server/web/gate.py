@@ -15,7 +15,8 @@ server (``app.Server.admit``) applies the decision. In order:
 4. a scraper's route (``/metrics``): its bearer token, never a person's
    credentials (404 while ``[metrics]`` has none, 401 for a wrong one), and
    nothing more: a scraper is nobody online;
-5. authentication (401, 429 while locked or the hash budget is spent);
+5. authentication and the session (401, saying why when a session ended; 429
+   while locked or the hash budget is spent);
 6. presence: the user cap (503 with the panel-full page), the connection
    counted as the person's (``attached``: the server then keeps them within
    ``[limits] connections_per_user``);
@@ -37,8 +38,9 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from server.people.auth import Authenticator, User, Verdict
+from server.people.auth import Authenticator, AuthResult, Verdict
 from server.people.presence import Change, Presence
+from server.people.sessions import Session, User
 from server.web.protocol import Request, Response
 from server.web.responses import error, panel_full, unauthorized
 from server.web.router import Match, NoRoute, Router
@@ -73,6 +75,7 @@ class Decision(NamedTuple):
     outcome: Response | Match[Any]  # a refusal, or the route to run on the whole request
     changes: tuple[Change, ...] = NO_CHANGES  # presence changes to announce, in order
     attached: bool = False  # the connection now counts as ``user``'s (it did not before)
+    session: Session | None = None  # the login this request belongs to
 
 
 class Gate:
@@ -119,12 +122,10 @@ class Gate:
             return Decision(peer.user, refusal)
         if not isinstance(match, NoRoute) and match.route.scraper:
             return Decision(peer.user, self._scraper(req) or match)
-        result = self.auth.check(req.headers.get("authorization"), peer.addr, now)
+        result = self.auth.check(req.headers.get("authorization"), peer.addr, now, self.wall)
         if result.verdict is not Verdict.OK:
-            return Decision(
-                peer.user, self._refuse(result.verdict, result.name, result.retry_after)
-            )
-        user = result.user
+            return Decision(peer.user, self._refuse(result))
+        user, session = result.user, result.session
         assert user is not None
         changes, attached = NO_CHANGES, False
         if self.presence.user_of(peer.id) != user.name:
@@ -135,10 +136,10 @@ class Gate:
         if req.method not in SAFE_METHODS:
             refusal = cross_site(req, peer.secure)
             if refusal is not None:
-                return Decision(user, refusal, changes, attached)
+                return Decision(user, refusal, changes, attached, session)
         if isinstance(match, NoRoute):
-            return Decision(user, no_route(match), changes, attached)
-        return Decision(user, match, changes, attached)
+            return Decision(user, no_route(match), changes, attached, session)
+        return Decision(user, match, changes, attached, session)
 
     @staticmethod
     def _to_https(peer: Peer, req: Request, port: int) -> Response:
@@ -168,7 +169,8 @@ class Gate:
             401, "the scraper's bearer token is required", [("WWW-Authenticate", challenge)]
         )
 
-    def _refuse(self, verdict: Verdict, name: str, retry: int) -> Response:
+    def _refuse(self, result: AuthResult) -> Response:
+        verdict, name, retry = result.verdict, result.name, result.retry_after
         if verdict is Verdict.LOCKED:
             log.warning("too many failed logins for %r: locked for %d s", name, retry)
             return error(
@@ -182,8 +184,11 @@ class Gate:
                 f"too many login attempts at once; try again in {retry} s",
                 [("Retry-After", str(retry))],
             )
-        msg = "wrong user name or password" if verdict is Verdict.WRONG else "login required"
-        return unauthorized(self.realm, msg)
+        if verdict is Verdict.ENDED:
+            return unauthorized(self.realm, f"signed out: {result.why}; log in again")
+        if verdict is Verdict.WRONG:
+            return unauthorized(self.realm, "wrong user name, password or code")
+        return unauthorized(self.realm, "login required")
 
     def _full(self, req: Request, now: float) -> Response:
         retry = self.presence.retry_after(now)
