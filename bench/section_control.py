@@ -98,30 +98,40 @@ def has_sctp() -> bool:
     return True
 
 
+def measure_with_sctp(bench: Bench, module: str, seconds: int) -> tuple[dict[str, Any], str]:
+    """Run ``python -m module --guest OUT.json`` where the kernel has SCTP: natively, or
+    inside UML (about ``seconds``); its figures and where they were measured."""
+    name = module.rpartition("_")[2]
+    out = bench.workdir / f"{name}.json"
+    argv = [bench.python, "-m", module, "--guest", str(out)]
+    argv += ["--duration", str(bench.duration), "--warmup", str(bench.warmup)]
+    if has_sctp():
+        progress(f"{name}: measuring natively (this kernel has SCTP)")
+        status = subprocess.run(argv, cwd=REPO, check=False).returncode
+        where = "natively"
+    else:
+        progress(f"{name}: measuring inside UML (no SCTP in this kernel), ~{seconds} s")
+        from tests.uml.harness import UmlError, run
+
+        try:
+            status = run(argv, REPO, echo=False, timeout=max(600, 2 * seconds))
+        except UmlError as e:
+            raise BenchError(str(e).splitlines()[0]) from None
+        where = "inside UML"
+    if status != 0 or not out.exists():
+        raise BenchError(f"{name} measurement failed (status {status})")
+    return json.loads(out.read_text()), where
+
+
 # -- the host side: the registered section ------------------------------------
 
 
 @section("control", "Commands over SCTP: round trip with 10 operators, dead-agent detection")
 def control(bench: Bench) -> None:
-    out = bench.workdir / "control.json"
-    argv = [bench.python, "-m", "bench.section_control", "--guest", str(out)]
-    argv += ["--duration", str(bench.duration), "--warmup", str(bench.warmup)]
-    if has_sctp():
-        where = "natively (this kernel has SCTP)"
-        progress(f"control: measuring {where}")
-        status = subprocess.run(argv, cwd=REPO, check=False).returncode
-    else:
+    r, where = measure_with_sctp(bench, "bench.section_control", 2 * bench.duration + 130)
+    if where == "inside UML":
         where = "inside UML (no SCTP in this kernel); natively on a Pi expect lower"
-        progress(f"control: measuring {where}, ~{2 * bench.duration + 130} s")
-        from tests.uml.harness import UmlError, run
-
-        try:
-            status = run(argv, REPO, echo=False, timeout=600)
-        except UmlError as e:
-            raise BenchError(str(e).splitlines()[0]) from None
-    if status != 0 or not out.exists():
-        raise BenchError(f"control measurement failed (status {status})")
-    fill(bench, json.loads(out.read_text()), where)
+    fill(bench, r, where)
 
 
 def fill(bench: Bench, r: dict[str, Any], where: str) -> None:

@@ -49,9 +49,9 @@ import tempfile
 import time
 from typing import Any
 
-from bench.harness import REPO, Bench, BenchError, progress, section
+from bench.harness import REPO, Bench, progress, section
 from bench.report import Check
-from bench.section_control import DESKS, OPERATORS, WRK_LUA, has_sctp
+from bench.section_control import DESKS, OPERATORS, WRK_LUA, measure_with_sctp
 
 PLAINTEXT = Path(__file__).with_name("plaintext")  # its sitecustomize.py
 VARIANTS = ("sealed", "plain")
@@ -73,26 +73,8 @@ def fleet_ids() -> list[str]:
 
 @section("seal", "The sealed control channel against the same code unsealed")
 def seal_section(bench: Bench) -> None:
-    out = bench.workdir / "seal.json"
-    argv = [bench.python, "-m", "bench.section_seal", "--guest", str(out)]
-    argv += ["--duration", str(bench.duration), "--warmup", str(bench.warmup)]
-    if has_sctp():
-        where = "natively"
-        progress("seal: measuring natively (this kernel has SCTP)")
-        status = subprocess.run(argv, cwd=REPO, check=False).returncode
-    else:
-        where = "inside UML"
-        took = ROUNDS * len(VARIANTS) * (bench.duration + bench.warmup + SECONDS + 25) + 60
-        progress(f"seal: measuring inside UML (no SCTP in this kernel), ~{took} s")
-        from tests.uml.harness import UmlError, run
-
-        try:
-            status = run(argv, REPO, echo=False, timeout=900)
-        except UmlError as e:
-            raise BenchError(str(e).splitlines()[0]) from None
-    if status != 0 or not out.exists():
-        raise BenchError(f"seal measurement failed (status {status})")
-    fill(bench, json.loads(out.read_text()), where)
+    took = ROUNDS * len(VARIANTS) * (bench.duration + bench.warmup + SECONDS + 25) + 60
+    fill(bench, *measure_with_sctp(bench, "bench.section_seal", took))
 
 
 def best(runs: list[dict[str, Any]], key: str) -> float:

@@ -78,6 +78,19 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def restore_fresh(archive: Path, root: Path) -> tuple[Path, Path, str]:
+    """``python -m server restore ARCHIVE`` onto a fresh install's layout under ``root``
+    (``etc/vigil/config.toml`` naming ``var/lib/vigil``): the config, the state dir, and
+    what restore printed; the test fails if it refused."""
+    etc, state = root / "etc/vigil", root / "var/lib/vigil"
+    etc.mkdir(parents=True)
+    fresh = etc / "config.toml"
+    fresh.write_text(f'[http]\nstatic_dir = "{ROOT / "static"}"\n\n[state]\ndir = "{state}"\n')
+    done = server_cmd("restore", str(archive), "--config", str(fresh))
+    assert done.returncode == 0, done.stderr
+    return fresh, state, done.stdout
+
+
 def enough_fds(want: int) -> None:
     """Raise this process's RLIMIT_NOFILE to ``want`` (vigil, started after, inherits it)."""
     import resource

@@ -24,12 +24,12 @@ import httpx
 
 from tests.support import (
     CHATTY,
-    ROOT,
     Chatter,
     Vigil,
     basic,
     https_client,
     password,
+    restore_fresh,
     server_cmd,
     url_host,
 )
@@ -85,14 +85,8 @@ def test_backup_a_running_vigil_and_restore_it_onto_a_fresh_install(
     old.stop()
     shutil.rmtree(config.parent)  # nothing of the old vigil is left to read
 
-    new = tmp_path / "new"
-    etc, state = new / "etc/vigil", new / "var/lib/vigil"
-    etc.mkdir(parents=True)
-    fresh = etc / "config.toml"
-    fresh.write_text(f'[http]\nstatic_dir = "{ROOT / "static"}"\n\n[state]\ndir = "{state}"\n')
-    done = server_cmd("restore", str(archive), "--config", str(fresh))
-    assert done.returncode == 0, done.stderr
-    assert "3 user(s), 1 device(s)" in done.stdout
+    fresh, state, printed = restore_fresh(archive, tmp_path / "new")
+    assert "3 user(s), 1 device(s)" in printed
     check = server_cmd("check-config", "--config", str(fresh))
     assert check.returncode == 0 and "(3 user(s), 1 device(s))" in check.stdout
 

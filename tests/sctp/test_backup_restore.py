@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import ROOT, Vigil, password, server_cmd, write_config
+from tests.support import ROOT, Vigil, password, restore_fresh, server_cmd, write_config
 
 
 def curl(vigil: Vigil, method: str, path: str, body: object = None) -> tuple[int, object]:
@@ -75,12 +75,7 @@ def test_a_device_agent_with_its_old_secret_connects_to_the_restored_vigil(tmp_p
         old.stop()
         shutil.rmtree(old_dir)
 
-        etc, state = tmp_path / "new/etc/vigil", tmp_path / "new/var/lib/vigil"
-        etc.mkdir(parents=True)
-        fresh = etc / "config.toml"
-        fresh.write_text(f'[http]\nstatic_dir = "{ROOT / "static"}"\n\n[state]\ndir = "{state}"\n')
-        done = server_cmd("restore", str(archive), "--config", str(fresh))
-        assert done.returncode == 0, done.stderr
+        fresh, state, _ = restore_fresh(archive, tmp_path / "new")
         assert (state / "devices.local/lamp-1.secret").read_bytes() == on_device.read_bytes()
         new = Vigil(fresh)
         wait_online(new, "lamp-1")  # the agent was never restarted: it reconnected
