@@ -53,8 +53,14 @@ def enrol(
     totp = pyotp.parse_uri(line.strip())
     assert isinstance(totp, pyotp.TOTP) and totp.name == name and totp.issuer == "vigil"
     code = totp.now() if not wrong else f"{(int(totp.now()) + 1) % 1_000_000:06d}"
-    out, err = proc.communicate(code + "\n", timeout=30)
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, line + out, err)
+    # Read on through the same buffered file: communicate() reads the pipe's descriptor and
+    # would miss what readline() already buffered (the QR code, the prompt).
+    proc.stdin.write(code + "\n")
+    proc.stdin.close()
+    out = proc.stdout.read()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    done = subprocess.CompletedProcess(proc.args, proc.wait(30), line + out, err)
     return done, totp.secret
 
 
