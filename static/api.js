@@ -5,6 +5,13 @@
 // holds {"error": "..."}; a non-JSON answer becomes {"error": <text>}.
 // State-changing requests send JSON with Content-Type application/json,
 // which the server requires (together with a same-origin Origin) against CSRF.
+//
+// The server's error messages are English and stable (for scripts); the
+// panel says the errors it knows in its own words (errorText), with the
+// server's text where it tells the person more (a refused value: 400).
+
+import { clockText } from "./dom.js";
+import { msgKey, t } from "./i18n.js";
 
 /** Seconds from a Retry-After header or a {"retry_after"} body, else null. */
 function retryAfter(res, body) {
@@ -34,7 +41,7 @@ export async function api(method, path, payload, { timeoutMs = 30000 } = {}) {
   } catch (e) {
     clearTimeout(timer);
     const why = e && e.name === "AbortError" ? "no answer from the server" : "server unreachable";
-    return { status: 0, ok: false, body: { error: why }, retryAfter: null };
+    return { status: 0, ok: false, body: { error: why }, retryAfter: null, timeout: why[0] === "n" };
   }
   let body = null;
   try {
@@ -55,8 +62,32 @@ export async function api(method, path, payload, { timeoutMs = 30000 } = {}) {
   return { status: res.status, ok: res.ok, body, retryAfter: retryAfter(res, body) };
 }
 
-/** The error text of a failed answer, with its status. */
-export function errorText(r) {
-  const msg = r.body && typeof r.body.error === "string" ? r.body.error : "request failed";
-  return r.status ? `${msg} (${r.status})` : msg;
+// The panel's words for an answer's status; the server's text follows these.
+const STATUS = {
+  400: msgKey("error.400"),
+  401: msgKey("error.401"),
+  403: msgKey("error.403"),
+  404: msgKey("error.404"),
+  409: msgKey("error.409"),
+  503: msgKey("error.503"),
+  504: msgKey("error.504"),
+};
+// Statuses whose server text only repeats what the panel's words say.
+const PLAIN = new Set([401, 403, 404, 504]);
+
+/**
+ * A failed answer in the panel's words for the errors it knows (a 409 names the holder,
+ * and `device` when given), with the server's text where that says more.
+ */
+export function errorText(r, device = null) {
+  const b = r.body && typeof r.body === "object" ? r.body : {};
+  const detail = typeof b.error === "string" ? b.error : "";
+  if (r.status === 0) return r.timeout ? t("error.timeout") : t("error.network");
+  if (r.status === 409 && typeof b.holder === "string") {
+    const held = { device, who: b.holder, since: clockText(b.since) };
+    return device === null ? t("error.held", held) : t("error.held.device", held);
+  }
+  if (r.status === 429) return t("error.429", { n: r.retryAfter ?? 1 });
+  const what = STATUS[r.status] ? t(STATUS[r.status]) : t("error.status", { status: String(r.status) });
+  return detail && !PLAIN.has(r.status) ? t("error.detail", { what, detail }) : what;
 }

@@ -47,12 +47,12 @@ def serve_static_from_disk(page: Any) -> None:
     def handle(route: Any) -> None:
         name = route.request.url.split("/", 3)[3].split("?")[0] or "index.html"
         path = static / name
-        if not path.is_file() or Path(name).name != name:
+        if not path.is_file() or ".." in Path(name).parts:
             route.fulfill(status=404, body="")
             return
         route.fulfill(status=200, body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix])
 
-    page.route(re.compile(r"^https://[^/]+/(?!api/)[^/]*$"), handle)
+    page.route(re.compile(r"^https://[^/]+/(?!api/)[^?]*$"), handle)
 
 
 def test_open_panel_waits_while_full_and_gets_in_when_a_slot_frees(
