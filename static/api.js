@@ -75,6 +75,37 @@ const STATUS = {
 // Statuses whose server text only repeats what the panel's words say.
 const PLAIN = new Set([401, 403, 404, 504]);
 
+// Why the control channel is off, as the server says it (server/control/channel.py), and the
+// panel's message for it; `code`: parameters that are something to type or configure.
+const OFF = "control channel off: ";
+const OFF_REASONS = {
+  "disabled in the config ([control] enabled = false)":
+    { key: msgKey("devices.off.disabled"), code: { setting: "[control] enabled = false" } },
+  "this kernel has no SCTP (on a Raspberry Pi: sudo modprobe sctp)":
+    { key: msgKey("devices.off.nosctp"), code: { command: "sudo modprobe sctp" } },
+  "not started": { key: msgKey("devices.off.starting"), code: {} },
+  closed: { key: msgKey("devices.off.closed"), code: {} },
+};
+
+/** The panel's message for the server's "control channel off: <why>": {key, code, words}. */
+export function offMessage(off) {
+  const why = off.startsWith(OFF) ? off.slice(OFF.length) : off;
+  if (Object.hasOwn(OFF_REASONS, why)) return { ...OFF_REASONS[why], words: {} };
+  return { key: msgKey("devices.off.other"), code: {}, words: { why } };
+}
+
+/** The server's words for a device that cannot take a command (server/control/), as the panel's. */
+function unavailable(detail) {
+  if (detail.startsWith(OFF)) {
+    const off = offMessage(detail);
+    return t(off.key, { ...off.code, ...off.words });
+  }
+  const m = /^device '(.*)' (is offline|was lost before it answered)$/.exec(detail);
+  if (!m) return null;
+  return m[2] === "is offline" ? t("error.offline", { device: m[1] })
+    : t("error.lost", { device: m[1] });
+}
+
 /**
  * A failed answer in the panel's words for the errors it knows (a 409 names the holder,
  * and `device` when given), with the server's text where that says more.
@@ -88,6 +119,8 @@ export function errorText(r, device = null) {
     return device === null ? t("error.held", held) : t("error.held.device", held);
   }
   if (r.status === 429) return t("error.429", { n: r.retryAfter ?? 1 });
+  const known = r.status === 503 ? unavailable(detail) : null;
+  if (known !== null) return t("error.detail", { what: t("error.503"), detail: known });
   const what = STATUS[r.status] ? t(STATUS[r.status]) : t("error.status", { status: String(r.status) });
   return detail && !PLAIN.has(r.status) ? t("error.detail", { what, detail }) : what;
 }

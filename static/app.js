@@ -22,7 +22,7 @@
 // needed) and reopen it, resuming after the last event id. A `reset` on a
 // resumed stream means the server could not replay what we missed: resync.
 
-import { api, errorText } from "./api.js";
+import { api, errorText, offMessage } from "./api.js";
 import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, resay, said, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
@@ -192,24 +192,12 @@ function applyReset(data, initial) {
   if (!initial) resync();
 }
 
-// The reasons the server gives for a control channel that is off (server/control/channel.py):
-// the panel's words, with what to type or configure as code.
-const OFF_REASONS = {
-  "disabled in the config ([control] enabled = false)":
-    () => tx("devices.off.disabled", { setting: code("[control] enabled = false") }),
-  "this kernel has no SCTP (on a Raspberry Pi: sudo modprobe sctp)":
-    () => tx("devices.off.nosctp", { command: code("sudo modprobe sctp") }),
-  "not started": () => t("devices.off.starting"),
-  closed: () => t("devices.off.closed"),
-};
-
-const code = (text) => h("code", {}, text);
-
-/** Why there are no devices, in the panel's words (the server's for a reason it has no words for). */
+/** Why there are no devices, in the panel's words; what to type or configure as code. */
 function controlOffText(off) {
   if (off === null) return "";
-  const why = off.replace(/^control channel off: /, "");
-  return Object.hasOwn(OFF_REASONS, why) ? OFF_REASONS[why]() : t("devices.off.other", { why });
+  const { key, code, words } = offMessage(off);
+  const codes = Object.fromEntries(Object.entries(code).map(([k, v]) => [k, h("code", {}, v)]));
+  return tx(key, { ...words, ...codes });
 }
 
 const READY_MS = 2000;

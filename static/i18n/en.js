@@ -154,6 +154,8 @@ export default {
   },
   "error.held": "held by {who} since {since}",
   "error.held.device": "refused: {device} is held by {who} since {since}",
+  "error.offline": "device '{device}' is offline",
+  "error.lost": "device '{device}' was lost before it answered",
   "error.status": "error {status}",
   "error.detail": "{what}: {detail}",
   "error.network": "server unreachable",

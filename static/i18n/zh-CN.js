@@ -155,6 +155,8 @@ export default {
   },
   "error.held": "{who} 自 {since} 起占用中",
   "error.held.device": "被拒绝：{device} 正由 {who} 占用（自 {since} 起）",
+  "error.offline": "设备 {device} 已离线",
+  "error.lost": "设备 {device} 在回应前断开了连接",
   "error.status": "错误 {status}",
   "error.detail": "{what}：{detail}",
   "error.network": "无法连接服务器",
