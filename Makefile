@@ -96,7 +96,7 @@ install:
 	$(if $(DESTDIR),grep -rlF '$(DESTDIR)' $(IVENV)/bin $(IVENV)/pyvenv.cfg \
 		| xargs -r sed -i 's|$(DESTDIR)||g')
 	cd static && find . -type f -exec install -D -m 0644 {} $(DESTDIR)$(LIBDIR)/static/{} \;
-	install -m 0644 README.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
+	install -m 0644 README.md README.zh-CN.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MODULESDIR)
 	$(SUBST) dist/vigil.in > $(DESTDIR)$(BINDIR)/vigil && chmod 0755 $(DESTDIR)$(BINDIR)/vigil
 	for unit in vigil.service vigil-agent@.service; do \

@@ -160,7 +160,9 @@ def send_commands(stub: StubEvents) -> None:
         {**speed, "phase": "result", "ok": True, "state": 55, "status": 200, "latency_ms": 4},
     )
     flush = {"id": "c2", "device": "pump-1", "entity": "flush", "value": None, "user": "bob"}
-    stub.send("command", {**flush, "phase": "failed", "ok": False, "error": DEVICE_ERROR, "status": 504})
+    stub.send(
+        "command", {**flush, "phase": "failed", "ok": False, "error": DEVICE_ERROR, "status": 504}
+    )
     safe = {"id": "c3", "device": "pump-1", "entity": "mode", "value": "normal", "user": "vigil"}
     stub.send("command", {**safe, "phase": "issued", "reason": "safe state: alice lost"})
 
