@@ -840,7 +840,8 @@ function commandText(c) {
     text = e && e.kind !== "button" && "state" in c && c.state !== c.value
       ? t("cmd.ok.now", { text, state: valueText(e, c.state) }) : t("cmd.ok", { text });
   } else if (c.ok === false || c.phase === "failed") {
-    text = t("cmd.failed", { text, why: fmtValue(c.error ?? "error") });
+    text = c.error == null ? t("cmd.failed.plain", { text })
+      : t("cmd.failed", { text, why: fmtValue(c.error) });
     if (c.status && c.status !== 200) text = t("cmd.status", { text, status: String(c.status) });
   }
   if (Number.isFinite(c.latency_ms)) text = t("cmd.ms", { text, ms: c.latency_ms });

@@ -116,6 +116,7 @@ export default {
   "cmd.ok": "{text} → ok",
   "cmd.ok.now": "{text} → ok (now {state})",
   "cmd.failed": "{text} → failed: {why}",
+  "cmd.failed.plain": "{text} → failed",
   "cmd.status": "{text} [{status}]",
   "cmd.ms": "{text}, {ms} ms",
   "feed.online": "{device} is online",

@@ -119,6 +119,7 @@ export default {
   "cmd.ok": "{text} → 成功",
   "cmd.ok.now": "{text} → 成功（当前 {state}）",
   "cmd.failed": "{text} → 失败：{why}",
+  "cmd.failed.plain": "{text} → 失败",
   "cmd.status": "{text} [{status}]",
   "cmd.ms": "{text}，{ms} 毫秒",
   "feed.online": "{device} 已上线",
