@@ -985,6 +985,7 @@ function relabel() {
   $("lang").value = locale();
   resay(document);
   if (state.me) setMe(state.me); // and the devices
+  for (const dev of state.devices.values()) drawCharts(dev); // "telemetry at …"
   renderPeople();
   renderDeviceCount();
 }

@@ -7,8 +7,9 @@
   and devices gave are taken out: every text node, aria-label, title and
   aria-valuetext, and the page title. The same check on the same panel in
   English finds English everywhere: the check is not vacuous.
-- The switch in the header changes the language live, and this browser
-  remembers it (localStorage); another browser does not.
+- The switch in the header changes the language live, everything already
+  said included, and this browser remembers it (localStorage); another
+  browser does not.
 - Plurals by Intl.PluralRules: "1 of 10 online", "2 of 10 online", "1
   character left", "2 characters left"; in Chinese "在线 1/10"; every plural
   message has every form the language's rules ask for.
@@ -251,6 +252,17 @@ def test_the_switch_changes_the_language_live_and_this_browser_remembers_it(
     page.get_by_label("语言").select_option("en")
     expect(page.locator("#people-count")).to_have_text("2 of 10 online")
     expect(page.locator("html")).to_have_attribute("lang", "en")
+
+
+def test_switching_says_everything_again(vigil: Vigil, contexts: Callable[..., Any]) -> None:
+    """What the panel said before the switch (the feed, the answers beside the controls, the
+    dialogs, the times) is said again in the new language, not only what comes after."""
+    page = busy_panel(vigil, contexts)
+    assert len(english(page)[0]) > 60
+    page.get_by_label("Language").select_option("zh-CN")
+    expect(entity(page, "mode").locator(".ent-msg")).to_contain_text("操作太频繁，请 2 秒后再试")
+    left, _ = english(page)
+    assert left == [], left
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-CN"])
