@@ -5,7 +5,7 @@
 //   device 设备 · online / offline 在线 / 离线 · operator 操作员 · viewer 查看者
 //   lease 占用（take 占用 · release 释放 · take over 接管）· command 指令 · entity 实体
 //   activity 动态 · chat 聊天 · people 人员 · panel 面板 · control channel 控制通道
-//   telemetry 遥测 · safe state 安全状态 · on / off 开 / 关
+//   telemetry 遥测 · safe state 安全状态 · 开关的 on / off 开 / 关，门窗的 open / closed 打开 / 关闭
 // 用户名、设备名与设备声明的名称、选项、单位，以及聊天内容，一律不翻译。
 // 中文与数字、拉丁字母之间留一个空格；标点用全角（，：（）“”），箭头 → 保留。
 export default {
@@ -166,10 +166,10 @@ export default {
   "binary.battery.false": "正常",
   "binary.connectivity.true": "已连接",
   "binary.connectivity.false": "已断开",
-  "binary.door.true": "开",
-  "binary.door.false": "关",
-  "binary.garage_door.true": "开",
-  "binary.garage_door.false": "关",
+  "binary.door.true": "打开",
+  "binary.door.false": "关闭",
+  "binary.garage_door.true": "打开",
+  "binary.garage_door.false": "关闭",
   "binary.gas.true": "检测到燃气",
   "binary.gas.false": "正常",
   "binary.heat.true": "过热",
@@ -184,8 +184,8 @@ export default {
   "binary.motion.false": "无移动",
   "binary.occupancy.true": "有人",
   "binary.occupancy.false": "无人",
-  "binary.opening.true": "开",
-  "binary.opening.false": "关",
+  "binary.opening.true": "打开",
+  "binary.opening.false": "关闭",
   "binary.plug.true": "已插入",
   "binary.plug.false": "已拔出",
   "binary.power.true": "有电",
@@ -204,6 +204,6 @@ export default {
   "binary.tamper.false": "正常",
   "binary.vibration.true": "有振动",
   "binary.vibration.false": "无振动",
-  "binary.window.true": "开",
-  "binary.window.false": "关"
+  "binary.window.true": "打开",
+  "binary.window.false": "关闭"
 };
