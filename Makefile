@@ -8,9 +8,9 @@ BUILD_DEBS := libsctp-dev python3-dev gcc
 # ... and what the tests drive: modprobe (also in the User-Mode Linux guest, whose
 # kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
 # and packet loss, a real browser with a Chinese font (the zh-CN panel), curl,
-# systemd-analyze (the unit files).
+# systemd-analyze (the unit files), Prometheus and its promtool (GET /metrics).
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
-	fonts-wqy-microhei procps systemd python3-venv mosquitto mosquitto-clients
+	fonts-wqy-microhei procps systemd python3-venv mosquitto mosquitto-clients prometheus
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
 .PHONY: run test lint check bench fuzz deps test-deps uml-kernel ha clean

@@ -1,5 +1,5 @@
 """Command line: ``python -m server [run] | user … | hash-password | check-config | add-device |
-tls-info``.
+tls-info | backup | restore``.
 
 Every failure a person can cause (bad config, port in use, unreadable static
 dir or audit file, a TLS certificate or key that cannot be used) ends in one
@@ -18,18 +18,22 @@ import shlex
 import signal
 import ssl
 import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
 from server import config as configmod
 from server import firstrun
+from server.backup import archive, restore
 from server.base import pidfile
 from server.base.notify import Notifier
 from server.link.codec import DEVICE_ID, DEVICE_ID_RULE
 from server.link.secret import SECRET_BYTES
 from server.people import users
 from server.people.auth import hash_password
+from server.people.sessions import totp_step
 from server.web import certificate
 from server.web.certificate import CertificateError
 
@@ -290,12 +294,14 @@ def cmd_user(args: argparse.Namespace) -> int:
     if args.action == "list":
         for u in cfg.auth.users:
             where = configmod.LOCAL_USERS_FILE if u.name in roles else cfg.path.name
-            print(f"{u.name:<20} {u.role:<9} {where}")
+            print(f"{u.name:<20} {u.role:<9} {'TOTP' if u.totp else '-':<5} {where}")
         return 0
     name = args.name
     problem = users.name_problem(name)
     if problem:
         return _fail(f"{name!r}: {problem}")
+    if args.action == "logout":
+        return _logout(cfg, name)
     if name not in roles and any(u.name == name for u in cfg.auth.users):
         return _fail(
             f"{name!r} is declared in {cfg.path} ([[auth.users]]): change it there"
@@ -310,6 +316,13 @@ def cmd_user(args: argparse.Namespace) -> int:
             return _fail(f"{name!r} is the only user: add another one first")
         new = [u for u in local if u.name != name]
         done = f"user {name} removed (logged out at the reload)"
+    elif args.action == "totp":
+        account = next(u for u in local if u.name == name)
+        changed = _totp(account, args.off)
+        if isinstance(changed, str):
+            return _fail(changed)
+        new = [changed if u.name == name else u for u in local]
+        done = f"user {name}: second factor {'removed' if args.off else 'on'}"
     else:
         try:
             password = _read_password()
@@ -319,7 +332,8 @@ def cmd_user(args: argparse.Namespace) -> int:
         if weak:
             return _fail(f"password refused: {weak}")
         role = args.role if args.action == "add" else roles[name]
-        user = configmod.Account(name, hash_password(password), role)
+        totp = next((u.totp for u in local if u.name == name), "")
+        user = configmod.Account(name, hash_password(password), role, totp)
         new = [user if u.name == name else u for u in local]
         if args.action == "add":
             new.append(user)
@@ -332,6 +346,50 @@ def cmd_user(args: argparse.Namespace) -> int:
         path = state / configmod.LOCAL_USERS_FILE
         return _fail(f"{path}: cannot write ({e.strerror or e}); it is unchanged")
     print(f"vigil: {done}: {target}")
+    print(f"vigil: {_tell_server(state)}")
+    return 0
+
+
+def _totp(account: configmod.Account, off: bool) -> configmod.Account | str:
+    """``account`` with a new, confirmed second factor (or without one); or why not.
+
+    The secret goes to the terminal only (the otpauth:// URI and its QR code):
+    never to the log, never on a command line.
+    """
+    if off:
+        if not account.totp:
+            return f"{account.name!r} has no second factor"
+        return replace(account, totp="")
+    import pyotp
+    import qrcode
+
+    secret = pyotp.random_base32()  # 160 bits, as RFC 4226 recommends
+    uri = pyotp.TOTP(secret).provisioning_uri(name=account.name, issuer_name="vigil")
+    print(f"Add this to an authenticator app (scan the code, or paste the URI):\n{uri}")
+    qr = qrcode.QRCode(border=2)
+    qr.add_data(uri)
+    qr.print_ascii(out=sys.stdout, invert=True)
+    print("Then type the 6-digit code it shows, to confirm: ", end="", flush=True)
+    code = sys.stdin.readline().strip()
+    if totp_step(secret, code, time.time()) is None:
+        return "that is not the current code: nothing changed (run it again)"
+    return replace(account, totp=secret)
+
+
+def _logout(cfg: configmod.Config, name: str) -> int:
+    """End ``name``'s sessions in the running vigil: their time in logout.local.toml, then
+    SIGHUP. Entries older than a session can live are dropped."""
+    if not any(u.name == name for u in cfg.auth.users):
+        return _fail(f"no user {name!r} (user list shows who there is)")
+    now = time.time()
+    keep = {n: t for n, t in cfg.auth.logouts if now - t < cfg.auth.session_max_age}
+    state = cfg.state.dir
+    try:
+        target = users.save_logouts(state, keep | {name: now})
+    except OSError as e:
+        path = state / configmod.LOGOUT_FILE
+        return _fail(f"{path}: cannot write ({e.strerror or e}); nobody was logged out")
+    print(f"vigil: {name}'s sessions begun before now end at the reload: {target}")
     print(f"vigil: {_tell_server(state)}")
     return 0
 
@@ -362,6 +420,80 @@ def cmd_tls_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """One archive of everything this vigil needs to come back as itself (server.backup.archive)."""
+    try:
+        configmod.load(args.config)  # its errors name the key; the backup's only the file
+        done = archive.write(args.config, args.file, args.audit, datetime.now(UTC))
+    except (configmod.ConfigError, archive.BackupError) as e:
+        return _fail(str(e))
+    audit = f", {done.audit_files} of the audit log" if args.audit else ""
+    print(
+        f"vigil: backed up {done.files} files{audit} to {args.file} ({done.bytes} bytes,"
+        " mode 0600).\n  It holds the password hashes, device secrets and TLS key: keep it"
+        " as you keep them.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Bring a backup back onto this machine: same people, devices and certificate."""
+    try:
+        with args.file.open("rb") as f:
+            staged = archive.read_archive(f)
+    except OSError as e:
+        return _fail(f"{args.file}: cannot read: {e.strerror}")
+    except archive.BackupError as e:
+        return _fail(f"{args.file}: {e}; nothing was changed")
+    try:
+        done = restore.restore(staged, args.config, args.force, lambda s: print(f"vigil: {s}"))
+    except archive.BackupError as e:
+        return _fail(f"{e}; nothing was changed")
+    finally:
+        staged.close()
+    m = staged.manifest
+    print(
+        f"vigil: restored {done.files} files from {args.file} (made {m.created} on {m.host}"
+        f" by vigil {m.vigil}): config {args.config}, state {done.layout.state}"
+    )
+    try:
+        cfg = configmod.load(args.config)
+        cert, _key = certificate.location(cfg.tls.cert, cfg.tls.key, cfg.state.dir)
+        fingerprint = certificate.describe(cert).fingerprint if cert.exists() else "none yet"
+    except (configmod.ConfigError, CertificateError) as e:
+        return _fail(f"restored, but the config does not load here: {e}")
+    print(
+        f"vigil: {len(cfg.auth.users)} user(s), {len(cfg.control.devices)} device(s),"
+        f" certificate SHA-256 {fingerprint}\n"
+        "vigil: start vigil now (sudo systemctl start vigil, or python -m server)"
+    )
+    return 0
+
+
+def _backup_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    save = sub.add_parser(
+        "backup",
+        help="write one archive of config, users, devices and their secrets, TLS key (0600)",
+        description="A gzip'd tar with a manifest (sha256 of every member). A running vigil"
+        " need not stop. FILE must not exist yet.",
+    )
+    save.add_argument("file", type=Path, metavar="FILE")
+    save.add_argument("--audit", action="store_true", help="the audit log too")
+    load = sub.add_parser(
+        "restore",
+        help="bring a backup back onto this machine (vigil stopped)",
+        description="Checks the whole archive before it writes anything; refuses a damaged"
+        " or foreign one. The config keeps this machine's [state] dir and [http] static_dir.",
+    )
+    load.add_argument("file", type=Path, metavar="FILE")
+    load.add_argument(
+        "--force", action="store_true", help="replace the users, devices, certificate here"
+    )
+    for p in (save, load):
+        p.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
+
+
 def _user_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     user = sub.add_parser(
         "user",
@@ -377,7 +509,15 @@ def _user_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     add.add_argument("--role", choices=configmod.ROLES, default="operator")
     actions.add_parser("passwd", help="a new password for a person").add_argument("name")
     actions.add_parser("del", help="remove a person (logged out at once)").add_argument("name")
-    actions.add_parser("list", help="everyone who may log in, with role and file")
+    actions.add_parser("list", help="everyone who may log in, with role, second factor, file")
+    totp = actions.add_parser(
+        "totp", help="a second factor (TOTP): shows a QR code, asks for one code to confirm"
+    )
+    totp.add_argument("name")
+    totp.add_argument("--off", action="store_true", help="remove the second factor")
+    actions.add_parser(
+        "logout", help="end a person's sessions in the running vigil (they log in again)"
+    ).add_argument("name")
     for p in actions.choices.values():
         p.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
 
@@ -398,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("tls-info", help="show the HTTPS certificate: fingerprint, expiry")
     info.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="config file")
     _user_parser(sub)
+    _backup_parsers(sub)
     args = parser.parse_args(argv)
     commands = {
         "tls-info": cmd_tls_info,
@@ -405,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "add-device": cmd_add_device,
         "user": cmd_user,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
     }
     return commands.get(args.command, cmd_run)(args)
 

@@ -23,6 +23,10 @@ acknowledged before it is on disk. The access log is written by the sweep.
 systemd (``server.base.notify``, a no-op outside a ``Type=notify`` unit): READY=1
 at the end of ``start``, RELOADING=1 … READY=1 around ``reload``,
 STOPPING=1 when ``shutdown`` begins, WATCHDOG=1 from a loop timer.
+
+Metrics (``web.metrics``, made once ``[metrics]`` names a token): the server
+counts every response by status class with its latency (``log_access``)
+and hands the exposition the parts it reads at scrape time.
 """
 
 from __future__ import annotations
@@ -38,18 +42,20 @@ from server import config as configmod
 from server.base import sockopts
 from server.base.addresses import AllowList
 from server.base.buckets import Rate
-from server.base.dates import PerSecond
+from server.base.dates import PerSecond, iso_utc
 from server.base.loop import Loop, Timer
 from server.base.notify import Notifier
+from server.base.tally import SECONDS, Tally
 from server.config import Config, ConfigError
 from server.control.channel import ControlChannel
 from server.core import commands
 from server.core.announcer import Announcer
 from server.feed.audit import AuditLog
-from server.feed.bus import EventBus
+from server.feed.bus import EventBus, personal
 from server.people.auth import Authenticator, HashBudget, User, hash_password
 from server.people.leases import Leases
 from server.people.presence import Presence
+from server.people.sessions import Session, Sessions
 from server.web import api
 from server.web.acceptor import Acceptor
 from server.web.accesslog import AccessLog
@@ -91,6 +97,16 @@ def _rates(cfg: Config) -> tuple[Rate, Rate]:
     )
 
 
+def _scrape_rate(cfg: Config) -> Rate:
+    """Scrapes of ``/metrics``, by every scraper together (``[metrics]``)."""
+    return Rate(cfg.metrics.scrapes_per_second, cfg.metrics.scrape_burst)
+
+
+def _session_limits(cfg: Config) -> tuple[float, float, int, int]:
+    auth = cfg.auth
+    return auth.session_idle, auth.session_max_age, auth.sessions_per_user, auth.max_sessions
+
+
 def _hash_cost() -> float:
     """Seconds one password verification takes on this machine (measured once)."""
     started = time.perf_counter()
@@ -105,7 +121,7 @@ class Server:
         self.notify = notify or Notifier()
         self.settings = _settings(cfg)
         self.auth = Authenticator(
-            cfg.auth.users,
+            (),
             cfg.auth.lockout_failures,
             cfg.auth.lockout_window,
             HashBudget(
@@ -114,7 +130,9 @@ class Server:
                 cfg.auth.hash_share_total,
                 cfg.auth.lockout_failures,
             ),
+            Sessions(*_session_limits(cfg)),
         )
+        self._configure_auth(cfg, loop.now())
         self.presence = Presence(cfg.auth.max_users, cfg.presence.grace)
         self.events = EventBus(first_id=int(time.time() * 1000))
         self.audit = AuditLog(
@@ -138,13 +156,17 @@ class Server:
             loop.now,
             time.time,
             *_rates(cfg),
+            Tally(commands.OUTCOMES, SECONDS),
             files=FileCache(cfg.http.static_dir),
+            scrape_rate=_scrape_rate(cfg),
+            auth=self.auth,
         )
         self.announcer.vanished = partial(commands.safe_state, self.services)
         self.gate = Gate(api.ROUTER, self.auth, self.presence, time.time)
         self.https = ServedCertificate(cfg.tls, cfg.state.dir)
         self.acceptor = Acceptor(loop, self, lambda: self.https.context)
         self.access = AccessLog() if cfg.http.access_log else None
+        self.responses = Tally(range(1, 6), SECONDS)  # by status class, and their latency
         self.stopping = False
         self._stopped = False
         self.listener: socket.socket | None = None
@@ -153,15 +175,37 @@ class Server:
         self._clock = PerSecond()
         self._ticks = 0
         self._pending_output: list[Connection] = []
+        self._session_of: dict[int, bytes] = {}  # connection id -> the key of its session
+        self._ending: list[Connection] = []  # closed after this pass's output is written
         self._configure_parts()
         loop.at_end_of_pass(self.end_of_pass)
         self.mqtt = self._bridge(cfg)
+        self._metrics()
+
+    def _configure_auth(self, cfg: Config, now: float) -> None:
+        auth = self.auth
+        auth.step_up_window = cfg.auth.step_up_window
+        auth.operators_need_totp = cfg.auth.operators_need_totp
+        auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window, now)
+        for name, when in cfg.auth.logouts:  # python -m server user logout NAME
+            begun = [s for s in auth.sessions.of(name) if s.since <= when]
+            auth.sessions.end(begun, "ended by an operator (vigil user logout)", now)
+        if cfg.auth.operators_need_totp:
+            for name in sorted(
+                u.name for u in cfg.auth.users if u.role == "operator" and not u.totp
+            ):
+                log.warning(
+                    "%s is an operator without a second factor: a viewer until"
+                    " python -m server user totp %s",
+                    name,
+                    name,
+                )
 
     def _configure_parts(self) -> None:
         """What the gate and the acceptor take from the config (at start, on SIGHUP)."""
         cfg = self.config
         https = self.tls_port if self.tls_listener is not None else None
-        self.gate.configure(cfg.auth.realm, self._host_names(), https)
+        self.gate.configure(cfg.auth.realm, self._host_names(), https, cfg.metrics.token_sha256)
         self.acceptor.configure(AllowList(cfg.auth.allow), cfg.presence, cfg.http.max_connections)
 
     def _host_names(self) -> frozenset[str]:
@@ -182,6 +226,23 @@ class Server:
         from server.fleet.mqtt import Bridge
 
         return Bridge(self.loop, cfg.mqtt, cfg.presence, self.services)
+
+    def _metrics(self) -> None:
+        """``GET /metrics``'s exposition, made once ``[metrics]`` names a token (the gate
+        refuses the route until then): prometheus_client is not even imported otherwise."""
+        if not self.config.metrics.token_sha256 or self.services.scrape is not None:
+            return
+        from server.web.metrics import Exposition, Parts
+
+        parts = Parts(
+            self.services,
+            lambda: (conn.state for conn in self.conns.values()),
+            self.responses,
+            lambda: self.https.description if self.tls_listener is not None else None,
+            lambda: None if self.mqtt is None else self.mqtt.connected,
+            lambda: len(self.config.control.devices),
+        )
+        self.services.scrape = Exposition(parts).scrape
 
     # -- start and stop --------------------------------------------------
     def start(self) -> None:
@@ -301,12 +362,17 @@ class Server:
         old = self.config
         self.config = cfg
         self.settings = _settings(cfg)
-        self.auth.update(cfg.auth.users, cfg.auth.lockout_failures, cfg.auth.lockout_window)
+        self._configure_auth(cfg, self.loop.now())
+        self.auth.sessions.configure(*_session_limits(cfg))
+        self.sessions_ended()
         self.presence.resize(cfg.auth.max_users, cfg.presence.grace)
         self.control.reload(cfg.control)
         self.leases.idle = cfg.control.lease_idle
         if cfg.limits != old.limits:
             self.services.chat_rate, self.services.command_rate = _rates(cfg)
+        if cfg.metrics != old.metrics:
+            self.services.scrape_rate = _scrape_rate(cfg)
+            self._metrics()
         if self.mqtt is not None:
             self.mqtt.reload(cfg.mqtt, cfg.presence)
         else:
@@ -321,12 +387,6 @@ class Server:
         if self.tls_listener is not None:
             self.https.reload(cfg.tls, cfg.state.dir)
         self._configure_parts()
-        for conn in list(self.conns.values()):
-            if conn.user is not None and conn.user.name not in self.auth.users:
-                log.info(
-                    "%s: %s was removed from the config: logged out", conn.addr, conn.user.name
-                )
-                conn.close(lost=False)
         later = configmod.restart_needed(old, cfg)
         if later:
             log.warning("reload: %s change(s) only on restart", ", ".join(later))
@@ -336,7 +396,11 @@ class Server:
     def admit(self, conn: Connection, req: Request) -> tuple[User | None, Response | Proceed]:
         """The gate's decision on the head of ``req``, applied: presence changes announced,
         the person kept within ``connections_per_user``; a refusal, or what runs the route."""
-        user, outcome, changes, attached = self.gate.admit(conn, req, self.loop.now())
+        user, outcome, changes, attached, session = self.gate.admit(conn, req, self.loop.now())
+        if session is not None:
+            self._session_of[conn.id] = session.key
+        if self.auth.sessions.news:
+            self.sessions_ended()
         if attached:
             assert user is not None
             for change in changes:
@@ -348,11 +412,45 @@ class Server:
                 return user, too_many(user.name, limit)
         if isinstance(outcome, Response):
             return user, outcome
-        return user, partial(self._run, outcome, user if not outcome.route.public else None)
+        if outcome.route.public:
+            return user, partial(self._run, outcome, None, None, conn.addr)
+        return user, partial(self._run, outcome, user, session, conn.addr)
 
-    def _run(self, match: Match[Any], user: User | None, req: Request) -> Outcome:
+    def _run(
+        self,
+        match: Match[Any],
+        user: User | None,
+        session: Session | None,
+        addr: str,
+        req: Request,
+    ) -> Outcome:
         handler: api.Handler = match.handler
-        return handler(self.services, api.Call(req, user, match.params))
+        outcome = handler(self.services, api.Call(req, user, match.params, session, addr))
+        if self.auth.sessions.news:
+            self.sessions_ended()
+        return outcome
+
+    def sessions_ended(self) -> None:
+        """Announce the sessions that ended (audit record, log line) and close their
+        connections once this pass's output is written: a stream is told why first (a
+        ``signedout`` event, for it alone), and the browser's next request with that
+        header gets 401 saying why."""
+        ends = self.auth.sessions.drain()
+        for session, ended in ends:
+            self.audit.append(
+                "session_end",
+                user=ended.user,
+                addr=session.addr,
+                since=iso_utc(session.since),
+                reason=ended.reason,
+            )
+            log.info("session of %s from %s ended: %s", ended.user, session.addr, ended.reason)
+        why = {session.key: ended.reason for session, ended in ends}
+        for conn_id, key in self._session_of.items():
+            conn = self.conns.get(conn_id)
+            if key in why and conn is not None:
+                conn.push(personal("signedout", {"reason": why[key]}))  # a stream: the panel
+                self._ending.append(conn)
 
     def date(self) -> bytes:
         self._clock.update(time.time())
@@ -377,9 +475,16 @@ class Server:
             return
         for conn in pending:
             conn.flush()
+        if self._ending:
+            ending, self._ending = self._ending, []
+            for conn in ending:
+                if conn.id in self.conns:
+                    conn.close(lost=False)
 
     def log_access(self, conn: Connection, req: Request | None, status: int, size: int) -> None:
-        """One access-log line; its time is the Date of the response just formatted."""
+        """Count the response (its latency: from the request's last bytes read), and one
+        access-log line; its time is the Date of the response just formatted."""
+        self.responses.add(status // 100, self.loop.now() - conn.last_active)
         if self.access is None:
             return
         line = f"{req.method} {req.target} HTTP/{req.http_version}" if req else "-"
@@ -388,6 +493,7 @@ class Server:
 
     def connection_closed(self, conn: Connection, lost: bool) -> None:
         self.acceptor.closed(conn)
+        self._session_of.pop(conn.id, None)
         change = self.presence.detach(conn.id, self.loop.now(), lost)
         if change is not None:
             self.announcer.presence(change)
@@ -417,6 +523,9 @@ class Server:
         for conn in list(self.conns.values()):
             conn.tick(now, heartbeat)
         self.announcer.lease_changes(self.leases.expire(now))
+        self.auth.sessions.expire(now)
+        if self.auth.sessions.news:
+            self.sessions_ended()
         if self.access is not None:
             self.access.flush()
         if self._ticks % EXPIRY_CHECK_TICKS == 0:

@@ -30,6 +30,8 @@ whole at start, and a device or a FIFO would hang that.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import os
 import re
@@ -47,6 +49,7 @@ from server.link.codec import DEVICE_ID, DEVICE_ID_RULE, HEARTBEAT_MS, PATH_MAX_
 from server.link.secret import read_secret_file
 
 LOCAL_USERS_FILE = "users.local.toml"
+LOGOUT_FILE = "logout.local.toml"  # `user logout NAME`: name = epoch seconds (SIGHUP applies)
 LOCAL_DEVICES_FILE = "devices.local.toml"
 LOCAL_SECRETS_DIR = "devices.local"  # add-device writes ID.secret here
 ROLES = ("operator", "viewer")
@@ -63,6 +66,7 @@ class Account:
     name: str
     password: str = field(repr=False)  # "scrypt$..." hash string, never a plain password
     role: str
+    totp: str = field(default="", repr=False)  # base32 TOTP secret; "" without a second factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,14 @@ class AuthConfig:
     lockout_window: float
     hash_share_address: float
     hash_share_total: float
+    # sessions (server.people.sessions) and the second factor
+    session_idle: float = 1800.0
+    session_max_age: float = 43200.0
+    sessions_per_user: int = 8
+    max_sessions: int = 100
+    step_up_window: float = 300.0
+    operators_need_totp: bool = False
+    logouts: tuple[tuple[str, float], ...] = ()  # sessions begun before these times end
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,15 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: ``GET /metrics`` for a scraper's bearer token (server.web.metrics)."""
+
+    token_sha256: bytes = field(repr=False)  # of the token in token_file; b"": metrics off
+    scrapes_per_second: float = 1.0  # what all scrapers together may ask for
+    scrape_burst: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     http: HttpConfig
@@ -198,6 +219,7 @@ class Config:
     tls: TlsConfig
     state: StateConfig
     mqtt: MqttConfig
+    metrics: MetricsConfig
 
 
 # -- checks: each takes the raw TOML value and returns the typed one -------
@@ -329,6 +351,14 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         # shares of time failed password checks may take (server.auth, HashBudget)
         "hash_share_address": (0.1, _num(0.01, 1)),
         "hash_share_total": (0.3, _num(0.01, 1)),
+        # seconds a session may go without a request, and may last (server.people.sessions)
+        "session_idle": (1800.0, _num(10, 86400 * 7)),
+        "session_max_age": (43200.0, _num(60, 86400 * 30)),
+        "sessions_per_user": (8, _int(1, 100)),  # a person's oldest session ends past this
+        "max_sessions": (100, _int(1, 10000)),  # the least recently used one ends past this
+        # seconds a step-up proof (X-Vigil-Step-Up) covers commands that ask to confirm
+        "step_up_window": (300.0, _num(0, 3600)),
+        "operators_need_totp": (False, _bool),  # without a second factor, an operator is a viewer
     },
     "presence": {
         "keepidle": (1, _int(1, 7200)),
@@ -397,6 +427,11 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         "publish_addresses": (False, _bool),
         "panel_url": ("", _url),  # empty: https://<this host>.local:<[tls] port>/ (http if off)
     },
+    "metrics": {
+        "token_file": ("", _path_or_empty),  # the scraper's bearer token, mode 0600; "": off
+        "scrapes_per_second": (1.0, _num(0.01, 100)),
+        "scrape_burst": (10, _int(1, 1000)),
+    },
 }
 
 
@@ -449,8 +484,9 @@ RESERVED_USER = "vigil"
 
 def _users(where: str, raw: Any) -> list[Account]:
     users = []
-    for at, entry in _entries(where, "auth.users", raw, {"name", "password", "role"}):
+    for at, entry in _entries(where, "auth.users", raw, {"name", "password", "role", "totp"}):
         name, password, role = entry.get("name"), entry.get("password"), entry.get("role")
+        totp = entry.get("totp", "")
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"{at}: name must be a non-empty string without ':'")
         if name == RESERVED_USER:
@@ -461,8 +497,22 @@ def _users(where: str, raw: Any) -> list[Account]:
             )
         if role not in ROLES:
             raise ConfigError(f"{at} ({name}): role must be operator or viewer")
-        users.append(Account(name, password, role))
+        if not isinstance(totp, str) or (totp and not _totp_secret(totp)):
+            raise ConfigError(
+                f"{at} ({name}): totp must be a base32 secret of at least 128 bits"
+                f" (python -m server user totp {name} makes one)"
+            )
+        users.append(Account(name, password, role, totp))
     return users
+
+
+def _totp_secret(text: str) -> bool:
+    """Base32 (RFC 4648, no padding needed) of at least 16 bytes."""
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8), casefold=True)
+    except ValueError:  # binascii.Error
+        return False
+    return len(raw) >= 16
 
 
 def local_users(state_dir: Path) -> list[Account]:
@@ -479,6 +529,21 @@ def local_users(state_dir: Path) -> list[Account]:
     if not local.exists():
         return []
     return _users(str(local), _read_toml(local, private=True).get("users", []))
+
+
+def logouts(state_dir: Path) -> tuple[tuple[str, float], ...]:
+    """``logout.local.toml`` of ``state_dir``: (name, epoch seconds) for each person whose
+    sessions begun before then must end (``python -m server user logout NAME``)."""
+    path = state_dir / LOGOUT_FILE
+    if not path.exists():
+        return ()
+    table = _read_toml(path).get("logout", {})
+    ok = isinstance(table, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in table.values()
+    )
+    if not ok:
+        raise ConfigError(f"{path}: [logout] must map names to epoch seconds")
+    return tuple((name, float(when)) for name, when in table.items())
 
 
 def _devices(where: str, table: str, raw: Any, base: Path) -> list[DeviceKey]:
@@ -537,6 +602,29 @@ def _mqtt(where: str, sec: dict[str, Any], base: Path, panel_url: str) -> MqttCo
             "panel_url": sec["panel_url"] or panel_url,
         }
     )
+
+
+# A bearer token (RFC 6750 §2.1, b64token) long enough not to be guessed: 32 characters
+# of `openssl rand -hex 32` are 128 bits.
+TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
+TOKEN_RULE = "at least 32 of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -hex 32)"
+
+
+def _metrics(where: str, sec: dict[str, Any], base: Path) -> MetricsConfig:
+    """[metrics] with the token read from its file (kept only as its SHA-256)."""
+    token_file = sec.pop("token_file")
+    digest = b""
+    if token_file:
+        try:
+            token = read_private(base / token_file).partition("\n")[0].strip()
+        except ValueError as e:
+            raise ConfigError(f"{where}: [metrics] token_file {e}") from None
+        if not TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"{where}: [metrics] token_file {base / token_file}: the token must be {TOKEN_RULE}"
+            )
+        digest = hashlib.sha256(token.encode()).digest()
+    return MetricsConfig(token_sha256=digest, **sec)
 
 
 def _repeated(names: Iterable[str]) -> str | None:
@@ -608,6 +696,7 @@ def load(path: str | Path) -> Config:
             f"{where}: [http] static_dir: {sec['http']['static_dir']} is not a directory"
         )
     sec["auth"]["users"] = tuple(users)
+    sec["auth"]["logouts"] = logouts(state)
     sec["audit"]["path"] = state / sec["audit"]["path"]
     _regular_or_none(where, "[audit] path", sec["audit"]["path"])
     devices = _devices(where, "control.devices", sec["control"]["devices"], base)
@@ -634,4 +723,5 @@ def load(path: str | Path) -> Config:
         tls=TlsConfig(**sec["tls"]),
         state=StateConfig(**sec["state"]),
         mqtt=_mqtt(where, sec["mqtt"], base, _panel_url(sec)),
+        metrics=_metrics(where, sec["metrics"], base),
     )

@@ -21,14 +21,14 @@ function retryAfter(res, body) {
   return Number.isFinite(b) && b >= 0 ? b : null;
 }
 
-export async function api(method, path, payload, { timeoutMs = 30000 } = {}) {
+export async function api(method, path, payload, { timeoutMs = 30000, headers } = {}) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
   const init = {
     method,
     credentials: "same-origin",
     cache: "no-store",
-    headers: { Accept: "application/json" },
+    headers: { Accept: "application/json", ...headers },
     signal: ctl.signal,
   };
   if (payload !== undefined) {

@@ -27,6 +27,9 @@ import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, resay, said, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
 import { LANGS, locale, msgKey, preferred, remember, t, translate, tx, use } from "./i18n.js";
+import {
+  askProof, endedByServer, loadPeople, personExtras, proofHeaders, showSession, wireLogout,
+} from "./session.js";
 import { startStream } from "./stream.js";
 
 const FEED_MAX = 200;
@@ -99,6 +102,7 @@ async function connect() {
     banner(null);
     hideFull();
     setMe(r.body);
+    showSession();
     if (stream) stream.reopen();
     else stream = startStream(streamCallbacks);
     resync();
@@ -110,7 +114,8 @@ async function connect() {
   }
   if (r.status === 401) {
     setConn("signedout");
-    banner(() => t("banner.signedout"));
+    const why = r.body && typeof r.body.error === "string" ? `${r.body.error}. ` : "";
+    banner(() => `${why}${t("banner.signedout")}`);
     return;
   }
   const wait = r.retryAfter ?? backoff();
@@ -168,6 +173,7 @@ function applyEvent(kind, data, initial, replayed = false) {
     else if (kind === "command") applyCommand(data);
     else if (kind === "chat") addChat(data);
     else if (kind === "reset") applyReset(data, initial);
+    else if (kind === "signedout") endedByServer(data, () => stream && stream.stop());
   } catch (e) {
     console.error("vigil: cannot apply %s event", kind, e);
   }
@@ -276,6 +282,7 @@ async function loadUsers() {
     if (Number.isFinite(r.body.max_users)) state.maxUsers = r.body.max_users;
     setOnline(Array.isArray(r.body.online) ? r.body.online : []);
   }
+  loadPeople(isOperator(), renderPeople);
 }
 
 function setOnline(list) {
@@ -298,7 +305,8 @@ function renderPeople() {
           me ? h("span", { className: "you" }, t("people.you")) : null),
         h("span", { className: "meta" },
           tx("people.since", { time: timeEl(p.since) }), " · ",
-          h("span", { className: "addr" }, fmtValue(p.addr))));
+          h("span", { className: "addr" }, fmtValue(p.addr))),
+        isOperator() ? personExtras(p.user, me, renderPeople) : null);
     });
   replace($("people-list"), items.length ? items
     : h("li", { className: "empty" }, t("people.nobody")));
@@ -683,8 +691,9 @@ function confirmTakeOver(dev, lease) {
   return modal($("takeover"), "take", dev.leaseBtn);
 }
 
-/** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`; true if confirmed. */
-function confirmCommand(dev, e, value, back) {
+/** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`, with the proof
+ * vigil asks for (session.js); true if confirmed. */
+async function confirmCommand(dev, e, value, back) {
   const device = () => t("device.label",
     { name: fmtValue(dev.entry.name || dev.entry.id), id: dev.entry.id });
   said($("confirm-title"), () => question(e, value));
@@ -692,6 +701,7 @@ function confirmCommand(dev, e, value, back) {
     ? t("confirm.text.press", { device: device(), label: e.label })
     : t("confirm.text", { device: device(), label: e.label, value: valueText(e, value) })));
   said($("confirm-ok"), () => verb(e, value));
+  await askProof();
   return modal($("confirm"), "send", back);
 }
 
@@ -704,12 +714,14 @@ async function ask(dev, row, value) {
       row.update(stateOf(dev, e.key)); // cancelled: the control shows the state again
       return;
     }
+    sendCommand(dev, e, value, proofHeaders());
+    return;
   }
   sendCommand(dev, e, value);
 }
 
 /** POST {entity, value}; the answer is shown beside the control, its state on it. */
-async function sendCommand(dev, e, value) {
+async function sendCommand(dev, e, value, headers) {
   const busy = dev.busy.get(e.key);
   if (busy) {
     busy.next = value; // sent when the device has answered this one: the newest value wins
@@ -723,7 +735,7 @@ async function sendCommand(dev, e, value) {
     : t("command.sending", { value: what() })));
   const t0 = performance.now();
   const r = await api("POST", `/api/devices/${encodeURIComponent(dev.entry.id)}/commands`,
-    { entity: e.key, value });
+    { entity: e.key, value }, { headers });
   const ms = Math.round(performance.now() - t0);
   const { next } = dev.busy.get(e.key);
   dev.busy.delete(e.key);
@@ -1002,6 +1014,7 @@ translate(document);
 document.documentElement.classList.remove("l10n-pending");
 wireChat();
 wireLanguage();
+wireLogout(() => stream && stream.stop());
 connect();
 // The panel shows once the first snapshot has filled it in (applyReset), so that nothing
 // jumps as the devices arrive above the rest on a phone; at the latest after READY_MS.

@@ -21,11 +21,12 @@
 //
 // Events are handed on in id order: an event whose id is not above the
 // last one seen (a replay overlapping what a tab already has) is dropped;
-// a `reset` is always handed on.
+// a `reset` is always handed on, and so is `signedout` (this stream's session ended: it
+// carries no id).
 
 const LOCK = "vigil-event-stream";
 const CHANNEL = "vigil-events";
-const KINDS = ["presence", "device", "command", "chat", "reset"];
+const KINDS = ["presence", "device", "command", "chat", "reset", "signedout"];
 
 /**
  * Start the shared stream. Callbacks (each called in this tab only):
@@ -37,7 +38,7 @@ const KINDS = ["presence", "device", "command", "chat", "reset"];
  *   HTTP error): the caller checks /api/me and calls reopen();
  * - snapshot(): the state a follower starts from ({online, devices,
  *   control_off}), or null before this page has one.
- * Returns {reopen(), lastId(), role()}.
+ * Returns {reopen(), stop(), lastId()}.
  */
 export function startStream(cb) {
   let lastId = null; // the last event id seen since this tab had a state to start from
@@ -55,7 +56,8 @@ export function startStream(cb) {
   }
 
   function deliver(kind, data, id, initial) {
-    if (kind !== "reset" && id !== null && lastId !== null && id <= lastId) return;
+    const unnumbered = kind === "reset" || kind === "signedout"; // signedout: no id of its own
+    if (!unnumbered && id !== null && lastId !== null && id <= lastId) return;
     if (kind === "reset") based = true;
     // Before it has a state to start from, a tab applies events (they are
     // idempotent) but cannot resume after them: its snapshot is still to come.
@@ -150,6 +152,12 @@ export function startStream(cb) {
   return {
     reopen() {
       if (leader) open();
+    },
+    /** Close this tab's stream for good (logging out): it never reconnects. */
+    stop() {
+      leader = false;
+      if (source) source.close();
+      source = null;
     },
     lastId: () => lastId,
   };

@@ -21,6 +21,12 @@ from server.people.users import weakness
 from tests.support import basic
 
 HASH = hash_password("s3cret")
+
+
+def WALL() -> float:  # epoch seconds of a new login: what a wall clock would say
+    return 1_764_770_000.0
+
+
 ALICE = Account("alice", HASH, "operator")
 BOB = Account("bob", HASH, "viewer")
 
@@ -56,38 +62,40 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
 
 def test_check_outcomes() -> None:
     auth = Authenticator([ALICE, BOB])
-    assert auth.check(None, "1.2.3.4", 0).verdict is Verdict.MISSING
-    assert auth.check("Basic !!!", "1.2.3.4", 0).verdict is Verdict.MISSING
-    assert auth.check(basic("alice", "wrong"), "1.2.3.4", 0).verdict is Verdict.WRONG
-    assert auth.check(basic("nobody", "s3cret"), "1.2.3.4", 0).verdict is Verdict.WRONG
-    ok = auth.check(basic("bob", "s3cret"), "1.2.3.4", 0)
+    assert auth.check(None, "1.2.3.4", 0, WALL).verdict is Verdict.MISSING
+    assert auth.check("Basic !!!", "1.2.3.4", 0, WALL).verdict is Verdict.MISSING
+    assert auth.check(basic("alice", "wrong"), "1.2.3.4", 0, WALL).verdict is Verdict.WRONG
+    assert auth.check(basic("nobody", "s3cret"), "1.2.3.4", 0, WALL).verdict is Verdict.WRONG
+    ok = auth.check(basic("bob", "s3cret"), "1.2.3.4", 0, WALL)
     assert ok.verdict is Verdict.OK and ok.user == User("bob", "viewer")
 
 
 def test_verified_credentials_are_cached() -> None:
     auth = Authenticator([ALICE])
-    auth.check(basic("alice", "s3cret"), "a", 0)
+    auth.check(basic("alice", "s3cret"), "a", 0, WALL)
     auth.users = {}  # the cache answers without the user table or scrypt
-    assert auth.check(basic("alice", "s3cret"), "a", 0).verdict is Verdict.OK
+    respelled = "basic  " + basic("alice", "s3cret").split()[1]  # another header: a new session
+    assert auth.check(respelled, "a", 0, WALL).verdict is Verdict.OK
+    assert len(auth.sessions) == 2
 
 
 def test_lockout_per_address_and_name_then_expiry() -> None:
     auth = Authenticator([ALICE, BOB], failures=5, window=60)
     for i in range(4):
-        assert auth.check(basic("alice", "bad"), "10.0.0.1", i).verdict is Verdict.WRONG
-    locked = auth.check(basic("alice", "bad"), "10.0.0.1", 4)
+        assert auth.check(basic("alice", "bad"), "10.0.0.1", i, WALL).verdict is Verdict.WRONG
+    locked = auth.check(basic("alice", "bad"), "10.0.0.1", 4, WALL)
     assert locked.verdict is Verdict.LOCKED and locked.retry_after == 60
-    right = auth.check(basic("alice", "s3cret"), "10.0.0.1", 10)
+    right = auth.check(basic("alice", "s3cret"), "10.0.0.1", 10, WALL)
     assert right.verdict is Verdict.LOCKED and right.retry_after == 54
-    assert auth.check(basic("bob", "s3cret"), "10.0.0.1", 10).verdict is Verdict.OK
-    assert auth.check(basic("alice", "s3cret"), "10.0.0.2", 10).verdict is Verdict.OK
-    assert auth.check(basic("alice", "s3cret"), "10.0.0.1", 64.5).verdict is Verdict.OK
+    assert auth.check(basic("bob", "s3cret"), "10.0.0.1", 10, WALL).verdict is Verdict.OK
+    assert auth.check(basic("alice", "s3cret"), "10.0.0.2", 10, WALL).verdict is Verdict.OK
+    assert auth.check(basic("alice", "s3cret"), "10.0.0.1", 64.5, WALL).verdict is Verdict.OK
 
 
 def test_failures_outside_the_window_do_not_add_up() -> None:
     auth = Authenticator([ALICE], failures=3, window=10)
     for t in (0, 11, 22, 33):
-        assert auth.check(basic("alice", "bad"), "a", t).verdict is Verdict.WRONG
+        assert auth.check(basic("alice", "bad"), "a", t, WALL).verdict is Verdict.WRONG
     auth.prune(100)
     assert not auth._failures
 

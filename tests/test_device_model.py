@@ -17,6 +17,7 @@ import pytest
 from server.link.codec import Telemetry
 from server.link.entities import Entity
 from tests.fakedevice import described
+from tests.support import password
 from tests.testclient import App, Client, FakeDevice, online, watch
 from tests.wire import request
 
@@ -34,15 +35,21 @@ PUMP = described(
 
 
 def send(c: Client, user: str, device: str, entity: str, value: Any) -> tuple[int, Any]:
-    resp = c.post(f"/api/devices/{device}/commands", {"entity": entity, "value": value}, user)
+    """``user``'s command, with their password as its step-up proof (``speed`` asks to
+    confirm: tests/test_sessions_requests.py has step-up)."""
+    body = {"entity": entity, "value": value}
+    step_up = {"X-Vigil-Step-Up": password(user)}
+    resp = c.post(f"/api/devices/{device}/commands", body, user, headers=step_up)
     return resp.status, resp.json()
 
 
 def later(app: App, entity: str, value: Any) -> Client:
-    """alice's command to the pump, sent; its answer waits for the device."""
+    """alice's command to the pump (with her step-up proof), sent; its answer waits for
+    the device."""
     c = app.client()
     body = json.dumps({"entity": entity, "value": value}).encode()
-    c.send(request("POST", "/api/devices/pump/commands", JSON, body))
+    headers = {**JSON, "X-Vigil-Step-Up": password("alice")}
+    c.send(request("POST", "/api/devices/pump/commands", headers, body))
     app.pump()
     return c
 

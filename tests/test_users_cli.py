@@ -79,7 +79,10 @@ def test_add_passwd_del_against_the_running_server(running: tuple[Vigil, Path]) 
     listed = user(config, "list")
     assert listed.returncode == 0
     rows = [line.split() for line in listed.stdout.splitlines()]
-    assert rows == [["alice", "operator", "config.toml"], ["bob", "viewer", LOCAL_USERS_FILE]]
+    assert rows == [
+        ["alice", "operator", "-", "config.toml"],
+        ["bob", "viewer", "-", LOCAL_USERS_FILE],
+    ]
 
     new_pw = "a different long one"
     changed(vigil, config, "passwd", "bob", password=new_pw)

@@ -2,7 +2,8 @@
 through ``fleet.mqtt``, vigil itself for a safe state): the role, the entity and value
 checked against the device's description (``link.entities``: 400 naming the rule), the
 device's lease (``people.leases``: another holder means 409, a free device is taken for
-its sender), the control channel, one audit record.
+its sender), the control channel, one audit record, counted by its outcome
+(``OUTCOMES``, for ``/metrics``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,21 @@ def viewer_refusal(user: User, what: str) -> str | None:
 
 Answer = tuple[int, dict[str, Any]]  # HTTP status and JSON body
 
+# How a command ended (``/metrics``: vigil_commands_total), one for each ``command`` audit
+# record: the device did it, or answered that it could not; no answer in time; the device
+# or the channel was not there (or went away); vigil refused it (role, entity, value, lease).
+OUTCOMES = ("ok", "failed", "timeout", "unavailable", "refused")
+_BY_STATUS = {504: "timeout", 503: "unavailable"}
+# Outcomes whose latency is a device's round trip (or the whole timeout), not a refusal's.
+_TIMED = frozenset(("ok", "failed", "timeout"))
+
+
+def outcome(status: int, ok: bool) -> str:
+    """One of ``OUTCOMES`` for a command answered ``status`` (``ok``: the device did it)."""
+    if status == 200:
+        return "ok" if ok else "failed"
+    return _BY_STATUS.get(status, "refused")
+
 
 class Command:
     """One command, whoever sends it: ``start`` issues it, ``settle`` records its answer.
@@ -48,8 +64,9 @@ class Command:
     sender first when ``take`` (a person's command; a channel without presence,
     and vigil's safe values, only check), and the command goes out.
     ``done(answer)`` comes exactly once, perhaps at once.
-    ``settle(answer)`` appends the ``command`` audit record and returns the
-    answer to give; HTTP calls it inside the connection's error boundary
+    ``settle(answer)`` counts it by outcome (``Services.commands``, with its
+    latency if a device had it), appends the ``command`` audit record and
+    returns the answer to give; HTTP calls it inside the connection's error boundary
     (``Deferred.finish``), so a record that cannot be written is a 500.
     """
 
@@ -94,6 +111,10 @@ class Command:
     def settle(self, answer: Answer) -> Answer:
         status, result = answer
         extra = {} if self.reason is None else {"reason": self.reason}
+        ok = bool(result.get("ok"))
+        latency = self.svc.now() - self.started
+        how = outcome(status, ok)
+        self.svc.commands.add(how, latency if how in _TIMED else None)
         self.svc.audit.append(
             "command",
             id=result.get("id"),
@@ -102,10 +123,10 @@ class Command:
             entity=self.entity,
             value=self.value,
             status=status,
-            ok=bool(result.get("ok")),
+            ok=ok,
             state=result.get("state"),
             error=result.get("error"),
-            latency_ms=round((self.svc.now() - self.started) * 1000, 1),
+            latency_ms=round(latency * 1000, 1),
             **extra,
         )
         return answer

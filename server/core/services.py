@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.base.buckets import Rate
+from server.base.tally import Tally
 from server.control.channel import ControlChannel
 from server.feed.audit import AuditLog
 from server.feed.bus import EventBus
@@ -31,6 +32,7 @@ class Services:
     wall: Callable[[], float]  # epoch seconds, for the ``since`` people read
     chat_rate: Rate  # chat messages per person
     command_rate: Rate  # commands per person (HTTP) or fleet user (MQTT)
+    commands: Tally  # every settled command by outcome, and its latency (``/metrics``)
 
     def devices(self) -> list[views.DeviceView]:
         """Every known device as everyone sees it, sorted by id."""

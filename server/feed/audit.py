@@ -88,6 +88,7 @@ from typing import Any
 
 from server.base.dates import iso_utc
 from server.base.jsontext import MAX_DEPTH, depth, dumps, loads
+from server.base.tally import SECONDS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class AuditLog:
         self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
         self.seq = 0
         self.dirty = False  # lines written since the last fsync
+        self.fsync_seconds = Histogram(SECONDS)  # each pass's group commit (``/metrics``)
         # called with each record as it is written (the MQTT bridge's activity)
         self.watchers: list[Callable[[dict[str, Any]], None]] = []
         self._lines: deque[bytes] = deque()  # the newest records' JSON, oldest first
@@ -374,7 +376,9 @@ class AuditLog:
         self._may_rotate = True
         if self.dirty:
             self.dirty = False
+            started = time.perf_counter()
             os.fsync(self._fd)
+            self.fsync_seconds.observe(time.perf_counter() - started)
         if self._dir_unsynced:
             self._sync_dir()
 

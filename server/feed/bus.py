@@ -37,6 +37,12 @@ def encode(event_id: int, kind: str, data: Any) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 
+def personal(kind: str, data: Any) -> bytes:
+    """An SSE message for one stream only, outside the ring: no id, so no resume sees it
+    (``signedout``: the server ends the session of that stream, and says why)."""
+    return f"event: {kind}\ndata: {dumps(data)}\n\n".encode()
+
+
 def parse_event_id(text: str) -> int | None:
     """The id in a ``Last-Event-ID`` (or ``last_event_id``) value, None if it is not one.
 

@@ -4,14 +4,23 @@ Pure: the caller passes the header value, the peer address and ``now``.
 
 - Passwords are stored only as ``scrypt$N$r$p$salt$hash`` (base64, stdlib
   ``hashlib.scrypt``); verification compares in constant time.
-- A verified credential is cached under the SHA-256 of the decoded
-  ``user:password`` so that a request pays one hash lookup, not scrypt
-  (~50 ms here): every spelling of the same credential (``basic``,
-  ``BASIC``, extra spaces, other base64 padding bits) is the same entry,
-  so re-spelling it never costs a second scrypt. The exact header value a
-  client sends again is looked up first (``_seen``, at most
-  ``_MAX_SPELLINGS`` entries) so the common request parses nothing. The
-  cache holds successes only and is rebuilt with the user table (SIGHUP).
+- A header that logged in is a session (``people.sessions``): the same
+  header again costs one SHA-256 and one lookup, and nothing is parsed.
+  A session that ended answers ``ENDED`` with why (never a failure).
+- A person with a second factor types their password followed by the
+  current 6-digit code (``split_code``): both must be right and the code's
+  time step unused (``UsedSteps``); anything else is a failure like a wrong
+  password (the lockout, the hash budget), and the answer never says which
+  part was wrong. Their logins are never cached: each costs one scrypt.
+- For everyone else a verified ``user:password`` is cached under its
+  SHA-256, so that a new session of a known password (another browser, a
+  re-spelling of the header, a login after a session ended) costs no
+  scrypt. The cache holds successes only and is rebuilt with the user
+  table (SIGHUP), which also ends the sessions of people whose password or
+  second factor changed.
+- Step-up (``step_up``): a command that asks to confirm needs a fresh proof,
+  the current code (one use, as at login) or without a second factor the
+  password; a wrong one counts like a wrong password.
 - Unknown user names cost one scrypt too, so timing does not tell which
   names exist.
 - Lockout: ``failures`` wrong passwords within ``window`` seconds for one
@@ -43,15 +52,25 @@ import hmac
 import os
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from server.base.buckets import Bucket, Rate, retry_after
 from server.config import Account
+from server.people.sessions import (
+    Ended,
+    Session,
+    Sessions,
+    UsedSteps,
+    User,
+    session_key,
+    split_code,
+    totp_step,
+)
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _MAX_LOCKOUT_ENTRIES = 10000
-_MAX_SPELLINGS = 1024  # exact header values remembered for verified credentials
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -117,17 +136,10 @@ def parse_basic(header: str) -> tuple[str, str] | None:
 class Verdict(enum.Enum):
     OK = "ok"
     MISSING = "missing"  # no or malformed credentials: 401
-    WRONG = "wrong"  # unknown user or wrong password: 401
+    WRONG = "wrong"  # unknown user, wrong password or code: 401
+    ENDED = "ended"  # the header of a session that ended: 401 saying why (not a failure)
     LOCKED = "locked"  # too many failures: 429
     BUSY = "busy"  # the hash budget is spent: 429, try again shortly
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """Who a request is from: a person who logged in, or a fleet user of the MQTT bridge."""
-
-    name: str
-    role: str  # "operator" or "viewer" (config.ROLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +148,8 @@ class AuthResult:
     user: User | None = None
     name: str = ""
     retry_after: int = 0
+    session: Session | None = None
+    why: str = ""  # ENDED: why the session ended
 
 
 @dataclass(slots=True)
@@ -173,7 +187,7 @@ class HashBudget:
 
 
 class Authenticator:
-    """Decides on one ``Authorization`` header; remembers successes and failures."""
+    """Decides on one ``Authorization`` header; keeps the sessions, successes and failures."""
 
     def __init__(
         self,
@@ -181,26 +195,65 @@ class Authenticator:
         failures: int = 5,
         window: float = 60.0,
         budget: HashBudget | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self.budget = budget
+        self.sessions = sessions if sessions is not None else Sessions(1800, 43200, 8, 100)
+        self.used = UsedSteps()
+        self.step_up_window = 300.0
+        self.operators_need_totp = False
+        self.users: dict[str, Account] = {}
         self._failures: dict[tuple[str, str], _Failures] = {}
         self.update(users, failures, window)
 
-    def update(self, users: Iterable[Account], failures: int, window: float) -> None:
-        """A new user table and lockout rules (SIGHUP); failures so far are kept."""
-        self.users = {u.name: u for u in users}
+    def update(
+        self, users: Iterable[Account], failures: int, window: float, now: float = 0.0
+    ) -> None:
+        """A new user table and lockout rules (SIGHUP); failures so far are kept. The
+        sessions of people removed, or whose password or second factor changed, end
+        (``sessions.drain``); the others take any new role."""
+        old, self.users = self.users, {u.name: u for u in users}
         self.max_failures = failures
         self.window = window
-        self._cache: dict[bytes, AuthResult] = {}  # SHA-256 of "user:password" that verified
-        self._seen: dict[str, AuthResult] = {}  # header values of those, as sent
+        self._cache: dict[bytes, User] = {}  # SHA-256 of "user:password" that verified
+        changed: list[Session] = []
+        for name, account in old.items():
+            new = self.users.get(name)
+            if new is None or (new.password, new.totp) != (account.password, account.totp):
+                changed += self.sessions.of(name)
+            else:
+                for session in self.sessions.of(name):
+                    session.user = user = self.user(new)
+                    session.verdict = AuthResult(Verdict.OK, user, name, session=session)
+        self.sessions.end(changed, "your account changed (a new password or second factor)", now)
 
-    def check(self, header: str | None, addr: str, now: float) -> AuthResult:
-        """The outcome for ``header`` from ``addr`` at ``now``."""
+    def user(self, account: Account) -> User:
+        """Who ``account`` logs in as: an operator without a second factor is a viewer when
+        ``[auth] operators_need_totp`` says so."""
+        if self.operators_need_totp and account.role == "operator" and not account.totp:
+            return User(account.name, "viewer")
+        return User(account.name, account.role)
+
+    def check(
+        self, header: str | None, addr: str, now: float, wall: Callable[[], float]
+    ) -> AuthResult:
+        """The outcome for ``header`` from ``addr`` at ``now`` (``wall``: epoch seconds,
+        asked only for a new login)."""
         if not header:
             return AuthResult(Verdict.MISSING)
-        cached = self._seen.get(header)  # the common case: one lookup, nothing parsed
-        if cached is not None and not self._failures:
-            return cached
+        key = session_key(header)
+        got = self.sessions.get(key, now)  # the common case: one hash, one lookup
+        if type(got) is Session:
+            if self._failures:
+                retry = self._locked_for(addr, got.user.name, now)
+                if retry:
+                    return AuthResult(Verdict.LOCKED, name=got.user.name, retry_after=retry)
+            return cast(AuthResult, got.verdict)  # made once, by _start
+        if isinstance(got, Ended):
+            if not got.retyped(now):
+                got.refused = now
+                return AuthResult(Verdict.ENDED, name=got.user, why=got.reason)
+            self.sessions.forget(key)
         parsed = parse_basic(header)
         if parsed is None:
             return AuthResult(Verdict.MISSING)
@@ -209,28 +262,86 @@ class Authenticator:
             retry = self._locked_for(addr, name, now)
             if retry:
                 return AuthResult(Verdict.LOCKED, name=name, retry_after=retry)
-        key = hashlib.sha256(f"{name}:{password}".encode()).digest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._remember(header, cached)
-            return cached
-        if self.budget is not None:
-            wait = self.budget.wait(addr, now)
-            if wait:
-                return AuthResult(Verdict.BUSY, name=name, retry_after=retry_after(wait))
         known = self.users.get(name)
+        if known is not None and known.totp:
+            return self._second_factor(known, password, key, addr, now, wall)
+        credential = hashlib.sha256(f"{name}:{password}".encode()).digest()
+        cached = self._cache.get(credential)
+        if cached is not None:
+            return self._start(key, cached, addr, now, wall(), False)
+        busy = self._busy(addr, name, now)
+        if busy is not None:
+            return busy
         if verify_password(password, known.password if known else dummy_hash()) and known:
-            result = AuthResult(Verdict.OK, User(known.name, known.role), name)
-            self._cache[key] = result
-            self._remember(header, result)
+            user = self._cache[credential] = self.user(known)
             self._failures.pop((addr, name), None)
-            return result
+            return self._start(key, user, addr, now, wall(), False)
         return self._fail(addr, name, now)
 
-    def _remember(self, header: str, result: AuthResult) -> None:
-        if len(self._seen) >= _MAX_SPELLINGS:
-            self._seen.clear()  # a flood of spellings: they cost a parse each, never a hash
-        self._seen[header] = result
+    def _second_factor(
+        self,
+        known: Account,
+        field: str,
+        key: bytes,
+        addr: str,
+        now: float,
+        wall: Callable[[], float],
+    ) -> AuthResult:
+        """The password followed by the current code: both right, the code's step unused."""
+        busy = self._busy(addr, known.name, now)
+        if busy is not None:
+            return busy
+        parts = split_code(field)
+        right = verify_password(parts[0] if parts else field, known.password)
+        epoch = wall()
+        step = totp_step(known.totp, parts[1], epoch) if right and parts else None
+        if step is None or not self.used.use(known.name, step):
+            return self._fail(addr, known.name, now)
+        self._failures.pop((addr, known.name), None)
+        return self._start(key, self.user(known), addr, now, epoch, True)
+
+    def _start(
+        self, key: bytes, user: User, addr: str, now: float, wall: float, totp: bool
+    ) -> AuthResult:
+        session = self.sessions.start(key, user, addr, now, wall, totp)
+        result = session.verdict = AuthResult(Verdict.OK, user, user.name, session=session)
+        return result
+
+    def _busy(self, addr: str, name: str, now: float) -> AuthResult | None:
+        """429 without hashing while failed checks have spent the hash budget."""
+        if self.budget is None:
+            return None
+        wait = self.budget.wait(addr, now)
+        return AuthResult(Verdict.BUSY, name=name, retry_after=retry_after(wait)) if wait else None
+
+    def step_up(
+        self, session: Session, proof: str | None, addr: str, now: float, wall: float
+    ) -> AuthResult:
+        """May ``session`` send a command that asks to confirm? OK if ``proof`` (its person's
+        current code, or without a second factor their password) is right, or was within
+        ``step_up_window`` seconds; WRONG (counted like a wrong password) or MISSING if not."""
+        name = session.user.name
+        known = self.users.get(name)
+        if known is None:
+            return AuthResult(Verdict.WRONG, name=name)
+        if not proof:
+            fresh = session.stepped is not None and now - session.stepped <= self.step_up_window
+            return AuthResult(Verdict.OK if fresh else Verdict.MISSING, session.user, name)
+        retry = self._locked_for(addr, name, now) if self._failures else 0
+        if retry:
+            return AuthResult(Verdict.LOCKED, name=name, retry_after=retry)
+        if known.totp:
+            step = totp_step(known.totp, proof.strip(), wall)
+            right = step is not None and self.used.use(name, step)
+        else:
+            busy = self._busy(addr, name, now)
+            if busy is not None:
+                return busy
+            right = verify_password(proof, known.password)
+        if not right:
+            return self._fail(addr, name, now)
+        session.stepped = now
+        return AuthResult(Verdict.OK, session.user, name, session=session)
 
     def _locked_for(self, addr: str, name: str, now: float) -> int:
         entry = self._failures.get((addr, name))

@@ -86,6 +86,10 @@ class Leases:
         self.idle = idle
         self._held: dict[str, Lease] = {}
 
+    def __len__(self) -> int:
+        """Leases held now."""
+        return len(self._held)
+
     def of(self, device: str) -> Lease | None:
         return self._held.get(device)
 

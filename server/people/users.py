@@ -1,9 +1,10 @@
 """People in ``users.local.toml``: the rules for passwords, and writing the file safely.
 
 The file lives in the state dir (``[state] dir``) and is the one the
-command line (``python -m server user add|passwd|del|list``) and the first
+command line (``python -m server user add|passwd|del|list|totp``) and the first
 run write; people in config.toml's ``[[auth.users]]`` are the config
-author's and are only listed here. Only scrypt hashes are stored.
+author's and are only listed here. Only scrypt hashes are stored, and a
+person's TOTP secret (``totp``, base32), which is why the file is 0600.
 
 Writing is atomic: the whole new file goes to a temporary file in the same
 directory (mode 0600), is fsync'd, then renamed over the old one, and the
@@ -28,7 +29,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import LOCAL_USERS_FILE, RESERVED_USER, Account
+from server.config import LOCAL_USERS_FILE, LOGOUT_FILE, RESERVED_USER, Account
 from server.people.auth import has_control
 
 MIN_LENGTH = 10
@@ -37,7 +38,8 @@ MAX_NAME = 64
 HEADER = """\
 # People who may log in to vigil (besides any [[auth.users]] in config.toml).
 # Written by vigil: python -m server user add|passwd|del|list. Passwords are
-# scrypt hashes. A running vigil re-reads this file on SIGHUP.
+# scrypt hashes; totp is a second factor's secret.
+# A running vigil re-reads this file on SIGHUP.
 """
 
 
@@ -70,22 +72,41 @@ def render(users: Sequence[Account]) -> str:
         parts.append(
             f"\n[[users]]\nname = {json.dumps(u.name, ensure_ascii=False)}\n"
             f'password = "{u.password}"\nrole = "{u.role}"\n'
+            + (f'totp = "{u.totp}"\n' if u.totp else "")
         )
     return "".join(parts)
 
 
 def save(state_dir: Path, users: Sequence[Account]) -> Path:
     """Replace ``state_dir/users.local.toml`` atomically with ``users``; OSError if it fails."""
+    return replace(state_dir, LOCAL_USERS_FILE, render(users))
+
+
+LOGOUT_HEADER = """\
+# People whose sessions begun before a time must end (epoch seconds), written by
+# python -m server user logout NAME; a running vigil applies it on SIGHUP.
+[logout]
+"""
+
+
+def save_logouts(state_dir: Path, entries: dict[str, float]) -> Path:
+    """Replace ``state_dir/logout.local.toml`` atomically with ``entries``."""
+    lines = "".join(f"{json.dumps(n, ensure_ascii=False)} = {t:.3f}\n" for n, t in entries.items())
+    return replace(state_dir, LOGOUT_FILE, LOGOUT_HEADER + lines)
+
+
+def replace(state_dir: Path, name: str, text: str) -> Path:
+    """Replace ``state_dir/name`` atomically with ``text`` (mode 0600); OSError if it fails."""
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    target = state_dir / LOCAL_USERS_FILE
+    target = state_dir / name
     if target.is_symlink() and not target.exists():  # config.local_users refuses it too
         raise FileNotFoundError(
             errno.ENOENT,
             f"a symbolic link to {os.readlink(target)}, which does not exist",
             str(target),
         )
-    data = render(users).encode()
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{LOCAL_USERS_FILE}.")  # mode 0600
+    data = text.encode()
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{name}.")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -10,24 +10,29 @@ path every sender takes (``core.commands.Command``).
 
 Handlers are reached after the gate (``web.gate``: authentication,
 presence, the cross-site checks), except routes marked ``public``
-(``/healthz``, allow-list only). Paths under /api/ that are not in the table
-are 404; other paths are static files (GET, HEAD); a known path with
-another method is 405 + Allow.
+(``/healthz``, allow-list only) and ``scraper`` (``/metrics``: the
+scraper's bearer token instead of a person's credentials). Paths under
+/api/ that are not in the table are 404; other paths are static files
+(GET, HEAD); a known path with another method is 405 + Allow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from server.base import jsontext
+from server.base.buckets import Rate
+from server.base.dates import iso_utc
 from server.core.commands import Command, too_fast, too_much, viewer_refusal
 from server.core.services import Services
 from server.feed.bus import parse_event_id, preamble
-from server.people.auth import User
+from server.link.entities import Value
+from server.people.auth import Authenticator, Verdict
 from server.people.leases import Held
+from server.people.sessions import Session, User
 from server.web import static
 from server.web.outcomes import Deferred, Outcome, Push, Stream
 from server.web.protocol import Request, Response
@@ -44,11 +49,21 @@ SSE_HEADERS = (
 HEALTHZ = Response(200, (("Content-Type", "text/plain"), ("Cache-Control", "no-store")), b"ok\n")
 
 
+# The metrics in Prometheus's text format, and its Content-Type (``web.metrics``).
+Scrape = Callable[[], tuple[bytes, str]]
+SCRAPER = "scraper"  # the key of the scrape budget: every scraper together
+
+
 @dataclass(slots=True)
 class Context(Services):
-    """What handlers may use: the shared services and the static files (new on SIGHUP)."""
+    """What handlers may use: the shared services, the static files (new on SIGHUP), the
+    authenticator (sessions, step-up proofs), the metrics (None until ``[metrics]`` names a
+    token) and their budget."""
 
     files: FileCache
+    auth: Authenticator
+    scrape_rate: Rate = field(kw_only=True)
+    scrape: Scrape | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,8 @@ class Call:
     request: Request
     user: User | None  # None only on public routes
     params: dict[str, str]
+    session: Session | None = None  # the login it belongs to (None only on public routes)
+    addr: str = ""  # the client's address
 
     @property
     def who(self) -> User:
@@ -165,8 +182,130 @@ def post_command(svc: Context, call: Call) -> Outcome:
     if refused is not None:
         return json_response(*refused)
     assert isinstance(entity, str)  # too_much checked it, and that value is plain
+    value = cast(Value, value)
+    refused_step = step_up(svc, call, call.params["id"], entity, value)
+    if refused_step is not None:
+        return refused_step
     command = Command(svc, call.who, call.params["id"], entity, value)
     return Deferred(command.start, lambda answer: json_response(*command.settle(answer)))
+
+
+STEP_UP = "x-vigil-step-up"  # the header that carries a step-up proof
+
+
+def step_up(svc: Context, call: Call, device_id: str, key: str, value: Value) -> Response | None:
+    """A person's command on an entity that asks to confirm needs a fresh proof: their
+    current code (with a second factor) or their password, in ``X-Vigil-Step-Up`` now
+    or within ``[auth] step_up_window`` s before. 403 without it (``"step_up"`` says
+    which proof), 429 while locked; a proof sent is audited (``step_up``)."""
+    device, who, session = svc.control.device(device_id), call.who, call.session
+    entity = next((e for e in device.entities if e.key == key), None) if device else None
+    if entity is None or not entity.confirm or session is None or who.role != "operator":
+        return None  # the command path says what is wrong, if anything
+    if svc.control.check(device_id, key, value) is not None:
+        return None  # refused anyway (offline, a value the entity cannot take): no proof asked
+    account = svc.auth.users.get(who.name)
+    proof_kind = "code" if account is not None and account.totp else "password"
+    what = "the current 6-digit code" if proof_kind == "code" else "your password"
+    raw = call.request.headers.get(STEP_UP)  # its bytes as Latin-1: a password's are UTF-8
+    proof = raw.encode("latin-1").decode("utf-8", "replace") if raw else None
+    result = svc.auth.step_up(session, proof, call.addr, svc.now(), svc.wall())
+    if proof:
+        svc.audit.append(
+            "step_up",
+            user=who.name,
+            addr=call.addr,
+            device=device_id,
+            entity=key,
+            proof=proof_kind,
+            ok=result.verdict is Verdict.OK,
+        )
+    if result.verdict is Verdict.OK:
+        return None
+    if result.verdict in (Verdict.LOCKED, Verdict.BUSY):
+        retry = str(result.retry_after)
+        return error(
+            429, f"too many wrong proofs; try again in {retry} s", [("Retry-After", retry)]
+        )
+    minutes = f"{svc.auth.step_up_window / 60:g} min"
+    if result.verdict is Verdict.MISSING:
+        message = (
+            f"{device_id}.{key} asks to confirm: send {what} in the X-Vigil-Step-Up header"
+            f" (it then covers such commands for {minutes})"
+        )
+    else:
+        message = f"step-up refused: not {what}"
+    return json_response(403, {"error": message, "step_up": proof_kind})
+
+
+def session_info(svc: Context, call: Call) -> Response:
+    """The caller's own session: since, from where, when it expires, a fresh step-up."""
+    session = call.session
+    assert session is not None
+    sessions = svc.auth.sessions
+    when = session.expiry(sessions.idle, sessions.max_age)
+    why = session.expired_because(sessions.idle, sessions.max_age)
+    now, wall = svc.now(), svc.wall()
+    stepped = session.stepped is not None and now - session.stepped <= svc.auth.step_up_window
+    return json_response(
+        200,
+        {
+            "user": session.user.name,
+            "role": session.user.role,
+            "totp": session.totp,
+            "since": iso_utc(session.since),
+            "addr": session.addr,
+            "expires": iso_utc(wall + when - now),
+            "expires_because": why,
+            "step_up": stepped,
+        },
+    )
+
+
+def logout(svc: Context, call: Call) -> Response:
+    """End the caller's session: the same header gets 401 from now on."""
+    assert call.session is not None
+    svc.auth.sessions.end([call.session], "you logged out", svc.now())
+    return json_response(200, {"ended": 1})
+
+
+def people(svc: Context, call: Call) -> Response:
+    """Operators: everyone who may log in, whether they have a second factor, their sessions."""
+    refused = viewer_refusal(call.who, "see everyone's sessions")
+    if refused is not None:
+        return error(403, refused)
+    auth = svc.auth
+    now, wall = svc.now(), svc.wall()
+    out = []
+    for name in sorted(auth.users):
+        account = auth.users[name]
+        sessions = [
+            {
+                "since": iso_utc(s.since),
+                "addr": s.addr,
+                "expires": iso_utc(
+                    wall + s.expiry(auth.sessions.idle, auth.sessions.max_age) - now
+                ),
+            }
+            for s in auth.sessions.of(name)
+        ]
+        role = auth.user(account).role
+        out.append({"user": name, "role": role, "totp": bool(account.totp), "sessions": sessions})
+    return json_response(200, {"people": out})
+
+
+def end_sessions(svc: Context, call: Call) -> Response:
+    """Operators: end every session of ``{user}``; they see who did it in their 401."""
+    refused = viewer_refusal(call.who, "end other people's sessions")
+    if refused is not None:
+        return error(403, refused)
+    name = call.params["user"]
+    if name not in svc.auth.users:
+        return error(404, f"no user {name!r}")
+    ended = svc.auth.sessions.end(
+        svc.auth.sessions.of(name), f"ended by {call.who.name}", svc.now()
+    )
+    return json_response(200, {"user": name, "ended": ended})
 
 
 def take_lease(svc: Context, call: Call) -> Response:
@@ -231,6 +370,16 @@ def audit(svc: Context, call: Call) -> Response:
     return Response(200, JSON_HEADERS, svc.audit.newest_json(int(raw)))
 
 
+def metrics(svc: Context, call: Call) -> Response:
+    """Prometheus's scrape (the gate checked the scraper's token): 429 past the budget."""
+    wait = svc.scrape_rate.take(SCRAPER, svc.now())
+    if wait:
+        return json_response(*too_fast("scrapes", wait))
+    assert svc.scrape is not None, "the gate lets a scraper in only once [metrics] is on"
+    body, content_type = svc.scrape()
+    return Response(200, (("Content-Type", content_type), ("Cache-Control", "no-store")), body)
+
+
 def static_file(svc: Context, call: Call) -> Response:
     req = call.request
     rel = static.resolve(req.path)
@@ -246,6 +395,10 @@ ROUTER: Router[Handler] = Router(
     [
         Route("/healthz", {"GET": healthz}, public=True),
         Route("/api/me", {"GET": me}),
+        Route("/api/session", {"GET": session_info}),
+        Route("/api/logout", {"POST": logout}),
+        Route("/api/people", {"GET": people}),
+        Route("/api/people/{user}/sessions", {"DELETE": end_sessions}),
         Route("/api/users", {"GET": users}),
         Route("/api/events", {"GET": events}),
         Route("/api/devices", {"GET": devices}),
@@ -254,6 +407,7 @@ ROUTER: Router[Handler] = Router(
         Route("/api/devices/{id}/telemetry", {"GET": telemetry}),
         Route("/api/chat", {"GET": chat_history, "POST": chat_post}),
         Route("/api/audit", {"GET": audit}),
+        Route("/metrics", {"GET": metrics}, scraper=True),
     ],
     fallback=Route("/", {"GET": static_file}),
 )

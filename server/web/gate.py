@@ -12,24 +12,35 @@ server (``app.Server.admit``) applies the decision. In order:
 3. Fetch Metadata: 403 for what another site embeds or fetches (an ``<img>``
    with cached credentials would otherwise log its victim in); 421 for a
    Host this panel does not go by (DNS rebinding);
-4. authentication (401, 429 while locked or the hash budget is spent);
-5. presence: the user cap (503 with the panel-full page), the connection
+4. a scraper's route (``/metrics``): its bearer token, never a person's
+   credentials (404 while ``[metrics]`` has none, 401 for a wrong one), and
+   nothing more: a scraper is nobody online;
+5. authentication and the session (401, saying why when a session ended; 429
+   while locked or the hash budget is spent);
+6. presence: the user cap (503 with the panel-full page), the connection
    counted as the person's (``attached``: the server then keeps them within
    ``[limits] connections_per_user``);
-6. for a state-changing method: 403 for a cross-site or cross-origin request
+7. for a state-changing method: 403 for a cross-site or cross-origin request
    (CSRF);
-7. the route, or 404/405 for a path or method the table does not know.
+8. the route, or 404/405 for a path or method the table does not know.
+
+The scraper's token is compared as its SHA-256 (``hmac.compare_digest``): a
+wrong one costs a hash of a few dozen bytes, never the slow password hash,
+so it needs no lockout; it is 128 bits or more, so it cannot be guessed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from server.people.auth import Authenticator, User, Verdict
+from server.people.auth import Authenticator, AuthResult, Verdict
 from server.people.presence import Change, Presence
+from server.people.sessions import Session, User
 from server.web.protocol import Request, Response
 from server.web.responses import error, panel_full, unauthorized
 from server.web.router import Match, NoRoute, Router
@@ -64,6 +75,7 @@ class Decision(NamedTuple):
     outcome: Response | Match[Any]  # a refusal, or the route to run on the whole request
     changes: tuple[Change, ...] = NO_CHANGES  # presence changes to announce, in order
     attached: bool = False  # the connection now counts as ``user``'s (it did not before)
+    session: Session | None = None  # the login this request belongs to
 
 
 class Gate:
@@ -81,10 +93,19 @@ class Gate:
         self.realm = "vigil"
         self.host_names: frozenset[str] = frozenset()
         self.https_port: int | None = None  # None: TLS is off
+        self.scraper_token = b""  # SHA-256 of the scraper's bearer token; b"": metrics off
 
-    def configure(self, realm: str, host_names: frozenset[str], https_port: int | None) -> None:
-        """At start and on SIGHUP: the realm, what a Host may name, where HTTPS listens."""
+    def configure(
+        self,
+        realm: str,
+        host_names: frozenset[str],
+        https_port: int | None,
+        scraper_token: bytes = b"",
+    ) -> None:
+        """At start and on SIGHUP: the realm, what a Host may name, where HTTPS listens, the
+        SHA-256 of the scraper's token (``[metrics] token_file``; b"": none)."""
         self.realm, self.host_names, self.https_port = realm, host_names, https_port
+        self.scraper_token = scraper_token
 
     def admit(self, peer: Peer, req: Request, now: float) -> Decision:
         """The decision on the head of ``req`` from ``peer`` (the module header's order)."""
@@ -99,12 +120,12 @@ class Gate:
         refusal = cross_site_read(req) or self._misdirected(req)
         if refusal is not None:
             return Decision(peer.user, refusal)
-        result = self.auth.check(req.headers.get("authorization"), peer.addr, now)
+        if not isinstance(match, NoRoute) and match.route.scraper:
+            return Decision(peer.user, self._scraper(req) or match)
+        result = self.auth.check(req.headers.get("authorization"), peer.addr, now, self.wall)
         if result.verdict is not Verdict.OK:
-            return Decision(
-                peer.user, self._refuse(result.verdict, result.name, result.retry_after)
-            )
-        user = result.user
+            return Decision(peer.user, self._refuse(result))
+        user, session = result.user, result.session
         assert user is not None
         changes, attached = NO_CHANGES, False
         if self.presence.user_of(peer.id) != user.name:
@@ -115,10 +136,10 @@ class Gate:
         if req.method not in SAFE_METHODS:
             refusal = cross_site(req, peer.secure)
             if refusal is not None:
-                return Decision(user, refusal, changes, attached)
+                return Decision(user, refusal, changes, attached, session)
         if isinstance(match, NoRoute):
-            return Decision(user, no_route(match), changes, attached)
-        return Decision(user, match, changes, attached)
+            return Decision(user, no_route(match), changes, attached, session)
+        return Decision(user, match, changes, attached, session)
 
     @staticmethod
     def _to_https(peer: Peer, req: Request, port: int) -> Response:
@@ -134,7 +155,22 @@ class Gate:
         location = f"https://{name}{'' if port == 443 else f':{port}'}{req.target}"
         return error(308, f"use HTTPS: {location}", [("Location", location)])
 
-    def _refuse(self, verdict: Verdict, name: str, retry: int) -> Response:
+    def _scraper(self, req: Request) -> Response | None:
+        """None if ``req`` carries the scraper's bearer token (RFC 6750 §2.1), else the 404
+        (no token configured) or 401 to answer."""
+        if not self.scraper_token:
+            return error(404, "metrics are off: [metrics] token_file names no token")
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(token.strip().encode("utf-8", "replace")).digest()
+        if scheme.lower() == "bearer" and hmac.compare_digest(given, self.scraper_token):
+            return None
+        challenge = f'Bearer realm="{self.realm} metrics"'
+        return error(
+            401, "the scraper's bearer token is required", [("WWW-Authenticate", challenge)]
+        )
+
+    def _refuse(self, result: AuthResult) -> Response:
+        verdict, name, retry = result.verdict, result.name, result.retry_after
         if verdict is Verdict.LOCKED:
             log.warning("too many failed logins for %r: locked for %d s", name, retry)
             return error(
@@ -148,8 +184,11 @@ class Gate:
                 f"too many login attempts at once; try again in {retry} s",
                 [("Retry-After", str(retry))],
             )
-        msg = "wrong user name or password" if verdict is Verdict.WRONG else "login required"
-        return unauthorized(self.realm, msg)
+        if verdict is Verdict.ENDED:
+            return unauthorized(self.realm, f"signed out: {result.why}; log in again")
+        if verdict is Verdict.WRONG:
+            return unauthorized(self.realm, "wrong user name, password or code")
+        return unauthorized(self.realm, "login required")
 
     def _full(self, req: Request, now: float) -> Response:
         retry = self.presence.retry_after(now)

@@ -36,6 +36,7 @@ class Route(Generic[H]):
     pattern: str
     methods: Mapping[str, H]
     public: bool = False  # answered before authentication (/healthz)
+    scraper: bool = False  # a scraper's bearer token, not a person's credentials (/metrics)
     allow: str = field(init=False)
 
     def __post_init__(self) -> None:
