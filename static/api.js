@@ -11,7 +11,7 @@
 // server's text where it tells the person more (a refused value: 400).
 
 import { clockText } from "./dom.js";
-import { msgKey, t } from "./i18n.js";
+import { locale, msgKey, t } from "./i18n.js";
 
 /** Seconds from a Retry-After header or a {"retry_after"} body, else null. */
 function retryAfter(res, body) {
@@ -106,6 +106,49 @@ function unavailable(detail) {
     : t("error.lost", { device: m[1] });
 }
 
+// Why vigil ended a session, as the server says it (server/people/sessions.py, server/web/
+// api.py): in a 401's "signed out: <why>; log in again", a `signedout` event's reason and
+// /api/session's expires_because. Durations are "12 h", "30 min" or "90 s".
+const DURATION = String.raw`(\d+(?:\.\d+)?) (h|min|s)`;
+const UNITS = { h: "hour", min: "minute", s: "second" };
+const REASONS = [ // [the server's words, the panel's message, its parameters from the match]
+  [/^you logged out$/, msgKey("session.why.logout"), () => ({})],
+  [new RegExp(`^idle for ${DURATION}$`), msgKey("session.why.idle"),
+    (m) => ({ time: duration(m[1], m[2]) })],
+  [new RegExp(`^${DURATION} since you logged in$`), msgKey("session.why.age"),
+    (m) => ({ time: duration(m[1], m[2]) })],
+  [/^ended by (.+)$/s, msgKey("session.why.by"), (m) => ({ who: m[1] })],
+  [/^your account changed \(a new password or second factor\)$/,
+    msgKey("session.why.account"), () => ({})],
+  [/^more than (\d+) sessions of (.+)$/s, msgKey("session.why.user"),
+    (m) => ({ n: Number(m[1]), user: m[2] })],
+  [/^more than (\d+) sessions in all$/, msgKey("session.why.total"), (m) => ({ n: Number(m[1]) })],
+];
+
+/** "30 min" as the panel's language says it ("30 minutes", "30分钟"). */
+function duration(n, unit) {
+  return new Intl.NumberFormat(locale(), { style: "unit", unit: UNITS[unit], unitDisplay: "long" })
+    .format(Number(n));
+}
+
+/** Why a session ended (or will), in the panel's words; the server's own for one it does not know. */
+export function whyEnded(why) {
+  for (const [re, key, params] of REASONS) {
+    const m = re.exec(why);
+    if (m) return t(key, params(m));
+  }
+  return why;
+}
+
+/** A 401's reason in the panel's words: a sentence for the banner. */
+export function signedOutText(r) {
+  const detail = r.body && typeof r.body.error === "string" ? r.body.error : "";
+  const ended = /^signed out: (.*); log in again$/s.exec(detail);
+  if (ended) return t("banner.ended", { why: whyEnded(ended[1]) });
+  if (detail === "wrong user name, password or code") return t("banner.wrong");
+  return t("banner.signedout");
+}
+
 /**
  * A failed answer in the panel's words for the errors it knows (a 409 names the holder,
  * and `device` when given), with the server's text where that says more.
@@ -119,6 +162,11 @@ export function errorText(r, device = null) {
     return device === null ? t("error.held", held) : t("error.held.device", held);
   }
   if (r.status === 429) return t("error.429", { n: r.retryAfter ?? 1 });
+  if (r.status === 403 && (b.step_up === "code" || b.step_up === "password")) {
+    const wrong = detail.startsWith("step-up refused");
+    if (b.step_up === "code") return wrong ? t("stepup.wrong.code") : t("stepup.needed.code");
+    return wrong ? t("stepup.wrong.password") : t("stepup.needed.password");
+  }
   const known = r.status === 503 ? unavailable(detail) : null;
   if (known !== null) return t("error.detail", { what: t("error.503"), detail: known });
   const what = STATUS[r.status] ? t(STATUS[r.status]) : t("error.status", { status: String(r.status) });

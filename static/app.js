@@ -22,7 +22,7 @@
 // needed) and reopen it, resuming after the last event id. A `reset` on a
 // resumed stream means the server could not replay what we missed: resync.
 
-import { api, errorText, offMessage } from "./api.js";
+import { api, errorText, offMessage, signedOutText } from "./api.js";
 import { Series } from "./chart.js";
 import { $, clockText, fmtValue, h, replace, resay, said, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
@@ -114,8 +114,7 @@ async function connect() {
   }
   if (r.status === 401) {
     setConn("signedout");
-    const why = r.body && typeof r.body.error === "string" ? `${r.body.error}. ` : "";
-    banner(() => `${why}${t("banner.signedout")}`);
+    banner(() => signedOutText(r));
     return;
   }
   const wait = r.retryAfter ?? backoff();

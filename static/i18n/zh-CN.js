@@ -6,6 +6,8 @@
 //   lease 占用（take 占用 · release 释放 · take over 接管）· command 指令 · entity 实体
 //   activity 动态 · chat 聊天 · people 人员 · panel 面板 · control channel 控制通道
 //   telemetry 遥测 · safe state 安全状态 · 开关的 on / off 开 / 关，门窗的 open / closed 打开 / 关闭
+//   session 会话 · log out / signed out 退出登录 · sign in again 重新登录 · end sessions 结束会话
+//   second factor / 2FA 两步验证 · code（TOTP）动态验证码 · step-up（指令前再次证明身份）确认
 // 用户名、设备名与设备声明的名称、选项、单位，以及聊天内容，一律不翻译。
 // 中文与数字、拉丁字母之间留一个空格；标点用全角（，：（）“”），箭头 → 保留。
 export default {
@@ -19,6 +21,8 @@ export default {
   "conn.full": "等待中：面板已满",
   "conn.signedout": "未登录",
   "banner.signedout": "你尚未登录（或密码已更改）。请刷新页面重新登录。",
+  "banner.ended": "你已退出登录：{why}。请刷新页面重新登录。",
+  "banner.wrong": "用户名、密码或动态验证码错误。请刷新页面重新登录。",
   "banner.unreachable": "无法连接面板：{why}。{n} 秒后重试。",
   "full.title": "面板已满",
   "full.retry": "立即重试",
@@ -57,6 +61,34 @@ export default {
   "people.you": "（你）",
   "people.since": "{time} 上线",
   "people.nobody": "无人在线",
+  "people.totp": "两步验证",
+  "people.totp.title": "登录时需输入动态验证码",
+  "people.end": "结束会话",
+  "people.ended": {
+    "other": "已结束 {n} 个会话"
+  },
+  "logout": "退出登录",
+  "session.info": "自 {since} 起从 {addr} 登录；若到 {until} 仍未使用面板，会话将自动结束。",
+  "session.info.totp": "自 {since} 起从 {addr} 登录（已通过两步验证）；若到 {until} 仍未使用面板，会话将自动结束。",
+  "session.until": "最迟于 {time} 结束（{why}）",
+  "session.why.logout": "你已退出登录",
+  "session.why.idle": "闲置 {time}",
+  "session.why.age": "登录已满 {time}",
+  "session.why.by": "被 {who} 结束",
+  "session.why.account": "你的账户已更改（新密码或新的两步验证）",
+  "session.why.user": {
+    "other": "{user} 的会话超过 {n} 个"
+  },
+  "session.why.total": {
+    "other": "会话总数超过 {n} 个"
+  },
+  "signedout.title": "你已退出登录",
+  "signedout.note": "点击“重新登录”后，浏览器会询问用户名和密码（已启用两步验证的账户：在密码后紧接着输入当前的动态验证码）。",
+  "signedout.again": "重新登录",
+  "signedout.logout": "你的会话已在服务器上结束：此浏览器保存的密码已失效。",
+  "signedout.failed": "退出登录失败：{why}。请关闭浏览器以确保安全。",
+  "signedout.because": "你的会话已结束：{why}。",
+  "signedout.ended": "你的会话已结束。",
   "join": "{who} 已加入",
   "join.from": "{who} 从 {addr} 加入",
   "leave": "{who} 已离开",
@@ -103,6 +135,12 @@ export default {
   "confirm.set": "设置",
   "confirm.text": "{device}：{label} → {value}",
   "confirm.text.press": "{device}：{label}",
+  "stepup.label.code": "当前的 6 位动态验证码",
+  "stepup.label.password": "你的密码",
+  "stepup.needed.code": "请输入当前的 6 位动态验证码确认",
+  "stepup.needed.password": "请输入密码确认",
+  "stepup.wrong.code": "已拒绝：动态验证码不正确",
+  "stepup.wrong.password": "已拒绝：密码不正确",
   "command.pressing": "正在按下…",
   "command.sending": "正在发送 {value}…",
   "command.pressed": "已按下（{ms} 毫秒）",

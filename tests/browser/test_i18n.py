@@ -13,6 +13,13 @@
 - Plurals by Intl.PluralRules: "1 of 10 online", "2 of 10 online", "1
   character left", "2 characters left"; in Chinese "在线 1/10"; every plural
   message has every form the language's rules ask for.
+- Sessions and step-up in Chinese too: tina (an operator with a second factor) on a
+  vigil with a device whose switch asks to confirm sees her session, the Log out
+  button, bob's End sessions and her own 2FA badge, the confirm dialog asking for
+  her code and refusing a command without it or with a wrong one; bob, whose
+  sessions she ends, the signed-out view saying why; a 401 the banner; and tina her
+  own signed-out view once she logs out. No English in any of them; switched to
+  English, the same session texts are English (the check finds them), and back.
 - Loading: CLS under 0.1 and no axe-core violation in both languages, on a
   phone, a tablet and a desktop; nothing wider than the screen.
 """
@@ -21,12 +28,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from playwright.sync_api import expect
 
+from server.config import Account
+from server.people import users
+from server.people.auth import hash_password
 from tests.browser.browser_support import (
     CONNECTED,
     VIEWPORTS,
@@ -37,6 +50,8 @@ from tests.browser.browser_support import (
     open_stubbed,
 )
 from tests.browser.test_entities import ENTITIES, PUMP, entity
+from tests.browser.test_step_up_panel import HEATER, Threaded
+from tests.fakedevice import FakeDevice
 from tests.support import Vigil
 
 LAMP = {
@@ -70,6 +85,10 @@ USER_CONTENT = [
     "alice",
     "bob",
     "carol",
+    "tina",
+    "boiler",
+    "Heater",
+    "Switch the heater?",  # the heater's own confirm question
     "vigil",  # the product's name, and the user vigil sends safe states as
     "127.0.0.1",
     "10.0.0.7",
@@ -142,10 +161,15 @@ def busy_panel(vigil: Vigil, contexts: Callable[..., Any]) -> Any:
     expect(page.locator("#feed li.ev-online")).to_have_count(1)  # the last of them
     refused_commands(page)
     # the dialogs, asked and cancelled: their words stay in the page
+    # (each once it is open: the confirm dialog asks /api/session first, for the proof field)
     page.get_by_role("button", name="Flush").click()
+    expect(page.locator("#confirm")).to_be_visible()
     page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
     page.get_by_role("switch", name="Drain valve").click()
+    expect(page.locator("#confirm")).to_be_visible()
     page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
     page.locator('.device[data-id="lamp-1"] .lease-btn').click()
     page.keyboard.press("Escape")
     expect(page.locator("#takeover")).to_be_hidden()
@@ -340,3 +364,102 @@ def test_busy_panel_on_a_phone_fits_and_is_accessible(
     )
     assert wider == []
     assert accessibility_violations(page) == []
+
+
+SECRET = pyotp.random_base32()
+TINA_PW = "tina's long password"
+
+
+@pytest.fixture
+def heater_vigil(tmp_path: Path, browser_cert: tuple[Path, Path]) -> Iterator[Threaded]:
+    """A vigil in this process with a heater that asks to confirm (test_step_up_panel), tina
+    (an operator with a second factor) and the test config's people (bob)."""
+    users.save(tmp_path, [Account("tina", hash_password(TINA_PW), "operator", SECRET)])
+    vigil = Threaded(tmp_path, *browser_cert)
+    FakeDevice(vigil, "boiler", HEATER)
+    vigil.thread.start()
+    yield vigil
+    vigil.close()
+
+
+# Where the session's texts are (TEXTS' names for them): the session line, Log out, the code
+# field's label, End sessions, the 2FA badge and its title.
+SESSION_TEXTS = {
+    "session",
+    "logout",
+    "confirm-proof-label",
+    "secondary end-sessions",
+    "role",
+    "SPAN@title",
+}
+
+
+def test_sessions_step_up_and_signed_out_in_chinese(
+    heater_vigil: Threaded, zh_contexts: Callable[..., Any]
+) -> None:
+    login = pyotp.TOTP(SECRET).at(time.time() - 30)  # the last step's code: in the window
+    tina = zh_contexts("tina", TINA_PW + login).new_page()
+    tina.goto(heater_vigil.https + "/")
+    tina.wait_for_selector(CONNECTED)
+    bob = zh_contexts("bob").new_page()
+    bob.goto(heater_vigil.https + "/")
+    bob.wait_for_selector(CONNECTED)
+    expect(bob.locator("#session")).to_contain_text("登录")
+
+    expect(tina.locator("#session")).to_contain_text("已通过两步验证")
+    expect(tina.locator("#logout")).to_have_text("退出登录")
+    row = tina.locator("#people-list li", has_text="bob")
+    expect(row.get_by_role("button", name="结束会话")).to_be_visible()
+    expect(tina.locator("#people-list li", has_text="tina")).to_contain_text("两步验证")
+    # the confirm dialog with its code field; sent without the code, then with a wrong one
+    heater = tina.get_by_role("switch", name="Heater")
+    message = tina.locator('.entity[data-key="heater"] .ent-msg')
+    dialog = tina.locator("#confirm")
+    heater.click()
+    expect(dialog.get_by_label("当前的 6 位动态验证码")).to_be_visible()
+    left, _ = english(tina)
+    assert left == [], left
+    dialog.locator("#confirm-ok").click()
+    expect(message).to_contain_text("请输入当前的 6 位动态验证码确认")
+    heater.click()
+    dialog.get_by_label("当前的 6 位动态验证码").fill("000000" if login != "000000" else "111111")
+    dialog.locator("#confirm-ok").click()
+    expect(message).to_contain_text("已拒绝：动态验证码不正确")
+    left, _ = english(tina)
+    assert left == [], left
+
+    # switched to English: the same texts are English (the check finds them), and back
+    tina.locator("#lang").select_option("en")
+    expect(tina.locator("#logout")).to_have_text("Log out")
+    expect(message).to_contain_text("refused: not your current 6-digit code")
+    found = {where for where, _ in english(tina)[0]}
+    assert found >= SESSION_TEXTS, found
+    tina.locator("#lang").select_option("zh-CN")
+    expect(tina.locator("#logout")).to_have_text("退出登录")
+    left, _ = english(tina)
+    assert left == [], left
+
+    # bob's sessions ended by tina: his signed-out view says who
+    row.get_by_role("button", name="结束会话").click()
+    expect(bob.locator("#signedout")).to_be_visible()
+    expect(bob.locator("#signedout-text")).to_have_text("你的会话已结束：被 tina 结束。")
+    expect(bob.locator("#signedout-again")).to_have_text("重新登录")
+    left, _ = english(bob)
+    assert left == [], left
+
+    # a 401 for a session that ended: the banner says why
+    late = zh_contexts("tina", TINA_PW + login).new_page()
+    ended = {"error": "signed out: idle for 30 min; log in again"}
+    late.route(re.compile(r"/api/me$"), answer(401, ended))
+    late.goto(heater_vigil.https + "/")
+    expect(late.locator("#banner")).to_have_text("你已退出登录：闲置 30分钟。请刷新页面重新登录。")
+    left, _ = english(late)
+    assert left == [], left
+
+    # tina logs out
+    tina.locator("#logout").click()
+    expect(tina.locator("#signedout")).to_be_visible()
+    expect(tina.locator("#signedout-title")).to_have_text("你已退出登录")
+    expect(tina.locator("#signedout-text")).to_contain_text("此浏览器保存的密码已失效")
+    left, _ = english(tina)
+    assert left == [], left
