@@ -102,7 +102,7 @@ async function connect() {
     banner(null);
     hideFull();
     setMe(r.body);
-    showSession();
+    await showSession(); // before the snapshot shows the panel: the line is in when it does
     if (stream) stream.reopen();
     else stream = startStream(streamCallbacks);
     resync();
