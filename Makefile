@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 BUILD_DEBS := libsctp-dev python3-dev gcc
 # ... and what the tests drive: modprobe (also in the User-Mode Linux guest, whose
 # kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
-# and packet loss, a real browser, curl, systemd-analyze (the unit files), Prometheus
-# and its promtool (GET /metrics).
+# and packet loss, a real browser with a Chinese font (the zh-CN panel), curl,
+# systemd-analyze (the unit files), Prometheus and its promtool (GET /metrics).
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
-	procps systemd python3-venv mosquitto mosquitto-clients prometheus
+	fonts-wqy-microhei procps systemd python3-venv mosquitto mosquitto-clients prometheus
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
 .PHONY: run test lint check bench fuzz deps test-deps uml-kernel ha clean
@@ -96,7 +96,7 @@ install:
 	$(if $(DESTDIR),grep -rlF '$(DESTDIR)' $(IVENV)/bin $(IVENV)/pyvenv.cfg \
 		| xargs -r sed -i 's|$(DESTDIR)||g')
 	cd static && find . -type f -exec install -D -m 0644 {} $(DESTDIR)$(LIBDIR)/static/{} \;
-	install -m 0644 README.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
+	install -m 0644 README.md README.zh-CN.md dist/agents/gpio-example.toml $(DESTDIR)$(LIBDIR)/
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MODULESDIR)
 	$(SUBST) dist/vigil.in > $(DESTDIR)$(BINDIR)/vigil && chmod 0755 $(DESTDIR)$(BINDIR)/vigil
 	for unit in vigil.service vigil-agent@.service; do \

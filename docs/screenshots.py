@@ -1,6 +1,6 @@
 """Regenerate docs/panel-desktop.png and docs/panel-phone.png (the README shows them).
 
-    sudo .venv/bin/python docs/screenshots.py [--out DIR]
+    sudo .venv/bin/python docs/screenshots.py [--out DIR] [--lang zh-CN]
 
 Boots the UML test host (tests/uml/testhost.py: vigil with real SCTP and the
 reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
@@ -8,7 +8,9 @@ reference agent lamp-1 in a User-Mode Linux guest; needs root, /dev/net/tun,
 a 1280x800 desktop and bob on a 360x780 phone, lets bob switch the lamp on
 and dim it (which gives him the lamp's lease: alice sees it held) and both chat, waits
 for the temperature chart to fill in, and saves what each of them sees (in
-docs/, or ``--out DIR``).
+docs/, or ``--out DIR``). ``--lang zh-CN``: chromium in Simplified Chinese, the
+chat in Chinese, saved as panel-desktop.zh-CN.png and panel-phone.zh-CN.png
+(README.zh-CN.md shows them).
 The panel is opened over HTTPS, chromium trusting the certificate vigil
 made for itself in the guest. Run it by hand after the panel changes and
 commit the PNGs; the tests do not.
@@ -35,9 +37,24 @@ from tests.support import password, write_config  # noqa: E402
 from tests.uml.testhost import uml_test_host  # noqa: E402
 
 CHART_S = 120  # seconds of telemetry in the chart of the screenshots
+# What alice, bob and alice say, and the word of a command's success, by language.
+CHAT = {
+    "en": (
+        "Morning! Checking the hall lamp before the visitors arrive.",
+        "It's on at 60 %, 22 °C next to it. I'll hold it until they're in.",
+        "Thanks, leaving it to you.",
+    ),
+    "zh-CN": (
+        "早上好！访客来之前我先检查一下门厅的灯。",
+        "已经打开了，亮度 60 %，旁边 22 °C。我先占用着，等他们进来。",
+        "谢谢，交给你了。",
+    ),
+}
+OK = {"en": "ok", "zh-CN": "成功"}
 
 
 def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
+    """``user``'s panel in ``browser``, connected, with the lamp's card."""
     ctx = browser.new_context(http_credentials={"username": user, "password": password(user)}, **kw)
     page = ctx.new_page()
     page.goto(base + "/")
@@ -46,11 +63,11 @@ def open_panel(browser: Any, base: str, user: str, **kw: Any) -> Any:
     return page
 
 
-def dim(page: Any, percent: int) -> None:
+def dim(page: Any, percent: int, ok: str) -> None:
     field = entity(page, "lamp-1", "brightness").get_by_role("spinbutton")
     field.fill(str(percent))
     field.press("Enter")
-    expect(message(page, "lamp-1", "brightness")).to_contain_text("ok")
+    expect(message(page, "lamp-1", "brightness")).to_contain_text(ok)
 
 
 def say(page: Any, text: str) -> None:
@@ -62,7 +79,11 @@ def say(page: Any, text: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=DOCS, help="directory for the PNGs (docs/)")
-    out = p.parse_args().out
+    p.add_argument("--lang", choices=sorted(CHAT), default="en", help="the browser's language")
+    args = p.parse_args()
+    out, lang = args.out, args.lang
+    suffix = "" if lang == "en" else f".{lang}"
+    names = (f"panel-desktop{suffix}.png", f"panel-phone{suffix}.png")
     sections = {
         "http": {"host": "0.0.0.0", "port": 8080},
         "auth": {"allow": ["10.213.1.0/24"]},
@@ -75,7 +96,7 @@ def main() -> int:
     with (
         uml_test_host(text, agents=["lamp-1"]) as host,
         sync_playwright() as pw,
-        chromium(pw, host.cert) as browser,
+        chromium(pw, host.cert, lang="en-US" if lang == "en" else lang) as browser,
     ):
         desktop = {"width": 1280, "height": 800}
         alice = open_panel(browser, host.https_url, "alice", viewport=desktop)
@@ -88,23 +109,23 @@ def main() -> int:
             is_mobile=True,
             has_touch=True,
         )
-        say(alice, "Morning! Checking the hall lamp before the visitors arrive.")
+        say(alice, CHAT[lang][0])
         power(bob, "lamp-1").click()  # bob's first command takes the lease: "held by bob"
         expect(power(bob, "lamp-1")).to_have_attribute("aria-checked", "true")
-        dim(bob, 60)
-        say(bob, "It's on at 60 %, 22 °C next to it. I'll hold it until they're in.")
+        dim(bob, 60, OK[lang])
+        say(bob, CHAT[lang][1])
         expect(alice.locator('.device[data-id="lamp-1"] .lease')).to_have_attribute(
             "data-holder", "bob"
         )
-        say(alice, "Thanks, leaving it to you.")
+        say(alice, CHAT[lang][2])
         time.sleep(CHART_S)  # the temperature chart fills in
         for page in (alice, bob):
             page.evaluate("document.activeElement && document.activeElement.blur()")
             page.mouse.move(0, 0)  # no hover highlight on the last button pressed
             page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top of the page
-        alice.screenshot(path=str(out / "panel-desktop.png"))
-        bob.screenshot(path=str(out / "panel-phone.png"), full_page=True)
-    for name in ("panel-desktop.png", "panel-phone.png"):
+        alice.screenshot(path=str(out / names[0]))
+        bob.screenshot(path=str(out / names[1]), full_page=True)
+    for name in names:
         print(f"{out / name}: {(out / name).stat().st_size // 1024} KiB")
     return 0
 

@@ -22,10 +22,11 @@
 // needed) and reopen it, resuming after the last event id. A `reset` on a
 // resumed stream means the server could not replay what we missed: resync.
 
-import { api, errorText } from "./api.js";
+import { api, errorText, offMessage, signedOutText } from "./api.js";
 import { Series } from "./chart.js";
-import { $, clockText, fmtValue, h, replace, timeEl } from "./dom.js";
+import { $, clockText, fmtValue, h, replace, resay, said, timeEl } from "./dom.js";
 import { CONTROLS, entityRow, question, valueText, verb } from "./entities.js";
+import { LANGS, locale, msgKey, preferred, remember, t, translate, tx, use } from "./i18n.js";
 import {
   askProof, endedByServer, loadPeople, personExtras, proofHeaders, showSession, wireLogout,
 } from "./session.js";
@@ -43,7 +44,6 @@ const state = {
   devices: new Map(), // id -> device view (see deviceView)
   chatIds: new Set(),
   feedRows: new Map(), // command id -> <li>
-  feedCommands: new Map(), // command id -> the event or audit record its <li> shows
   auditPresence: new Set(), // "join:alice", "leave:bob" in the last audit snapshot
 };
 
@@ -57,29 +57,30 @@ let syncing = 0; // generation of the running resync, 0 when none
 let queued = [];
 
 const CONN_TEXT = {
-  connecting: "connecting…",
-  connected: "connected",
-  reconnecting: "reconnecting…",
-  offline: "offline (no network)",
-  full: "waiting: panel full",
-  signedout: "not signed in",
+  connecting: msgKey("conn.connecting"),
+  connected: msgKey("conn.connected"),
+  reconnecting: msgKey("conn.reconnecting"),
+  offline: msgKey("conn.offline"),
+  full: msgKey("conn.full"),
+  signedout: msgKey("conn.signedout"),
 };
 
 function setConn(s) {
   const el = $("conn");
   if (el.dataset.state === s) return;
   el.dataset.state = s;
-  $("conn-text").textContent = CONN_TEXT[s] || s;
+  said($("conn-text"), () => (CONN_TEXT[s] ? t(CONN_TEXT[s]) : s));
 }
 
 function showStreamState() {
   setConn(navigator.onLine === false ? "offline" : streamState);
 }
 
+/** The banner above the panel: text() its words, or null to hide it. */
 function banner(text) {
   const el = $("banner");
   el.hidden = !text;
-  el.textContent = text || "";
+  said(el, text || (() => ""));
 }
 
 function backoff() {
@@ -98,10 +99,10 @@ async function connect() {
   const r = await api("GET", "/api/me");
   if (r.status === 200 && r.body && typeof r.body.user === "string") {
     retries = 0;
-    banner("");
+    banner(null);
     hideFull();
     setMe(r.body);
-    showSession();
+    await showSession(); // before the snapshot shows the panel: the line is in when it does
     if (stream) stream.reopen();
     else stream = startStream(streamCallbacks);
     resync();
@@ -113,13 +114,12 @@ async function connect() {
   }
   if (r.status === 401) {
     setConn("signedout");
-    const why = r.body && typeof r.body.error === "string" ? `${r.body.error}. ` : "";
-    banner(`You are not signed in: ${why}Reload the page to log in.`);
+    banner(() => signedOutText(r));
     return;
   }
   const wait = r.retryAfter ?? backoff();
   setConn(navigator.onLine === false ? "offline" : "reconnecting");
-  banner(`Cannot reach the panel: ${errorText(r)}. Retrying in ${wait} s.`);
+  banner(() => t("banner.unreachable", { why: errorText(r), n: wait }));
   later(connect, wait);
 }
 
@@ -188,13 +188,21 @@ function applyReset(data, initial) {
   state.controlOff = typeof data.control_off === "string" ? data.control_off : null;
   const off = $("devices-off");
   off.hidden = state.controlOff === null;
-  off.textContent = state.controlOff || "";
+  said(off, () => controlOffText(state.controlOff));
   setDevices(Array.isArray(data.devices) ? data.devices : []);
-  sayCommandsAgain();
+  resay($("feed")); // the feed's commands in the words of the devices as now known
   state.based = true;
   shown();
   for (const dev of state.devices.values()) loadHistory(dev);
   if (!initial) resync();
+}
+
+/** Why there are no devices, in the panel's words; what to type or configure as code. */
+function controlOffText(off) {
+  if (off === null) return "";
+  const { key, code, words } = offMessage(off);
+  const codes = Object.fromEntries(Object.entries(code).map(([k, v]) => [k, h("code", {}, v)]));
+  return tx(key, { ...words, ...codes });
 }
 
 const READY_MS = 2000;
@@ -213,11 +221,13 @@ function setMe(me) {
   state.me = { user: me.user, role: me.role === "operator" ? "operator" : "viewer" };
   $("me-user").textContent = state.me.user;
   const role = $("me-role");
-  role.textContent = state.me.role;
+  role.textContent = t(ROLES[state.me.role]);
   role.dataset.role = state.me.role;
   $("viewer-note").hidden = state.me.role !== "viewer";
   for (const dev of state.devices.values()) renderDevice(dev);
 }
+
+const ROLES = { operator: msgKey("role.operator"), viewer: msgKey("role.viewer") };
 
 const isOperator = () => state.me !== null && state.me.role === "operator";
 
@@ -239,21 +249,19 @@ function showFull(r) {
   setConn("full");
   $("main").hidden = true;
   $("full").hidden = false;
-  const who = n === null ? "" : ` (${n} people online)`;
-  $("full-server").textContent = typeof b.error === "string" && b.error
-    ? `The server says: ${b.error}` : "";
-  $("full-text").textContent = `The panel is full${who}, retrying in ${wait} s.`;
+  const full = () => (n === null ? t("full.text") : t("full.text.count", { n }));
+  said($("full-text"), () => t("full.wait", { full: full(), n: wait }));
   let left = wait;
   // Only the first line is announced (role=alert); the countdown is visual.
   const tick = () => {
     left -= 1;
     if (left <= 0) {
       clearInterval(fullTimer);
-      $("full-text").textContent = `The panel is full${who}, retrying now…`;
+      said($("full-text"), () => t("full.now", { full: full() }));
       connect();
       return;
     }
-    $("full-text").textContent = `The panel is full${who}, retrying in ${left} s.`;
+    said($("full-text"), () => t("full.wait", { full: full(), n: left }));
   };
   clearInterval(fullTimer);
   fullTimer = setInterval(tick, 1000);
@@ -282,8 +290,9 @@ function setOnline(list) {
 }
 
 function renderPeople() {
-  const max = state.maxUsers ? ` of ${state.maxUsers}` : "";
-  $("people-count").textContent = `${state.online.length}${max} online`;
+  const n = state.online.length;
+  $("people-count").textContent = state.maxUsers
+    ? t("people.count.max", { n, max: state.maxUsers }) : t("people.count", { n });
   const items = [...state.online]
     .sort((a, b) => String(a.user).localeCompare(String(b.user)))
     .map((p) => {
@@ -292,12 +301,14 @@ function renderPeople() {
         h("span", { className: "avatar", "aria-hidden": "true" }, initial(p.user)),
         h("span", { className: "who" },
           h("strong", { className: "name" }, fmtValue(p.user)),
-          me ? h("span", { className: "you" }, " (you)") : null),
+          me ? h("span", { className: "you" }, t("people.you")) : null),
         h("span", { className: "meta" },
-          "since ", timeEl(p.since), " · ", h("span", { className: "addr" }, fmtValue(p.addr))),
+          tx("people.since", { time: timeEl(p.since) }), " · ",
+          h("span", { className: "addr" }, fmtValue(p.addr))),
         isOperator() ? personExtras(p.user, me, renderPeople) : null);
     });
-  replace($("people-list"), items.length ? items : h("li", { className: "empty" }, "nobody"));
+  replace($("people-list"), items.length ? items
+    : h("li", { className: "empty" }, t("people.nobody")));
 }
 
 function initial(name) {
@@ -305,7 +316,7 @@ function initial(name) {
   return s ? [...s][0].toUpperCase() : "?";
 }
 
-const REASONS = { closed: "closed the panel", lost: "connection lost" };
+const REASONS = { closed: msgKey("leave.closed"), lost: msgKey("leave.lost") };
 
 /**
  * A join or leave. `replayed` events arrived while the snapshots loaded; the
@@ -314,18 +325,18 @@ const REASONS = { closed: "closed the panel", lost: "connection lost" };
 function applyPresence(d, replayed) {
   if (Array.isArray(d.online)) setOnline(d.online);
   const kind = d.kind === "join" ? "join" : "leave";
-  const text = presenceText(kind, d.user, d.addr, d.reason);
-  $("presence-last").replaceChildren(document.createTextNode(`${text} · `),
-    timeEl(new Date().toISOString()));
+  const text = () => presenceText(kind, d.user, d.addr, d.reason);
+  const at = new Date().toISOString();
+  said($("presence-last"), () => [text(), " · ", timeEl(at)]);
   if (replayed && state.auditPresence.has(`${kind}:${d.user}`)) return;
   addFeed(kind, null, text);
 }
 
 function presenceText(kind, user, addr, reason) {
   const who = fmtValue(user);
-  if (kind === "join") return addr ? `${who} joined from ${addr}` : `${who} joined`;
-  const why = REASONS[reason] || (reason ? String(reason) : "");
-  return why ? `${who} left (${why})` : `${who} left`;
+  if (kind === "join") return addr ? t("join.from", { who, addr }) : t("join", { who });
+  const why = REASONS[reason] ? t(REASONS[reason]) : reason ? String(reason) : "";
+  return why ? t("leave.why", { who, why }) : t("leave", { who });
 }
 
 // ---------------------------------------------------------------- devices
@@ -350,7 +361,7 @@ function setDevices(entries) {
 function renderDeviceCount() {
   const n = state.devices.size;
   const up = [...state.devices.values()].filter((d) => d.entry.online).length;
-  $("devices-count").textContent = n ? `${up} of ${n} online` : "";
+  $("devices-count").textContent = n ? t("devices.count", { up, n }) : "";
   $("devices-empty").hidden = n > 0 || state.controlOff !== null || !state.based;
   $("device-list").setAttribute("aria-busy", state.based ? "false" : "true");
 }
@@ -414,19 +425,19 @@ function leaseOf(e) {
 const mine = (lease) => lease !== null && state.me !== null && lease.holder === state.me.user;
 
 const LEASE_REASONS = {
-  released: "released",
-  idle: "idle too long",
-  left: "left the panel",
-  lost: "connection lost",
-  "device offline": "device offline",
-  shutdown: "server stopped",
+  released: msgKey("lease.end.released"),
+  idle: msgKey("lease.end.idle"),
+  left: msgKey("lease.end.left"),
+  lost: msgKey("lease.end.lost"),
+  "device offline": msgKey("lease.end.offline"),
+  shutdown: msgKey("lease.end.shutdown"),
 };
 
 function leaseEndText(end) {
   const why = end.reason === "taken over"
-    ? `taken over by ${fmtValue(end.by)}`
-    : LEASE_REASONS[end.reason] || fmtValue(end.reason);
-  return `${fmtValue(end.holder)}'s lease ended: ${why}`;
+    ? t("lease.end.taken", { by: fmtValue(end.by) })
+    : LEASE_REASONS[end.reason] ? t(LEASE_REASONS[end.reason]) : fmtValue(end.reason);
+  return t("lease.end", { who: fmtValue(end.holder), why });
 }
 
 function renderLease(dev) {
@@ -438,21 +449,22 @@ function renderLease(dev) {
     const end = dev.leaseEnd;
     if (end) el.dataset.reason = end.reason;
     else el.removeAttribute("data-reason");
-    el.replaceChildren(document.createTextNode(end ? `free · ${leaseEndText(end)}` : "free"));
+    el.replaceChildren(end ? t("lease.free.after", { end: leaseEndText(end) }) : t("lease.free"));
   } else {
     el.dataset.holder = lease.holder;
     el.removeAttribute("data-reason");
-    const who = mine(lease) ? "you" : fmtValue(lease.holder);
-    el.replaceChildren(document.createTextNode(`held by ${who} since `),
-      timeEl(lease.since, { short: true }));
+    const since = timeEl(lease.since, { short: true });
+    replace(el, mine(lease) ? tx("lease.mine", { since })
+      : tx("lease.held", { who: fmtValue(lease.holder), since }));
   }
   const btn = dev.leaseBtn;
   btn.hidden = !isOperator();
   btn.dataset.act = mine(lease) ? "release" : "take";
-  btn.textContent = mine(lease) ? "Release" : lease === null ? "Take" : "Take over…";
+  btn.textContent = mine(lease) ? t("lease.release") : lease === null ? t("lease.take")
+    : t("lease.takeover");
   let why = null;
-  if (!dev.entry.online && !mine(lease)) why = "the device is offline";
-  else if (dev.leaseBusy) why = "waiting for the server";
+  if (!dev.entry.online && !mine(lease)) why = t("why.offline");
+  else if (dev.leaseBusy) why = t("why.server");
   btn.disabled = why !== null;
   if (why) btn.title = why;
   else btn.removeAttribute("title");
@@ -488,7 +500,7 @@ function renderEntities(dev) {
     dev.rows = new Map(list.map((e) => [e.key, entityRow(e, dev.key, asked)]));
     replace(dev.entities, dev.rows.size
       ? [...dev.rows.values()].map((r) => r.el)
-      : h("li", { className: "empty" }, "no entities announced"));
+      : h("li", { className: "empty" }, t("devices.noentities")));
     drawCharts(dev);
   }
   for (const [key, row] of dev.rows) {
@@ -507,15 +519,16 @@ function gateRows(dev) {
   const e = dev.entry;
   const lease = leaseOf(e);
   // Held by someone else: still usable (the server answers 409, shown by the control).
-  const held = lease !== null && !mine(lease) ? `held by ${fmtValue(lease.holder)}` : null;
+  const held = lease !== null && !mine(lease)
+    ? t("why.held", { who: fmtValue(lease.holder) }) : null;
   for (const [key, row] of dev.rows) {
     if (!CONTROLS.has(row.entity.kind)) continue;
     const busy = dev.busy.has(key);
     let why = null;
-    if (!state.me) why = "loading…";
-    else if (!isOperator()) why = "viewers cannot send commands";
-    else if (!e.online) why = "the device is offline";
-    else if (busy && ONE_AT_A_TIME.has(row.entity.kind)) why = "waiting for the device";
+    if (!state.me) why = t("why.loading");
+    else if (!isOperator()) why = t("why.viewer");
+    else if (!e.online) why = t("why.offline");
+    else if (busy && ONE_AT_A_TIME.has(row.entity.kind)) why = t("why.device");
     row.gate(why, held);
     row.el.setAttribute("aria-busy", busy ? "true" : "false");
   }
@@ -535,8 +548,7 @@ function drawCharts(dev) {
   for (const [key, row] of dev.rows) if (row.chart) row.chart.draw(seriesOf(dev, key), now);
   dev.teleAt.hidden = !dev.telemetryAt;
   if (dev.telemetryAt) {
-    dev.teleAt.replaceChildren(document.createTextNode("telemetry at "),
-      timeEl(dev.telemetryAt.toISOString()));
+    replace(dev.teleAt, tx("devices.telemetry", { time: timeEl(dev.telemetryAt.toISOString()) }));
   }
 }
 
@@ -545,10 +557,10 @@ function renderDevice(dev) {
   dev.name.textContent = fmtValue(e.name || e.id);
   dev.ident.textContent = e.id;
   dev.el.classList.toggle("offline", !e.online);
-  dev.status.textContent = e.online ? "online" : "offline";
+  dev.status.textContent = e.online ? t("device.online") : t("device.offline");
   dev.status.dataset.online = e.online ? "yes" : "no";
-  dev.since.replaceChildren(document.createTextNode(e.online ? "up since " : "down since "),
-    timeEl(e.since));
+  const time = timeEl(e.since);
+  replace(dev.since, e.online ? tx("device.up", { time }) : tx("device.down", { time }));
   renderLease(dev);
   renderEntities(dev);
 }
@@ -589,13 +601,17 @@ function applyDevice(d) {
   const wasOnline = was ? was.entry.online : null;
   if (!("lease" in entry) && was) entry.lease = was.entry.lease ?? null;
   const dev = upsertDevice(entry);
-  const label = `${fmtValue(entry.name || entry.id)} (${entry.id})`;
+  const label = t("device.label", { name: fmtValue(entry.name || entry.id), id: entry.id });
   if (d.kind === "telemetry" && d.data && typeof d.data === "object") {
     addTelemetry(dev, d.data);
   } else if (d.kind === "online" || d.kind === "offline") {
     dev.entry.online = d.kind === "online";
     renderDevice(dev);
-    if (wasOnline !== dev.entry.online) addFeed(d.kind, null, `${label} is ${d.kind}`);
+    if (wasOnline !== dev.entry.online) {
+      const on = dev.entry.online;
+      addFeed(d.kind, null, () => (on ? t("feed.online", { device: label })
+        : t("feed.offline", { device: label })));
+    }
   } else if (d.kind === "lease") {
     applyLease(dev, d, label);
   }
@@ -607,12 +623,14 @@ function applyLease(dev, d, label) {
   const holder = fmtValue(d.holder);
   if (d.change === "start") {
     dev.leaseEnd = null;
-    addFeed("lease", null, `${holder} holds ${label}`);
+    addFeed("lease", null, () => t("feed.holds", { who: holder, device: label }));
   } else if (d.change === "end") {
-    dev.leaseEnd = { holder: d.holder, reason: d.reason ?? "released", by: d.by ?? null };
-    addFeed("lease-end", null, `${leaseEndText(dev.leaseEnd)} (${label})`);
+    const end = { holder: d.holder, reason: d.reason ?? "released", by: d.by ?? null };
+    dev.leaseEnd = end;
+    addFeed("lease-end", null, () => t("feed.ended", { end: leaseEndText(end), device: label }));
     if (state.me && d.holder === state.me.user && d.reason === "taken over") {
-      setResult(dev, "fail", `${fmtValue(d.by)} took ${dev.entry.id} over from you`);
+      const id = dev.entry.id;
+      setResult(dev, "fail", () => t("lease.takenfromyou", { who: fmtValue(d.by), device: id }));
     }
   }
   renderDevice(dev);
@@ -645,7 +663,8 @@ async function leaseRequest(dev, method, payload) {
     if (await confirmTakeOver(dev, lease)) await leaseRequest(dev, "POST", { take_over: true });
   } else {
     renderLease(dev);
-    setResult(dev, "fail", `${method === "DELETE" ? "release" : "take"} → ${errorText(r)}`);
+    const what = method === "DELETE" ? msgKey("lease.failed.release") : msgKey("lease.failed.take");
+    setResult(dev, "fail", () => t(what, { why: errorText(r, dev.entry.id) }));
   }
 }
 
@@ -666,19 +685,21 @@ function modal(dlg, ok, back) {
 
 /** "alice holds lamp-1 since 10:02 — take over?" in the <dialog>; true if confirmed. */
 function confirmTakeOver(dev, lease) {
-  $("takeover-text").textContent =
-    `${fmtValue(lease.holder)} holds ${dev.entry.id} since ${clockText(lease.since)} — take over?`;
+  said($("takeover-text"), () => t("takeover.text",
+    { who: fmtValue(lease.holder), device: dev.entry.id, since: clockText(lease.since) }));
   return modal($("takeover"), "take", dev.leaseBtn);
 }
 
 /** "Start pump?" / "Turn Power off?" for an entity that declares `confirm`, with the proof
  * vigil asks for (session.js); true if confirmed. */
 async function confirmCommand(dev, e, value, back) {
-  const device = `${fmtValue(dev.entry.name || dev.entry.id)} (${dev.entry.id})`;
-  $("confirm-title").textContent = question(e, value);
-  const action = e.kind === "button" ? e.label : `${e.label} → ${valueText(e, value)}`;
-  $("confirm-text").textContent = `${device}: ${action}`;
-  $("confirm-ok").textContent = verb(e, value);
+  const device = () => t("device.label",
+    { name: fmtValue(dev.entry.name || dev.entry.id), id: dev.entry.id });
+  said($("confirm-title"), () => question(e, value));
+  said($("confirm-text"), () => (e.kind === "button"
+    ? t("confirm.text.press", { device: device(), label: e.label })
+    : t("confirm.text", { device: device(), label: e.label, value: valueText(e, value) })));
+  said($("confirm-ok"), () => verb(e, value));
   await askProof();
   return modal($("confirm"), "send", back);
 }
@@ -698,15 +719,6 @@ async function ask(dev, row, value) {
   sendCommand(dev, e, value);
 }
 
-const STATUS_TEXT = {
-  400: "refused",
-  403: "not allowed",
-  404: "unknown device",
-  409: "refused",
-  503: "unavailable",
-  504: "no answer in time",
-};
-
 /** POST {entity, value}; the answer is shown beside the control, its state on it. */
 async function sendCommand(dev, e, value, headers) {
   const busy = dev.busy.get(e.key);
@@ -717,8 +729,9 @@ async function sendCommand(dev, e, value, headers) {
   dev.busy.set(e.key, { next: undefined });
   gateRows(dev);
   const say = (kind, text) => dev.rows.get(e.key)?.say(kind, text);
-  const what = valueText(e, value);
-  say("pending", e.kind === "button" ? "pressing…" : `sending ${what}…`);
+  const what = () => valueText(e, value);
+  say("pending", () => (e.kind === "button" ? t("command.pressing")
+    : t("command.sending", { value: what() })));
   const t0 = performance.now();
   const r = await api("POST", `/api/devices/${encodeURIComponent(dev.entry.id)}/commands`,
     { entity: e.key, value }, { headers });
@@ -730,17 +743,17 @@ async function sendCommand(dev, e, value, headers) {
     dev.entry.lease = { holder: body.holder, since: body.since };
   }
   if (r.status === 200 && body.ok === true) {
-    if (e.kind === "button") say("ok", `pressed: ok (${ms} ms)`);
+    if (e.kind === "button") say("ok", () => t("command.pressed", { ms }));
     else {
       const now = body.state === undefined ? value : body.state;
       setState(dev, e.key, now);
-      say("ok", `${valueText(e, now)}: ok (${ms} ms)`);
+      say("ok", () => t("command.ok", { value: valueText(e, now), ms }));
     }
   } else if (body.ok === false) {
-    say("fail", `${what}: failed: ${fmtValue(body.error)} (${ms} ms)`);
+    const error = fmtValue(body.error);
+    say("fail", () => t("command.failed", { value: what(), why: error, ms }));
   } else {
-    const why = STATUS_TEXT[r.status] || (r.status ? `error ${r.status}` : "network error");
-    say("fail", typeof body.error === "string" ? `${why}: ${body.error}` : why);
+    say("fail", () => errorText(r, dev.entry.id));
   }
   const row = dev.rows.get(e.key);
   const refocus = row && row.control && document.activeElement === document.body;
@@ -749,11 +762,11 @@ async function sendCommand(dev, e, value, headers) {
   if (next !== undefined) sendCommand(dev, e, next);
 }
 
-/** A word about the device's lease on its card ("bob took lamp-1 over from you"). */
+/** A word about the device's lease on its card ("bob took lamp-1 over from you"): text(). */
 function setResult(dev, kind, text) {
   dev.result.dataset.kind = kind;
-  dev.result.replaceChildren(document.createTextNode(text), " · ",
-    timeEl(new Date().toISOString()));
+  const at = new Date().toISOString();
+  said(dev.result, () => [text(), " · ", timeEl(at)]);
 }
 
 // ---------------------------------------------------------------- activity
@@ -766,10 +779,9 @@ async function loadAudit() {
   }
   let recs = r.body.records.filter((x) => x && typeof x === "object");
   // Show newest first whatever order the server sends.
-  const t = (x) => Date.parse(x.time);
-  if (recs.length > 1 && t(recs[0]) < t(recs[recs.length - 1])) recs = recs.reverse();
+  const at = (x) => Date.parse(x.time);
+  if (recs.length > 1 && at(recs[0]) < at(recs[recs.length - 1])) recs = recs.reverse();
   state.feedRows.clear();
-  state.feedCommands.clear();
   state.auditPresence = new Set(recs
     .filter((x) => x.type === "login" || x.type === "leave")
     .map((x) => `${x.type === "login" ? "join" : "leave"}:${x.user}`));
@@ -780,28 +792,34 @@ async function loadAudit() {
   }
 }
 
+/** An audit record in the feed: [kind, id, text(), time]. */
 function auditRow(rec) {
   const who = fmtValue(rec.user);
+  const device = fmtValue(rec.device);
   switch (rec.type) {
     case "login":
-      return ["join", null, rec.addr ? `${who} signed in from ${rec.addr}` : `${who} signed in`,
-        rec.time];
+      return ["join", null, () => (rec.addr ? t("login.from", { who, addr: rec.addr })
+        : t("login", { who })), rec.time];
     case "leave":
-      return ["leave", null, presenceText("leave", rec.user, null, rec.reason), rec.time];
+      return ["leave", null, () => presenceText("leave", rec.user, null, rec.reason), rec.time];
     case "chat":
-      return ["chat", null, `${who} said: ${fmtValue(rec.text)}`, rec.time];
+      return ["chat", null, () => t("feed.said", { who, text: fmtValue(rec.text) }), rec.time];
     case "lease":
       return rec.change === "start"
-        ? ["lease", null, `${who} holds ${fmtValue(rec.device)}`, rec.time]
-        : ["lease-end", null, `${leaseEndText({ holder: rec.user, reason: rec.reason,
-          by: rec.by })} (${fmtValue(rec.device)})`, rec.time];
+        ? ["lease", null, () => t("feed.holds", { who, device }), rec.time]
+        : ["lease-end", null, () => t("feed.ended", {
+          end: leaseEndText({ holder: rec.user, reason: rec.reason, by: rec.by }), device,
+        }), rec.time];
+    case "device_refused":
+      return ["fail", null, () => t("feed.refused",
+        { device, addr: fmtValue(rec.addr), why: fmtValue(rec.reason) }), rec.time];
     default: {
       const rest = Object.entries(rec)
         .filter(([k]) => !["time", "type", "user", "seq"].includes(k))
         .map(([k, v]) => `${k}=${fmtValue(v)}`)
         .join(" ");
       const head = rec.user == null ? fmtValue(rec.type) : `${who}: ${fmtValue(rec.type)}`;
-      return ["other", null, rest ? `${head} ${rest}` : head, rec.time];
+      return ["other", null, () => (rest ? `${head} ${rest}` : head), rec.time];
     }
   }
 }
@@ -819,45 +837,50 @@ function entityOf(id, key) {
  */
 function commandText(c) {
   const e = entityOf(c.device, c.entity);
-  const where = `${fmtValue(c.device)} ${fmtValue(c.entity ?? c.action)}`;
+  const p = { who: fmtValue(c.user), device: fmtValue(c.device),
+    entity: fmtValue(c.entity ?? c.action) };
   let text;
-  if (e && e.kind === "button") text = `${fmtValue(c.user)} pressed ${where}`;
-  else {
-    const value = !("value" in c) ? "" : ` ${e ? valueText(e, c.value) : fmtValue(c.value)}`;
-    text = `${fmtValue(c.user)} set ${where}${value}`;
+  if (e && e.kind === "button") text = t("cmd.press", p);
+  else if (!("value" in c)) text = t("cmd.set", p);
+  else text = t("cmd.set.value", { ...p, value: e ? valueText(e, c.value) : fmtValue(c.value) });
+  if (typeof c.reason === "string" && c.reason) {
+    text = t("cmd.reason", { text, reason: reasonText(c.reason) });
   }
-  if (typeof c.reason === "string" && c.reason) text += `: ${c.reason}`;
-  if (c.phase === "issued") return `${text} → sent…`;
+  if (c.phase === "issued") return t("cmd.sent", { text });
   if (c.ok === true) {
-    text += " → ok";
-    if (e && e.kind !== "button" && "state" in c && c.state !== c.value) {
-      text += ` (now ${valueText(e, c.state)})`;
-    }
+    text = e && e.kind !== "button" && "state" in c && c.state !== c.value
+      ? t("cmd.ok.now", { text, state: valueText(e, c.state) }) : t("cmd.ok", { text });
   } else if (c.ok === false || c.phase === "failed") {
-    text += ` → failed: ${fmtValue(c.error ?? "error")}`;
-    if (c.status && c.status !== 200) text += ` [${c.status}]`;
+    text = c.error == null ? t("cmd.failed.plain", { text })
+      : t("cmd.failed", { text, why: fmtValue(c.error) });
+    if (c.status && c.status !== 200) text = t("cmd.status", { text, status: String(c.status) });
   }
-  if (Number.isFinite(c.latency_ms)) text += `, ${c.latency_ms} ms`;
+  if (Number.isFinite(c.latency_ms)) text = t("cmd.ms", { text, ms: c.latency_ms });
   return text;
 }
 
-/** A command event or record in the feed; it is said again when the devices change. */
-function addCommand(c) {
-  const kind = c.phase === "issued" ? "pending" : c.ok ? "command" : "fail";
-  addFeed(kind, c.id ?? null, commandText(c), c.time);
-  if (c.id !== undefined && c.id !== null) state.feedCommands.set(String(c.id), c);
+/** Why vigil sent a command itself: "safe state: alice lost" (server/core/commands.py). */
+function reasonText(reason) {
+  const m = /^safe state: (.+) ([a-z ]+)$/.exec(reason);
+  if (!m || !SAFE[m[2]]) return reason;
+  return t(SAFE[m[2]], { who: m[1] });
 }
 
+// How the holder vanished, for the safe state vigil sends then (server/people/leases.py, End).
+const SAFE = {
+  lost: msgKey("cmd.safe.lost"),
+  left: msgKey("cmd.safe.left"),
+  idle: msgKey("cmd.safe.idle"),
+};
+
 /**
- * The feed's commands in the words of the devices as now known: the audit log can come
- * before the devices do, and a command names an entity that only they describe.
+ * A command event or record in the feed. Its words are said again (resay) when the
+ * devices change: the audit log can come before the devices do, and a command names an
+ * entity that only they describe.
  */
-function sayCommandsAgain() {
-  for (const [id, c] of state.feedCommands) {
-    const row = state.feedRows.get(id);
-    if (row) row.querySelector(".ev-text").textContent = commandText(c);
-    else state.feedCommands.delete(id);
-  }
+function addCommand(c) {
+  const kind = c.phase === "issued" ? "pending" : c.ok ? "command" : "fail";
+  addFeed(kind, c.id ?? null, () => commandText(c), c.time);
 }
 
 /** A command in the feed; its result's state on the control at once, for everyone. */
@@ -871,14 +894,14 @@ function applyCommand(c) {
   }
 }
 
-/** Put a row at the top of the feed, replacing the row of the same command id. */
+/** Put a row (text(): its words) at the top of the feed, replacing that of the same command. */
 function addFeed(kind, id, text, time) {
   const feed = $("feed");
   const iso = time ?? new Date().toISOString();
   const key = id === null || id === undefined ? null : String(id);
   const old = key === null ? null : state.feedRows.get(key);
   const row = h("li", { className: `ev ev-${kind}` },
-    timeEl(iso), " ", h("span", { className: "ev-text" }, text));
+    timeEl(iso), " ", said(h("span", { className: "ev-text" }), text));
   // A command's result replaces its "sent…" row and moves to the top: newest first.
   if (old) old.remove();
   feed.prepend(row);
@@ -922,8 +945,10 @@ function wireChat() {
   const input = $("chat-text");
   const err = $("chat-error");
   const left = () => {
-    $("chat-left").textContent = String(500 - [...input.value].length);
+    const n = 500 - [...input.value].length;
+    said($("chat-hint"), () => t("chat.left", { n }));
   };
+  left();
   input.addEventListener("input", left);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -931,7 +956,7 @@ function wireChat() {
     if (!text.trim()) return;
     if ([...text].length > 500) {
       err.hidden = false;
-      err.textContent = "A message can have at most 500 characters.";
+      said(err, () => t("chat.toolong", { n: 500 }));
       return;
     }
     const send = $("chat-send");
@@ -945,20 +970,49 @@ function wireChat() {
       if (r.body && typeof r.body === "object") addChat(r.body);
     } else {
       err.hidden = false;
-      err.textContent = `Not sent: ${errorText(r)}`;
+      said(err, () => t("chat.notsent", { why: errorText(r) }));
     }
     input.focus();
   });
+}
+
+// ---------------------------------------------------------------- language
+
+/** The switch in the header: each language in its own words; a choice is live and remembered. */
+function wireLanguage() {
+  const sel = $("lang");
+  replace(sel, Object.entries(LANGS).map(([tag, name]) => h("option", { value: tag, lang: tag },
+    name)));
+  sel.value = locale();
+  sel.addEventListener("change", () => {
+    remember(use(sel.value));
+    relabel();
+  });
+}
+
+/** Everything on the page again in the language now in use. */
+function relabel() {
+  translate(document);
+  $("lang").value = locale();
+  resay(document);
+  if (state.me) setMe(state.me); // and the devices
+  for (const dev of state.devices.values()) drawCharts(dev); // "telemetry at …"
+  renderPeople();
+  renderDeviceCount();
 }
 
 // ---------------------------------------------------------------- start
 
 $("full-now").addEventListener("click", () => {
   clearInterval(fullTimer);
-  $("full-text").textContent = "Retrying now…";
+  said($("full-text"), () => t("full.retrying"));
   connect();
 });
+use(preferred());
+translate(document);
+document.documentElement.classList.remove("l10n-pending");
 wireChat();
+wireLanguage();
 wireLogout(() => stream && stream.stop());
 connect();
 // The panel shows once the first snapshot has filled it in (applyReset), so that nothing

@@ -3,6 +3,9 @@
 // Invariant: text that comes from people or devices only ever reaches the
 // page through createTextNode / textContent (h() turns every string child
 // into a text node); nothing here sets innerHTML or a style attribute.
+// Times are formatted in the panel's language (i18n.js).
+
+import { locale } from "./i18n.js";
 
 /** The element with this id (throws early if index.html and app.js disagree). */
 export function $(id) {
@@ -50,15 +53,30 @@ export function parseTime(iso) {
   return Number.isNaN(d.getTime()) ? null : d;
 }
 
-const timeFmt = new Intl.DateTimeFormat(undefined, {
-  hour: "2-digit", minute: "2-digit", second: "2-digit",
-});
-const dateTimeFmt = new Intl.DateTimeFormat(undefined, {
-  month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
-});
-const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+// Formatters of the panel's language (i18n.js), made again when it changes.
+let formats = null;
+function fmt() {
+  if (!formats || formats.locale !== locale()) {
+    const tag = locale();
+    formats = {
+      locale: tag,
+      time: new Intl.DateTimeFormat(tag, { hour: "2-digit", minute: "2-digit", second: "2-digit" }),
+      dateTime: new Intl.DateTimeFormat(tag, {
+        month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+      }),
+      full: new Intl.DateTimeFormat(tag, { dateStyle: "full", timeStyle: "long" }),
+      clock: new Intl.DateTimeFormat(tag, { hour: "2-digit", minute: "2-digit" }),
+    };
+  }
+  return formats;
+}
 
-const clockFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+function showTime(el, d, short) {
+  const f = fmt();
+  const today = d.toDateString() === new Date().toDateString();
+  el.title = f.full.format(d);
+  el.textContent = !today ? f.dateTime.format(d) : short ? f.clock.format(d) : f.time.format(d);
+}
 
 /**
  * A <time> element showing iso in local time: the time of day when it is
@@ -68,9 +86,9 @@ const clockFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "
 export function timeEl(iso, { short = false } = {}) {
   const d = parseTime(iso);
   if (!d) return h("time", { className: "t" }, iso == null ? "" : String(iso));
-  const today = d.toDateString() === new Date().toDateString();
-  return h("time", { className: "t", datetime: d.toISOString(), title: fullFmt.format(d) },
-    !today ? dateTimeFmt.format(d) : short ? clockFmt.format(d) : timeFmt.format(d));
+  const el = h("time", { className: "t", datetime: d.toISOString(), "data-short": short });
+  showTime(el, d, short);
+  return el;
 }
 
 /** "10:02" (local), or the date and time when not today; iso as given if unparseable. */
@@ -78,7 +96,28 @@ export function clockText(iso) {
   const d = parseTime(iso);
   if (!d) return iso == null ? "" : String(iso);
   return d.toDateString() === new Date().toDateString()
-    ? clockFmt.format(d) : dateTimeFmt.format(d);
+    ? fmt().clock.format(d) : fmt().dateTime.format(d);
+}
+
+/**
+ * Fill el with what `say()` returns (children as for h()), now and again when the
+ * language changes (resay): for messages that stay on the page in sentences of their own.
+ */
+export function said(el, say) {
+  el.l10n = say;
+  el.dataset.l10n = "";
+  replace(el, say());
+  return el;
+}
+
+/** Say again everything said() in root, and every time in the panel's language. */
+export function resay(root) {
+  for (const el of root.querySelectorAll("[data-l10n]")) {
+    if (typeof el.l10n === "function") replace(el, el.l10n());
+  }
+  for (const el of root.querySelectorAll("time.t[datetime]")) {
+    showTime(el, new Date(el.getAttribute("datetime")), el.hasAttribute("data-short"));
+  }
 }
 
 /** A short, single-line text for any JSON value. */

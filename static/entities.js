@@ -23,51 +23,52 @@
 // (`ask(row, value)`): this module sends nothing itself.
 
 import { chart } from "./chart.js";
-import { h, timeEl } from "./dom.js";
+import { h, said, timeEl } from "./dom.js";
+import { msgKey, num, t } from "./i18n.js";
 
 /** Home Assistant's words for a binary sensor's [true, false], by device class. */
 const WORDS = {
-  battery: ["low", "normal"],
-  connectivity: ["connected", "disconnected"],
-  door: ["open", "closed"],
-  garage_door: ["open", "closed"],
-  gas: ["gas", "clear"],
-  heat: ["hot", "normal"],
-  light: ["light", "no light"],
-  lock: ["unlocked", "locked"],
-  moisture: ["wet", "dry"],
-  motion: ["motion", "clear"],
-  occupancy: ["occupied", "clear"],
-  opening: ["open", "closed"],
-  plug: ["plugged in", "unplugged"],
-  power: ["power", "no power"],
-  presence: ["home", "away"],
-  problem: ["problem", "OK"],
-  running: ["running", "not running"],
-  safety: ["unsafe", "safe"],
-  smoke: ["smoke", "clear"],
-  tamper: ["tampering", "clear"],
-  vibration: ["vibration", "clear"],
-  window: ["open", "closed"],
+  battery: [msgKey("binary.battery.true"), msgKey("binary.battery.false")],
+  connectivity: [msgKey("binary.connectivity.true"), msgKey("binary.connectivity.false")],
+  door: [msgKey("binary.door.true"), msgKey("binary.door.false")],
+  garage_door: [msgKey("binary.garage_door.true"), msgKey("binary.garage_door.false")],
+  gas: [msgKey("binary.gas.true"), msgKey("binary.gas.false")],
+  heat: [msgKey("binary.heat.true"), msgKey("binary.heat.false")],
+  light: [msgKey("binary.light.true"), msgKey("binary.light.false")],
+  lock: [msgKey("binary.lock.true"), msgKey("binary.lock.false")],
+  moisture: [msgKey("binary.moisture.true"), msgKey("binary.moisture.false")],
+  motion: [msgKey("binary.motion.true"), msgKey("binary.motion.false")],
+  occupancy: [msgKey("binary.occupancy.true"), msgKey("binary.occupancy.false")],
+  opening: [msgKey("binary.opening.true"), msgKey("binary.opening.false")],
+  plug: [msgKey("binary.plug.true"), msgKey("binary.plug.false")],
+  power: [msgKey("binary.power.true"), msgKey("binary.power.false")],
+  presence: [msgKey("binary.presence.true"), msgKey("binary.presence.false")],
+  problem: [msgKey("binary.problem.true"), msgKey("binary.problem.false")],
+  running: [msgKey("binary.running.true"), msgKey("binary.running.false")],
+  safety: [msgKey("binary.safety.true"), msgKey("binary.safety.false")],
+  smoke: [msgKey("binary.smoke.true"), msgKey("binary.smoke.false")],
+  tamper: [msgKey("binary.tamper.true"), msgKey("binary.tamper.false")],
+  vibration: [msgKey("binary.vibration.true"), msgKey("binary.vibration.false")],
+  window: [msgKey("binary.window.true"), msgKey("binary.window.false")],
 };
-const ON_OFF = ["on", "off"];
+const ON_OFF = [msgKey("state.on"), msgKey("state.off")];
 
 const CHARTED = new Set(["number", "sensor"]);
 export const CONTROLS = new Set(["switch", "button", "number", "select"]);
 
-/** A number as people read it: 21.5, 40, not 0.30000000000000004. */
+/** A number as people read it, in the panel's language: 21.5, 40, not 0.30000000000000004. */
 function numberText(v) {
-  return String(Number(v.toPrecision(6)));
+  return num(Number(v.toPrecision(6)));
 }
 
 /** A value of entity e in words: "on", "40 %", "open", "eco"; "unknown" for null. */
 export function valueText(e, v) {
-  if (e.kind === "button") return "pressed";
-  if (v === null || v === undefined) return "unknown";
-  if (e.kind === "switch" && typeof v === "boolean") return v ? "on" : "off";
+  if (e.kind === "button") return t("state.pressed");
+  if (v === null || v === undefined) return t("state.unknown");
+  if (e.kind === "switch" && typeof v === "boolean") return t(v ? ON_OFF[0] : ON_OFF[1]);
   if (e.kind === "binary_sensor" && typeof v === "boolean") {
     const [yes, no] = WORDS[e.device_class] || ON_OFF;
-    return v ? yes : no;
+    return t(v ? yes : no);
   }
   if (typeof v === "number") return e.unit ? `${numberText(v)} ${e.unit}` : numberText(v);
   return typeof v === "string" ? v : JSON.stringify(v);
@@ -76,15 +77,16 @@ export function valueText(e, v) {
 /** "Turn Power off?", "Set Brightness to 80 %?", "Press Restart?": the question to confirm. */
 export function question(e, v) {
   if (typeof e.confirm === "string") return e.confirm;
-  if (e.kind === "switch") return `Turn ${e.label} ${valueText(e, v)}?`;
-  if (e.kind === "button") return `Press ${e.label}?`;
-  return `Set ${e.label} to ${valueText(e, v)}?`;
+  const p = { label: e.label, value: valueText(e, v) };
+  if (e.kind === "switch") return t("confirm.turn.question", p);
+  if (e.kind === "button") return t("confirm.press.question", p);
+  return t("confirm.set.question", p);
 }
 
 /** The confirming button's text for that question. */
 export function verb(e, v) {
-  if (e.kind === "switch") return `Turn ${valueText(e, v)}`;
-  return e.kind === "button" ? "Press" : "Set";
+  if (e.kind === "switch") return t("confirm.turn", { value: valueText(e, v) });
+  return e.kind === "button" ? t("confirm.press") : t("confirm.set");
 }
 
 /**
@@ -102,9 +104,11 @@ export function entityRow(e, id, ask) {
     chart: CHARTED.has(e.kind) ? chart(e.unit || "") : null,
     update: () => {},
     gate: () => {},
+    /** The outcome of a command: kind "pending", "ok" or "fail", text() its words. */
     say(kind, text) {
       msg.dataset.kind = kind;
-      msg.replaceChildren(document.createTextNode(text), " · ", timeEl(new Date().toISOString()));
+      const at = new Date().toISOString();
+      said(msg, () => [text(), " · ", timeEl(at)]);
     },
   };
   const label = (attrs) => h(attrs.for ? "label" : "span",
@@ -166,8 +170,8 @@ function numberRow(e, key, row, label, ask) {
     "aria-labelledby": `${key}-label ${unitId}`, "aria-describedby": `${key}-bounds ${key}-msg`,
   });
   const unit = h("span", { className: "unit", id: unitId }, e.unit || "");
-  const span = h("span", { className: "bounds", id: `${key}-bounds` },
-    `${valueText(e, e.min)} to ${valueText(e, e.max)}`);
+  const span = said(h("span", { className: "bounds", id: `${key}-bounds` }),
+    () => t("number.bounds", { min: valueText(e, e.min), max: valueText(e, e.max) }));
   // What the person is changing is not overwritten by a state that comes meanwhile.
   let dragging = false;
   let typing = false;
@@ -219,7 +223,7 @@ function numberRow(e, key, row, label, ask) {
 
 function selectRow(e, key, row, label, ask) {
   const sel = h("select", { id: `${key}-select`, "aria-describedby": `${key}-msg` },
-    h("option", { value: "", disabled: true }, "unknown"),
+    said(h("option", { value: "", disabled: true }), () => t("state.unknown")),
     e.options.map((o) => h("option", { value: o }, o)));
   row.control = sel;
   row.update = (v) => {

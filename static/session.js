@@ -9,10 +9,13 @@
 // its event stream first and shows "signed out"; "Sign in again" reloads the page,
 // which the browser answers with its login prompt. A session vigil ends (idle, too
 // old, ended by an operator) says so on the stream first (`signedout`), with the same
-// view.
+// view. Every message is the catalogs' (i18n.js), said() so that a change of language says
+// it again; why a session ended is the server's English, which api.js reads into the panel's
+// words (whyEnded).
 
-import { api, errorText } from "./api.js";
-import { $, clockText, fmtValue, h, replace } from "./dom.js";
+import { api, errorText, whyEnded } from "./api.js";
+import { $, clockText, fmtValue, h, said } from "./dom.js";
+import { t, tx } from "./i18n.js";
 
 const STEP_UP = "X-Vigil-Step-Up";
 let mine = null; // GET /api/session
@@ -22,12 +25,15 @@ let people = new Map(); // operators: name -> {totp, sessions}
 export async function showSession() {
   const r = await api("GET", "/api/session");
   if (!r.ok || !r.body) return;
-  mine = r.body;
-  const factor = mine.totp ? " with a code" : "";
-  replace($("session"), `Signed in${factor} since ${clockText(mine.since)} from `,
-    h("span", { className: "addr" }, fmtValue(mine.addr)),
-    `; ends at ${clockText(mine.expires)} unless you use the panel before.`);
-  $("session").title = `Ends at the latest: ${mine.expires} (${mine.expires_because})`;
+  const s = r.body;
+  mine = s;
+  const el = $("session");
+  said(el, () => {
+    el.title = t("session.until", { time: clockText(s.expires), why: whyEnded(s.expires_because) });
+    const words = { since: clockText(s.since), until: clockText(s.expires) };
+    const addr = h("span", { className: "addr" }, fmtValue(s.addr));
+    return s.totp ? tx("session.info.totp", { ...words, addr }) : tx("session.info", { ...words, addr });
+  });
   $("logout").hidden = false;
 }
 
@@ -37,9 +43,8 @@ export function wireLogout(stop) {
     $("logout").disabled = true;
     stop();
     const r = await api("POST", "/api/logout", {});
-    signedOut(r.ok
-      ? "Your session has ended on the server: this browser's saved password no longer works."
-      : `Logging out failed: ${errorText(r)}. Close the browser to be sure.`);
+    signedOut(r.ok ? () => t("signedout.logout")
+      : () => t("signedout.failed", { why: errorText(r) }));
   });
   $("signedout-again").addEventListener("click", () => window.location.reload());
 }
@@ -47,14 +52,16 @@ export function wireLogout(stop) {
 /** The `signedout` event: vigil ended this session ("idle for 30 min", "ended by alice"). */
 export function endedByServer(data, stop) {
   stop();
-  const why = data && typeof data.reason === "string" ? data.reason : "ended";
-  signedOut(`Your session has ended: ${why}.`);
+  const why = data && typeof data.reason === "string" ? data.reason : null;
+  signedOut(() => (why === null ? t("signedout.ended")
+    : t("signedout.because", { why: whyEnded(why) })));
 }
 
-function signedOut(text) {
+/** Show the signed-out view, saying `say()`. */
+function signedOut(say) {
   $("main").hidden = true;
   $("signedout").hidden = false;
-  $("signedout-text").textContent = text;
+  said($("signedout-text"), say);
   $("signedout-again").focus();
 }
 
@@ -68,8 +75,8 @@ export async function askProof() {
   const row = $("confirm-proof-row");
   row.hidden = s.step_up === true;
   $("confirm-proof").value = "";
-  $("confirm-proof-label").textContent = s.totp
-    ? "Your current 6-digit code" : "Your password";
+  said($("confirm-proof-label"), () => (s.totp ? t("stepup.label.code")
+    : t("stepup.label.password")));
   $("confirm-proof").autocomplete = s.totp ? "one-time-code" : "current-password";
   $("confirm-proof").inputMode = s.totp ? "numeric" : "text";
 }
@@ -95,19 +102,19 @@ export async function loadPeople(isOperator, render) {
 }
 
 /** What an operator sees beside a person online: "2FA", and "End sessions" (not for
- * themselves: that is Log out). */
+ * themselves: that is Log out); made again by `render()`, in the language of the moment. */
 export function personExtras(name, isMe, render) {
   const p = people.get(name);
   if (!p) return null;
-  const badge = p.totp ? h("span", { className: "role", title: "logs in with a code" }, "2FA")
-    : null;
+  const badge = p.totp
+    ? h("span", { className: "role", title: t("people.totp.title") }, t("people.totp")) : null;
   if (isMe) return badge;
   const end = h("button", { type: "button", className: "secondary end-sessions" },
-    "End sessions");
+    t("people.end"));
   end.addEventListener("click", async () => {
     end.disabled = true;
     const r = await api("DELETE", `/api/people/${encodeURIComponent(name)}/sessions`);
-    end.textContent = r.ok ? `ended ${r.body.ended}` : errorText(r);
+    end.textContent = r.ok ? t("people.ended", { n: r.body.ended }) : errorText(r);
     loadPeople(true, render);
   });
   return [badge, " ", end];

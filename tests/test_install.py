@@ -66,7 +66,9 @@ def test_what_lands_where_with_which_modes(staged: Path) -> None:
         "etc/vigil/agents": 0o755,  # NAME.secret root's 0600 (LoadCredential), NAME.toml
         "var/lib/vigil": 0o750,
         f"{LIBDIR[1:]}/static/index.html": 0o644,
+        f"{LIBDIR[1:]}/static/i18n/zh-CN.js": 0o644,
         f"{LIBDIR[1:]}/README.md": 0o644,
+        f"{LIBDIR[1:]}/README.zh-CN.md": 0o644,
         f"{LIBDIR[1:]}/gpio-example.toml": 0o644,
     }
     assert {p: mode(staged / p) for p in expected} == expected

@@ -43,11 +43,19 @@ def trusting(cert: Path) -> str:
     return f"--ignore-certificate-errors-spki-list={spki_sha256(cert)}"
 
 
+def speaking(lang: str) -> list[str]:
+    """The chromium flags for a browser whose language is ``lang`` (navigator.languages and
+    Accept-Language; on Linux headless chromium takes the second from --accept-lang)."""
+    return [f"--lang={lang}", f"--accept-lang={lang}"]
+
+
 @contextlib.contextmanager
-def chromium(playwright: Any, cert: Path) -> Iterator[Any]:
-    """A headless chromium (Playwright's ``playwright``) that trusts ``cert`` and no other."""
+def chromium(playwright: Any, cert: Path, lang: str = "en-US") -> Iterator[Any]:
+    """A headless chromium (Playwright's ``playwright``) in ``lang`` that trusts ``cert`` and
+    no other."""
     # Playwright gives the browser a fresh temporary profile (--user-data-dir) itself.
-    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, trusting(cert)])
+    args = [*CHROMIUM_ARGS, *speaking(lang), trusting(cert)]
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
     try:
         yield b
     finally:
@@ -199,3 +207,20 @@ class LoadWatch:
         assert self.console == [], self.console
         cls = self.page.evaluate("window.__cls")
         assert cls < 0.1, f"cumulative layout shift {cls:.3f} on {what}"
+
+
+# axe-core's rules (the engine of Lighthouse's accessibility audits): WCAG 2.1 A and AA and
+# axe's best practices. None failing is at least Lighthouse's accessibility score of 1.0.
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+
+
+def accessibility_violations(page: Any) -> list[str]:
+    """What axe-core finds wrong on the page as it is now: "rule: target, …" each."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    options = {"runOnly": {"type": "tag", "values": AXE_TAGS}, "resultTypes": ["violations"]}
+    results = Axe().run(page, options=options)
+    return [
+        f"{v['id']}: {', '.join(str(n['target']) for n in v['nodes'])}"
+        for v in results.response["violations"]
+    ]

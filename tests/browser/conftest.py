@@ -60,8 +60,15 @@ def browser_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def browser(playwright: Any, browser_cert: tuple[Path, Path]) -> Iterator[Any]:
-    """One headless chromium for the whole session, trusting ``browser_cert``."""
+    """One headless chromium in English (en-US) for the whole session, trusting ``browser_cert``."""
     with chromium(playwright, browser_cert[0]) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def zh_browser(playwright: Any, browser_cert: tuple[Path, Path]) -> Iterator[Any]:
+    """A headless chromium in Simplified Chinese (--lang=zh-CN), trusting ``browser_cert``."""
+    with chromium(playwright, browser_cert[0], lang="zh-CN") as b:
         yield b
 
 
@@ -76,6 +83,18 @@ def vigil(start_vigil: Callable[..., Vigil], browser_cert: tuple[Path, Path]) ->
 @pytest.fixture
 def contexts(browser: Any) -> Iterator[Callable[..., Any]]:
     """``contexts(user, pw=None, **kw)`` → a browser context logged in as ``user``."""
+    yield from logged_in(browser)
+
+
+@pytest.fixture
+def zh_contexts(zh_browser: Any) -> Iterator[Callable[..., Any]]:
+    """``contexts`` of the browser in Simplified Chinese."""
+    yield from logged_in(zh_browser)
+
+
+def logged_in(browser: Any) -> Iterator[Callable[..., Any]]:
+    """``new(user, pw=None, **kw)`` → a context of ``browser`` logged in as ``user``; all are
+    closed afterwards."""
     opened: list[Any] = []
 
     def new(user: str, pw: str | None = None, **kw: Any) -> Any:

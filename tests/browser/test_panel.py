@@ -102,7 +102,7 @@ def test_chat_rejects_long_message_with_message(vigil: Vigil, panel: PersonPanel
     # maxlength stops typing at 500; a longer body is refused by the server
     a.fill("#chat-text", "x" * 600)
     expect(a.locator("#chat-text")).to_have_value("x" * 500)
-    expect(a.locator("#chat-left")).to_have_text("0")
+    expect(a.locator("#chat-hint")).to_have_text("0 characters left")
     status, _, body = call(vigil, "POST", "/api/chat", "alice", {"text": "x" * 501})
     assert status == 400 and "500" in body["error"]
 

@@ -162,7 +162,7 @@ def test_an_idle_session_ends_and_the_browser_asks_again(browser: Any, idle_vigi
     # watching is not using: the open event stream does not keep the session; vigil says
     # why on it before it ends, and the panel stops there: no prompt yet
     expect(page.locator("#signedout-text")).to_have_text(
-        "Your session has ended: idle for 10 s.", timeout=(IDLE + 10) * 1000
+        "Your session has ended: idle for 10 seconds.", timeout=(IDLE + 10) * 1000
     )
     page.wait_for_timeout(1500)  # the stream's reconnect delay is 1 s: nothing reconnects
     assert len(prompts.urls) == 1

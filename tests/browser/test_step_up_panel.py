@@ -96,13 +96,13 @@ def test_the_confirm_dialog_asks_for_the_code(browser: Any, heater_vigil: Thread
     expect(proof).to_be_visible()
     dialog.get_by_role("button", name="Turn on").click()  # sent without the code: refused
     expect(message).to_have_attribute("data-kind", "fail")
-    expect(message).to_contain_text("boiler.heater asks to confirm: send the current 6-digit code")
+    expect(message).to_contain_text("confirm with your current 6-digit code")
     expect(heater).not_to_be_checked()
 
     heater.click()
     proof.fill("000000" if login != "000000" else "111111")
     dialog.get_by_role("button", name="Turn on").click()
-    expect(message).to_contain_text("step-up refused: not the current 6-digit code")
+    expect(message).to_contain_text("refused: not your current 6-digit code")
 
     heater.click()
     proof.fill(totp.now())  # a later step than the login's (the one-use rule)
