@@ -322,14 +322,16 @@ class Vigil:
 
 class Chatter:
     """A person posts a chat message every ``interval`` s through ``client`` (whose
-    credentials say who), so every stream gets events. ``errors`` has every post that
-    failed, and why (an exception too: a chatter that cannot post fails its test)."""
+    credentials say who), so every stream gets events. ``posted`` counts the posts vigil
+    acknowledged; ``errors`` has every post that failed, and why (an exception too: a
+    chatter that cannot post fails its test)."""
 
     def __init__(self, client: httpx.Client, interval: float = 0.2) -> None:
         self._client = client
         self._interval = interval
         self._stop = threading.Event()
         self.errors: list[str] = []
+        self.posted = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -344,6 +346,8 @@ class Chatter:
                 continue
             if r.status_code != 200:
                 self.errors.append(f"{r.status_code} {r.text}")
+            else:
+                self.posted += 1
 
     def stop(self) -> None:
         self._stop.set()

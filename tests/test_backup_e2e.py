@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def test_backup_a_running_vigil_and_restore_it_onto_a_fresh_install(
     before = fingerprint(config)
     chatter = Chatter(https_client(old, "alice"), interval=0.05)
     try:
+        deadline = time.monotonic() + 10
+        while not chatter.posted:  # something acknowledged (in the audit log) to back up
+            assert time.monotonic() < deadline and not chatter.errors, chatter.errors
+            time.sleep(0.05)
         archive = tmp_path / "vigil-backup.tar.gz"
         done = server_cmd("backup", str(archive), "--audit", "--config", str(config))
         assert done.returncode == 0, done.stderr
