@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 BUILD_DEBS := libsctp-dev python3-dev gcc
 # ... and what the tests drive: modprobe (also in the User-Mode Linux guest, whose
 # kernel `make uml-kernel` fetches), an independent SCTP peer, network namespaces
-# and packet loss, a real browser, curl, systemd-analyze (the unit files).
+# and packet loss, a real browser, curl, systemd-analyze (the unit files), and the systemd
+# VMs (`make vm-image`): mmdebstrap, mkfs.ext4 -d, qemu for x86-64 and for arm64 (whose
+# image's maintainer scripts run through qemu-user-static).
 TEST_DEBS := $(BUILD_DEBS) kmod lksctp-tools iproute2 nftables chromium chromium-driver curl \
-	procps systemd python3-venv mosquitto mosquitto-clients
+	procps systemd python3-venv mosquitto mosquitto-clients mmdebstrap e2fsprogs qemu-system-x86 \
+	qemu-system-arm qemu-user-static
 BENCH_DEBS := wrk util-linux iproute2 nftables strace kmod mosquitto
 
-.PHONY: run test lint check bench fuzz deps test-deps uml-kernel ha clean
+.PHONY: run test lint check bench fuzz deps test-deps uml-kernel ha vm-image clean
 
 run: $(STAMP)
 	$(PY) -m server --config config.toml
@@ -39,7 +42,13 @@ uml-kernel:
 ha: $(STAMP)
 	@$(PY) -m tests.ha.harness
 
-test: test-deps uml-kernel ha
+# The Debian 12 VM with a real systemd for tests/test_systemd_vm.py (its own kernel, built
+# by mmdebstrap) and the wheels its pip installs from, cached outside the checkout
+# (tests/vm/image.py: built once, then reused); says which in one line each.
+vm-image: test-deps
+	@$(PY) -m tests.vm.image
+
+test: test-deps uml-kernel ha vm-image
 	$(PY) -m pytest -q tests --ignore=tests/sctp
 	tests/run_sctp_tests.sh $(PY)
 
