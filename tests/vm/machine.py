@@ -69,8 +69,8 @@ class Machine:
             "-device", "virtserialport,chardev=agent,name=org.qemu.guest_agent.0",
         ]  # fmt: skip
         for tag, path in shares.items():
-            argv += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none"]
-            argv[-1] += ",readonly=on"
+            share = f"local,path={path},mount_tag={tag},security_model=none,readonly=on"
+            argv += ["-virtfs", share]
         self._log = (workdir / "qemu.log").open("wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         self._sock: socket.socket | None = None
@@ -108,7 +108,7 @@ class Machine:
     def _sync(self, timeout: float) -> socket.socket:
         """A connection on which the agent just answered a fresh sync id."""
         sock = self._connect()
-        ident = next(_ids) + int(time.time()) % 100000 * 1000
+        ident = next(_ids)  # never one an earlier exchange on this socket used
         sync = {"execute": "guest-sync-delimited", "arguments": {"id": ident}}
         sock.sendall(b"\xff" + json.dumps(sync).encode() + b"\n")
         deadline = time.monotonic() + timeout
