@@ -116,8 +116,8 @@ def _run(argv: Sequence[str], cwd: Path | None = None) -> str:
     return out.stdout
 
 
-def _mirror() -> str:
-    """The URI of the Debian mirror apt uses for this host's own release."""
+def debian_mirror() -> str:
+    """The URI of the Debian mirror apt uses for this host's own release (tests/vm too)."""
     codename = platform.freedesktop_os_release().get("VERSION_CODENAME", "")
     fmt = "$(TARGET_OF) $(RELEASE) $(REPO_URI)"
     targets = _run(["apt-get", "indextargets", "--no-release-info", "--format", fmt])
@@ -149,7 +149,7 @@ def _set_up(cache: Path, linux: Path) -> None:
     if reason := unsupported():
         raise UmlError(reason)
     _run([str(ROOT / "tools" / "ensure-debs.sh"), "patchelf", "kmod"])
-    mirror = _mirror()
+    mirror = debian_mirror()
     _say(f"fetching {' and '.join(PACKAGES)} from {mirror} {SUITE} into {cache}")
     root, modules = cache / "root", cache / "lib" / "modules"
     shutil.rmtree(root, ignore_errors=True)  # what an interrupted setup left
