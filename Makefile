@@ -49,13 +49,14 @@ ha: $(STAMP)
 vm-image: test-deps
 	@$(PY) -m tests.vm.image
 
+# vigil installed on arm64 Debian 12 under emulation (tests/test_arm64_vm.py) is too slow
+# for every run: it runs when the Makefile, pyproject.toml or dist/ changed since the run
+# tests/vm/arm64.verified records (commit that file with them) and says either way (-rs);
+# `make test-arm64` runs it alone, VIGIL_VM_ARM64=always even when nothing changed.
 test: test-deps uml-kernel ha vm-image
-	$(PY) -m pytest -q tests --ignore=tests/sctp --ignore=tests/test_arm64_vm.py
+	$(PY) -m pytest -q -rs tests --ignore=tests/sctp
 	tests/run_sctp_tests.sh $(PY)
 
-# vigil installed on arm64 Debian 12 under emulation (tests/test_arm64_vm.py): too slow for
-# every run, so it runs when the Makefile, pyproject.toml or dist/ changed since its last
-# passing run (a hash kept in the VM cache) and says either way; VIGIL_VM_ARM64=always.
 test-arm64: test-deps
 	$(PY) -m pytest -q -rs tests/test_arm64_vm.py
 
