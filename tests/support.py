@@ -238,6 +238,18 @@ def write_config(
     return path
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``proc`` if it still runs, SIGKILL it after ``timeout`` s; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 class Vigil:
     """A running vigil process."""
 
@@ -309,15 +321,9 @@ class Vigil:
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        returncode = terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return returncode
 
 
 class Chatter:

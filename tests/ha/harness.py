@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import websocket
 
-from tests.support import free_port
+from tests.support import free_port, terminate
 
 VERSION = "2024.1.6"
 HERE = Path(__file__).resolve().parent
@@ -346,13 +346,7 @@ class HomeAssistant:
 
     # -- stop ------------------------------------------------------------------------
     def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.http.close()
         self._out.close()
 
